@@ -1,0 +1,369 @@
+"""FedDST client work: masked local SGD, readjustment, sparse upload.
+
+Per round, a client receives the global sparse model (weights + masks) and
+whether this round readjusts (and with which drop fraction), then:
+
+  for E local epochs, for each minibatch:
+    g = grad(cross-entropy) + weight_decay * w + prox_mu * (w - w_global)
+    g = g * mask                       (inactive weights get no update)
+    buffer = momentum * buffer + g;  w = (w - lr * buffer) * mask
+    after `readjust_step` steps, on a readjustment round, per layer:
+      prune the k smallest-magnitude active weights, regrow the k inactive
+      (not just pruned) weights with the largest |grow score|, new weights 0,
+      momentum at changed positions reset to 0 (so nnz per layer is unchanged)
+  upload SparsePayload(active values, packed masks, dense params), weight =
+  number of local training examples.
+
+The optimizer is PyTorch's SGD (weight decay added to the gradient, momentum
+buffer without dampening), started fresh each round (stateless clients).
+
+The grow score is the dense gradient of the data loss with respect to each
+kernel (inactive positions included): summed over every step before the
+readjustment ('accumulated', default) or of the last minibatch before it
+('last_batch', as the reference). Readjusting before the last local epoch lets
+regrown weights train before upload; after the last epoch (the reference) they
+are uploaded as exact zeros and the server's magnitude re-prune removes them.
+"""
+
+import collections
+import dataclasses
+import math
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_feddst import encoding
+from tff_feddst import masks as mask_lib
+from tff_feddst import models
+
+GROW_SCORES = ('accumulated', 'last_batch')
+READJUST_RULES = ('feddst', 'reference')
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+  """Hyper-parameters of local training.
+
+  Attributes:
+    learning_rate: Client SGD learning rate, > 0.
+    momentum: Client SGD momentum in [0, 1).
+    weight_decay: L2 coefficient added to gradients, >= 0.
+    prox_mu: FedProx coefficient mu of mu/2 * ||w - w_global||^2, >= 0.
+    num_epochs: Local epochs per round, >= 1.
+    readjust_after_epochs: Readjust once this many epochs' worth of minibatches
+      have been trained, in (0, num_epochs]; None means num_epochs - 1 (one
+      epoch left to train regrown weights), or 0.5 when num_epochs is 1.
+    grow_score: 'accumulated' or 'last_batch' (see module docstring).
+    readjust_rule: 'feddst' (prune k active, regrow k inactive) or
+      'reference' (the authors' prune-then-grow over all positions).
+    reference_keep_after_prune: Per layer, active weights kept by the
+      reference rule's prune step (only used with readjust_rule='reference').
+    value_dtype: 'float32' or 'float16': dtype of uploaded values.
+  """
+  learning_rate: float = 0.01
+  momentum: float = 0.9
+  weight_decay: float = 0.001
+  prox_mu: float = 0.0
+  num_epochs: int = 1
+  readjust_after_epochs: Optional[float] = None
+  grow_score: str = 'accumulated'
+  readjust_rule: str = 'feddst'
+  reference_keep_after_prune: tuple[int, ...] = ()
+  value_dtype: str = 'float32'
+
+  def __post_init__(self):
+    if self.learning_rate <= 0:
+      raise ValueError(f'learning_rate must be > 0, got {self.learning_rate}.')
+    if not 0 <= self.momentum < 1:
+      raise ValueError(f'momentum must be in [0, 1), got {self.momentum}.')
+    if self.weight_decay < 0 or self.prox_mu < 0:
+      raise ValueError('weight_decay and prox_mu must be >= 0.')
+    if self.num_epochs < 1:
+      raise ValueError(f'num_epochs must be >= 1, got {self.num_epochs}.')
+    if (self.readjust_after_epochs is not None and
+        not 0 < self.readjust_after_epochs <= self.num_epochs):
+      raise ValueError(
+          f'readjust_after_epochs must be in (0, num_epochs={self.num_epochs}]'
+          f', got {self.readjust_after_epochs}.')
+    if self.grow_score not in GROW_SCORES:
+      raise ValueError(f'grow_score must be one of {GROW_SCORES}, got '
+                       f'{self.grow_score!r}.')
+    if self.readjust_rule not in READJUST_RULES:
+      raise ValueError(f'readjust_rule must be one of {READJUST_RULES}, got '
+                       f'{self.readjust_rule!r}.')
+    if self.value_dtype not in ('float32', 'float16'):
+      raise ValueError(f'value_dtype must be float32 or float16, got '
+                       f'{self.value_dtype!r}.')
+
+  @property
+  def effective_readjust_after_epochs(self) -> float:
+    if self.readjust_after_epochs is not None:
+      return float(self.readjust_after_epochs)
+    return float(self.num_epochs - 1) if self.num_epochs > 1 else 0.5
+
+
+class RoundInstructions(collections.namedtuple(
+    'RoundInstructions', ['should_readjust', 'drop_fraction'])):
+  """What the server tells every client this round (broadcast)."""
+
+
+class ClientStats(collections.namedtuple(
+    'ClientStats', ['train_loss', 'num_examples', 'num_regrown'])):
+  """Per-client statistics, aggregated into the round's measurements."""
+
+
+class ClientTrainer:
+  """Holds a client's Keras model and optimizer state; runs one round.
+
+  Build it inside a TFF TensorFlow computation (or eagerly in tests): it
+  creates variables. `update` is a `tf.function`.
+  """
+
+  def __init__(self, model: tf.keras.Model, layout: models.ModelLayout,
+               num_active: Sequence[int], config: ClientConfig):
+    """Creates the trainer.
+
+    Args:
+      model: A built wrapped model (from a `models` builder).
+      layout: Its `ModelLayout`.
+      num_active: Active weights per prunable kernel (payload capacity).
+      config: Local training hyper-parameters.
+    """
+    self.model = model
+    self.layout = layout
+    self.num_active = tuple(int(n) for n in num_active)
+    self.config = config
+    self._trainable = list(model.trainable_variables)
+    non_trainable = list(model.non_trainable_variables)
+    self._kernels = [self._trainable[i] for i in layout.kernel_indices]
+    self._masks = [non_trainable[i] for i in layout.mask_indices]
+    self._mask_of_trainable = {
+        kernel_index: self._masks[position]
+        for position, kernel_index in enumerate(layout.kernel_indices)}
+    self._momenta = [
+        tf.Variable(tf.zeros_like(v), trainable=False, name='momentum')
+        for v in self._trainable]
+    self._grow_scores = [
+        tf.Variable(tf.zeros_like(v), trainable=False, name='grow_score')
+        for v in self._kernels]
+    self._loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True)
+
+  def _apply_gradients(self, gradients, global_trainable):
+    config = self.config
+    for index, (variable, gradient, momentum) in enumerate(
+        zip(self._trainable, gradients, self._momenta)):
+      if config.weight_decay:
+        gradient += config.weight_decay * variable
+      if config.prox_mu:
+        gradient += config.prox_mu * (variable - global_trainable[index])
+      mask = self._mask_of_trainable.get(index)
+      if mask is not None:
+        gradient *= mask
+      momentum.assign(config.momentum * momentum + gradient)
+      updated = variable - config.learning_rate * momentum
+      variable.assign(updated if mask is None else updated * mask)
+
+  def _readjust(self, drop_fraction: tf.Tensor) -> tf.Tensor:
+    """Prunes and regrows every layer; returns the number of regrown weights."""
+    num_regrown = tf.constant(0, tf.int32)
+    for position, (kernel, mask, score) in enumerate(
+        zip(self._kernels, self._masks, self._grow_scores)):
+      if self.config.readjust_rule == 'reference':
+        result = mask_lib.readjust_reference(
+            kernel, mask, score,
+            self.config.reference_keep_after_prune[position],
+            self.num_active[position])
+      else:
+        result = mask_lib.readjust(kernel, mask, score, drop_fraction)
+      kernel.assign(result.weight)
+      mask.assign(result.mask)
+      momentum = self._momenta[self.layout.kernel_indices[position]]
+      momentum.assign(momentum * result.mask)
+      num_regrown += tf.cast(result.num_grown, tf.int32)
+    return num_regrown
+
+  @tf.function
+  def update(self, initial_weights, dataset: tf.data.Dataset,
+             instructions: RoundInstructions):
+    """Runs one round of local training from the broadcast global model.
+
+    Args:
+      initial_weights: `tff.learning.models.ModelWeights` of the global model.
+      dataset: Batched `(x, y)` client data for one epoch.
+      instructions: `RoundInstructions` for this round.
+
+    Returns:
+      `(payload, num_examples, stats)`: the `SparsePayload` to upload, the
+      float32 number of examples in one epoch, and `ClientStats`.
+    """
+    for variable, value in zip(self.model.trainable_variables,
+                               initial_weights.trainable):
+      variable.assign(value)
+    for variable, value in zip(self.model.non_trainable_variables,
+                               initial_weights.non_trainable):
+      variable.assign(value)
+    for variable in self._momenta + self._grow_scores:
+      variable.assign(tf.zeros_like(variable))
+    global_trainable = [tf.identity(t) for t in initial_weights.trainable]
+
+    num_batches = dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+    num_examples = dataset.reduce(
+        tf.constant(0, tf.int64),
+        lambda n, batch: n + tf.shape(batch[1], out_type=tf.int64)[0])
+    readjust_step = tf.cast(
+        tf.round(self.config.effective_readjust_after_epochs *
+                 tf.cast(num_batches, tf.float64)), tf.int64)
+    readjust_step = tf.clip_by_value(
+        readjust_step, 1, self.config.num_epochs * tf.maximum(num_batches, 1))
+
+    step = tf.constant(0, tf.int64)
+    loss_sum = tf.constant(0.0, tf.float32)
+    num_regrown = tf.constant(0, tf.int32)
+    for x, y in dataset.repeat(self.config.num_epochs):
+      with tf.GradientTape() as tape:
+        logits = self.model(x, training=True)
+        loss = self._loss_fn(y, logits)
+      gradients = tape.gradient(loss, self._trainable)
+      step += 1
+      if step <= readjust_step:
+        for position, kernel_index in enumerate(self.layout.kernel_indices):
+          if self.config.grow_score == 'accumulated':
+            self._grow_scores[position].assign_add(gradients[kernel_index])
+          else:
+            self._grow_scores[position].assign(gradients[kernel_index])
+      self._apply_gradients(gradients, global_trainable)
+      loss_sum += loss * tf.cast(tf.shape(y)[0], tf.float32)
+      if tf.logical_and(instructions.should_readjust,
+                        tf.equal(step, readjust_step)):
+        num_regrown += self._readjust(
+            tf.cast(instructions.drop_fraction, tf.float32))
+
+    examples_trained = tf.cast(num_examples, tf.float32) * self.config.num_epochs
+    stats = ClientStats(
+        train_loss=tf.math.divide_no_nan(loss_sum, examples_trained),
+        num_examples=tf.cast(num_examples, tf.float32),
+        num_regrown=num_regrown)
+    payload = encode_weights(self.model, self.layout, self.num_active,
+                             value_dtype=tf.as_dtype(self.config.value_dtype))
+    return payload, tf.cast(num_examples, tf.float32), stats
+
+
+def encode_weights(model_or_weights: Any, layout: models.ModelLayout,
+                   num_active: Sequence[int],
+                   value_dtype: tf.DType = tf.float32) -> encoding.SparsePayload:
+  """Encodes a Keras model's (or a `ModelWeights`') weights as a payload.
+
+  Args:
+    model_or_weights: A wrapped Keras model, or `ModelWeights` of one.
+    layout: The model's `ModelLayout`.
+    num_active: Active weights per kernel.
+    value_dtype: dtype of the sent kernel values.
+
+  Returns:
+    The `SparsePayload` holding active kernel values, masks and dense
+    parameters (dense trainable, then dense non-trainable).
+  """
+  if isinstance(model_or_weights, tf.keras.Model):
+    trainable = model_or_weights.trainable_variables
+    non_trainable = model_or_weights.non_trainable_variables
+  else:
+    trainable = model_or_weights.trainable
+    non_trainable = model_or_weights.non_trainable
+  return encoding.encode(
+      kernels=[trainable[i] for i in layout.kernel_indices],
+      masks=[non_trainable[i] for i in layout.mask_indices],
+      dense=[trainable[i] for i in layout.dense_trainable_indices] +
+      [non_trainable[i] for i in layout.dense_non_trainable_indices],
+      num_active=num_active, value_dtype=value_dtype)
+
+
+def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
+                      num_active: Sequence[int], schedule: Any,
+                      config: ClientConfig, model_weights_type: tff.Type,
+                      data_type: tff.Type) -> tff.learning.templates.ClientWorkProcess:
+  """Builds FedDST's `ClientWorkProcess`.
+
+  The process state is the last completed round number (int32, starts at 0);
+  `next` computes this round's `RoundInstructions` from `schedule` at the
+  server, broadcasts them, and runs `ClientTrainer.update` on every client.
+
+  Type signatures:
+    initialize: `( -> int32@SERVER)`
+    next: `(<int32@SERVER, ModelWeights@CLIENTS, {(x, y)*}@CLIENTS> ->
+      <state=int32@SERVER, result=ClientResult(SparsePayload,
+      float32)@CLIENTS, measurements=<train_loss, num_examples,
+      num_regrown, round_num>@SERVER>)`
+
+  Args:
+    model_fn: Builds the wrapped Keras model.
+    layout: The model's `ModelLayout`.
+    num_active: Active weights per kernel.
+    schedule: A readjustment schedule with `should_readjust(round_num)` and
+      `drop_fraction_at(round_num)` (see `schedules`).
+    config: Local training hyper-parameters.
+    model_weights_type: TFF type of the (unplaced) `ModelWeights`.
+    data_type: TFF sequence type of a client's batched `(x, y)` data.
+
+  Returns:
+    A `tff.learning.templates.ClientWorkProcess`.
+  """
+
+  @tff.tensorflow.computation
+  def initial_round():
+    return tf.constant(0, tf.int32)
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_eval(initial_round, tff.SERVER)
+
+  @tff.tensorflow.computation(tff.types.TensorType(np.int32))
+  def instructions_for(round_num):
+    return RoundInstructions(
+        should_readjust=tf.convert_to_tensor(
+            schedule.should_readjust(round_num)),
+        drop_fraction=tf.cast(schedule.drop_fraction_at(round_num), tf.float32))
+
+  @tff.tensorflow.computation(tff.types.TensorType(np.int32))
+  def advance(round_num):
+    return round_num + 1
+
+  instructions_type = instructions_for.type_signature.result
+
+  @tff.tensorflow.computation(model_weights_type, data_type, instructions_type)
+  def client_update(initial_weights, dataset, instructions):
+    model = model_fn()
+    trainer = ClientTrainer(model, layout, num_active, config)
+    payload, weight, stats = trainer.update(initial_weights, dataset,
+                                            instructions)
+    return tff.learning.templates.ClientResult(
+        update=payload, update_weight=weight), stats
+
+  @tff.tensorflow.computation(tff.types.TensorType(np.int32))
+  def to_float(value):
+    return tf.cast(value, tf.float32)
+
+  @tff.federated_computation(
+      init_fn.type_signature.result,
+      tff.types.FederatedType(model_weights_type, tff.CLIENTS),
+      tff.types.FederatedType(data_type, tff.CLIENTS))
+  def next_fn(state, weights, client_data):
+    round_num = tff.federated_map(advance, state)
+    instructions = tff.federated_broadcast(
+        tff.federated_map(instructions_for, round_num))
+    results, stats = tff.federated_map(
+        client_update, (weights, client_data, instructions))
+    measurements = tff.federated_zip(collections.OrderedDict(
+        round_num=round_num,
+        train_loss=tff.federated_mean(stats.train_loss,
+                                      weight=stats.num_examples),
+        num_examples=tff.federated_sum(stats.num_examples),
+        num_regrown=tff.federated_sum(stats.num_regrown),
+        should_readjust=tff.federated_map(instructions_for,
+                                          round_num).should_readjust))
+    return tff.templates.MeasuredProcessOutput(
+        state=round_num, result=results, measurements=measurements)
+
+  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)

@@ -1,0 +1,110 @@
+"""Broadcast of the sparse global model, counted in bytes.
+
+The server encodes its model once as a `SparsePayload` (active values, packed
+masks, dense parameters), broadcasts that payload, and each client decodes it
+back into `ModelWeights`. Download bytes are counted from the payload each
+client receives.
+
+Type signatures:
+  initialize: `( -> <>@SERVER)`
+  next: `(<<>@SERVER, ModelWeights@SERVER> -> <state=<>@SERVER,
+    result=ModelWeights@CLIENTS, measurements=<download_bytes=int64>@SERVER>)`
+"""
+
+import collections
+from typing import Sequence
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_feddst import client_work
+from tff_feddst import encoding
+from tff_feddst import models
+
+
+def decode_model_weights(payload: encoding.SparsePayload,
+                         layout: models.ModelLayout,
+                         model_weights_type: tff.Type
+                         ) -> tff.learning.models.ModelWeights:
+  """Rebuilds full `ModelWeights` from a broadcast payload.
+
+  TF-MOT's bookkeeping variables (thresholds, pruning steps) are not sent;
+  they are always 0 in the global model and are rebuilt as zeros.
+
+  Args:
+    payload: The server's `SparsePayload`.
+    layout: The model's `ModelLayout`.
+    model_weights_type: TFF type of `ModelWeights` (for shapes and dtypes).
+
+  Returns:
+    The decoded `ModelWeights`.
+  """
+  kernels, masks, dense = encoding.decode(payload, layout.kernel_shapes)
+  trainable = [None] * len(model_weights_type.trainable)
+  non_trainable = [None] * len(model_weights_type.non_trainable)
+  for index, kernel in zip(layout.kernel_indices, kernels):
+    trainable[index] = kernel
+  for position, index in enumerate(layout.dense_trainable_indices):
+    trainable[index] = dense[position]
+  for index, mask in zip(layout.mask_indices, masks):
+    non_trainable[index] = mask
+  offset = len(layout.dense_trainable_indices)
+  for position, index in enumerate(layout.dense_non_trainable_indices):
+    non_trainable[index] = dense[offset + position]
+  for index in layout.bookkeeping_indices:
+    spec = model_weights_type.non_trainable[index]
+    non_trainable[index] = tf.zeros(spec.shape, spec.dtype)
+  trainable = [tf.cast(t, spec.dtype) for t, spec in
+               zip(trainable, model_weights_type.trainable)]
+  non_trainable = [tf.cast(t, spec.dtype) for t, spec in
+                   zip(non_trainable, model_weights_type.non_trainable)]
+  return tff.learning.models.ModelWeights(trainable=trainable,
+                                          non_trainable=non_trainable)
+
+
+def build_sparse_broadcast(layout: models.ModelLayout,
+                           num_active: Sequence[int],
+                           model_weights_type: tff.Type
+                           ) -> tff.learning.templates.DistributionProcess:
+  """Builds the `DistributionProcess` that broadcasts the sparse model.
+
+  Args:
+    layout: The model's `ModelLayout`.
+    num_active: Active weights per kernel.
+    model_weights_type: TFF type of the (unplaced) `ModelWeights`.
+
+  Returns:
+    A `tff.learning.templates.DistributionProcess`.
+  """
+
+  @tff.tensorflow.computation(model_weights_type)
+  def encode_global(weights):
+    return client_work.encode_weights(weights, layout, num_active)
+
+  payload_type = encode_global.type_signature.result
+
+  @tff.tensorflow.computation(payload_type)
+  def decode_global(payload):
+    return decode_model_weights(payload, layout, model_weights_type)
+
+  @tff.tensorflow.computation(payload_type)
+  def num_bytes(payload):
+    return encoding.payload_num_bytes(payload)
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(
+      init_fn.type_signature.result,
+      tff.types.FederatedType(model_weights_type, tff.SERVER))
+  def next_fn(state, weights):
+    received = tff.federated_broadcast(tff.federated_map(encode_global, weights))
+    measurements = tff.federated_zip(collections.OrderedDict(
+        download_bytes=tff.federated_sum(tff.federated_map(num_bytes,
+                                                           received))))
+    return tff.templates.MeasuredProcessOutput(
+        state=state, result=tff.federated_map(decode_global, received),
+        measurements=measurements)
+
+  return tff.learning.templates.DistributionProcess(init_fn, next_fn)

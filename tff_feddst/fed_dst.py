@@ -1,0 +1,163 @@
+"""FedDST (Bibikar et al., "Federated Dynamic Sparse Training: Computing Less,
+Communicating Less, Yet Learning Better", AAAI 2022) as a TFF LearningProcess.
+
+Mask updates follow RigL (Evci et al., "Rigging the Lottery", ICML 2020):
+drop by weight magnitude, grow by gradient magnitude.
+
+One round t (1-based), pseudo-code:
+
+  server: payload = encode(global weights, global masks); broadcast payload
+  client c in the K sampled clients:
+    w, m = decode(payload)
+    for E local epochs: masked SGD (momentum, L2, optional FedProx)
+      on readjustment rounds ((t-1) % R == 0 and t <= T_end), once, after
+      `readjust_after_epochs` epochs: per layer prune the k smallest active,
+      regrow the k inactive with the largest gradient, k = round(alpha_t*nnz)
+    upload encode(w_c, m_c) and n_c
+  server: per position, mean over holders sum(n_c m_c w_c) / sum(n_c m_c);
+    optional server momentum; re-prune each layer by magnitude to its nnz:
+    the next global mask.
+
+`build_fed_dst` composes the four parts the way `tff.learning` composes
+FedAvg: distributor (`distributor.py`), client work (`client_work.py`),
+aggregator (`aggregation.py`), finalizer (`finalizer.py`). With
+target_sparsity 0 the process is dense FedAvg (FedAvgM with server momentum);
+with no readjustment it is FedAvg on a fixed random mask (RandomMask).
+"""
+
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_feddst import aggregation
+from tff_feddst import client_work
+from tff_feddst import distributor
+from tff_feddst import finalizer
+from tff_feddst import masks as mask_lib
+from tff_feddst import models
+from tff_feddst import pruning
+from tff_feddst import sparsity_distribution
+
+INITIAL_MASKS = ('random', 'magnitude')
+
+
+class InitialModel(NamedTuple):
+  """The server's starting point and the facts derived from the model.
+
+  Attributes:
+    weights: `ModelWeights` of numpy arrays: masked kernels, masks, biases,
+      TF-MOT bookkeeping (pruning steps 0).
+    layout: The model's `ModelLayout`.
+    num_active: Active weights per prunable kernel (fixed for the run).
+  """
+  weights: tff.learning.models.ModelWeights
+  layout: models.ModelLayout
+  num_active: tuple[int, ...]
+
+
+def build_initial_model(model_fn: models.ModelFn, target_sparsity: float,
+                        sparsity_distribution_name: str, seed: int,
+                        initial_mask: str = 'random') -> InitialModel:
+  """Builds the seeded initial sparse global model (FedDST step 1).
+
+  Args:
+    model_fn: Builds the wrapped Keras model (its own initializer seed fixed).
+    target_sparsity: Fraction of zeros over prunable kernels, in [0, 1).
+    sparsity_distribution_name: 'uniform', 'er', 'erk' or 'erk_reference'.
+    seed: Seed of the random masks.
+    initial_mask: 'random' (exactly num_active random positions per layer,
+      the paper) or 'magnitude' (largest initial weights, the reference code).
+
+  Returns:
+    The `InitialModel`.
+
+  Raises:
+    ValueError: For an unknown `initial_mask` (sparsity and distribution are
+      checked by `sparsity_distribution`).
+  """
+  if initial_mask not in INITIAL_MASKS:
+    raise ValueError(f'initial_mask must be one of {INITIAL_MASKS}, got '
+                     f'{initial_mask!r}.')
+  model = model_fn()
+  layout = models.model_layout(model)
+  num_active = tuple(sparsity_distribution.compute_layer_num_active(
+      layout.kernel_shapes, target_sparsity, sparsity_distribution_name,
+      bias_sizes=layout.layer_bias_sizes))
+  initial_masks = []
+  for position, (pair, count) in enumerate(
+      zip(pruning.prunable_weights(model), num_active)):
+    if initial_mask == 'random':
+      initial_masks.append(mask_lib.random_mask(
+          pair.weight.shape, count, seed=seed * 1009 + position))
+    else:
+      initial_masks.append(mask_lib.top_k_mask(tf.abs(pair.weight), count))
+  pruning.set_masks(model, initial_masks)
+  pruning.start_pruning_steps(model)
+  weights = tff.learning.models.ModelWeights(
+      trainable=[v.numpy() for v in model.trainable_variables],
+      non_trainable=[v.numpy() for v in model.non_trainable_variables])
+  return InitialModel(weights=weights, layout=layout, num_active=num_active)
+
+
+def build_fed_dst(model_fn: models.ModelFn,
+                  initial_model: InitialModel,
+                  data_element_spec,
+                  schedule,
+                  client_config: client_work.ClientConfig,
+                  *,
+                  server_learning_rate: float = 1.0,
+                  server_momentum: float = 0.0
+                  ) -> tff.learning.templates.LearningProcess:
+  """Builds the FedDST `LearningProcess`.
+
+  Type signatures:
+    initialize: `( -> LearningAlgorithmState@SERVER)`
+    next: `(<LearningAlgorithmState@SERVER, {(x, y)*}@CLIENTS> ->
+      <state=LearningAlgorithmState@SERVER, metrics=<distributor=...,
+      client_work=..., aggregator=..., finalizer=...>@SERVER>)`
+
+  Args:
+    model_fn: Builds the wrapped Keras model.
+    initial_model: From `build_initial_model` with the same `model_fn`.
+    data_element_spec: `element_spec` of a client's batched `(x, y)` dataset.
+    schedule: Readjustment schedule (`schedules.ReadjustmentSchedule` or
+      anything with `should_readjust` and `drop_fraction_at`).
+    client_config: Local training hyper-parameters.
+    server_learning_rate: Server step size (1.0: the averages are the model).
+    server_momentum: Server momentum in [0, 1) (> 0: FedAvgM).
+
+  Returns:
+    A `tff.learning.templates.LearningProcess`.
+  """
+  layout = initial_model.layout
+  num_active = initial_model.num_active
+  initial_trainable = [np.asarray(v) for v in initial_model.weights.trainable]
+  initial_non_trainable = [
+      np.asarray(v) for v in initial_model.weights.non_trainable]
+
+  @tff.tensorflow.computation
+  def initial_model_weights_fn():
+    return tff.learning.models.ModelWeights(
+        trainable=[tf.constant(v) for v in initial_trainable],
+        non_trainable=[tf.constant(v) for v in initial_non_trainable])
+
+  model_weights_type = initial_model_weights_fn.type_signature.result
+  data_type = tff.SequenceType(tff.types.tensorflow_to_type(data_element_spec))
+
+  work = client_work.build_client_work(
+      model_fn, layout, num_active, schedule, client_config,
+      model_weights_type, data_type)
+  result_type = work.next.type_signature.result.result.member
+  aggregator = aggregation.SparseSumFactory(layout.kernel_shapes).create(
+      result_type.update, result_type.update_weight)
+  aggregate_type = aggregator.next.type_signature.result.result.member
+  broadcast = distributor.build_sparse_broadcast(layout, num_active,
+                                                 model_weights_type)
+  server_finalizer = finalizer.build_finalizer(
+      layout, num_active, model_weights_type, aggregate_type,
+      server_learning_rate=server_learning_rate,
+      server_momentum=server_momentum)
+  return tff.learning.templates.compose_learning_process(
+      initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
