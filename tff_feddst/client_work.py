@@ -321,10 +321,13 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
 
   @tff.tensorflow.computation(tff.types.TensorType(np.int32))
   def instructions_for(round_num):
+    # The process counts rounds from 1; a schedule may count from 0.
+    schedule_round = round_num - 1 + getattr(schedule, 'first_round', 1)
     return RoundInstructions(
         should_readjust=tf.convert_to_tensor(
-            schedule.should_readjust(round_num)),
-        drop_fraction=tf.cast(schedule.drop_fraction_at(round_num), tf.float32))
+            schedule.should_readjust(schedule_round)),
+        drop_fraction=tf.cast(schedule.drop_fraction_at(schedule_round),
+                              tf.float32))
 
   @tff.tensorflow.computation(tff.types.TensorType(np.int32))
   def advance(round_num):

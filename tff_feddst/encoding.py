@@ -4,8 +4,9 @@ A FedDST message (client upload, or server broadcast) carries, for the
 prunable kernels, only the values of active weights plus one bit per prunable
 position, and the dense parameters (biases) in full:
 
-  values[l]     exactly `num_active[l]` values of kernel l, in row-major order
-                of the active positions (float32, or float16 when asked);
+  values[l]     `num_active[l]` values of kernel l, in row-major order of the
+                active positions (float32, or float16 when asked); a mask
+                with fewer ones leaves trailing zeros, ignored on decoding;
   packed_masks  the masks of all prunable kernels, flattened and concatenated
                 in layer order, packed 8 positions per uint8, most significant
                 bit first, the last byte zero-padded;
@@ -87,16 +88,28 @@ def encode(kernels: Sequence[tf.Tensor], masks: Sequence[tf.Tensor],
     value_dtype: dtype of the sent values (tf.float32 or tf.float16).
 
   Returns:
-    The payload. In graph mode a mask with a different number of ones fails
-    at run time (`tf.ensure_shape`) instead of producing a misshapen message.
+    The payload.
+
+  Raises:
+    tf.errors.InvalidArgumentError: If a mask has more ones than
+      `num_active[l]` (at run time in graph mode).
   """
   values = []
   flat_masks = []
   for kernel, mask, count in zip(kernels, masks, num_active):
     flat_mask = tf.reshape(mask, [-1])
     positions = tf.where(flat_mask > 0.5)[:, 0]
-    layer_values = tf.gather(tf.reshape(kernel, [-1]), positions)
-    values.append(tf.ensure_shape(tf.cast(layer_values, value_dtype), [count]))
+    layer_values = tf.cast(tf.gather(tf.reshape(kernel, [-1]), positions),
+                           value_dtype)
+    num_ones = tf.size(positions)
+    with tf.control_dependencies([tf.debugging.assert_less_equal(
+        num_ones, count,
+        message=f'mask {len(values)} has more active positions than the '
+        f'payload holds ({count})')]):
+      # A mask with fewer ones (only the reference readjust rule makes one)
+      # leaves trailing zero values, which the decoder ignores.
+      layer_values = tf.pad(layer_values, [[0, count - num_ones]])
+    values.append(tf.ensure_shape(layer_values, [count]))
     flat_masks.append(flat_mask)
   packed = pack_bits(tf.concat(flat_masks, axis=0))
   return SparsePayload(
@@ -125,7 +138,8 @@ def decode(payload: SparsePayload, kernel_shapes: Sequence[Sequence[int]]
     flat_mask = all_bits[offset:offset + size]
     offset += size
     positions = tf.where(flat_mask > 0.5)
-    flat_kernel = tf.scatter_nd(positions, tf.cast(values, tf.float32), [size])
+    active_values = tf.cast(values[:tf.shape(positions)[0]], tf.float32)
+    flat_kernel = tf.scatter_nd(positions, active_values, [size])
     kernels.append(tf.reshape(flat_kernel, shape))
     masks.append(tf.reshape(flat_mask, shape))
   return kernels, masks, list(payload.dense)

@@ -1,0 +1,33 @@
+"""Shared test set-up: import path, quiet TF, one owned TFF context.
+
+pytest never runs `if __name__ == '__main__'` blocks, so the TFF execution
+context is installed here, once per session, on a worker process the session
+owns; at the end the worker is stopped and the session fails if any TFF
+worker process started by it is still alive.
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import psutil  # pylint: disable=g-import-not-at-top
+import pytest
+
+
+def _worker_children() -> list:
+  return [p for p in psutil.Process().children(recursive=True)
+          if 'worker_binary' in ' '.join(p.cmdline() or [])]
+
+
+@pytest.fixture(scope='session', autouse=True)
+def tff_context():
+  """Installs the owned local TFF context for the whole session."""
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()
+  from tff_feddst import execution
+  with execution.local_execution_context() as worker:
+    yield worker
+  leftovers = _worker_children()
+  assert not leftovers, f'TFF worker processes left behind: {leftovers}'

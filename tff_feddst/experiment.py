@@ -1,0 +1,358 @@
+"""One FedDST experiment from a plain config: data, process, loop, outputs.
+
+`ExperimentConfig` holds every hyper-parameter (its field names are the
+`bin/train.py` flag names); `run_experiment` validates it, loads and splits
+the data, builds the evaluator and the `LearningProcess`, runs the rounds
+under an owned TFF execution context and writes, in `output_dir`:
+
+  flags.txt         the config as `--name=value` lines (usable as --flagfile)
+  metrics.csv       one row per round (see `training_loop.METRICS_COLUMNS`)
+  global_model.npz  the final global `ModelWeights`
+
+Nothing is written until the config and the data have been checked, and an
+`output_dir` that already holds results is refused.
+"""
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+from tff_feddst import data as data_lib
+
+DATASET_MODELS = {
+    'fashion_mnist': 'mnist_net',
+    'mnist': 'mnist_net',
+    'cifar10': 'cifar10_net',
+}
+DISTRIBUTIONS = ('iid', 'dirichlet', 'pathological')
+SPARSITY_DISTRIBUTIONS = ('uniform', 'er', 'erk', 'erk_reference')
+SCHEDULES = ('paper', 'reference')
+RESULT_FILES = ('metrics.csv', 'flags.txt', 'global_model.npz')
+
+
+class ConfigError(ValueError):
+  """A bad experiment setting; the message is one line naming the flag."""
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+  """Every setting of a run; field names double as flag names."""
+  # Data.
+  dataset: str = 'fashion_mnist'
+  data_dir: Optional[str] = None
+  data_distribution: str = 'dirichlet'
+  total_clients: int = 100
+  dirichlet_beta: float = 0.1
+  classes_per_client: int = 2
+  examples_per_class: int = 20
+  examples_per_client: Optional[int] = None
+  # Model.
+  model: Optional[str] = None
+  # Rounds and local training.
+  total_rounds: int = 30
+  clients_per_round: int = 10
+  client_epochs_per_round: int = 1
+  client_batch_size: int = 32
+  client_learning_rate: float = 0.01
+  client_momentum: float = 0.9
+  client_weight_decay: float = 0.001
+  prox_mu: float = 0.0
+  # Sparsity and readjustment.
+  target_sparsity: float = 0.8
+  sparsity_distribution: str = 'erk'
+  initial_mask: str = 'random'
+  drop_fraction: float = 0.05
+  annealing: str = 'cosine'
+  annealing_end_round: int = 0
+  rounds_between_readjustments: int = 5
+  readjust_after_epochs: Optional[float] = None
+  grow_score: str = 'accumulated'
+  readjust_rule: str = 'feddst'
+  readjustment_schedule: str = 'paper'
+  upload_value_dtype: str = 'float32'
+  # Server.
+  server_learning_rate: float = 1.0
+  server_momentum: float = 0.0
+  # Run.
+  seed: int = 0
+  eval_every: int = 5
+
+  @property
+  def model_name(self) -> str:
+    return self.model or DATASET_MODELS.get(self.dataset, '')
+
+  @property
+  def effective_annealing_end_round(self) -> int:
+    return self.annealing_end_round or max(self.total_rounds // 2, 1)
+
+  def validate(self) -> None:
+    """Checks every setting that can be checked without data.
+
+    Raises:
+      ConfigError: naming the first bad flag and what it accepts.
+    """
+    def require(ok: bool, flag: str, accepted: str) -> None:
+      if not ok:
+        raise ConfigError(f'--{flag}={getattr(self, flag)!r} is invalid: '
+                          f'expected {accepted}.')
+
+    from tff_feddst import models  # Imports TF; keep module import light.
+    require(self.dataset in DATASET_MODELS, 'dataset',
+            f'one of {", ".join(DATASET_MODELS)}')
+    require(self.data_distribution in DISTRIBUTIONS, 'data_distribution',
+            f'one of {", ".join(DISTRIBUTIONS)}')
+    require(self.total_clients >= 1, 'total_clients', 'an integer >= 1')
+    require(self.dirichlet_beta > 0, 'dirichlet_beta', 'a number > 0')
+    require(self.classes_per_client >= 1, 'classes_per_client',
+            'an integer >= 1')
+    require(self.examples_per_class >= 1, 'examples_per_class',
+            'an integer >= 1')
+    require(self.examples_per_client is None or self.examples_per_client >= 1,
+            'examples_per_client', 'an integer >= 1 or unset')
+    require(self.model is None or self.model in models.MODEL_BUILDERS,
+            'model', f'one of {", ".join(models.MODEL_BUILDERS)}')
+    require(self.total_rounds >= 1, 'total_rounds', 'an integer >= 1')
+    require(1 <= self.clients_per_round <= self.total_clients,
+            'clients_per_round',
+            f'an integer in [1, --total_clients={self.total_clients}]')
+    require(self.client_epochs_per_round >= 1, 'client_epochs_per_round',
+            'an integer >= 1')
+    require(self.client_batch_size >= 1, 'client_batch_size',
+            'an integer >= 1')
+    require(self.client_learning_rate > 0, 'client_learning_rate',
+            'a number > 0')
+    require(0 <= self.client_momentum < 1, 'client_momentum',
+            'a number in [0, 1)')
+    require(self.client_weight_decay >= 0, 'client_weight_decay',
+            'a number >= 0')
+    require(self.prox_mu >= 0, 'prox_mu', 'a number >= 0')
+    require(0 <= self.target_sparsity < 1, 'target_sparsity',
+            'a fraction of zeros in [0, 1)')
+    require(self.sparsity_distribution in SPARSITY_DISTRIBUTIONS,
+            'sparsity_distribution',
+            f'one of {", ".join(SPARSITY_DISTRIBUTIONS)}')
+    require(self.initial_mask in ('random', 'magnitude'), 'initial_mask',
+            'random or magnitude')
+    require(0 <= self.drop_fraction <= 1, 'drop_fraction',
+            'a fraction in [0, 1]')
+    require(self.annealing in ('cosine', 'constant'), 'annealing',
+            'cosine or constant')
+    require(self.annealing_end_round >= 0, 'annealing_end_round',
+            'an integer >= 0 (0: total_rounds // 2)')
+    require(self.rounds_between_readjustments >= 1,
+            'rounds_between_readjustments', 'an integer >= 1')
+    require(self.readjust_after_epochs is None or
+            0 < self.readjust_after_epochs <= self.client_epochs_per_round,
+            'readjust_after_epochs',
+            f'a number in (0, --client_epochs_per_round='
+            f'{self.client_epochs_per_round}] or unset')
+    require(self.grow_score in ('accumulated', 'last_batch'), 'grow_score',
+            'accumulated or last_batch')
+    require(self.readjust_rule in ('feddst', 'reference'), 'readjust_rule',
+            'feddst or reference')
+    require(self.readjustment_schedule in SCHEDULES, 'readjustment_schedule',
+            f'one of {", ".join(SCHEDULES)}')
+    require(self.upload_value_dtype in ('float32', 'float16'),
+            'upload_value_dtype', 'float32 or float16')
+    require(self.server_learning_rate > 0, 'server_learning_rate',
+            'a number > 0')
+    require(0 <= self.server_momentum < 1, 'server_momentum',
+            'a number in [0, 1)')
+    require(self.eval_every >= 1, 'eval_every', 'an integer >= 1')
+
+  def to_flag_lines(self) -> list[str]:
+    """Returns the config as `--name=value` lines (unset values omitted)."""
+    lines = []
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if value is not None:
+        lines.append(f'--{field.name}={value}')
+    return lines
+
+
+def check_output_dir(output_dir: str) -> None:
+  """Refuses an output directory that already holds results.
+
+  Args:
+    output_dir: The run's output directory (may not exist yet).
+
+  Raises:
+    ConfigError: If it holds any of `RESULT_FILES`, or is not a directory.
+  """
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise ConfigError(f'--output_dir={output_dir} exists and is not a '
+                      'directory.')
+  if os.path.isdir(output_dir):
+    present = [f for f in RESULT_FILES
+               if os.path.exists(os.path.join(output_dir, f))]
+    if present:
+      raise ConfigError(
+          f'--output_dir={output_dir} already holds results ({present[0]}); '
+          'choose a new directory, nothing was changed.')
+
+
+def load_federated_data(config: ExperimentConfig) -> data_lib.FederatedData:
+  """Loads and partitions the configured data set.
+
+  Args:
+    config: A validated config.
+
+  Returns:
+    The `FederatedData`.
+
+  Raises:
+    data.DataFileError: For missing or corrupt data files.
+    ConfigError: If the split cannot be made with these settings.
+  """
+  dataset = data_lib.load_dataset(config.dataset, config.data_dir)
+  try:
+    return data_lib.build_federated_data(
+        dataset, config.data_distribution, config.total_clients, config.seed,
+        beta=config.dirichlet_beta,
+        classes_per_client=config.classes_per_client,
+        examples_per_class=config.examples_per_class,
+        examples_per_client=config.examples_per_client)
+  except ValueError as error:
+    raise ConfigError(
+        f'--data_distribution={config.data_distribution}: cannot split '
+        f'{config.dataset} that way: {error}') from error
+
+
+def build_schedule(config: ExperimentConfig):
+  """Returns the configured readjustment schedule."""
+  from tff_feddst import schedules
+  schedule_class = (schedules.ReferenceReadjustmentSchedule
+                    if config.readjustment_schedule == 'reference'
+                    else schedules.ReadjustmentSchedule)
+  return schedule_class(
+      drop_fraction=config.drop_fraction,
+      rounds_between_readjustments=config.rounds_between_readjustments,
+      end_round=config.effective_annealing_end_round,
+      annealing=config.annealing)
+
+
+def save_model_weights(path: str, weights) -> None:
+  """Saves `ModelWeights` as an .npz of `trainable_i`/`non_trainable_i`."""
+  arrays = {f'trainable_{i}': np.asarray(v)
+            for i, v in enumerate(weights.trainable)}
+  arrays.update({f'non_trainable_{i}': np.asarray(v)
+                 for i, v in enumerate(weights.non_trainable)})
+  with open(path, 'xb') as f:
+    np.savez(f, **arrays)
+
+
+def load_model_weights(path: str):
+  """Loads `ModelWeights` saved by `save_model_weights`."""
+  import tensorflow_federated as tff
+  with np.load(path) as archive:
+    def collect(prefix):
+      count = sum(1 for k in archive.files if k.startswith(prefix + '_'))
+      return [archive[f'{prefix}_{i}'] for i in range(count)]
+    return tff.learning.models.ModelWeights(
+        trainable=collect('trainable'), non_trainable=collect('non_trainable'))
+
+
+def run_experiment(config: ExperimentConfig, output_dir: str, *,
+                   progress: bool = False,
+                   on_round_end: Optional[Callable[[dict], None]] = None):
+  """Runs a whole experiment and writes its outputs to `output_dir`.
+
+  Args:
+    config: The settings.
+    output_dir: Where results go; must not hold results already.
+    progress: Show a progress bar on stderr.
+    on_round_end: Called with each metrics row.
+
+  Returns:
+    The list of metrics rows (dicts keyed by `METRICS_COLUMNS`).
+
+  Raises:
+    ConfigError: For a bad setting or a used output directory.
+    data.DataFileError: For missing or corrupt data files.
+  """
+  config.validate()
+  check_output_dir(output_dir)
+  federated_data = load_federated_data(config)
+
+  # TF/TFF imports are deferred so that bad flags fail fast.
+  from tff_feddst import client_work
+  from tff_feddst import evaluation
+  from tff_feddst import execution
+  from tff_feddst import fed_dst
+  from tff_feddst import models
+  from tff_feddst import sparsity_distribution
+  from tff_feddst import training_loop
+
+  model_fn = models.get_model_fn(config.model_name, seed=config.seed)
+  initial_model = fed_dst.build_initial_model(
+      model_fn, config.target_sparsity, config.sparsity_distribution,
+      seed=config.seed, initial_mask=config.initial_mask)
+  schedule = build_schedule(config)
+  keep_after_prune = ()
+  if config.readjust_rule == 'reference':
+    prune_sparsity = min(
+        config.target_sparsity +
+        (1 - config.target_sparsity) * config.drop_fraction, 0.999999)
+    keep_after_prune = tuple(sparsity_distribution.compute_layer_num_active(
+        initial_model.layout.kernel_shapes, prune_sparsity,
+        config.sparsity_distribution,
+        bias_sizes=initial_model.layout.layer_bias_sizes))
+  client_config = client_work.ClientConfig(
+      learning_rate=config.client_learning_rate,
+      momentum=config.client_momentum,
+      weight_decay=config.client_weight_decay,
+      prox_mu=config.prox_mu,
+      num_epochs=config.client_epochs_per_round,
+      readjust_after_epochs=config.readjust_after_epochs,
+      grow_score=config.grow_score,
+      readjust_rule=config.readjust_rule,
+      reference_keep_after_prune=keep_after_prune,
+      value_dtype=config.upload_value_dtype)
+  evaluator = evaluation.Evaluator(model_fn, federated_data)
+
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, 'flags.txt'), 'x') as f:
+    f.write('\n'.join(config.to_flag_lines()) + '\n')
+
+  bar = None
+  if progress:
+    import tqdm
+    bar = tqdm.tqdm(total=config.total_rounds, unit='round', dynamic_ncols=True)
+
+  def after_round(row):
+    if bar is not None:
+      bar.update(1)
+      postfix = {'loss': f'{row["train_loss"]:.3f}',
+                 'mask_moved': row['mask_changed_positions']}
+      if row['test_accuracy'] is not None:
+        postfix['acc'] = f'{row["test_accuracy"]:.4f}'
+      bar.set_postfix(postfix)
+    if on_round_end is not None:
+      on_round_end(row)
+
+  try:
+    with execution.local_execution_context():
+      process = fed_dst.build_fed_dst(
+          model_fn, initial_model,
+          training_loop.client_datasets(
+              federated_data, federated_data.client_ids[:1],
+              config.client_batch_size, config.seed, 0)[0].element_spec,
+          schedule, client_config,
+          server_learning_rate=config.server_learning_rate,
+          server_momentum=config.server_momentum)
+      state, rows = training_loop.run_training(
+          process, federated_data, evaluator,
+          total_rounds=config.total_rounds,
+          clients_per_round=config.clients_per_round,
+          batch_size=config.client_batch_size, seed=config.seed,
+          eval_every=config.eval_every,
+          metrics_path=os.path.join(output_dir, 'metrics.csv'),
+          on_round_end=after_round)
+      save_model_weights(os.path.join(output_dir, 'global_model.npz'),
+                         process.get_model_weights(state))
+  finally:
+    if bar is not None:
+      bar.close()
+  return rows

@@ -1,0 +1,182 @@
+"""The round loop: sample clients, run the process, evaluate, write metrics.
+
+Client sampling and data shuffling are seeded per round (from `seed` and the
+round number), so a run is reproducible and any round can be replayed without
+carrying random-generator state.
+"""
+
+import csv
+import math
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_feddst import data as data_lib
+from tff_feddst import evaluation
+
+METRICS_COLUMNS = (
+    'round', 'test_accuracy', 'client_test_accuracy', 'train_loss',
+    'sparsity', 'mask_changed_positions', 'upload_bytes', 'download_bytes',
+    'upload_bytes_cumulative', 'download_bytes_cumulative', 'round_seconds')
+
+
+def sample_clients(client_ids: Sequence[str], clients_per_round: int,
+                   seed: int, round_num: int) -> list[str]:
+  """Samples clients for a round uniformly WITHOUT replacement.
+
+  Args:
+    client_ids: All client ids.
+    clients_per_round: How many to sample, in [1, len(client_ids)].
+    seed: Run seed.
+    round_num: 1-based round.
+
+  Returns:
+    The sampled ids, in sampling order.
+
+  Raises:
+    ValueError: If `clients_per_round` is out of range.
+  """
+  if not 1 <= clients_per_round <= len(client_ids):
+    raise ValueError(f'clients_per_round must be in [1, {len(client_ids)}], '
+                     f'got {clients_per_round}.')
+  rng = np.random.default_rng([seed, round_num])
+  chosen = rng.choice(len(client_ids), size=clients_per_round, replace=False)
+  return [client_ids[i] for i in chosen]
+
+
+def _shuffle_seed(seed: int, round_num: int, client_position: int) -> int:
+  return int(np.random.SeedSequence(
+      [seed, round_num, client_position]).generate_state(1)[0])
+
+
+def client_datasets(federated_data: data_lib.FederatedData,
+                    client_ids: Sequence[str], batch_size: int, seed: int,
+                    round_num: int) -> list[tf.data.Dataset]:
+  """Builds the sampled clients' shuffled, batched training datasets.
+
+  Args:
+    federated_data: The partitioned data.
+    client_ids: The sampled clients.
+    batch_size: Client minibatch size.
+    seed: Run seed.
+    round_num: 1-based round (the shuffle order depends on it).
+
+  Returns:
+    One `tf.data.Dataset` of `(x, y)` batches per client.
+  """
+  datasets = []
+  for client_id in client_ids:
+    x, y = federated_data.train_arrays(client_id)
+    position = federated_data.client_ids.index(client_id)
+    datasets.append(data_lib.make_client_dataset(
+        x, y, batch_size, shuffle_seed=_shuffle_seed(seed, round_num, position)))
+  return datasets
+
+
+def _format(value) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, float):
+    return '' if math.isnan(value) else repr(value)
+  return str(value)
+
+
+def metrics_row(round_num: int, round_metrics, eval_result: Optional[
+    evaluation.EvalResult], cumulative: dict, round_seconds: float) -> dict:
+  """Turns one round's process metrics into a metrics.csv row.
+
+  Args:
+    round_num: 1-based round.
+    round_metrics: The `metrics` of the process's `next` output.
+    eval_result: Evaluation this round, or None.
+    cumulative: Running totals {'upload': int, 'download': int}, updated.
+    round_seconds: Wall time of the round (training and evaluation).
+
+  Returns:
+    A dict keyed by `METRICS_COLUMNS`.
+  """
+  upload = int(round_metrics['aggregator']['upload_bytes'])
+  download = int(round_metrics['distributor']['download_bytes'])
+  cumulative['upload'] += upload
+  cumulative['download'] += download
+  return {
+      'round': round_num,
+      'test_accuracy': eval_result.test_accuracy if eval_result else None,
+      'client_test_accuracy': (
+          eval_result.client_test_accuracy if eval_result else None),
+      'train_loss': float(round_metrics['client_work']['train_loss']),
+      'sparsity': float(round_metrics['finalizer']['sparsity']),
+      'mask_changed_positions': int(
+          round_metrics['finalizer']['mask_changed_positions']),
+      'upload_bytes': upload,
+      'download_bytes': download,
+      'upload_bytes_cumulative': cumulative['upload'],
+      'download_bytes_cumulative': cumulative['download'],
+      'round_seconds': round_seconds,
+  }
+
+
+def run_training(process: tff.learning.templates.LearningProcess,
+                 federated_data: data_lib.FederatedData,
+                 evaluator: evaluation.Evaluator,
+                 *,
+                 total_rounds: int,
+                 clients_per_round: int,
+                 batch_size: int,
+                 seed: int,
+                 eval_every: int,
+                 metrics_path: str,
+                 on_round_end: Optional[Callable[[dict], None]] = None):
+  """Runs `total_rounds` rounds and writes one metrics.csv row per round.
+
+  The metrics file is created exclusively (an existing file is never
+  overwritten) and flushed after every row. Evaluation runs every
+  `eval_every` rounds and after the last round; other rows leave the accuracy
+  columns empty.
+
+  Args:
+    process: The FedDST `LearningProcess`.
+    federated_data: The partitioned data.
+    evaluator: Built before `process`.
+    total_rounds: Rounds to run, >= 1.
+    clients_per_round: Clients sampled per round.
+    batch_size: Client minibatch size.
+    seed: Run seed (sampling and shuffling).
+    eval_every: Evaluate every this many rounds, >= 1.
+    metrics_path: Where to write metrics.csv (must not exist).
+    on_round_end: Called with each row after it is written (progress).
+
+  Returns:
+    `(final_state, rows)`.
+  """
+  state = process.initialize()
+  rows = []
+  cumulative = {'upload': 0, 'download': 0}
+  with open(metrics_path, 'x', newline='') as metrics_file:
+    writer = csv.DictWriter(metrics_file, fieldnames=METRICS_COLUMNS)
+    writer.writeheader()
+    metrics_file.flush()
+    for round_num in range(1, total_rounds + 1):
+      start = time.perf_counter()
+      sampled = sample_clients(federated_data.client_ids, clients_per_round,
+                               seed, round_num)
+      datasets = client_datasets(federated_data, sampled, batch_size, seed,
+                                 round_num)
+      output = process.next(state, datasets)
+      state = output.state
+      eval_result = None
+      if round_num % eval_every == 0 or round_num == total_rounds:
+        eval_result = evaluator.evaluate(process.get_model_weights(state))
+      row = metrics_row(round_num, output.metrics, eval_result, cumulative,
+                        time.perf_counter() - start)
+      writer.writerow({k: _format(v) for k, v in row.items()})
+      metrics_file.flush()
+      os.fsync(metrics_file.fileno())
+      rows.append(row)
+      if on_round_end is not None:
+        on_round_end(row)
+  return state, rows
