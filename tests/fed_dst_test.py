@@ -1,0 +1,159 @@
+"""End-to-end tests of the FedDST LearningProcess on small synthetic data."""
+
+import numpy as np
+import tensorflow as tf
+
+from tff_feddst import client_work
+from tff_feddst import encoding
+from tff_feddst import fed_dst
+from tff_feddst import models
+from tff_feddst import schedules
+
+NUM_CLIENTS = 3
+
+
+def learnable_client_data(seed: int) -> list[tf.data.Dataset]:
+  """Each class is a fixed random 28x28 pattern plus noise: easy to learn."""
+  rng = np.random.default_rng(0)
+  patterns = rng.normal(size=(10, 28, 28, 1)).astype(np.float32)
+  rng = np.random.default_rng(seed)
+  datasets = []
+  for client in range(NUM_CLIENTS):
+    labels = rng.choice([client, client + 3, client + 6], size=24)
+    images = patterns[labels] + 0.5 * rng.normal(size=(24, 28, 28, 1))
+    datasets.append(tf.data.Dataset.from_tensor_slices(
+        (images.astype(np.float32), labels.astype(np.int32))).batch(8))
+  return datasets
+
+
+def build(target_sparsity=0.8, drop_fraction=0.3, seed=0):
+  model_fn = models.get_model_fn('mnist_net', seed=seed)
+  initial = fed_dst.build_initial_model(model_fn, target_sparsity, 'erk',
+                                        seed=seed)
+  schedule = schedules.ReadjustmentSchedule(
+      drop_fraction=drop_fraction, rounds_between_readjustments=1,
+      end_round=10, annealing='constant')
+  config = client_work.ClientConfig(num_epochs=2, learning_rate=0.02)
+  process = fed_dst.build_fed_dst(
+      model_fn, initial, learnable_client_data(0)[0].element_spec, schedule,
+      config)
+  return process, initial
+
+
+def run_rounds(process, num_rounds):
+  state = process.initialize()
+  metrics = []
+  for round_num in range(num_rounds):
+    output = process.next(state, learnable_client_data(round_num))
+    state = output.state
+    metrics.append(output.metrics)
+  return state, metrics
+
+
+class FedDstProcessTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.process, cls.initial = build()
+    cls.state, cls.metrics = run_rounds(cls.process, 3)
+
+  def test_loss_decreases(self):
+    losses = [float(m['client_work']['train_loss']) for m in self.metrics]
+    self.assertLess(losses[-1], losses[0])
+
+  def test_exact_nnz_per_layer_and_masked_weights_zero(self):
+    weights = self.process.get_model_weights(self.state)
+    layout = self.initial.layout
+    for kernel_index, mask_index, count in zip(
+        layout.kernel_indices, layout.mask_indices, self.initial.num_active):
+      kernel = weights.trainable[kernel_index]
+      mask = weights.non_trainable[mask_index]
+      self.assertEqual(int(mask.sum()), count)
+      self.assertTrue(np.all(kernel[mask == 0] == 0))
+    for m in self.metrics:
+      self.assertEqual(tuple(m['finalizer']['layer_num_active']),
+                       self.initial.num_active)
+
+  def test_mask_moves_on_readjustment_rounds(self):
+    for m in self.metrics:
+      self.assertTrue(m['client_work']['should_readjust'])
+      self.assertGreater(m['client_work']['num_regrown'], 0)
+      self.assertGreater(m['finalizer']['mask_changed_positions'], 0)
+
+  def test_measured_bytes_equal_analytic(self):
+    layout = self.initial.layout
+    per_message = encoding.analytic_num_bytes(
+        self.initial.num_active, layout.kernel_sizes,
+        sum(layout.layer_bias_sizes))
+    for m in self.metrics:
+      self.assertEqual(m['distributor']['download_bytes'],
+                       NUM_CLIENTS * per_message)
+      # Each upload also carries its float32 example count.
+      self.assertEqual(m['aggregator']['upload_bytes'],
+                       NUM_CLIENTS * (per_message + 4))
+
+  def test_identical_seeds_identical_results(self):
+    state, metrics = run_rounds(self.process, 3)
+    tf.nest.map_structure(self.assertAllEqual, metrics, self.metrics)
+    tf.nest.map_structure(self.assertAllEqual,
+                          self.process.get_model_weights(state),
+                          self.process.get_model_weights(self.state))
+
+
+class BaselinesFromTheSameProcessTest(tf.test.TestCase):
+
+  def test_zero_sparsity_is_dense_fedavg(self):
+    process, initial = build(target_sparsity=0.0)
+    state, metrics = run_rounds(process, 2)
+    weights = process.get_model_weights(state)
+    for mask_index in initial.layout.mask_indices:
+      self.assertTrue(np.all(weights.non_trainable[mask_index] == 1))
+    self.assertEqual(metrics[-1]['finalizer']['sparsity'], 0.0)
+    self.assertEqual(metrics[-1]['finalizer']['mask_changed_positions'], 0)
+
+  def test_zero_drop_fraction_is_random_mask(self):
+    process, initial = build(drop_fraction=0.0)
+    state, metrics = run_rounds(process, 2)
+    weights = process.get_model_weights(state)
+    for mask_index in initial.layout.mask_indices:
+      self.assertAllEqual(weights.non_trainable[mask_index],
+                          initial.weights.non_trainable[mask_index])
+    for m in metrics:
+      self.assertFalse(m['client_work']['should_readjust'])
+      self.assertEqual(m['finalizer']['mask_changed_positions'], 0)
+
+
+class InitialModelTest(tf.test.TestCase):
+
+  def test_initial_masks_are_seeded_with_exact_counts(self):
+    model_fn = models.get_model_fn('mnist_net', seed=0)
+    first = fed_dst.build_initial_model(model_fn, 0.9, 'uniform', seed=5)
+    second = fed_dst.build_initial_model(model_fn, 0.9, 'uniform', seed=5)
+    other = fed_dst.build_initial_model(model_fn, 0.9, 'uniform', seed=6)
+    layout = first.layout
+    for position, mask_index in enumerate(layout.mask_indices):
+      mask = first.weights.non_trainable[mask_index]
+      self.assertEqual(int(mask.sum()),
+                       round(0.1 * layout.kernel_sizes[position]))
+      self.assertAllEqual(mask, second.weights.non_trainable[mask_index])
+    self.assertNotAllEqual(first.weights.non_trainable[layout.mask_indices[2]],
+                           other.weights.non_trainable[layout.mask_indices[2]])
+
+  def test_magnitude_initial_mask_keeps_largest_weights(self):
+    model_fn = models.get_model_fn('mnist_net', seed=0)
+    initial = fed_dst.build_initial_model(model_fn, 0.5, 'uniform', seed=0,
+                                          initial_mask='magnitude')
+    dense = model_fn().trainable_variables[0].numpy()
+    mask = initial.weights.non_trainable[initial.layout.mask_indices[0]]
+    self.assertGreaterEqual(np.abs(dense[mask == 1]).min(),
+                            np.abs(dense[mask == 0]).max())
+
+  def test_unknown_initial_mask_raises(self):
+    with self.assertRaisesRegex(ValueError, 'initial_mask'):
+      fed_dst.build_initial_model(models.get_model_fn('mnist_net'), 0.5,
+                                  'erk', seed=0, initial_mask='lottery')
+
+
+if __name__ == '__main__':
+  tf.test.main()
