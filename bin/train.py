@@ -5,7 +5,7 @@
 
 Every flag maps one-to-one onto `tff_feddst.experiment.ExperimentConfig`.
 Writes output_dir/{flags.txt, metrics.csv, global_model.npz}. Bad input ends
-with a one-line error naming the flag or file, exit code 2, nothing written.
+with a one-line error naming the flag or file, exit code 1, nothing written.
 """
 
 import os
@@ -23,8 +23,8 @@ from tff_feddst import experiment
 _DEFAULTS = experiment.ExperimentConfig()
 
 # Data.
-flags.DEFINE_enum('dataset', _DEFAULTS.dataset, list(experiment.DATASET_MODELS),
-                  'Data set.')
+flags.DEFINE_string('dataset', _DEFAULTS.dataset,
+                    f'Data set: {", ".join(experiment.DATASET_MODELS)}.')
 flags.DEFINE_string('data_dir', None, 'Directory with the data set files '
                     '(default: the Debian package path for Fashion-MNIST, the '
                     'Keras cache for MNIST and CIFAR-10).')

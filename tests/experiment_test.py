@@ -1,0 +1,122 @@
+"""End-to-end: a few rounds on a slice of the real Fashion-MNIST files."""
+
+import csv
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from tff_feddst import data
+from tff_feddst import experiment
+from tff_feddst import training_loop
+
+def write_fashion_mnist_slice(directory: str, num_train: int = 1200,
+                              num_test: int = 300) -> None:
+  """Copies the first examples of the real IDX files into `directory`."""
+  for prefix, count in (('train', num_train), ('t10k', num_test)):
+    for kind in ('images-idx3', 'labels-idx1'):
+      name = f'{prefix}-{kind}-ubyte.gz'
+      array = data.read_idx(os.path.join(data.DEFAULT_FASHION_MNIST_DIR, name))
+      data.write_idx(os.path.join(directory, name), array[:count])
+
+
+def small_config(data_dir: str, **overrides) -> experiment.ExperimentConfig:
+  settings = dict(
+      data_dir=data_dir, data_distribution='dirichlet', dirichlet_beta=0.5,
+      total_clients=8, clients_per_round=3, total_rounds=3, eval_every=2,
+      client_epochs_per_round=1, target_sparsity=0.8, drop_fraction=0.2,
+      rounds_between_readjustments=1, annealing='constant', seed=0)
+  settings.update(overrides)
+  return experiment.ExperimentConfig(**settings)
+
+
+class ExperimentTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data_dir = tempfile.mkdtemp(prefix='fmnist_slice_')
+    write_fashion_mnist_slice(cls.data_dir)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.data_dir)
+    super().tearDownClass()
+
+  def test_run_writes_metrics_flags_and_model(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'run')
+    config = small_config(self.data_dir)
+    rows = experiment.run_experiment(config, output_dir)
+    with open(os.path.join(output_dir, 'metrics.csv')) as f:
+      reader = csv.DictReader(f)
+      self.assertEqual(tuple(reader.fieldnames),
+                       training_loop.METRICS_COLUMNS)
+      written = list(reader)
+    self.assertLen(written, 3)
+    self.assertEqual([r['round'] for r in written], ['1', '2', '3'])
+    # Evaluated on round 2 (eval_every) and the last round only.
+    self.assertEqual(written[0]['test_accuracy'], '')
+    self.assertNotEqual(written[1]['test_accuracy'], '')
+    self.assertNotEqual(written[2]['client_test_accuracy'], '')
+    for row in rows:
+      self.assertAlmostEqual(row['sparsity'], 0.8, places=4)
+      self.assertGreater(row['upload_bytes'], 0)
+      self.assertGreater(row['round_seconds'], 0)
+    self.assertEqual(rows[-1]['upload_bytes_cumulative'],
+                     sum(r['upload_bytes'] for r in rows))
+    self.assertGreater(sum(r['mask_changed_positions'] for r in rows), 0)
+    with open(os.path.join(output_dir, 'flags.txt')) as f:
+      flag_lines = f.read().splitlines()
+    self.assertIn('--target_sparsity=0.8', flag_lines)
+    weights = experiment.load_model_weights(
+        os.path.join(output_dir, 'global_model.npz'))
+    self.assertLen(weights.trainable, 8)
+
+  def test_used_output_dir_is_refused_and_left_alone(self):
+    output_dir = self.create_tempdir().full_path
+    metrics_path = os.path.join(output_dir, 'metrics.csv')
+    with open(metrics_path, 'w') as f:
+      f.write('precious')
+    with self.assertRaisesRegex(experiment.ConfigError,
+                                'already holds results'):
+      experiment.run_experiment(small_config(self.data_dir), output_dir)
+    with open(metrics_path) as f:
+      self.assertEqual(f.read(), 'precious')
+    self.assertFalse(os.path.exists(os.path.join(output_dir, 'flags.txt')))
+
+  def test_bad_settings_name_the_flag(self):
+    cases = {
+        'target_sparsity': dict(target_sparsity=1.0),
+        'clients_per_round': dict(clients_per_round=9),
+        'dataset': dict(dataset='imagenet'),
+        'data_distribution': dict(data_distribution='zipf'),
+        'readjust_after_epochs': dict(readjust_after_epochs=2.0),
+    }
+    for flag, overrides in cases.items():
+      with self.assertRaisesRegex(experiment.ConfigError, f'--{flag}='):
+        small_config(self.data_dir, **overrides).validate()
+
+  def test_split_that_cannot_be_made_is_a_config_error(self):
+    config = small_config(self.data_dir, data_distribution='pathological',
+                          examples_per_class=500)
+    with self.assertRaisesRegex(experiment.ConfigError, 'data_distribution'):
+      experiment.load_federated_data(config)
+
+
+class TrainingLoopTest(tf.test.TestCase):
+
+  def test_sampling_is_seeded_and_without_replacement(self):
+    ids = [str(i) for i in range(20)]
+    first = training_loop.sample_clients(ids, 10, seed=1, round_num=4)
+    self.assertLen(set(first), 10)
+    self.assertEqual(first, training_loop.sample_clients(ids, 10, 1, 4))
+    self.assertNotEqual(first, training_loop.sample_clients(ids, 10, 1, 5))
+
+  def test_too_many_clients_raises(self):
+    with self.assertRaisesRegex(ValueError, 'clients_per_round'):
+      training_loop.sample_clients(['a', 'b'], 3, seed=0, round_num=1)
+
+
+if __name__ == '__main__':
+  tf.test.main()

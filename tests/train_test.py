@@ -1,0 +1,108 @@
+"""Tests for bin/train.py: a smoke run through main(), and bad input."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import flagsaver
+import tensorflow as tf
+
+from tests import experiment_test
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, 'bin', 'train.py')
+sys.path.insert(0, os.path.join(ROOT, 'bin'))
+
+import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def run_train(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, TRAIN, '--noprogress', *args], capture_output=True,
+      text=True, timeout=300, stdin=subprocess.DEVNULL,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+
+
+class TrainMainTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data_dir = tempfile.mkdtemp(prefix='fmnist_slice_')
+    experiment_test.write_fashion_mnist_slice(cls.data_dir)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.data_dir)
+    super().tearDownClass()
+
+  def test_main_runs_two_rounds(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'out')
+    with flagsaver.flagsaver(
+        data_dir=self.data_dir, total_clients=6, clients_per_round=2,
+        total_rounds=2, eval_every=1, output_dir=output_dir, progress=False):
+      train.main(['train.py'])
+    for name in ('metrics.csv', 'flags.txt', 'global_model.npz'):
+      self.assertTrue(os.path.exists(os.path.join(output_dir, name)), name)
+    with open(os.path.join(output_dir, 'flags.txt')) as f:
+      self.assertIn(f'--data_dir={self.data_dir}', f.read())
+
+
+class TrainBadInputTest(tf.test.TestCase):
+  """Each bad input: exit code 1, one line on stderr, no traceback."""
+
+  def assert_one_line_error(self, result, *expected_words):
+    self.assertEqual(result.returncode, 1, result.stderr)
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    self.assertLen(lines, 1, result.stderr)
+    self.assertNotIn('Traceback', result.stderr)
+    for word in expected_words:
+      self.assertIn(word, lines[0])
+
+  def test_bad_values_are_refused_before_anything_is_written(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'never')
+    cases = [
+        (['--target_sparsity=1.5'], '--target_sparsity'),
+        (['--total_clients=5', '--clients_per_round=6'],
+         '--clients_per_round'),
+        (['--data_distribution=zipf'], '--data_distribution'),
+        (['--data_dir=/nonexistent/fmnist'], '/nonexistent/fmnist'),
+    ]
+    for args, expected in cases:
+      result = run_train(f'--output_dir={output_dir}', *args)
+      self.assert_one_line_error(result, expected)
+      self.assertFalse(os.path.exists(output_dir), args)
+
+  def test_unknown_dataset_names_the_accepted_ones(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'never')
+    result = run_train('--dataset=imagenet', f'--output_dir={output_dir}')
+    self.assert_one_line_error(result, '--dataset=', 'fashion_mnist')
+    self.assertFalse(os.path.exists(output_dir))
+
+  def test_corrupt_idx_file_names_the_file(self):
+    data_dir = self.create_tempdir().full_path
+    experiment_test.write_fashion_mnist_slice(data_dir, 50, 20)
+    broken = os.path.join(data_dir, 'train-images-idx3-ubyte.gz')
+    with open(broken, 'rb') as f:
+      content = f.read()
+    with open(broken, 'wb') as f:
+      f.write(content[:len(content) // 2])
+    output_dir = os.path.join(self.create_tempdir().full_path, 'never')
+    result = run_train(f'--data_dir={data_dir}', f'--output_dir={output_dir}')
+    self.assert_one_line_error(result, broken)
+    self.assertFalse(os.path.exists(output_dir))
+
+  def test_used_output_dir_is_refused(self):
+    output_dir = self.create_tempdir().full_path
+    with open(os.path.join(output_dir, 'metrics.csv'), 'w') as f:
+      f.write('keep me')
+    result = run_train(f'--output_dir={output_dir}')
+    self.assert_one_line_error(result, 'already holds results')
+    with open(os.path.join(output_dir, 'metrics.csv')) as f:
+      self.assertEqual(f.read(), 'keep me')
+
+
+if __name__ == '__main__':
+  tf.test.main()
