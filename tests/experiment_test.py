@@ -10,16 +10,7 @@ import tensorflow as tf
 from tff_feddst import data
 from tff_feddst import experiment
 from tff_feddst import training_loop
-
-def write_fashion_mnist_slice(directory: str, num_train: int = 1200,
-                              num_test: int = 300) -> None:
-  """Copies the first examples of the real IDX files into `directory`."""
-  for prefix, count in (('train', num_train), ('t10k', num_test)):
-    for kind in ('images-idx3', 'labels-idx1'):
-      name = f'{prefix}-{kind}-ubyte.gz'
-      array = data.read_idx(os.path.join(data.DEFAULT_FASHION_MNIST_DIR, name))
-      data.write_idx(os.path.join(directory, name), array[:count])
-
+from tests import fixtures
 
 def small_config(data_dir: str, **overrides) -> experiment.ExperimentConfig:
   settings = dict(
@@ -37,7 +28,7 @@ class ExperimentTest(tf.test.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.data_dir = tempfile.mkdtemp(prefix='fmnist_slice_')
-    write_fashion_mnist_slice(cls.data_dir)
+    fixtures.write_fashion_mnist_slice(cls.data_dir)
 
   @classmethod
   def tearDownClass(cls):

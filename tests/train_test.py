@@ -9,7 +9,7 @@ import tempfile
 from absl.testing import flagsaver
 import tensorflow as tf
 
-from tests import experiment_test
+from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, 'bin', 'train.py')
@@ -31,7 +31,7 @@ class TrainMainTest(tf.test.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.data_dir = tempfile.mkdtemp(prefix='fmnist_slice_')
-    experiment_test.write_fashion_mnist_slice(cls.data_dir)
+    fixtures.write_fashion_mnist_slice(cls.data_dir)
 
   @classmethod
   def tearDownClass(cls):
@@ -83,7 +83,7 @@ class TrainBadInputTest(tf.test.TestCase):
 
   def test_corrupt_idx_file_names_the_file(self):
     data_dir = self.create_tempdir().full_path
-    experiment_test.write_fashion_mnist_slice(data_dir, 50, 20)
+    fixtures.write_fashion_mnist_slice(data_dir, 50, 20)
     broken = os.path.join(data_dir, 'train-images-idx3-ubyte.gz')
     with open(broken, 'rb') as f:
       content = f.read()

@@ -11,6 +11,7 @@ parts, as TFF's own local factory does.
 import atexit
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 import subprocess
@@ -24,6 +25,19 @@ import tensorflow_federated as tff
 _PR_SET_PDEATHSIG = 1
 _STARTUP_TIMEOUT_SECONDS = 60.0
 _GRPC_MAX_MESSAGE_BYTES = 2_000_000_000
+
+
+def _release_default_context() -> None:
+  """At exit, drops TFF's import-time default context while modules live.
+
+  That context's service manager ends its worker (if it ever started one) in
+  `__del__`; left to interpreter teardown, it fails noisily.
+  """
+  tff.test.set_no_default_context()
+  gc.collect()
+
+
+atexit.register(_release_default_context)
 
 
 def worker_binary_path() -> str:
@@ -112,10 +126,11 @@ def sync_context_for(worker: LocalWorker) -> tff.framework.SyncExecutionContext:
 @contextlib.contextmanager
 def local_execution_context(
     max_concurrent_computation_calls: int = -1) -> Iterator[LocalWorker]:
-  """Installs a TFF default context on an owned local worker, for a `with`.
+  """Runs TFF computations on an owned local worker inside a `with` block.
 
-  On exit (normal, error or Ctrl-C) TFF is left with no default context and the
-  worker process is ended.
+  The context is pushed on TFF's context stack, so whatever context was in
+  force before (another run's, a test session's) is back in force on exit. On
+  exit (normal, error or Ctrl-C) the worker process is ended.
 
   Args:
     max_concurrent_computation_calls: Worker concurrency limit; <= 0 is none.
@@ -126,8 +141,7 @@ def local_execution_context(
   worker = LocalWorker(
       max_concurrent_computation_calls=max_concurrent_computation_calls)
   try:
-    tff.framework.set_default_context(sync_context_for(worker))
-    yield worker
+    with tff.framework.get_context_stack().install(sync_context_for(worker)):
+      yield worker
   finally:
-    tff.test.set_no_default_context()
     worker.stop()
