@@ -115,10 +115,13 @@ class ClientStats(collections.namedtuple(
 
 
 class ClientTrainer:
-  """Holds a client's Keras model and optimizer state; runs one round.
+  """Holds a client's Keras model and optimizer state; trains and readjusts.
 
-  Build it inside a TFF TensorFlow computation (or eagerly in tests): it
-  creates variables. `update` is a `tf.function`.
+  One implementation of the client serves the TFF client work (`update`, a
+  whole round) and the on-device TFLite client (which calls `set_weights`,
+  `train_step`, `readjust` and `payload` one signature at a time). Build it
+  inside a TFF TensorFlow computation, a `tf.Module`, or eagerly: it creates
+  variables.
   """
 
   def __init__(self, model: tf.keras.Model, layout: models.ModelLayout,
@@ -137,40 +140,98 @@ class ClientTrainer:
     self.config = config
     self._trainable = list(model.trainable_variables)
     non_trainable = list(model.non_trainable_variables)
-    self._kernels = [self._trainable[i] for i in layout.kernel_indices]
-    self._masks = [non_trainable[i] for i in layout.mask_indices]
+    self.kernels = [self._trainable[i] for i in layout.kernel_indices]
+    self.masks = [non_trainable[i] for i in layout.mask_indices]
     self._mask_of_trainable = {
-        kernel_index: self._masks[position]
+        kernel_index: self.masks[position]
         for position, kernel_index in enumerate(layout.kernel_indices)}
-    self._momenta = [
+    self.momenta = [
         tf.Variable(tf.zeros_like(v), trainable=False, name='momentum')
         for v in self._trainable]
-    self._grow_scores = [
+    self.grow_scores = [
         tf.Variable(tf.zeros_like(v), trainable=False, name='grow_score')
-        for v in self._kernels]
+        for v in self.kernels]
+    # The global model, kept only for FedProx's proximal term.
+    self._global_trainable = [
+        tf.Variable(tf.zeros_like(v), trainable=False, name='global')
+        for v in self._trainable] if config.prox_mu else []
     self._loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(
         from_logits=True)
 
-  def _apply_gradients(self, gradients, global_trainable):
+  def set_weights(self, weights) -> None:
+    """Loads the global model and resets optimizer state and grow scores.
+
+    Args:
+      weights: `ModelWeights` (or anything with `trainable` and
+        `non_trainable` lists) of the global model.
+    """
+    for variable, value in zip(self.model.trainable_variables,
+                               weights.trainable):
+      variable.assign(value)
+    for variable, value in zip(self.model.non_trainable_variables,
+                               weights.non_trainable):
+      variable.assign(value)
+    for variable, value in zip(self._global_trainable, weights.trainable):
+      variable.assign(value)
+    for variable in self.momenta + self.grow_scores:
+      variable.assign(tf.zeros_like(variable))
+
+  def train_step(self, x: tf.Tensor, y: tf.Tensor,
+                 update_grow_scores: tf.Tensor) -> tf.Tensor:
+    """One masked SGD step on a minibatch.
+
+    g = grad + weight_decay * w + prox_mu * (w - w_global); g *= mask;
+    buffer = momentum * buffer + g; w = (w - lr * buffer) * mask.
+
+    Args:
+      x: Input batch.
+      y: int labels.
+      update_grow_scores: bool scalar: add this step's dense kernel gradients
+        to the grow scores ('accumulated') or store them ('last_batch').
+
+    Returns:
+      The minibatch's mean cross-entropy (before the step).
+    """
+    with tf.GradientTape() as tape:
+      loss = self._loss_fn(y, self.model(x, training=True))
+    gradients = tape.gradient(loss, self._trainable)
+    if update_grow_scores:
+      for position, kernel_index in enumerate(self.layout.kernel_indices):
+        if self.config.grow_score == 'accumulated':
+          self.grow_scores[position].assign_add(gradients[kernel_index])
+        else:
+          self.grow_scores[position].assign(gradients[kernel_index])
     config = self.config
     for index, (variable, gradient, momentum) in enumerate(
-        zip(self._trainable, gradients, self._momenta)):
+        zip(self._trainable, gradients, self.momenta)):
       if config.weight_decay:
         gradient += config.weight_decay * variable
       if config.prox_mu:
-        gradient += config.prox_mu * (variable - global_trainable[index])
+        gradient += config.prox_mu * (variable - self._global_trainable[index])
       mask = self._mask_of_trainable.get(index)
       if mask is not None:
         gradient *= mask
       momentum.assign(config.momentum * momentum + gradient)
       updated = variable - config.learning_rate * momentum
       variable.assign(updated if mask is None else updated * mask)
+    return loss
 
-  def _readjust(self, drop_fraction: tf.Tensor) -> tf.Tensor:
-    """Prunes and regrows every layer; returns the number of regrown weights."""
+  def readjust(self, drop_fraction: tf.Tensor) -> tf.Tensor:
+    """Prunes and regrows every layer from the current grow scores.
+
+    Momentum at pruned positions is reset (grown ones are already 0), and
+    the grow scores are cleared.
+
+    Args:
+      drop_fraction: float32 scalar alpha_t (ignored by the reference rule,
+        which uses its fixed per-layer keep counts).
+
+    Returns:
+      int32 total number of regrown weights.
+    """
     num_regrown = tf.constant(0, tf.int32)
     for position, (kernel, mask, score) in enumerate(
-        zip(self._kernels, self._masks, self._grow_scores)):
+        zip(self.kernels, self.masks, self.grow_scores)):
       if self.config.readjust_rule == 'reference':
         result = mask_lib.readjust_reference(
             kernel, mask, score,
@@ -180,10 +241,16 @@ class ClientTrainer:
         result = mask_lib.readjust(kernel, mask, score, drop_fraction)
       kernel.assign(result.weight)
       mask.assign(result.mask)
-      momentum = self._momenta[self.layout.kernel_indices[position]]
+      momentum = self.momenta[self.layout.kernel_indices[position]]
       momentum.assign(momentum * result.mask)
+      score.assign(tf.zeros_like(score))
       num_regrown += tf.cast(result.num_grown, tf.int32)
     return num_regrown
+
+  def payload(self) -> encoding.SparsePayload:
+    """Encodes the current model as the `SparsePayload` to upload."""
+    return encode_weights(self.model, self.layout, self.num_active,
+                          value_dtype=tf.as_dtype(self.config.value_dtype))
 
   @tf.function
   def update(self, initial_weights, dataset: tf.data.Dataset,
@@ -199,16 +266,7 @@ class ClientTrainer:
       `(payload, num_examples, stats)`: the `SparsePayload` to upload, the
       float32 number of examples in one epoch, and `ClientStats`.
     """
-    for variable, value in zip(self.model.trainable_variables,
-                               initial_weights.trainable):
-      variable.assign(value)
-    for variable, value in zip(self.model.non_trainable_variables,
-                               initial_weights.non_trainable):
-      variable.assign(value)
-    for variable in self._momenta + self._grow_scores:
-      variable.assign(tf.zeros_like(variable))
-    global_trainable = [tf.identity(t) for t in initial_weights.trainable]
-
+    self.set_weights(initial_weights)
     num_batches = dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
     num_examples = dataset.reduce(
         tf.constant(0, tf.int64),
@@ -223,22 +281,12 @@ class ClientTrainer:
     loss_sum = tf.constant(0.0, tf.float32)
     num_regrown = tf.constant(0, tf.int32)
     for x, y in dataset.repeat(self.config.num_epochs):
-      with tf.GradientTape() as tape:
-        logits = self.model(x, training=True)
-        loss = self._loss_fn(y, logits)
-      gradients = tape.gradient(loss, self._trainable)
       step += 1
-      if step <= readjust_step:
-        for position, kernel_index in enumerate(self.layout.kernel_indices):
-          if self.config.grow_score == 'accumulated':
-            self._grow_scores[position].assign_add(gradients[kernel_index])
-          else:
-            self._grow_scores[position].assign(gradients[kernel_index])
-      self._apply_gradients(gradients, global_trainable)
+      loss = self.train_step(x, y, step <= readjust_step)
       loss_sum += loss * tf.cast(tf.shape(y)[0], tf.float32)
       if tf.logical_and(instructions.should_readjust,
                         tf.equal(step, readjust_step)):
-        num_regrown += self._readjust(
+        num_regrown += self.readjust(
             tf.cast(instructions.drop_fraction, tf.float32))
 
     examples_trained = tf.cast(num_examples, tf.float32) * self.config.num_epochs
@@ -246,9 +294,7 @@ class ClientTrainer:
         train_loss=tf.math.divide_no_nan(loss_sum, examples_trained),
         num_examples=tf.cast(num_examples, tf.float32),
         num_regrown=num_regrown)
-    payload = encode_weights(self.model, self.layout, self.num_active,
-                             value_dtype=tf.as_dtype(self.config.value_dtype))
-    return payload, tf.cast(num_examples, tf.float32), stats
+    return self.payload(), tf.cast(num_examples, tf.float32), stats
 
 
 def encode_weights(model_or_weights: Any, layout: models.ModelLayout,
@@ -322,7 +368,7 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
   @tff.tensorflow.computation(tff.types.TensorType(np.int32))
   def instructions_for(round_num):
     # The process counts rounds from 1; a schedule may count from 0.
-    schedule_round = round_num - 1 + getattr(schedule, 'first_round', 1)
+    schedule_round = round_num - 1 + schedule.first_round
     return RoundInstructions(
         should_readjust=tf.convert_to_tensor(
             schedule.should_readjust(schedule_round)),
