@@ -64,6 +64,19 @@ class ExperimentTest(tf.test.TestCase):
         os.path.join(output_dir, 'global_model.npz'))
     self.assertLen(weights.trainable, 8)
 
+  def test_identical_seeds_give_identical_metrics(self):
+    root = self.create_tempdir().full_path
+    config = small_config(self.data_dir, total_rounds=2, eval_every=1)
+    first = experiment.run_experiment(config, os.path.join(root, 'a'))
+    second = experiment.run_experiment(config, os.path.join(root, 'b'))
+    other = experiment.run_experiment(
+        small_config(self.data_dir, total_rounds=2, eval_every=1, seed=1),
+        os.path.join(root, 'c'))
+    drop_time = lambda rows: [{k: v for k, v in r.items()
+                               if k != 'round_seconds'} for r in rows]
+    self.assertEqual(drop_time(first), drop_time(second))
+    self.assertNotEqual(drop_time(first), drop_time(other))
+
   def test_used_output_dir_is_refused_and_left_alone(self):
     output_dir = self.create_tempdir().full_path
     metrics_path = os.path.join(output_dir, 'metrics.csv')
