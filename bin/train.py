@@ -13,111 +13,17 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+import experiment_flags  # pylint: disable=g-bad-import-order
 from tff_feddst import data
 from tff_feddst import experiment
 
-_DEFAULTS = experiment.ExperimentConfig()
-
-# Data.
-flags.DEFINE_string('dataset', _DEFAULTS.dataset,
-                    f'Data set: {", ".join(experiment.DATASET_MODELS)}.')
-flags.DEFINE_string('data_dir', None, 'Directory with the data set files '
-                    '(default: the Debian package path for Fashion-MNIST, the '
-                    'Keras cache for MNIST and CIFAR-10).')
-flags.DEFINE_string('data_distribution', _DEFAULTS.data_distribution,
-                    'How examples are split over clients: iid, dirichlet or '
-                    'pathological.')
-flags.DEFINE_integer('total_clients', _DEFAULTS.total_clients,
-                     'Number of clients the data is split over.')
-flags.DEFINE_float('dirichlet_beta', _DEFAULTS.dirichlet_beta,
-                   'Dirichlet concentration (smaller: more skewed).')
-flags.DEFINE_integer('classes_per_client', _DEFAULTS.classes_per_client,
-                     'Pathological split: classes per client.')
-flags.DEFINE_integer('examples_per_class', _DEFAULTS.examples_per_class,
-                     'Pathological split: examples per class per client.')
-flags.DEFINE_integer('examples_per_client', None,
-                     'IID split: examples per client (default: all, evenly).')
-# Model.
-flags.DEFINE_string('model', None, 'Model (default: the paper\'s model for '
-                    'the data set): mnist_net, cifar10_net, cifar100_net, '
-                    'emnist_conv2.')
-# Rounds and local training.
-flags.DEFINE_integer('total_rounds', _DEFAULTS.total_rounds, 'Server rounds.')
-flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round,
-                     'Clients sampled (without replacement) per round.')
-flags.DEFINE_integer('client_epochs_per_round',
-                     _DEFAULTS.client_epochs_per_round, 'Local epochs E.')
-flags.DEFINE_integer('client_batch_size', _DEFAULTS.client_batch_size,
-                     'Client minibatch size.')
-flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate,
-                   'Client SGD learning rate.')
-flags.DEFINE_float('client_momentum', _DEFAULTS.client_momentum,
-                   'Client SGD momentum.')
-flags.DEFINE_float('client_weight_decay', _DEFAULTS.client_weight_decay,
-                   'Client L2 coefficient (added to gradients).')
-flags.DEFINE_float('prox_mu', _DEFAULTS.prox_mu,
-                   'FedProx mu (0: plain local SGD).')
-# Sparsity and readjustment.
-flags.DEFINE_float('target_sparsity', _DEFAULTS.target_sparsity,
-                   'S: fraction of zeros in prunable kernels, in [0, 1); '
-                   '0 is dense FedAvg.')
-flags.DEFINE_string('sparsity_distribution', _DEFAULTS.sparsity_distribution,
-                    'Per-layer densities: uniform, er, erk (RigL) or '
-                    'erk_reference (the authors\' variant).')
-flags.DEFINE_string('initial_mask', _DEFAULTS.initial_mask,
-                    'Initial mask: random (paper) or magnitude (reference).')
-flags.DEFINE_float('drop_fraction', _DEFAULTS.drop_fraction,
-                   'Readjustment ratio alpha: share of active weights pruned '
-                   'and regrown at a readjustment (0: RandomMask).')
-flags.DEFINE_string('annealing', _DEFAULTS.annealing,
-                    'Decay of alpha over rounds: cosine or constant.')
-flags.DEFINE_integer('annealing_end_round', _DEFAULTS.annealing_end_round,
-                     'T_end: last round that readjusts (0: total_rounds/2).')
-flags.DEFINE_integer('rounds_between_readjustments',
-                     _DEFAULTS.rounds_between_readjustments,
-                     'R_adj: readjust on rounds t with (t-1) % R_adj == 0.')
-flags.DEFINE_float('readjust_after_epochs', None,
-                   'Readjust after this many local epochs, in (0, E] '
-                   '(default: E-1, or 0.5 when E=1; E is the reference).')
-flags.DEFINE_string('grow_score', _DEFAULTS.grow_score,
-                    'Regrow by |gradient| accumulated over the steps before '
-                    'readjusting (accumulated) or of the last minibatch '
-                    '(last_batch, reference).')
-flags.DEFINE_string('readjust_rule', _DEFAULTS.readjust_rule,
-                    'feddst (paper) or reference (authors\' prune-then-grow '
-                    'over all positions).')
-flags.DEFINE_string('readjustment_schedule', _DEFAULTS.readjustment_schedule,
-                    'paper or reference (authors\' round counting and '
-                    'doubly-decayed ratio).')
-flags.DEFINE_string('upload_value_dtype', _DEFAULTS.upload_value_dtype,
-                    'dtype of uploaded weight values: float32 or float16.')
-# Server.
-flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate,
-                   'Server step size on the averaged update (1: FedAvg).')
-flags.DEFINE_float('server_momentum', _DEFAULTS.server_momentum,
-                   'Server momentum (> 0: FedAvgM; tune the server lr).')
-# Run.
-flags.DEFINE_integer('seed', _DEFAULTS.seed,
-                     'Seed of the split, model, masks, sampling, shuffling.')
-flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every,
-                     'Evaluate every this many rounds (and after the last).')
-flags.DEFINE_string('output_dir', None, 'Where results are written (must not '
-                    'already hold results).')
-flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 
 FLAGS = flags.FLAGS
-
-
-def config_from_flags() -> experiment.ExperimentConfig:
-  """Builds the `ExperimentConfig` from the parsed flags."""
-  import dataclasses
-  return experiment.ExperimentConfig(**{
-      field.name: getattr(FLAGS, field.name)
-      for field in dataclasses.fields(experiment.ExperimentConfig)})
 
 
 def main(argv):
@@ -128,7 +34,8 @@ def main(argv):
     sys.exit('train.py: error: --output_dir is required (a new directory for '
              'the results).')
   try:
-    rows = experiment.run_experiment(config_from_flags(), FLAGS.output_dir,
+    rows = experiment.run_experiment(experiment_flags.config_from_flags(),
+                                     FLAGS.output_dir,
                                      progress=FLAGS.progress)
   except (experiment.ConfigError, data.DataFileError) as error:
     sys.exit(f'train.py: error: {error}')

@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THIRD_PARTY = {
     'absl': '@pypi//absl_py',
     'grpc': '@pypi//grpcio',
+    'matplotlib': '@pypi//matplotlib',
     'numpy': '@pypi//numpy',
     'portpicker': '@pypi//portpicker',
     'psutil': '@pypi//psutil',

@@ -1,6 +1,8 @@
 """End-to-end: a few rounds on a slice of the real Fashion-MNIST files."""
 
 import csv
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -77,6 +79,31 @@ class ExperimentTest(tf.test.TestCase):
     self.assertEqual(drop_time(first), drop_time(second))
     self.assertNotEqual(drop_time(first), drop_time(other))
 
+  def test_upload_budget_stops_before_it_is_exceeded(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'run')
+    # One round: 3 clients x (4 * 52349 values + 32719 mask bytes + 4 * 90
+    # bias bytes + 4 weight bytes) = 3 x 242479 = 727437 bytes. A budget of
+    # 2.5 rounds allows exactly 2.
+    budget = int(2.5 * 727437)
+    rows = experiment.run_experiment(
+        small_config(self.data_dir, total_rounds=5, eval_every=5,
+                     upload_budget_bytes=budget), output_dir)
+    self.assertLen(rows, 2)
+    self.assertEqual(rows[-1]['upload_bytes_cumulative'], 2 * 727437)
+    self.assertIsNotNone(rows[-1]['test_accuracy'])  # Last round evaluated.
+    with open(os.path.join(output_dir, 'summary.json')) as f:
+      summary = json.load(f)
+    self.assertEqual(summary['stop_reason'], 'upload_budget')
+    self.assertEqual(summary['rounds_completed'], 2)
+
+  def test_budget_below_one_round_is_refused(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'run')
+    with self.assertRaisesRegex(experiment.ConfigError,
+                                'less than one round.s upload'):
+      experiment.run_experiment(
+          small_config(self.data_dir, upload_budget_bytes=1000), output_dir)
+    self.assertFalse(os.path.exists(output_dir))
+
   def test_used_output_dir_is_refused_and_left_alone(self):
     output_dir = self.create_tempdir().full_path
     metrics_path = os.path.join(output_dir, 'metrics.csv')
@@ -124,3 +151,37 @@ class TrainingLoopTest(tf.test.TestCase):
 
 if __name__ == '__main__':
   tf.test.main()
+
+
+class MethodTest(tf.test.TestCase):
+
+  def test_methods_fix_their_defining_settings(self):
+    base = experiment.ExperimentConfig(target_sparsity=0.8, drop_fraction=0.1)
+    resolve = lambda method, **kw: dataclasses.replace(
+        base, method=method, **kw).resolved()
+    self.assertEqual(resolve('feddst'), dataclasses.replace(base))
+    fedavg = resolve('fedavg')
+    self.assertEqual((fedavg.target_sparsity, fedavg.drop_fraction,
+                      fedavg.server_momentum), (0.0, 0.0, 0.0))
+    fedavgm = resolve('fedavgm')
+    # Momentum 0.9 with server lr 1 - 0.9 keeps FedAvg's effective step.
+    self.assertEqual(fedavgm.server_momentum, 0.9)
+    self.assertAlmostEqual(fedavgm.server_learning_rate, 0.1)
+    self.assertEqual(resolve('fedavgm', server_momentum=0.5,
+                             server_learning_rate=0.3).server_learning_rate,
+                     0.3)
+    random_mask = resolve('randommask')
+    self.assertEqual((random_mask.target_sparsity, random_mask.drop_fraction),
+                     (0.8, 0.0))
+    self.assertEqual(resolve('fedprox').prox_mu, 0.01)
+    self.assertEqual(resolve('fedprox', prox_mu=0.1).prox_mu, 0.1)
+    self.assertEqual(resolve('feddst_fedprox').target_sparsity, 0.8)
+    self.assertEqual(resolve('feddst_fedprox').prox_mu, 0.01)
+
+  def test_unknown_method_and_bad_budget_name_the_flag(self):
+    with self.assertRaisesRegex(experiment.ConfigError, '--method='):
+      experiment.ExperimentConfig(method='lotteryfl').validate()
+    for budget in (0, -5):
+      with self.assertRaisesRegex(experiment.ConfigError,
+                                  '--upload_budget_bytes='):
+        experiment.ExperimentConfig(upload_budget_bytes=budget).validate()

@@ -87,6 +87,20 @@ class FinalizerExecutionTest(tf.test.TestCase):
     self.assertAllClose(new_weights.trainable[1], [1.25])  # 0 + 0.5 * 2.5.
     self.assertEqual(int(changed), 2)
 
+  def test_min_votes_excludes_rarely_held_positions(self):
+    # Votes 3, 1, 2, 0; means 2.33, 3.5, 7.2, 0. Any holder: keep 7.2 and
+    # 3.5. With min_votes 2, position 1 (one holder) is not eligible: keep
+    # 7.2 and 2.33.
+    aggregate = hand_aggregate()._replace(
+        votes=(np.array([3., 1., 2., 0.], np.float32),))
+    for min_votes, expected_mask in ((0, [0., 1., 1., 0.]),
+                                     (2, [1., 0., 1., 0.])):
+      _, weights, _ = finalizer.apply_aggregate(
+          [np.zeros(4, np.float32), np.zeros(1, np.float32)],
+          global_weights(), aggregate, LAYOUT, (2,), 1.0, 0.0,
+          min_votes=min_votes)
+      self.assertAllEqual(weights.non_trainable[0], expected_mask)
+
   def test_bad_server_settings_raise(self):
     with self.assertRaisesRegex(ValueError, 'server_momentum'):
       build(server_momentum=1.0)

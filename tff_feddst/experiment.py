@@ -8,12 +8,15 @@ under an owned TFF execution context and writes, in `output_dir`:
   flags.txt         the config as `--name=value` lines (usable as --flagfile)
   metrics.csv       one row per round (see `training_loop.METRICS_COLUMNS`)
   global_model.npz  the final global `ModelWeights`
+  summary.json      why and where the run stopped (total rounds, or the
+                    upload budget), final and best accuracy, bytes, seconds
 
 Nothing is written until the config and the data have been checked, and an
 `output_dir` that already holds results is refused.
 """
 
 import dataclasses
+import json
 import os
 from typing import Callable, Optional
 
@@ -29,7 +32,15 @@ DATASET_MODELS = {
 DISTRIBUTIONS = ('iid', 'dirichlet', 'pathological')
 SPARSITY_DISTRIBUTIONS = ('uniform', 'er', 'erk', 'erk_reference')
 SCHEDULES = ('paper', 'reference')
-RESULT_FILES = ('metrics.csv', 'flags.txt', 'global_model.npz')
+RESULT_FILES = ('metrics.csv', 'flags.txt', 'global_model.npz',
+                'summary.json')
+
+# Every method runs through the same FedDST process; a method fixes the
+# settings that define it (see `ExperimentConfig.resolved`).
+METHODS = ('feddst', 'feddst_fedprox', 'fedavg', 'fedavgm', 'fedprox',
+           'randommask')
+DEFAULT_PROX_MU = 0.01
+DEFAULT_SERVER_MOMENTUM = 0.9
 
 
 class ConfigError(ValueError):
@@ -75,6 +86,10 @@ class ExperimentConfig:
   # Server.
   server_learning_rate: float = 1.0
   server_momentum: float = 0.0
+  min_votes: int = 0
+  # Method and budget.
+  method: str = 'feddst'
+  upload_budget_bytes: Optional[int] = None
   # Run.
   seed: int = 0
   eval_every: int = 5
@@ -86,6 +101,44 @@ class ExperimentConfig:
   @property
   def effective_annealing_end_round(self) -> int:
     return self.annealing_end_round or max(self.total_rounds // 2, 1)
+
+  def resolved(self) -> 'ExperimentConfig':
+    """Returns a copy with the settings that define `method` applied.
+
+    - feddst: as configured.
+    - feddst_fedprox: FedDST with FedProx; prox_mu defaults to 0.01.
+    - randommask: a fixed random sparse mask (drop_fraction 0).
+    - fedavg: dense (target_sparsity 0, no readjustment), no server momentum,
+      no proximal term.
+    - fedavgm: dense with server momentum (default 0.9) and, unless set, a
+      server learning rate of 1 - momentum, which keeps FedAvg's effective
+      step (server lr 1 with momentum 0.9 oscillates on non-iid data).
+    - fedprox: dense with prox_mu (default 0.01).
+
+    Raises:
+      ConfigError: For an unknown method.
+    """
+    if self.method not in METHODS:
+      raise ConfigError(f'--method={self.method!r} is invalid: expected one '
+                        f'of {", ".join(METHODS)}.')
+    changes = {}
+    dense = dict(target_sparsity=0.0, drop_fraction=0.0)
+    if self.method == 'feddst_fedprox':
+      changes['prox_mu'] = self.prox_mu or DEFAULT_PROX_MU
+    elif self.method == 'randommask':
+      changes['drop_fraction'] = 0.0
+    elif self.method == 'fedavg':
+      changes = dict(dense, prox_mu=0.0, server_momentum=0.0)
+    elif self.method == 'fedavgm':
+      momentum = self.server_momentum or DEFAULT_SERVER_MOMENTUM
+      learning_rate = (self.server_learning_rate
+                       if self.server_learning_rate != 1.0 else 1 - momentum)
+      changes = dict(dense, prox_mu=0.0, server_momentum=momentum,
+                     server_learning_rate=learning_rate)
+    elif self.method == 'fedprox':
+      changes = dict(dense, prox_mu=self.prox_mu or DEFAULT_PROX_MU,
+                     server_momentum=0.0)
+    return dataclasses.replace(self, **changes)
 
   def validate(self) -> None:
     """Checks every setting that can be checked without data.
@@ -161,6 +214,10 @@ class ExperimentConfig:
     require(0 <= self.server_momentum < 1, 'server_momentum',
             'a number in [0, 1)')
     require(self.eval_every >= 1, 'eval_every', 'an integer >= 1')
+    require(self.min_votes >= 0, 'min_votes', 'an integer >= 0')
+    require(self.method in METHODS, 'method', f'one of {", ".join(METHODS)}')
+    require(self.upload_budget_bytes is None or self.upload_budget_bytes > 0,
+            'upload_budget_bytes', 'a number of bytes > 0, or unset')
 
   def to_flag_lines(self) -> list[str]:
     """Returns the config as `--name=value` lines (unset values omitted)."""
@@ -254,6 +311,42 @@ def load_model_weights(path: str):
         trainable=collect('trainable'), non_trainable=collect('non_trainable'))
 
 
+def _num_dense_parameters(initial_model) -> int:
+  """Number of parameters sent densely (biases, normalisation state)."""
+  layout = initial_model.layout
+  weights = initial_model.weights
+  return int(sum(np.size(weights.trainable[i])
+                 for i in layout.dense_trainable_indices) +
+             sum(np.size(weights.non_trainable[i])
+                 for i in layout.dense_non_trainable_indices))
+
+
+def write_summary(path: str, config: ExperimentConfig, rows: list,
+                  stop_reason: str) -> None:
+  """Writes where and why a run stopped, and its headline figures."""
+  evaluated = [r for r in rows if r['test_accuracy'] is not None]
+  summary = {
+      'method': config.method,
+      'stop_reason': stop_reason,
+      'rounds_completed': rows[-1]['round'] if rows else 0,
+      'upload_budget_bytes': config.upload_budget_bytes,
+      'upload_bytes_cumulative': rows[-1]['upload_bytes_cumulative']
+                                 if rows else 0,
+      'download_bytes_cumulative': rows[-1]['download_bytes_cumulative']
+                                   if rows else 0,
+      'final_test_accuracy': evaluated[-1]['test_accuracy']
+                             if evaluated else None,
+      'final_client_test_accuracy': evaluated[-1]['client_test_accuracy']
+                                    if evaluated else None,
+      'best_test_accuracy': max(r['test_accuracy'] for r in evaluated)
+                            if evaluated else None,
+      'seconds': sum(r['round_seconds'] for r in rows),
+  }
+  with open(path, 'x') as f:
+    json.dump(summary, f, indent=2)
+    f.write('\n')
+
+
 def run_experiment(config: ExperimentConfig, output_dir: str, *,
                    progress: bool = False,
                    on_round_end: Optional[Callable[[dict], None]] = None):
@@ -273,11 +366,14 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
     data.DataFileError: For missing or corrupt data files.
   """
   config.validate()
+  config = config.resolved()
   check_output_dir(output_dir)
   federated_data = load_federated_data(config)
 
   # TF/TFF imports are deferred so that bad flags fail fast.
+  from tff_feddst import aggregation
   from tff_feddst import client_work
+  from tff_feddst import encoding
   from tff_feddst import evaluation
   from tff_feddst import execution
   from tff_feddst import fed_dst
@@ -310,6 +406,17 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
       readjust_rule=config.readjust_rule,
       reference_keep_after_prune=keep_after_prune,
       value_dtype=config.upload_value_dtype)
+  round_upload_bytes = config.clients_per_round * (
+      encoding.analytic_num_bytes(
+          initial_model.num_active, initial_model.layout.kernel_sizes,
+          _num_dense_parameters(initial_model),
+          value_bits=32 if config.upload_value_dtype == 'float32' else 16)
+      + aggregation.WEIGHT_BYTES)
+  if (config.upload_budget_bytes is not None and
+      config.upload_budget_bytes < round_upload_bytes):
+    raise ConfigError(
+        f'--upload_budget_bytes={config.upload_budget_bytes} is less than one '
+        f'round\'s upload ({round_upload_bytes} bytes); nothing would run.')
   evaluator = evaluation.Evaluator(model_fn, federated_data)
 
   os.makedirs(output_dir, exist_ok=True)
@@ -341,17 +448,22 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
               config.client_batch_size, config.seed, 0)[0].element_spec,
           schedule, client_config,
           server_learning_rate=config.server_learning_rate,
-          server_momentum=config.server_momentum)
-      state, rows = training_loop.run_training(
+          server_momentum=config.server_momentum,
+          min_votes=config.min_votes)
+      state, rows, stop_reason = training_loop.run_training(
           process, federated_data, evaluator,
           total_rounds=config.total_rounds,
           clients_per_round=config.clients_per_round,
           batch_size=config.client_batch_size, seed=config.seed,
           eval_every=config.eval_every,
           metrics_path=os.path.join(output_dir, 'metrics.csv'),
+          upload_budget_bytes=config.upload_budget_bytes,
+          round_upload_bytes=round_upload_bytes,
           on_round_end=after_round)
       save_model_weights(os.path.join(output_dir, 'global_model.npz'),
                          process.get_model_weights(state))
+      write_summary(os.path.join(output_dir, 'summary.json'), config, rows,
+                    stop_reason)
   finally:
     if bar is not None:
       bar.close()

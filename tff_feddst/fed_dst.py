@@ -108,7 +108,8 @@ def build_fed_dst(model_fn: models.ModelFn,
                   client_config: client_work.ClientConfig,
                   *,
                   server_learning_rate: float = 1.0,
-                  server_momentum: float = 0.0
+                  server_momentum: float = 0.0,
+                  min_votes: int = 0
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the FedDST `LearningProcess`.
 
@@ -127,6 +128,8 @@ def build_fed_dst(model_fn: models.ModelFn,
     client_config: Local training hyper-parameters.
     server_learning_rate: Server step size (1.0: the averages are the model).
     server_momentum: Server momentum in [0, 1) (> 0: FedAvgM).
+    min_votes: A position needs at least this many clients holding it to
+      stay in (or enter) the global mask (0 or 1: any holder suffices).
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
@@ -158,6 +161,6 @@ def build_fed_dst(model_fn: models.ModelFn,
   server_finalizer = finalizer.build_finalizer(
       layout, num_active, model_weights_type, aggregate_type,
       server_learning_rate=server_learning_rate,
-      server_momentum=server_momentum)
+      server_momentum=server_momentum, min_votes=min_votes)
   return tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)

@@ -32,7 +32,8 @@ from tff_feddst import models
 def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
                     aggregate: aggregation.SparseAggregate,
                     layout: models.ModelLayout, num_active: Sequence[int],
-                    server_learning_rate: float, server_momentum: float):
+                    server_learning_rate: float, server_momentum: float,
+                    min_votes: int = 0):
   """Computes the next global model from the current one and the sums.
 
   Args:
@@ -43,6 +44,8 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
     num_active: Active weights per kernel in the next mask.
     server_learning_rate: Server step size (1.0 for FedAvg).
     server_momentum: Server momentum in [0, 1) (0 for FedAvg).
+    min_votes: Positions held by fewer clients are not eligible for the
+      next mask (the reference's `--min-votes`, counted in clients).
 
   Returns:
     `(new_buffers, new_weights, mask_changed_positions)` where the last is the
@@ -69,8 +72,10 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
   mask_changed_positions = tf.constant(0, tf.int32)
   for position, (kernel_index, mask_index) in enumerate(
       zip(layout.kernel_indices, layout.mask_indices)):
-    new_mask = mask_lib.server_reprune(new_trainable[kernel_index],
-                                       aggregate.votes[position],
+    votes = aggregate.votes[position]
+    if min_votes > 1:
+      votes = votes * tf.cast(votes >= min_votes, votes.dtype)
+    new_mask = mask_lib.server_reprune(new_trainable[kernel_index], votes,
                                        num_active[position])
     new_mask = tf.cast(new_mask, non_trainable[mask_index].dtype)
     new_trainable[kernel_index] = new_trainable[kernel_index] * new_mask
@@ -96,7 +101,8 @@ def global_sparsity(weights, layout: models.ModelLayout) -> tf.Tensor:
 def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
                     model_weights_type: tff.Type, aggregate_type: tff.Type,
                     server_learning_rate: float = 1.0,
-                    server_momentum: float = 0.0
+                    server_momentum: float = 0.0,
+                    min_votes: int = 0
                     ) -> tff.learning.templates.FinalizerProcess:
   """Builds FedDST's `FinalizerProcess`.
 
@@ -114,6 +120,8 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
     aggregate_type: TFF type of the (unplaced) `SparseAggregate`.
     server_learning_rate: Server step size, > 0.
     server_momentum: Server momentum in [0, 1).
+    min_votes: Minimum number of clients holding a position for it to be
+      eligible for the next mask.
 
   Returns:
     A `tff.learning.templates.FinalizerProcess`.
@@ -139,7 +147,7 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
     def updated():
       new_buffers, new_weights, changed = apply_aggregate(
           buffers, weights, aggregate, layout, num_active,
-          server_learning_rate, server_momentum)
+          server_learning_rate, server_momentum, min_votes)
       return tuple(new_buffers), new_weights, changed
 
     def unchanged():

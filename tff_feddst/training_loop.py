@@ -130,13 +130,19 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  seed: int,
                  eval_every: int,
                  metrics_path: str,
+                 upload_budget_bytes: Optional[int] = None,
+                 round_upload_bytes: Optional[int] = None,
                  on_round_end: Optional[Callable[[dict], None]] = None):
-  """Runs `total_rounds` rounds and writes one metrics.csv row per round.
+  """Runs up to `total_rounds` rounds, one metrics.csv row per round.
+
+  With an upload budget, a round runs only if the cumulative upload after it
+  stays within the budget, so runs compared at one budget never exceed it.
 
   The metrics file is created exclusively (an existing file is never
   overwritten) and flushed after every row. Evaluation runs every
-  `eval_every` rounds and after the last round; other rows leave the accuracy
-  columns empty.
+  `eval_every` rounds and after the last round (the last of `total_rounds`,
+  or the last the budget allows); other rows leave the accuracy columns
+  empty.
 
   Args:
     process: The FedDST `LearningProcess`.
@@ -148,11 +154,21 @@ def run_training(process: tff.learning.templates.LearningProcess,
     seed: Run seed (sampling and shuffling).
     eval_every: Evaluate every this many rounds, >= 1.
     metrics_path: Where to write metrics.csv (must not exist).
+    upload_budget_bytes: Stop before the cumulative upload would exceed
+      this many bytes; None for no budget.
+    round_upload_bytes: Upload of one full round (required with a budget).
     on_round_end: Called with each row after it is written (progress).
 
   Returns:
-    `(final_state, rows)`.
+    `(final_state, rows, stop_reason)`, where `stop_reason` is
+    'total_rounds' or 'upload_budget'.
+
+  Raises:
+    ValueError: If a budget is given without `round_upload_bytes`.
   """
+  if upload_budget_bytes is not None and not round_upload_bytes:
+    raise ValueError('round_upload_bytes is required with a budget.')
+  stop_reason = 'total_rounds'
   state = process.initialize()
   rows = []
   cumulative = {'upload': 0, 'download': 0}
@@ -161,6 +177,10 @@ def run_training(process: tff.learning.templates.LearningProcess,
     writer.writeheader()
     metrics_file.flush()
     for round_num in range(1, total_rounds + 1):
+      if (upload_budget_bytes is not None and
+          cumulative['upload'] + round_upload_bytes > upload_budget_bytes):
+        stop_reason = 'upload_budget'
+        break
       start = time.perf_counter()
       sampled = sample_clients(federated_data.client_ids, clients_per_round,
                                seed, round_num)
@@ -169,7 +189,11 @@ def run_training(process: tff.learning.templates.LearningProcess,
       output = process.next(state, datasets)
       state = output.state
       eval_result = None
-      if round_num % eval_every == 0 or round_num == total_rounds:
+      is_last = round_num == total_rounds or (
+          upload_budget_bytes is not None and cumulative['upload'] +
+          int(output.metrics['aggregator']['upload_bytes']) +
+          round_upload_bytes > upload_budget_bytes)
+      if round_num % eval_every == 0 or is_last:
         eval_result = evaluator.evaluate(process.get_model_weights(state))
       row = metrics_row(round_num, output.metrics, eval_result, cumulative,
                         time.perf_counter() - start)
@@ -179,4 +203,4 @@ def run_training(process: tff.learning.templates.LearningProcess,
       rows.append(row)
       if on_round_end is not None:
         on_round_end(row)
-  return state, rows
+  return state, rows, stop_reason

@@ -1,0 +1,81 @@
+"""Runs several methods on one data split and seed, and tabulates them.
+
+  python bin/compare.py --flagfile=configs/fashion_mnist_compare.cfg \
+      --methods=fedavg,fedavgm,randommask,feddst --output_dir=runs/compare
+
+Each method runs through the same FedDST process (`--method`), with every
+other flag shared, into output_dir/<method>/. Then output_dir/summary.csv and
+summary.md tabulate final and best accuracy, client-local accuracy, bytes,
+upload to reach --target_accuracy, rounds, stop reason and wall time, and
+output_dir/accuracy.{png,svg} plot them. With --upload_budget_bytes every
+method stops at the same upload.
+"""
+
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+import experiment_flags  # pylint: disable=g-bad-import-order
+from tff_feddst import comparison
+from tff_feddst import data
+from tff_feddst import experiment
+
+flags.DEFINE_list('methods', ['fedavg', 'fedavgm', 'randommask', 'feddst'],
+                  f'Methods to run, from: {", ".join(experiment.METHODS)}.')
+flags.DEFINE_float('target_accuracy', None, 'Report the upload spent until '
+                   'test accuracy first reached this.')
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'compare.py: error: unexpected arguments {argv[1:]}.')
+  if not FLAGS.output_dir:
+    sys.exit('compare.py: error: --output_dir is required.')
+  unknown = [m for m in FLAGS.methods if m not in experiment.METHODS]
+  if unknown or not FLAGS.methods:
+    sys.exit(f'compare.py: error: --methods={",".join(FLAGS.methods)} is '
+             f'invalid: expected a list from {", ".join(experiment.METHODS)}.')
+  table_paths = [os.path.join(FLAGS.output_dir, name) for name in (
+      'summary.csv', 'summary.md', 'accuracy.png', 'accuracy.svg')]
+  used = [p for p in table_paths + [os.path.join(FLAGS.output_dir, m)
+                                    for m in FLAGS.methods]
+          if os.path.exists(p)]
+  if used:
+    sys.exit(f'compare.py: error: --output_dir={FLAGS.output_dir} already '
+             f'holds results ({used[0]}); choose a new directory.')
+  base = experiment_flags.config_from_flags()
+  configs = [dataclasses.replace(base, method=m) for m in FLAGS.methods]
+  try:
+    for config in configs:
+      config.validate()
+    for config in configs:
+      print(f'== {config.method}', flush=True)
+      experiment.run_experiment(
+          config, os.path.join(FLAGS.output_dir, config.method),
+          progress=FLAGS.progress)
+  except (experiment.ConfigError, data.DataFileError) as error:
+    sys.exit(f'compare.py: error: {error}')
+  run_dirs = [os.path.join(FLAGS.output_dir, m) for m in FLAGS.methods]
+  summaries = [comparison.summarize_run(d, target_accuracy=FLAGS.target_accuracy)
+               for d in run_dirs]
+  comparison.write_summary_table(summaries, table_paths[0], table_paths[1],
+                                 target_accuracy=FLAGS.target_accuracy)
+  from tff_feddst import plotting  # pylint: disable=g-import-not-at-top
+  plotting.plot_runs(run_dirs, os.path.join(FLAGS.output_dir, 'accuracy'),
+                     title=f'{base.dataset}, {base.data_distribution} split, '
+                     f'sparse methods at S={base.target_sparsity}')
+  with open(table_paths[1]) as f:
+    print(f.read())
+
+
+if __name__ == '__main__':
+  app.run(main)

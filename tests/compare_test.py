@@ -1,0 +1,68 @@
+"""Tests for bin/compare.py: two methods on a real data slice; bad input."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import flagsaver
+import tensorflow as tf
+
+from tests import fixtures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'bin'))
+
+import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class CompareTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data_dir = tempfile.mkdtemp(prefix='fmnist_slice_')
+    fixtures.write_fashion_mnist_slice(cls.data_dir)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.data_dir)
+    super().tearDownClass()
+
+  def test_two_methods_at_equal_budget(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'cmp')
+    # Dense round: 2 clients x (4 * 261840 + 4) bytes = 2094728; a budget of
+    # 2.5 dense rounds runs 2 dense rounds and more sparse ones (capped at 4).
+    with flagsaver.flagsaver(
+        data_dir=self.data_dir, total_clients=6, clients_per_round=2,
+        total_rounds=4, eval_every=2, methods=['fedavg', 'feddst'],
+        upload_budget_bytes=5_236_820, output_dir=output_dir,
+        target_accuracy=0.05, progress=False):
+      compare.main(['compare.py'])
+    with open(os.path.join(output_dir, 'summary.csv')) as f:
+      rows = {r['method']: r for r in csv.DictReader(f)}
+    self.assertEqual(rows['fedavg']['rounds_completed'], '2')
+    self.assertEqual(rows['feddst']['rounds_completed'], '4')
+    for row in rows.values():
+      self.assertLessEqual(int(row['upload_bytes_cumulative']), 5_236_820)
+    self.assertTrue(os.path.exists(os.path.join(output_dir, 'accuracy.png')))
+    self.assertTrue(os.path.exists(os.path.join(output_dir, 'summary.md')))
+
+  def test_unknown_method_is_one_line(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'never')
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'bin', 'compare.py'),
+         '--methods=fedavg,lotteryfl', f'--output_dir={output_dir}'],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+    self.assertEqual(result.returncode, 1)
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    self.assertLen(lines, 1, result.stderr)
+    self.assertIn('--methods=', lines[0])
+    self.assertFalse(os.path.exists(output_dir))
+
+
+if __name__ == '__main__':
+  tf.test.main()

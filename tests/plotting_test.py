@@ -1,0 +1,42 @@
+"""Tests for tff_feddst.plotting: figures from fixture metrics files."""
+
+import os
+
+import tensorflow as tf
+
+from tests import comparison_test
+from tff_feddst import comparison
+from tff_feddst import plotting
+
+
+class PlottingTest(tf.test.TestCase):
+
+  def test_png_and_svg_from_fixture_runs(self):
+    root = self.create_tempdir().full_path
+    comparison_test.write_run(os.path.join(root, 'dense'), [None, 0.4, 0.6],
+                              1_000_000, method='fedavg')
+    comparison_test.write_run(os.path.join(root, 'sparse'), [None, 0.5, 0.7],
+                              250_000, method='feddst')
+    paths = plotting.plot_runs(
+        [os.path.join(root, 'dense'), os.path.join(root, 'sparse')],
+        os.path.join(root, 'figure'), title='fixture')
+    self.assertEqual(paths, [os.path.join(root, 'figure.png'),
+                             os.path.join(root, 'figure.svg')])
+    with open(paths[0], 'rb') as f:
+      self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+    with open(paths[1]) as f:
+      svg = f.read()
+    self.assertIn('<svg', svg)
+    self.assertIn('feddst', svg)  # Legend text.
+    with self.assertRaises(FileExistsError):
+      plotting.plot_runs([os.path.join(root, 'dense')],
+                         os.path.join(root, 'figure'))
+
+  def test_run_without_metrics_raises(self):
+    root = self.create_tempdir().full_path
+    with self.assertRaises(comparison.RunDirError):
+      plotting.plot_runs([root], os.path.join(root, 'figure'))
+
+
+if __name__ == '__main__':
+  tf.test.main()
