@@ -71,8 +71,9 @@ flags.DEFINE_integer('rounds_between_readjustments',
                      _DEFAULTS.rounds_between_readjustments,
                      'R_adj: readjust on rounds t with (t-1) % R_adj == 0.')
 flags.DEFINE_float('readjust_after_epochs', None,
-                   'Readjust after this many local epochs, in (0, E] '
-                   '(default: E-1, or 0.5 when E=1; E is the reference).')
+                   'Readjust after this many local epochs, in (0, E]; values '
+                   'in (-E, 0] count back from the end (0: after the last '
+                   'epoch, the reference). Default: E-1, or 0.5 when E=1.')
 flags.DEFINE_string('grow_score', _DEFAULTS.grow_score,
                     'Regrow by |gradient| accumulated over the steps before '
                     'readjusting (accumulated) or of the last minibatch '

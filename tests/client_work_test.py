@@ -169,9 +169,19 @@ class ClientConfigTest(tf.test.TestCase):
     self.assertEqual(client_work.ClientConfig(
         num_epochs=1).effective_readjust_after_epochs, 0.5)
 
+  def test_non_positive_values_count_back_from_the_end(self):
+    self.assertEqual(client_work.ClientConfig(
+        num_epochs=10, readjust_after_epochs=0).effective_readjust_after_epochs,
+                     10.0)
+    self.assertEqual(client_work.ClientConfig(
+        num_epochs=10, readjust_after_epochs=-2
+    ).effective_readjust_after_epochs, 8.0)
+
   def test_bad_values_raise(self):
     with self.assertRaisesRegex(ValueError, 'readjust_after_epochs'):
       client_work.ClientConfig(num_epochs=2, readjust_after_epochs=3)
+    with self.assertRaisesRegex(ValueError, 'readjust_after_epochs'):
+      client_work.ClientConfig(num_epochs=2, readjust_after_epochs=-2)
     with self.assertRaisesRegex(ValueError, 'grow_score'):
       client_work.ClientConfig(grow_score='random')
     with self.assertRaisesRegex(ValueError, 'momentum'):

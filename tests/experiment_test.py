@@ -122,7 +122,7 @@ class ExperimentTest(tf.test.TestCase):
         'clients_per_round': dict(clients_per_round=9),
         'dataset': dict(dataset='imagenet'),
         'data_distribution': dict(data_distribution='zipf'),
-        'readjust_after_epochs': dict(readjust_after_epochs=2.0),
+        'readjust_after_epochs': dict(readjust_after_epochs=-1.0),
     }
     for flag, overrides in cases.items():
       with self.assertRaisesRegex(experiment.ConfigError, f'--{flag}='):

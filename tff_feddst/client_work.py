@@ -53,8 +53,10 @@ class ClientConfig:
     prox_mu: FedProx coefficient mu of mu/2 * ||w - w_global||^2, >= 0.
     num_epochs: Local epochs per round, >= 1.
     readjust_after_epochs: Readjust once this many epochs' worth of minibatches
-      have been trained, in (0, num_epochs]; None means num_epochs - 1 (one
-      epoch left to train regrown weights), or 0.5 when num_epochs is 1.
+      have been trained, in (0, num_epochs]; a value in (-num_epochs, 0]
+      counts back from the end (0: after the last epoch, as the reference;
+      -1: one epoch before the end). None means num_epochs - 1 (one epoch
+      left to train regrown weights), or 0.5 when num_epochs is 1.
     grow_score: 'accumulated' or 'last_batch' (see module docstring).
     readjust_rule: 'feddst' (prune k active, regrow k inactive) or
       'reference' (the authors' prune-then-grow over all positions).
@@ -83,10 +85,10 @@ class ClientConfig:
     if self.num_epochs < 1:
       raise ValueError(f'num_epochs must be >= 1, got {self.num_epochs}.')
     if (self.readjust_after_epochs is not None and
-        not 0 < self.readjust_after_epochs <= self.num_epochs):
+        not -self.num_epochs < self.readjust_after_epochs <= self.num_epochs):
       raise ValueError(
-          f'readjust_after_epochs must be in (0, num_epochs={self.num_epochs}]'
-          f', got {self.readjust_after_epochs}.')
+          f'readjust_after_epochs must be in (-num_epochs, num_epochs] with '
+          f'num_epochs={self.num_epochs}, got {self.readjust_after_epochs}.')
     if self.grow_score not in GROW_SCORES:
       raise ValueError(f'grow_score must be one of {GROW_SCORES}, got '
                        f'{self.grow_score!r}.')
@@ -100,6 +102,8 @@ class ClientConfig:
   @property
   def effective_readjust_after_epochs(self) -> float:
     if self.readjust_after_epochs is not None:
+      if self.readjust_after_epochs <= 0:
+        return float(self.num_epochs + self.readjust_after_epochs)
       return float(self.readjust_after_epochs)
     return float(self.num_epochs - 1) if self.num_epochs > 1 else 0.5
 

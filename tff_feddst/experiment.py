@@ -196,11 +196,12 @@ class ExperimentConfig:
             'an integer >= 0 (0: total_rounds // 2)')
     require(self.rounds_between_readjustments >= 1,
             'rounds_between_readjustments', 'an integer >= 1')
+    epochs = self.client_epochs_per_round
     require(self.readjust_after_epochs is None or
-            0 < self.readjust_after_epochs <= self.client_epochs_per_round,
+            -epochs < self.readjust_after_epochs <= epochs,
             'readjust_after_epochs',
-            f'a number in (0, --client_epochs_per_round='
-            f'{self.client_epochs_per_round}] or unset')
+            f'a number in (0, --client_epochs_per_round={epochs}], or in '
+            f'(-{epochs}, 0] counting back from the last epoch, or unset')
     require(self.grow_score in ('accumulated', 'last_batch'), 'grow_score',
             'accumulated or last_batch')
     require(self.readjust_rule in ('feddst', 'reference'), 'readjust_rule',
