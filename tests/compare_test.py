@@ -2,10 +2,8 @@
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 from absl.testing import flagsaver
 import tensorflow as tf
@@ -18,18 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, 'bin'))
 import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-class CompareTest(tf.test.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.data_dir = tempfile.mkdtemp(prefix='fmnist_slice_')
-    fixtures.write_fashion_mnist_slice(cls.data_dir)
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.data_dir)
-    super().tearDownClass()
+class CompareTest(fixtures.FashionMnistSliceTestCase):
 
   def test_two_methods_at_equal_budget(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'cmp')

@@ -12,6 +12,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from tests import fixtures
+
 from tff_feddst import experiment
 from tff_feddst import fed_dst
 from tff_feddst import models
@@ -110,12 +112,7 @@ class ExportTfliteBadInputTest(tf.test.TestCase):
   nothing written."""
 
   def assert_one_line_error(self, result, *expected_words):
-    self.assertEqual(result.returncode, 1, result.stderr)
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    self.assertLen(lines, 1, result.stderr)
-    self.assertNotIn('Traceback', result.stderr)
-    for word in expected_words:
-      self.assertIn(word, lines[0])
+    fixtures.assert_one_line_error(self, result, *expected_words)
 
   def test_missing_corrupt_and_mismatched_checkpoints(self):
     root = self.create_tempdir().full_path

@@ -1,6 +1,11 @@
 """Test fixtures shared by several test files (not tests themselves)."""
 
 import os
+import shutil
+import subprocess
+import tempfile
+
+import tensorflow as tf
 
 from tff_feddst import data
 
@@ -19,3 +24,36 @@ def write_fashion_mnist_slice(directory: str, num_train: int = 1200,
       name = f'{prefix}-{kind}-ubyte.gz'
       array = data.read_idx(os.path.join(data.DEFAULT_FASHION_MNIST_DIR, name))
       data.write_idx(os.path.join(directory, name), array[:count])
+
+
+class FashionMnistSliceTestCase(tf.test.TestCase):
+  """Test case with a small slice of real Fashion-MNIST in `cls.data_dir`."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data_dir = tempfile.mkdtemp(prefix='fmnist_slice_')
+    write_fashion_mnist_slice(cls.data_dir)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.data_dir)
+    super().tearDownClass()
+
+
+def assert_one_line_error(test_case: tf.test.TestCase,
+                          result: subprocess.CompletedProcess,
+                          *expected_words: str) -> None:
+  """Asserts a bin/ script failed with exit code 1 and one stderr line.
+
+  Args:
+    test_case: The running test.
+    result: The finished subprocess (text mode, stderr captured).
+    *expected_words: Strings the error line must contain.
+  """
+  test_case.assertEqual(result.returncode, 1, result.stderr)
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  test_case.assertLen(lines, 1, result.stderr)
+  test_case.assertNotIn('Traceback', result.stderr)
+  for word in expected_words:
+    test_case.assertIn(word, lines[0])

@@ -1,10 +1,8 @@
 """Tests for bin/train.py: a smoke run through main(), and bad input."""
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 from absl.testing import flagsaver
 import tensorflow as tf
@@ -25,18 +23,7 @@ def run_train(*args: str) -> subprocess.CompletedProcess:
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
 
 
-class TrainMainTest(tf.test.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.data_dir = tempfile.mkdtemp(prefix='fmnist_slice_')
-    fixtures.write_fashion_mnist_slice(cls.data_dir)
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.data_dir)
-    super().tearDownClass()
+class TrainMainTest(fixtures.FashionMnistSliceTestCase):
 
   def test_main_runs_two_rounds(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'out')
@@ -54,12 +41,7 @@ class TrainBadInputTest(tf.test.TestCase):
   """Each bad input: exit code 1, one line on stderr, no traceback."""
 
   def assert_one_line_error(self, result, *expected_words):
-    self.assertEqual(result.returncode, 1, result.stderr)
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    self.assertLen(lines, 1, result.stderr)
-    self.assertNotIn('Traceback', result.stderr)
-    for word in expected_words:
-      self.assertIn(word, lines[0])
+    fixtures.assert_one_line_error(self, result, *expected_words)
 
   def test_bad_values_are_refused_before_anything_is_written(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'never')
