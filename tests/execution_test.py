@@ -5,6 +5,7 @@ import psutil
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tests import fed_dst_test
 from tff_feddst import execution
 
 
@@ -42,6 +43,46 @@ class ExecutionTest(tf.test.TestCase):
     worker.stop()
     worker.stop()
     self.assertIsNotNone(worker.process.poll())
+
+
+class DistributedExecutionTest(tf.test.TestCase):
+
+  def test_two_workers_give_the_single_worker_result(self):
+    def two_rounds():
+      process, _ = fed_dst_test.build()
+      state, metrics = fed_dst_test.run_rounds(process, 2)
+      return process.get_model_weights(state), metrics
+
+    with execution.local_execution_context():
+      single_weights, single_metrics = two_rounds()
+    with execution.distributed_execution_context(
+        num_local_workers=2) as workers:
+      weights, metrics = two_rounds()
+      pids = [w.process.pid for w in workers]
+    tf.nest.map_structure(self.assertAllEqual, metrics, single_metrics)
+    tf.nest.map_structure(self.assertAllEqual, weights, single_weights)
+    for worker in workers:
+      self.assertIsNotNone(worker.process.poll())
+    self.assertLen(set(pids), 2)
+
+  def test_workers_given_by_address_are_used_and_left_running(self):
+    outside = execution.LocalWorker()
+    try:
+      with execution.distributed_execution_context(
+          worker_addresses=[f'127.0.0.1:{outside.port}']):
+        self.assertEqual(add_one(1), 2)
+      self.assertIsNone(outside.process.poll())
+    finally:
+      outside.stop()
+
+  def test_bad_requests_raise(self):
+    with self.assertRaisesRegex(ValueError, 'at least one worker'):
+      with execution.distributed_execution_context():
+        pass
+    with self.assertRaisesRegex(ValueError, 'host:port'):
+      with execution.distributed_execution_context(
+          worker_addresses=['localhost']):
+        pass
 
 
 if __name__ == '__main__':

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import grpc
 import portpicker
@@ -51,12 +51,31 @@ def _die_with_parent() -> None:
   libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _grpc_stub(address: str) -> tff.framework.RemoteExecutorGrpcStub:
+  """Returns a TFF executor stub on a gRPC channel to `address` (host:port)."""
+  channel = grpc.insecure_channel(
+      address,
+      options=[('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
+               ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES)])
+  return tff.framework.RemoteExecutorGrpcStub(channel)
+
+
+def _wait_until_ready(stub, is_alive, what: str,
+                      timeout_seconds: float = _STARTUP_TIMEOUT_SECONDS) -> None:
+  deadline = time.monotonic() + timeout_seconds
+  while not stub.is_ready:
+    if not is_alive() or time.monotonic() > deadline:
+      raise RuntimeError(f'{what} did not answer within {timeout_seconds:g} s.')
+    time.sleep(0.05)
+
+
 class LocalWorker:
   """A TFF `worker_binary` process on 127.0.0.1 that this process owns.
 
   Attributes:
     port: The gRPC port the worker serves on.
     process: The `subprocess.Popen` of the worker.
+    stub: The executor stub connected to it.
   """
 
   def __init__(self, port: Optional[int] = None,
@@ -78,19 +97,13 @@ class LocalWorker:
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     atexit.register(self.stop)
-    channel = grpc.insecure_channel(
-        f'127.0.0.1:{self.port}',
-        options=[('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
-                 ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES)])
-    self.stub = tff.framework.RemoteExecutorGrpcStub(channel)
-    deadline = time.monotonic() + _STARTUP_TIMEOUT_SECONDS
-    while not self.stub.is_ready:
-      if self.process.poll() is not None or time.monotonic() > deadline:
-        self.stop()
-        raise RuntimeError(
-            f'TFF worker {worker_binary_path()} on port {self.port} did not '
-            'start.')
-      time.sleep(0.05)
+    self.stub = _grpc_stub(f'127.0.0.1:{self.port}')
+    try:
+      _wait_until_ready(self.stub, lambda: self.process.poll() is None,
+                        f'TFF worker {worker_binary_path()} on port {self.port}')
+    except RuntimeError:
+      self.stop()
+      raise
 
   def stop(self) -> None:
     """Ends the worker process (by PID) and waits for it. Idempotent."""
@@ -101,6 +114,36 @@ class LocalWorker:
       except subprocess.TimeoutExpired:
         self.process.kill()
         self.process.wait()
+
+
+class RemoteWorker:
+  """A TFF worker this process does not own (started elsewhere).
+
+  Attributes:
+    address: Its host:port.
+    stub: The executor stub connected to it.
+  """
+
+  def __init__(self, address: str):
+    """Connects and waits until the worker answers.
+
+    Args:
+      address: host:port of a running TFF worker.
+
+    Raises:
+      ValueError: If `address` is not host:port.
+      RuntimeError: If nothing answers there in time.
+    """
+    host, _, port = address.rpartition(':')
+    if not host or not port.isdigit():
+      raise ValueError(f'Worker address {address!r} is not host:port.')
+    self.address = address
+    self.stub = _grpc_stub(address)
+    _wait_until_ready(self.stub, lambda: True, f'TFF worker at {address}',
+                      timeout_seconds=10.0)
+
+  def stop(self) -> None:
+    """Leaves the worker running: it belongs to whoever started it."""
 
 
 def _executor_factory(worker: LocalWorker):
@@ -114,13 +157,17 @@ def _executor_factory(worker: LocalWorker):
       executor_stack_fn=stack_fn)
 
 
-def sync_context_for(worker: LocalWorker) -> tff.framework.SyncExecutionContext:
-  """Returns a synchronous TFF execution context that runs on `worker`."""
-  return tff.framework.SyncExecutionContext(
+def _context_for(worker, context_class):
+  return context_class(
       executor_fn=_executor_factory(worker),
       compiler_fn=tff.backends.native.compiler.desugar_and_transform_to_native,
       transform_args=tff.tensorflow.transform_args,
       transform_result=tff.tensorflow.transform_result)
+
+
+def sync_context_for(worker) -> tff.framework.SyncExecutionContext:
+  """Returns a synchronous TFF execution context that runs on `worker`."""
+  return _context_for(worker, tff.framework.SyncExecutionContext)
 
 
 @contextlib.contextmanager
@@ -145,3 +192,45 @@ def local_execution_context(
       yield worker
   finally:
     worker.stop()
+
+
+@contextlib.contextmanager
+def distributed_execution_context(
+    num_local_workers: int = 0,
+    worker_addresses: Sequence[str] = ()) -> Iterator[list]:
+  """Runs TFF computations with clients spread over several workers.
+
+  Each worker gets its own asynchronous context; TFF's mergeable-computation
+  context splits the CLIENTS of a call across them and merges the partial
+  aggregates (`federated_aggregate`'s merge), so a FedDST round runs its
+  clients in parallel. Workers started here are owned (ended by PID on exit,
+  also on error or Ctrl-C); workers given by address are left running.
+
+  Args:
+    num_local_workers: Workers to start on 127.0.0.1.
+    worker_addresses: host:port of workers started elsewhere.
+
+  Yields:
+    The workers in use (`LocalWorker`s, then `RemoteWorker`s).
+
+  Raises:
+    ValueError: If no worker is asked for, or an address is malformed.
+  """
+  if num_local_workers < 0 or num_local_workers + len(worker_addresses) < 1:
+    raise ValueError('A distributed context needs at least one worker; got '
+                     f'num_local_workers={num_local_workers} and '
+                     f'{len(worker_addresses)} addresses.')
+  workers = []
+  try:
+    for _ in range(num_local_workers):
+      workers.append(LocalWorker())
+    for address in worker_addresses:
+      workers.append(RemoteWorker(address))
+    context = tff.backends.native.create_mergeable_comp_execution_context(
+        [_context_for(w, tff.framework.AsyncExecutionContext)
+         for w in workers])
+    with tff.framework.get_context_stack().install(context):
+      yield workers
+  finally:
+    for worker in workers:
+      worker.stop()
