@@ -203,8 +203,10 @@ def num_to_readjust(num_active: Count, num_total: Count,
   """
   num_active = tf.cast(num_active, tf.int32)
   num_total = tf.cast(num_total, tf.int32)
+  # float32 (exact for counts below 2**24) keeps this op set within TFLite's
+  # builtins, so the on-device readjust needs no select TF ops.
   wanted = tf.floor(
-      tf.cast(drop_fraction, tf.float64) * tf.cast(num_active, tf.float64) +
+      tf.cast(drop_fraction, tf.float32) * tf.cast(num_active, tf.float32) +
       0.5)
   upper = tf.maximum(tf.minimum(num_active, num_total - num_active), 0)
   return tf.clip_by_value(tf.cast(wanted, tf.int32), 0, upper)
