@@ -17,12 +17,16 @@ flags.DEFINE_string('dataset', _DEFAULTS.dataset,
                     f'Data set: {", ".join(experiment.DATASET_MODELS)}.')
 flags.DEFINE_string('data_dir', None, 'Directory with the data set files '
                     '(default: the Debian package path for Fashion-MNIST, the '
-                    'Keras cache for MNIST and CIFAR-10).')
+                    'Keras cache for MNIST, CIFAR-10 and CIFAR-100, TFF\'s '
+                    'cache ~/.tff for EMNIST); see data/README.md.')
 flags.DEFINE_string('data_distribution', _DEFAULTS.data_distribution,
-                    'How examples are split over clients: iid, dirichlet or '
-                    'pathological.')
+                    'How examples are split over clients: iid, dirichlet, '
+                    'pathological, or natural (EMNIST: one client per '
+                    'writer, with the writer\'s own test examples).')
 flags.DEFINE_integer('total_clients', _DEFAULTS.total_clients,
-                     'Number of clients the data is split over.')
+                     'Number of clients the data is split over (natural: '
+                     'how many writers to use, a seeded random subset when '
+                     'fewer than all).')
 flags.DEFINE_float('dirichlet_beta', _DEFAULTS.dirichlet_beta,
                    'Dirichlet concentration (smaller: more skewed).')
 flags.DEFINE_integer('classes_per_client', _DEFAULTS.classes_per_client,
@@ -111,6 +115,10 @@ flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every,
 flags.DEFINE_string('output_dir', None, 'Where results are written: a new '
                     'directory, or one without results (nothing is '
                     'overwritten).')
+flags.DEFINE_string('tensorboard_dir', None, 'TensorBoard log directory '
+                    '(default: <output_dir>/tensorboard; empty: no '
+                    'TensorBoard logs). Per round: metrics, per-layer mask '
+                    'densities and weight histograms.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar (per run).')
 
 FLAGS = flags.FLAGS

@@ -5,6 +5,7 @@ import gzip
 import os
 import pickle
 import shutil
+import sqlite3
 import tempfile
 from unittest import mock
 
@@ -12,6 +13,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tff_feddst import data
 
@@ -77,6 +79,56 @@ def _write_cifar_folder(folder: str) -> None:
       pickle.dump(batch, file)
   with open(os.path.join(folder, 'test_batch'), 'wb') as file:
     pickle.dump(_cifar_batch([9, 0, 3], red=90), file)
+
+
+def _write_cifar100_folder(folder: str) -> None:
+  """Writes `train` (4 images) and `test` (2) in the cifar-100-python layout.
+
+  Training image i has red value 10 + i; labels use the whole 0..99 range.
+  """
+  os.makedirs(folder, exist_ok=True)
+  for name, labels, red in (('train', [0, 99, 5, 42], 10), ('test', [7, 63],
+                                                            90)):
+    batch = _cifar_batch(labels, red=red)
+    del batch[b'labels']
+    batch[b'fine_labels'] = labels
+    batch[b'coarse_labels'] = [label // 5 for label in labels]
+    with open(os.path.join(folder, name), 'wb') as file:
+      pickle.dump(batch, file)
+
+
+def _emnist_pixels(num_examples: int, first_value: float) -> np.ndarray:
+  """(n, 28, 28) floats; example i is `first_value + i / 100` everywhere,
+  except pixel (3, 4), which is 0.5 (it locates the row-major layout)."""
+  pixels = np.broadcast_to(
+      (first_value + np.arange(num_examples) / 100).astype(np.float32)[
+          :, None, None], (num_examples, 28, 28)).copy()
+  pixels[:, 3, 4] = 0.5
+  return pixels
+
+
+def _write_small_emnist(directory: str) -> str:
+  """Writes TFF's EMNIST layout: 3 writers with train, 4 with test data.
+
+  Writer 'f0002_10' has 3 training examples (labels 0, 61, 35), 'f0000_14'
+  has 2 (labels 10, 10) and 'f0001_41' has 1 (label 36). Test examples:
+  'f0002_10' 1, 'f0000_14' 2, 'f0001_41' 1, and 'f0003_00' (no training
+  data) 1.
+
+  Returns:
+    The database path.
+  """
+  path = os.path.join(directory, data.EMNIST_FILE)
+  data.write_emnist_sqlite(
+      path,
+      train={'f0002_10': (_emnist_pixels(3, 0.1), [0, 61, 35]),
+             'f0000_14': (_emnist_pixels(2, 0.2), [10, 10]),
+             'f0001_41': (_emnist_pixels(1, 0.3), [36])},
+      test={'f0002_10': (_emnist_pixels(1, 0.6), [1]),
+            'f0000_14': (_emnist_pixels(2, 0.7), [11, 12]),
+            'f0001_41': (_emnist_pixels(1, 0.8), [37]),
+            'f0003_00': (_emnist_pixels(1, 0.9), [2])})
+  return path
 
 
 def _balanced_labels(examples_per_class: int = 100,
@@ -460,11 +512,310 @@ class KerasCacheLoaderTest(absltest.TestCase):
                                 f'^{directory}/data_batch_1: file not found'):
       data.load_cifar10(directory)
 
+  def test_cifar100_reads_folder_from_keras_cache(self):
+    self._forbid_download(tf.keras.datasets.cifar100)
+    _write_cifar100_folder(os.path.join(self.cache_dir, 'cifar-100-python'))
+
+    dataset = data.load_dataset('cifar100')
+
+    self.assertEqual(dataset.name, 'cifar100')
+    self.assertEqual(dataset.num_classes, 100)
+    self.assertEqual(dataset.x_train.shape, (4, 32, 32, 3))
+    self.assertEqual(dataset.x_test.shape, (2, 32, 32, 3))
+    np.testing.assert_array_equal(dataset.y_train, [0, 99, 5, 42])
+    np.testing.assert_array_equal(dataset.y_test, [7, 63])
+    self.assertEqual(dataset.y_train.dtype, np.int32)
+    # Training image 2: red 12; normalised with the CIFAR-10 constants, as
+    # the reference does.
+    np.testing.assert_allclose(
+        dataset.x_train[2, 0, 0],
+        [(12 / 255 - 0.4914) / 0.2023, (100 / 255 - 0.4822) / 0.1994,
+         (200 / 255 - 0.4465) / 0.2010], rtol=1e-5)
+    self.assertAlmostEqual(
+        float(dataset.x_test[1, 1, 2, 2]), (7 / 255 - 0.4465) / 0.2010,
+        places=5)
+
+  def test_cifar100_reads_data_dir_or_its_subfolder(self):
+    self._forbid_download(tf.keras.datasets.cifar100)
+    parent = _make_temp_dir(self)
+    folder = os.path.join(parent, 'cifar-100-python')
+    _write_cifar100_folder(folder)
+
+    for data_dir in (parent, folder):
+      dataset = data.load_cifar100(data_dir)
+      np.testing.assert_array_equal(dataset.y_train, [0, 99, 5, 42])
+
+  def test_cifar100_wrong_format_raises_one_line_naming_file(self):
+    self._forbid_download(tf.keras.datasets.cifar100)
+    folder = _make_temp_dir(self)
+    _write_cifar100_folder(folder)
+    # A CIFAR-10 batch (b'labels', no b'fine_labels') where `test` belongs.
+    with open(os.path.join(folder, 'test'), 'wb') as file:
+      pickle.dump(_cifar_batch([1, 2], red=0), file)
+
+    with self.assertRaises(data.DataFileError) as raised:
+      data.load_cifar100(folder)
+
+    message = str(raised.exception)
+    self.assertStartsWith(
+        message, os.path.join(folder, 'test') + ": expected keys b'data' and "
+        "b'fine_labels'")
+    self.assertNotIn('\n', message)
+
+  def test_cifar100_label_out_of_range_raises(self):
+    folder = _make_temp_dir(self)
+    _write_cifar100_folder(folder)
+    batch = _cifar_batch([3, 100], red=0)
+    batch[b'fine_labels'] = batch.pop(b'labels')
+    with open(os.path.join(folder, 'test'), 'wb') as file:
+      pickle.dump(batch, file)
+
+    with self.assertRaisesRegex(data.DataFileError,
+                                r'labels must lie in \[0, 100\)'):
+      data.load_cifar100(folder)
+
+  def test_cifar100_offline_without_cache_says_where_to_put_files(self):
+    self._simulate_offline_download(tf.keras.datasets.cifar100)
+
+    with self.assertRaises(data.DataFileError) as raised:
+      data.load_cifar100()
+
+    message = str(raised.exception)
+    self.assertStartsWith(
+        message, os.path.join(self.cache_dir, 'cifar-100-python'))
+    self.assertIn('cifar-100-python.tar.gz', message)
+    self.assertIn('--data_dir', message)
+    self.assertNotIn('\n', message)
+
+  def test_cifar100_missing_data_dir_files_raise(self):
+    directory = _make_temp_dir(self)
+
+    with self.assertRaisesRegex(
+        data.DataFileError, f'^{directory}/train: file not found; extract '
+        '.*cifar-100-python.tar.gz'):
+      data.load_cifar100(directory)
+
   def test_unknown_dataset_name_lists_accepted_names(self):
     with self.assertRaisesRegex(
         ValueError, "unknown dataset 'svhn'; expected one of cifar10, "
-        'fashion_mnist, mnist'):
+        'cifar100, emnist, fashion_mnist, mnist'):
       data.load_dataset('svhn')
+
+
+class EmnistTest(absltest.TestCase):
+  """Federated EMNIST from small databases in TFF's own file layout."""
+
+  def setUp(self):
+    super().setUp()
+    self.home = _make_temp_dir(self)
+    home_patch = mock.patch.dict(os.environ, {'HOME': self.home})
+    home_patch.start()
+    self.addCleanup(home_patch.stop)
+
+  def _forbid_download(self):
+    patch = mock.patch.object(
+        tff.simulation.datasets.emnist, 'load_data',
+        side_effect=AssertionError('the TFF download path was used'))
+    patch.start()
+    self.addCleanup(patch.stop)
+
+  def test_reads_writers_examples_and_labels(self):
+    directory = _make_temp_dir(self)
+    _write_small_emnist(directory)
+
+    dataset = data.load_dataset('emnist', directory)
+
+    self.assertEqual(dataset.name, 'emnist')
+    self.assertEqual(dataset.num_classes, 62)
+    self.assertEqual(dataset.x_train.shape, (6, 28, 28, 1))
+    self.assertEqual(dataset.x_test.shape, (5, 28, 28, 1))
+    self.assertEqual(dataset.x_train.dtype, np.float32)
+    self.assertEqual(dataset.y_train.dtype, np.int32)
+    natural = dataset.natural_clients
+    self.assertEqual(natural.names,
+                     ('f0000_14', 'f0001_41', 'f0002_10', 'f0003_00'))
+    # Examples in table order: writer f0002_10 (position 2) first.
+    np.testing.assert_array_equal(natural.train_clients, [2, 2, 2, 0, 0, 1])
+    np.testing.assert_array_equal(dataset.y_train, [0, 61, 35, 10, 10, 36])
+    np.testing.assert_array_equal(natural.test_clients, [2, 0, 0, 1, 3])
+    np.testing.assert_array_equal(dataset.y_test, [1, 11, 12, 37, 2])
+    # Pixels are TFF's values, unnormalised: example 1 of f0002_10 is 0.11,
+    # and row 3, column 4 is 0.5.
+    self.assertAlmostEqual(float(dataset.x_train[1, 0, 0, 0]), 0.11, places=6)
+    self.assertEqual(float(dataset.x_train[1, 3, 4, 0]), 0.5)
+    self.assertAlmostEqual(float(dataset.x_train[1, 4, 3, 0]), 0.11, places=6)
+
+  def test_matches_what_tff_load_data_reads(self):
+    directory = _make_temp_dir(self)
+    _write_small_emnist(directory)
+    dataset = data.load_emnist(directory)
+
+    train, test = tff.simulation.datasets.emnist.load_data(
+        only_digits=False, cache_dir=directory)
+
+    self.assertEqual(train.client_ids, ['f0000_14', 'f0001_41', 'f0002_10'])
+    self.assertLen(test.client_ids, 4)
+    elements = list(train.create_tf_dataset_for_client('f0000_14'))
+    self.assertLen(elements, 2)
+    own = np.flatnonzero(dataset.natural_clients.train_clients == 0)
+    for element, index in zip(elements, own):
+      np.testing.assert_array_equal(element['pixels'].numpy(),
+                                    dataset.x_train[index, :, :, 0])
+      self.assertEqual(int(element['label']), dataset.y_train[index])
+
+  def test_reads_tff_cache_without_data_dir(self):
+    cache = os.path.join(self.home, '.tff')
+    os.makedirs(cache)
+    _write_small_emnist(cache)
+
+    self.assertEqual(data.tff_cache_dir(), cache)
+    self.assertEqual(data.load_emnist().x_train.shape, (6, 28, 28, 1))
+
+  def test_missing_file_says_where_to_put_it(self):
+    self._forbid_download()
+    directory = _make_temp_dir(self)
+
+    with self.assertRaises(data.DataFileError) as raised:
+      data.load_emnist(directory)
+
+    message = str(raised.exception)
+    self.assertStartsWith(
+        message, os.path.join(directory, 'emnist_all.sqlite') +
+        ': file not found; decompress')
+    self.assertIn(data.EMNIST_URL, message)
+    self.assertNotIn('\n', message)
+
+  def test_offline_without_cache_says_where_to_put_it_and_cleans_up(self):
+    cache_file = os.path.join(self.home, '.tff', 'emnist_all.sqlite')
+
+    def fail_midway(only_digits, cache_dir):
+      del only_digits  # Unused.
+      os.makedirs(cache_dir, exist_ok=True)
+      _write_bytes(os.path.join(cache_dir, 'emnist_all.sqlite'), b'partial')
+      raise OSError('<urlopen error [Errno -3] Temporary failure in name '
+                    'resolution>')
+
+    with mock.patch.object(tff.simulation.datasets.emnist, 'load_data',
+                           side_effect=fail_midway):
+      with self.assertRaises(data.DataFileError) as raised:
+        data.load_emnist()
+
+    message = str(raised.exception)
+    self.assertStartsWith(message, cache_file + ': federated EMNIST not found')
+    self.assertIn('--data_dir', message)
+    self.assertNotIn('\n', message)
+    self.assertFalse(os.path.exists(cache_file))
+
+  def test_file_that_is_not_sqlite_raises_one_line(self):
+    directory = _make_temp_dir(self)
+    path = _write_bytes(os.path.join(directory, 'emnist_all.sqlite'),
+                        b'<html>\n<body>Not Found</body>\n</html>\n')
+
+    with self.assertRaises(data.DataFileError) as raised:
+      data.load_emnist(directory)
+
+    message = str(raised.exception)
+    self.assertStartsWith(message, path + ': not an SQLite database')
+    self.assertNotIn('\n', message)
+
+  def test_database_without_tff_tables_raises_one_line(self):
+    directory = _make_temp_dir(self)
+    path = os.path.join(directory, 'emnist_all.sqlite')
+    connection = sqlite3.connect(path)
+    connection.execute('CREATE TABLE examples (split_name TEXT, x BLOB)')
+    connection.commit()
+    connection.close()
+
+    with self.assertRaises(data.DataFileError) as raised:
+      data.load_emnist(directory)
+
+    message = str(raised.exception)
+    self.assertStartsWith(message, path + ": not TFF's EMNIST database")
+    self.assertNotIn('\n', message)
+
+  def test_examples_that_are_not_emnist_protos_raise_one_line(self):
+    directory = _make_temp_dir(self)
+    path = _write_small_emnist(directory)
+    connection = sqlite3.connect(path)
+    connection.execute(
+        "UPDATE examples SET serialized_example_proto = ? WHERE split_name "
+        "= 'all_test'", (b'\x0a\x05 junk',))
+    connection.commit()
+    connection.close()
+
+    with self.assertRaises(data.DataFileError) as raised:
+      data.load_emnist(directory)
+
+    message = str(raised.exception)
+    self.assertStartsWith(
+        message, path + ": split 'all_test': examples are not "
+        'tf.train.Examples')
+    self.assertNotIn('\n', message)
+
+  def test_label_out_of_range_raises(self):
+    directory = _make_temp_dir(self)
+    data.write_emnist_sqlite(
+        os.path.join(directory, 'emnist_all.sqlite'),
+        train={'w': (_emnist_pixels(2, 0.0), [3, 62])},
+        test={'w': (_emnist_pixels(1, 0.0), [3])})
+
+    with self.assertRaisesRegex(
+        data.DataFileError,
+        r"split 'all_train': labels must lie in \[0, 62\), found values "
+        'from 3 to 62'):
+      data.load_emnist(directory)
+
+
+class NaturalPartitionTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    directory = _make_temp_dir(self)
+    _write_small_emnist(directory)
+    self.dataset = data.load_emnist(directory)
+
+  def test_clients_are_writers_with_their_own_test_examples(self):
+    federated = data.build_federated_data(self.dataset, 'natural', 3, seed=0)
+
+    # f0003_00 has no training example, so it is no client; its test
+    # example stays in the global test set.
+    self.assertEqual(federated.client_ids, ['0', '1', '2'])
+    np.testing.assert_array_equal(federated.train_indices('0'), [3, 4])
+    np.testing.assert_array_equal(federated.train_indices('1'), [5])
+    np.testing.assert_array_equal(federated.train_indices('2'), [0, 1, 2])
+    np.testing.assert_array_equal(federated.test_indices('0'), [1, 2])
+    np.testing.assert_array_equal(federated.test_indices('1'), [3])
+    np.testing.assert_array_equal(federated.test_indices('2'), [0])
+    x, y = federated.train_arrays('2')
+    np.testing.assert_array_equal(y, [0, 61, 35])
+    self.assertEqual(x.shape, (3, 28, 28, 1))
+    self.assertLen(federated.dataset.y_test, 5)
+
+  def test_fewer_clients_take_a_seeded_subset_of_writers(self):
+    first = data.build_federated_data(self.dataset, 'natural', 2, seed=4)
+    again = data.build_federated_data(self.dataset, 'natural', 2, seed=4)
+
+    self.assertEqual(first.num_clients, 2)
+    writers = [tuple(first.train_indices(c)) for c in first.client_ids]
+    self.assertEqual(writers,
+                     [tuple(again.train_indices(c)) for c in again.client_ids])
+    all_writers = {(3, 4), (5,), (0, 1, 2)}
+    self.assertTrue(set(writers) <= all_writers)
+    seen = set()
+    for seed in range(20):
+      subset = data.build_federated_data(self.dataset, 'natural', 2, seed)
+      seen.update(tuple(subset.train_indices(c)) for c in subset.client_ids)
+    self.assertEqual(seen, all_writers)
+
+  def test_more_clients_than_writers_raises(self):
+    with self.assertRaisesRegex(
+        ValueError, '4 clients requested but the data has only 3 natural '
+        'clients with training examples'):
+      data.build_federated_data(self.dataset, 'natural', 4, seed=0)
+
+  def test_data_set_without_natural_clients_raises(self):
+    with self.assertRaisesRegex(ValueError, "'natural' needs a data set"):
+      data.build_federated_data(_small_dataset(), 'natural', 2, seed=0)
 
 
 class PartitionTest(parameterized.TestCase):
@@ -772,7 +1123,7 @@ class FederatedDataTest(parameterized.TestCase, tf.test.TestCase):
 
     with self.assertRaisesRegex(
         ValueError, "unknown distribution 'lotteryfl'; expected one of "
-        'dirichlet, iid, pathological'):
+        'dirichlet, iid, natural, pathological'):
       data.build_federated_data(dataset, 'lotteryfl', 3, seed=0)
     with self.assertRaisesRegex(ValueError, 'num_clients must be >= 1'):
       data.build_federated_data(dataset, 'iid', 0, seed=0)

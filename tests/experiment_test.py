@@ -4,13 +4,17 @@ import csv
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 from tff_feddst import data
 from tff_feddst import experiment
+from tff_feddst import models
+from tff_feddst import tensorboard_logging
 from tff_feddst import training_loop
 from tests import fixtures
 
@@ -65,6 +69,29 @@ class ExperimentTest(tf.test.TestCase):
     weights = experiment.load_model_weights(
         os.path.join(output_dir, 'global_model.npz'))
     self.assertLen(weights.trainable, 8)
+    # TensorBoard, by default in output_dir/tensorboard: the rows' values.
+    scalars = tensorboard_logging.read_scalars(
+        os.path.join(output_dir, 'tensorboard'))
+    for column, tag in tensorboard_logging.SCALAR_TAGS.items():
+      expected = [(r['round'], r[column]) for r in rows
+                  if r[column] is not None]
+      self.assertLen(scalars[tag], len(expected), tag)
+      for (step, value), (round_num, column_value) in zip(scalars[tag],
+                                                          expected):
+        self.assertEqual(step, round_num)
+        self.assertAlmostEqual(value, column_value, delta=1e-6 *
+                               max(1.0, abs(column_value)))
+    # Every round, each of the MNIST net's 4 layers: the final densities.
+    densities = {tag: values for tag, values in scalars.items()
+                 if tag.startswith('density/')}
+    self.assertLen(densities, 4)
+    layout = models.model_layout(models.mnist_net())
+    names = tensorboard_logging.layer_names(layout)
+    final = tensorboard_logging.layer_densities(layout, weights)
+    for name, density in zip(names, final):
+      values = densities[f'density/{name}']
+      self.assertEqual([step for step, _ in values], [1, 2, 3])
+      self.assertAlmostEqual(values[-1][1], density, places=6)
 
   def test_identical_seeds_give_identical_metrics(self):
     root = self.create_tempdir().full_path
@@ -128,11 +155,116 @@ class ExperimentTest(tf.test.TestCase):
       with self.assertRaisesRegex(experiment.ConfigError, f'--{flag}='):
         small_config(self.data_dir, **overrides).validate()
 
+  def test_unwritable_tensorboard_dir_is_refused_before_writing(self):
+    root = self.create_tempdir().full_path
+    not_a_dir = os.path.join(root, 'file')
+    with open(not_a_dir, 'w') as f:
+      f.write('x')
+    bad_dirs = [os.path.join(not_a_dir, 'tb')]
+    if os.path.isdir('/proc'):
+      bad_dirs.append('/proc/feddst_tensorboard')  # Even root cannot write.
+    for bad_dir in bad_dirs:
+      output_dir = os.path.join(root, 'run')
+      with self.assertRaises(experiment.ConfigError) as raised:
+        experiment.run_experiment(
+            small_config(self.data_dir, tensorboard_dir=bad_dir), output_dir)
+      message = str(raised.exception)
+      self.assertStartsWith(message,
+                            f'--tensorboard_dir={bad_dir} is not writable')
+      self.assertNotIn('\n', message)
+      self.assertFalse(os.path.exists(output_dir))
+    self.assertFalse(os.path.exists('/proc/feddst_tensorboard'))
+
+  def test_empty_tensorboard_dir_writes_no_logs(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'run')
+    experiment.run_experiment(
+        small_config(self.data_dir, total_rounds=1, tensorboard_dir=''),
+        output_dir)
+    self.assertCountEqual(os.listdir(output_dir), experiment.RESULT_FILES)
+
+  def test_settings_of_the_wrong_type_are_one_line_errors(self):
+    cases = {
+        'total_rounds': '3', 'target_sparsity': '0.8', 'dataset': 3,
+        'data_dir': 1.5, 'seed': True, 'tensorboard_dir': ['a'],
+        'client_learning_rate': None,
+    }
+    for flag, value in cases.items():
+      with self.assertRaises(experiment.ConfigError) as raised:
+        dataclasses.replace(small_config(self.data_dir),
+                            **{flag: value}).validate()
+      message = str(raised.exception)
+      self.assertStartsWith(message, f'--{flag}={value!r} is invalid: '
+                            'expected ')
+      self.assertNotIn('\n', message)
+    # Integers are numbers; numpy integers are integers.
+    small_config(self.data_dir, client_learning_rate=1,
+                 total_rounds=np.int64(2)).validate()
+
+  def test_natural_split_needs_a_data_set_with_natural_clients(self):
+    with self.assertRaisesRegex(
+        experiment.ConfigError, "--data_distribution='natural' is invalid: "
+        'expected iid, dirichlet or pathological for --dataset=fashion_mnist'):
+      small_config(self.data_dir, data_distribution='natural').validate()
+
   def test_split_that_cannot_be_made_is_a_config_error(self):
     config = small_config(self.data_dir, data_distribution='pathological',
                           examples_per_class=500)
     with self.assertRaisesRegex(experiment.ConfigError, 'data_distribution'):
       experiment.load_federated_data(config)
+
+
+class NewDataSetsTest(tf.test.TestCase):
+  """CIFAR-100 and EMNIST through the experiment's data path."""
+
+  def test_datasets_map_to_the_paper_models(self):
+    self.assertEqual(experiment.DATASET_MODELS['cifar100'], 'cifar100_net')
+    self.assertEqual(experiment.DATASET_MODELS['emnist'], 'emnist_conv2')
+    self.assertEqual(experiment.ExperimentConfig(dataset='emnist').model_name,
+                     'emnist_conv2')
+
+  def test_cifar100_dirichlet_split(self):
+    folder = self.create_tempdir().full_path
+    rng = np.random.default_rng(0)
+    for name, count in (('train', 400), ('test', 100)):
+      with open(os.path.join(folder, name), 'wb') as f:
+        pickle.dump({b'data': rng.integers(0, 256, (count, 3072), np.uint8),
+                     b'fine_labels': list(np.arange(count) % 100),
+                     b'coarse_labels': [0] * count}, f)
+    config = experiment.ExperimentConfig(
+        dataset='cifar100', data_dir=folder, total_clients=4,
+        clients_per_round=2, dirichlet_beta=0.1)
+    config.validate()
+
+    federated = experiment.load_federated_data(config)
+
+    self.assertEqual(federated.num_clients, 4)
+    self.assertEqual(federated.dataset.num_classes, 100)
+    self.assertEqual(sum(federated.num_train_examples(c)
+                         for c in federated.client_ids), 400)
+
+  def test_emnist_natural_split_and_too_many_writers(self):
+    directory = self.create_tempdir().full_path
+    pixels = np.full((2, 28, 28), 0.5, np.float32)
+    data.write_emnist_sqlite(
+        os.path.join(directory, data.EMNIST_FILE),
+        train={f'w{i}': (pixels, [i, 61]) for i in range(3)},
+        test={f'w{i}': (pixels[:1], [i]) for i in range(3)})
+    config = experiment.ExperimentConfig(
+        dataset='emnist', data_dir=directory, data_distribution='natural',
+        total_clients=3, clients_per_round=2)
+    config.validate()
+
+    federated = experiment.load_federated_data(config)
+
+    self.assertEqual(federated.num_clients, 3)
+    self.assertEqual([federated.num_test_examples(c)
+                      for c in federated.client_ids], [1, 1, 1])
+    with self.assertRaisesRegex(
+        experiment.ConfigError, '^--total_clients=5 is invalid for the '
+        'natural split of emnist: 5 clients requested but the data has only '
+        '3 natural clients'):
+      experiment.load_federated_data(
+          dataclasses.replace(config, total_clients=5))
 
 
 class TrainingLoopTest(tf.test.TestCase):
@@ -148,9 +280,6 @@ class TrainingLoopTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, 'clients_per_round'):
       training_loop.sample_clients(['a', 'b'], 3, seed=0, round_num=1)
 
-
-if __name__ == '__main__':
-  tf.test.main()
 
 
 class MethodTest(tf.test.TestCase):
@@ -185,3 +314,7 @@ class MethodTest(tf.test.TestCase):
       with self.assertRaisesRegex(experiment.ConfigError,
                                   '--upload_budget_bytes='):
         experiment.ExperimentConfig(upload_budget_bytes=budget).validate()
+
+
+if __name__ == '__main__':
+  tf.test.main()

@@ -1,9 +1,9 @@
 """Image data sets and their federated partitions for FedDST.
 
-This module turns the raw files of Fashion-MNIST, MNIST and CIFAR-10 into
-normalised, channels-last float32 arrays (`Dataset`), and shares a data set
-out among simulated clients (`FederatedData`) the way the FedDST reference
-code does:
+This module turns the raw files of Fashion-MNIST, MNIST, CIFAR-10,
+CIFAR-100 and federated EMNIST into channels-last float32 arrays (`Dataset`),
+and shares a data set out among simulated clients (`FederatedData`) the way
+the FedDST reference code does:
 
 * `iid`: shuffle, then cut into equal slices.
 * `dirichlet`: for every class, split its examples among the clients in
@@ -12,11 +12,14 @@ code does:
 * `pathological` (the reference calls it 'lotteryfl'): every client gets
   exactly `classes_per_client` distinct classes with exactly
   `examples_per_class` examples of each.
+* `natural`: for data sets whose examples come with their client (federated
+  EMNIST: the writer of each character), every client is one such natural
+  client, with its own training and its own test examples.
 
-Each client also gets a local test split drawn from the global test set with
-the client's own training class proportions (see `client_test_indices`), so
-that per-client accuracy measures how well a model serves that client's
-distribution.
+In the other splits, each client also gets a local test split drawn from
+the global test set with the client's own training class proportions (see
+`client_test_indices`), so that per-client accuracy measures how well a
+model serves that client's distribution.
 
 Every problem with a data file is reported as a `DataFileError` whose message
 is a single line that starts with the offending path.
@@ -28,9 +31,10 @@ import collections
 import gzip
 import os
 import pickle
+import sqlite3
 import zipfile
 import zlib
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -50,9 +54,26 @@ FASHION_MNIST_STD = (0.3530,)
 # The values the reference (datasets.py) uses for CIFAR-10.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+# The reference normalises CIFAR-100 with the CIFAR-10 values too.
+CIFAR100_MEAN = CIFAR10_MEAN
+CIFAR100_STD = CIFAR10_STD
 
-DATASET_NAMES = ('cifar10', 'fashion_mnist', 'mnist')
-DISTRIBUTIONS = ('dirichlet', 'iid', 'pathological')
+DATASET_NAMES = ('cifar10', 'cifar100', 'emnist', 'fashion_mnist', 'mnist')
+DISTRIBUTIONS = ('dirichlet', 'iid', 'natural', 'pathological')
+# Data sets whose examples come with their clients (`Dataset.natural_clients`).
+NATURAL_DATASET_NAMES = ('emnist',)
+
+# Federated EMNIST as TFF 0.87 stores it: one SQLite database, which TFF
+# downloads from `EMNIST_URL` and decompresses to `EMNIST_FILE` in its cache
+# directory (`~/.tff` unless told otherwise).
+EMNIST_FILE = 'emnist_all.sqlite'
+EMNIST_URL = ('https://storage.googleapis.com/tff-datasets-public/'
+              'emnist_all.sqlite.lzma')
+# The splits TFF's `emnist.load_data(only_digits=False)` reads: 62 classes
+# (digits, then upper-case, then lower-case letters).
+EMNIST_TRAIN_SPLIT = 'all_train'
+EMNIST_TEST_SPLIT = 'all_test'
+EMNIST_NUM_CLASSES = 62
 
 _FASHION_MNIST_HINT = (
     'install it with `apt-get install dataset-fashion-mnist` (files go to '
@@ -64,6 +85,7 @@ _MNIST_IDX_HINT = (
     't10k-labels-idx1-ubyte.gz) or a Keras mnist.npz there, or leave '
     '--data_dir unset to use the Keras cache')
 _CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
+_CIFAR100_URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz'
 _MNIST_URL = ('https://storage.googleapis.com/tensorflow/tf-keras-datasets/'
               'mnist.npz')
 
@@ -224,16 +246,33 @@ def write_idx(path: str, array: np.ndarray) -> None:
 # ---------------------------------------------------------------------------
 
 
+class NaturalClients(NamedTuple):
+  """The client each example of a data set comes from (e.g. its writer).
+
+  Attributes:
+    names: The natural clients' names (TFF's client ids), sorted.
+    train_clients: int64 array, shape (N_train,): the position in `names` of
+      each training example's client.
+    test_clients: int64 array, shape (N_test,): likewise for test examples.
+  """
+  names: tuple[str, ...]
+  train_clients: np.ndarray
+  test_clients: np.ndarray
+
+
 class Dataset(NamedTuple):
   """A centralised image classification data set, ready for training.
 
   Attributes:
     name: One of `DATASET_NAMES`.
-    x_train: float32 images, shape (N, H, W, C), normalised per channel.
+    x_train: float32 images, shape (N, H, W, C), normalised per channel
+      (EMNIST: TFF's pixel values, see `load_emnist`).
     y_train: int32 labels in [0, num_classes), shape (N,).
     x_test: float32 test images, normalised like `x_train`.
     y_test: int32 test labels.
     num_classes: Number of classes.
+    natural_clients: Which client each example belongs to, for data sets
+      that come federated (EMNIST); None for the others.
   """
   name: str
   x_train: np.ndarray
@@ -241,6 +280,7 @@ class Dataset(NamedTuple):
   x_test: np.ndarray
   y_test: np.ndarray
   num_classes: int
+  natural_clients: Optional[NaturalClients] = None
 
 
 def normalize_images(images: np.ndarray, mean: Sequence[float],
@@ -486,11 +526,17 @@ def load_mnist(data_dir: Optional[str] = None) -> Dataset:
   return _mnist_like_dataset('mnist', train, test, MNIST_MEAN, MNIST_STD)
 
 
-def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """Reads one pickled CIFAR-10 batch (a dict with b'data' and b'labels').
+def _read_cifar_batch(
+    path: str, label_key: str = 'labels') -> tuple[np.ndarray, np.ndarray]:
+  """Reads one pickled CIFAR batch (a dict with b'data' and labels).
 
   Pickle files can run code when loaded: only read batches you trust (the
   same holds for Keras's loader).
+
+  Args:
+    path: The batch file.
+    label_key: Key of the labels: 'labels' (CIFAR-10) or 'fine_labels'
+      (CIFAR-100).
 
   Returns:
     uint8 images of shape (N, 32, 32, 3) and int64 labels of shape (N,).
@@ -512,12 +558,12 @@ def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
       key.decode('utf-8') if isinstance(key, bytes) else key: value
       for key, value in batch.items()
   }
-  if 'data' not in batch or 'labels' not in batch:
+  if 'data' not in batch or label_key not in batch:
     raise _file_error(
-        path, f"expected keys b'data' and b'labels', found "
+        path, f"expected keys b'data' and b'{label_key}', found "
         f'{sorted(map(str, batch))}')
   data = np.asarray(batch['data'])
-  labels = np.asarray(batch['labels'])
+  labels = np.asarray(batch[label_key])
   if data.dtype != np.uint8 or data.ndim != 2 or (data.shape[1] !=
                                                   _CIFAR_IMAGE_BYTES):
     raise _file_error(
@@ -604,8 +650,313 @@ def load_cifar10(data_dir: Optional[str] = None) -> Dataset:
       num_classes=10)
 
 
+def load_cifar100(data_dir: Optional[str] = None) -> Dataset:
+  """Loads CIFAR-100 (the 100 fine classes) from its python-pickle files.
+
+  The data set is the extracted `cifar-100-python` folder of
+  `cifar-100-python.tar.gz`, as Keras caches it: the pickles `train` (50000
+  images) and `test` (10000), each a dict with `b'data'` (uint8, (N, 3072),
+  channel-major like CIFAR-10) and `b'fine_labels'` (N integers in 0..99).
+  With `data_dir`, the folder itself or the directory that contains it is
+  read. Without `data_dir`, the folder in the Keras cache
+  (`keras_datasets_dir()`) is read when present (directly, for the reason
+  given in `load_cifar10`); when absent,
+  `tf.keras.datasets.cifar100.load_data()` downloads and extracts it.
+
+  Args:
+    data_dir: Optional `cifar-100-python` folder (or its parent).
+
+  Returns:
+    The data set, images (N, 32, 32, 3) normalised with `CIFAR100_MEAN` and
+    `CIFAR100_STD`, 100 classes.
+
+  Raises:
+    DataFileError: If a file is missing (and the download fails) or
+      malformed; the message says where to put the data.
+  """
+  hint = (f'extract {_CIFAR100_URL} so that this folder holds train and '
+          'test')
+  if data_dir is not None:
+    folder = data_dir
+    if not os.path.isfile(os.path.join(folder, 'train')):
+      nested = os.path.join(data_dir, 'cifar-100-python')
+      if os.path.isdir(nested):
+        folder = nested
+    if not os.path.isfile(os.path.join(folder, 'train')):
+      raise _file_error(
+          os.path.join(folder, 'train'),
+          f'file not found; {hint}, or leave --data_dir unset to use the '
+          'Keras cache')
+    train = _read_cifar_batch(os.path.join(folder, 'train'), 'fine_labels')
+    test = _read_cifar_batch(os.path.join(folder, 'test'), 'fine_labels')
+  else:
+    folder = os.path.join(keras_datasets_dir(), 'cifar-100-python')
+    if os.path.isdir(folder):
+      train = _read_cifar_batch(os.path.join(folder, 'train'), 'fine_labels')
+      test = _read_cifar_batch(os.path.join(folder, 'test'), 'fine_labels')
+    else:
+      try:
+        (x_train, y_train), (x_test, y_test) = (
+            tf.keras.datasets.cifar100.load_data(label_mode='fine'))
+      except Exception as error:  # Keras raises bare Exception on URL errors.
+        raise _file_error(
+            folder, f'CIFAR-100 not found and downloading it failed '
+            f'({error}); {hint}, or pass --data_dir') from error
+      train = (x_train, y_train.reshape(-1))
+      test = (x_test, y_test.reshape(-1))
+  for (images, labels), split in ((train, 'train'), (test, 'test')):
+    _check_split(f'{folder} ({split} images)', f'{folder} ({split} labels)',
+                 images, labels, 100, (32, 32, 3))
+  (x_train, y_train), (x_test, y_test) = train, test
+  return Dataset(
+      name='cifar100',
+      x_train=normalize_images(x_train, CIFAR100_MEAN, CIFAR100_STD),
+      y_train=y_train.astype(np.int32),
+      x_test=normalize_images(x_test, CIFAR100_MEAN, CIFAR100_STD),
+      y_test=y_test.astype(np.int32),
+      num_classes=100)
+
+
+def tff_cache_dir() -> str:
+  """Returns TFF's default data set cache directory, `~/.tff`.
+
+  `tff.simulation.datasets` loaders download into it when given no
+  `cache_dir`.
+
+  Returns:
+    The directory path (it may not exist).
+  """
+  return os.path.join(os.path.expanduser('~'), '.tff')
+
+
+# How TFF's EMNIST loader parses each stored tf.train.Example
+# (tff.simulation.datasets.emnist._add_proto_parsing).
+_EMNIST_FEATURES = {
+    'pixels': tf.io.FixedLenFeature(shape=(28, 28), dtype=tf.float32),
+    'label': tf.io.FixedLenFeature(shape=(), dtype=tf.int64),
+}
+_EMNIST_ROWS_PER_CHUNK = 20_000
+
+
+def _read_emnist_split(
+    path: str, split: str,
+    position_of: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray,
+                                             np.ndarray]:
+  """Reads every example of one split of TFF's EMNIST database.
+
+  Rows of the `examples` table are read in one pass and their protos parsed
+  in chunks, which is much faster than one `SqlDataset` per client.
+
+  Args:
+    path: The database file.
+    split: Its `split_name`, e.g. 'all_train'.
+    position_of: Client id -> position in the sorted client names.
+
+  Returns:
+    float32 pixels (N, 28, 28), int64 labels (N,), and the int64 client
+    position of each example (N,).
+
+  Raises:
+    DataFileError: If the split is empty, a proto does not parse as TFF's
+      EMNIST example, or an example's client is not in `position_of`.
+  """
+  connection = sqlite3.connect(f'file:{path}?mode=ro', uri=True)
+  try:
+    (count,) = connection.execute(
+        'SELECT COUNT(*) FROM examples WHERE split_name = ?',
+        (split,)).fetchone()
+    if count == 0:
+      raise _file_error(
+          path, f"no examples with split_name '{split}'; expected TFF's "
+          f'{EMNIST_FILE} (decompressed from {EMNIST_URL})')
+    pixels = np.empty((count, 28, 28), dtype=np.float32)
+    labels = np.empty(count, dtype=np.int64)
+    clients = np.empty(count, dtype=np.int64)
+    cursor = connection.execute(
+        'SELECT client_id, serialized_example_proto FROM examples '
+        'WHERE split_name = ?', (split,))
+    start = 0
+    while rows := cursor.fetchmany(_EMNIST_ROWS_PER_CHUNK):
+      stop = start + len(rows)
+      try:
+        clients[start:stop] = [position_of[client_id] for client_id, _ in rows]
+      except KeyError as error:
+        raise _file_error(
+            path, f"split '{split}' has an example of client {error} that "
+            'the client_metadata table does not list') from error
+      try:
+        parsed = tf.io.parse_example(
+            tf.constant([bytes(proto) for _, proto in rows]), _EMNIST_FEATURES)
+      except (tf.errors.InvalidArgumentError, TypeError) as error:
+        message = getattr(error, 'message', str(error))
+        raise _file_error(
+            path, f"split '{split}': examples are not tf.train.Examples with "
+            f'float pixels (28, 28) and an int64 label: {message}') from error
+      pixels[start:stop] = parsed['pixels'].numpy()
+      labels[start:stop] = parsed['label'].numpy()
+      start = stop
+  except sqlite3.Error as error:
+    raise _file_error(path,
+                      f'cannot read the SQLite database: {error}') from error
+  finally:
+    connection.close()
+  if labels.min() < 0 or labels.max() >= EMNIST_NUM_CLASSES:
+    raise _file_error(
+        path, f"split '{split}': labels must lie in [0, {EMNIST_NUM_CLASSES}), "
+        f'found values from {labels.min()} to {labels.max()}')
+  return pixels, labels, clients
+
+
+def _emnist_client_ids(path: str,
+                       cache_dir: str) -> tuple[list[str], list[str]]:
+  """Opens the database with TFF's loader; returns its train and test ids.
+
+  `tff.simulation.datasets.emnist.load_data` checks the tables and columns
+  and lists each split's clients from `client_metadata`.
+
+  Raises:
+    DataFileError: If TFF cannot open the database.
+  """
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  try:
+    train, test = tff.simulation.datasets.emnist.load_data(
+        only_digits=False, cache_dir=cache_dir)
+  except Exception as error:  # sqlite3 and TFF's own format errors.
+    raise _file_error(
+        path, f"not TFF's EMNIST database ({type(error).__name__}: {error}); "
+        f'expected {EMNIST_FILE} decompressed from {EMNIST_URL}') from error
+  return list(train.client_ids), list(test.client_ids)
+
+
+def _download_emnist(cache_dir: str, path: str) -> None:
+  """Lets TFF download and decompress the database into `cache_dir`.
+
+  Raises:
+    DataFileError: If the download fails (a partial file is removed).
+  """
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  try:
+    tff.simulation.datasets.emnist.load_data(only_digits=False,
+                                             cache_dir=cache_dir)
+  except Exception as error:  # urllib, lzma and OS errors.
+    if os.path.exists(path):
+      os.remove(path)  # TFF writes the decompressed file as it downloads.
+    raise _file_error(
+        path, f'federated EMNIST not found and downloading it failed '
+        f'({error}); decompress {EMNIST_URL} (xz -d) to this path, or pass '
+        f'--data_dir with a directory holding {EMNIST_FILE}') from error
+
+
+def load_emnist(data_dir: Optional[str] = None) -> Dataset:
+  """Loads federated EMNIST (62 classes) with every example's writer.
+
+  This is TFF's `tff.simulation.datasets.emnist.load_data(only_digits=False,
+  cache_dir=...)` data, LEAF's FEMNIST grouped by writer: 3400 writers,
+  671,585 training and 77,483 test examples, every writer having at least
+  one of each. TFF 0.87 stores it as one SQLite file, `EMNIST_FILE`, in its
+  cache directory: a table `examples(split_name, client_id,
+  serialized_example_proto)` of `tf.train.Example`s with `pixels` (28 x 28
+  floats) and `label` (int64), and a table `client_metadata(client_id,
+  split_name, num_examples)`. TFF's loader opens and checks the file and
+  lists the writers; the examples are then read in one pass per split.
+
+  Pixels are kept as TFF provides them, in [0, 1] with 1.0 the background
+  (the reference code also feeds LEAF's values unnormalised).
+
+  Args:
+    data_dir: Directory holding `EMNIST_FILE`. Defaults to TFF's cache
+      (`tff_cache_dir()`); only then, if the file is absent, TFF downloads it.
+
+  Returns:
+    The data set, images (N, 28, 28, 1), with `natural_clients` set: client
+    names are TFF's writer ids, sorted.
+
+  Raises:
+    DataFileError: If the file is missing (and, without `data_dir`, the
+      download fails) or is not TFF's EMNIST database.
+  """
+  cache_dir = tff_cache_dir() if data_dir is None else data_dir
+  path = os.path.join(cache_dir, EMNIST_FILE)
+  if not os.path.isfile(path):
+    if data_dir is not None:
+      raise _file_error(
+          path, f'file not found; decompress {EMNIST_URL} (xz -d) into '
+          f'{data_dir}, or leave --data_dir unset to use TFF\'s cache '
+          f'{tff_cache_dir()}')
+    _download_emnist(cache_dir, path)
+  with open(path, 'rb') as file:
+    header = file.read(16)
+  if header != b'SQLite format 3\x00':
+    raise _file_error(
+        path, f'not an SQLite database (it starts with {header[:8]!r}); '
+        f'expected {EMNIST_FILE} decompressed from {EMNIST_URL}')
+  train_ids, test_ids = _emnist_client_ids(path, cache_dir)
+  names = tuple(sorted(set(train_ids) | set(test_ids)))
+  position_of = {name: position for position, name in enumerate(names)}
+  x_train, y_train, train_clients = _read_emnist_split(
+      path, EMNIST_TRAIN_SPLIT, position_of)
+  x_test, y_test, test_clients = _read_emnist_split(
+      path, EMNIST_TEST_SPLIT, position_of)
+  return Dataset(
+      name='emnist',
+      x_train=x_train[..., np.newaxis],
+      y_train=y_train.astype(np.int32),
+      x_test=x_test[..., np.newaxis],
+      y_test=y_test.astype(np.int32),
+      num_classes=EMNIST_NUM_CLASSES,
+      natural_clients=NaturalClients(names, train_clients, test_clients))
+
+
+def write_emnist_sqlite(
+    path: str,
+    train: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    test: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+  """Writes examples in the layout of TFF's `emnist_all.sqlite`.
+
+  Handy for small test fixtures; `load_emnist` and TFF's
+  `emnist.load_data(only_digits=False, cache_dir=...)` read the result.
+
+  Args:
+    path: Destination file; must not exist.
+    train: Client id -> (pixels (n, 28, 28) in [0, 1], labels (n,)) of the
+      'all_train' split.
+    test: Likewise for the 'all_test' split.
+
+  Raises:
+    FileExistsError: If `path` exists.
+  """
+  if os.path.exists(path):
+    raise FileExistsError(f'{path} exists')
+  connection = sqlite3.connect(path)
+  try:
+    connection.execute('CREATE TABLE examples (split_name TEXT, client_id '
+                       'TEXT, serialized_example_proto BLOB)')
+    connection.execute('CREATE TABLE client_metadata (client_id TEXT, '
+                       'split_name TEXT, num_examples INTEGER)')
+    for split, clients in ((EMNIST_TRAIN_SPLIT, train),
+                           (EMNIST_TEST_SPLIT, test)):
+      for client_id, (pixels, labels) in clients.items():
+        for image, label in zip(pixels, labels):
+          example = tf.train.Example(features=tf.train.Features(feature={
+              'pixels': tf.train.Feature(float_list=tf.train.FloatList(
+                  value=np.asarray(image, np.float32).reshape(-1))),
+              'label': tf.train.Feature(int64_list=tf.train.Int64List(
+                  value=[int(label)])),
+          }))
+          connection.execute(
+              'INSERT INTO examples VALUES (?, ?, ?)',
+              (split, client_id, example.SerializeToString()))
+        connection.execute('INSERT INTO client_metadata VALUES (?, ?, ?)',
+                           (client_id, split, len(labels)))
+    connection.commit()
+  finally:
+    connection.close()
+
+
 _LOADERS: dict[str, Callable[[Optional[str]], Dataset]] = {
     'cifar10': load_cifar10,
+    'cifar100': load_cifar100,
+    'emnist': load_emnist,
     'fashion_mnist': load_fashion_mnist,
     'mnist': load_mnist,
 }
@@ -615,7 +966,8 @@ def load_dataset(name: str, data_dir: Optional[str] = None) -> Dataset:
   """Loads a data set by name.
 
   Args:
-    name: One of `DATASET_NAMES`: 'cifar10', 'fashion_mnist', 'mnist'.
+    name: One of `DATASET_NAMES`: 'cifar10', 'cifar100', 'emnist',
+      'fashion_mnist', 'mnist'.
     data_dir: Optional directory with the data set's files; see the loaders.
 
   Returns:
@@ -908,6 +1260,48 @@ def partition_pathological(labels: np.ndarray, num_clients: int,
           for parts in client_parts]
 
 
+def partition_natural(natural_clients: NaturalClients, num_clients: int,
+                      rng: np.random.Generator
+                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Makes every client one natural client (e.g. one EMNIST writer).
+
+  Only natural clients with at least one training example are eligible.
+  When there are more of them than `num_clients`, a uniformly random subset
+  is used; the clients keep the order of `natural_clients.names`.
+
+  Args:
+    natural_clients: The client of every example.
+    num_clients: How many natural clients to use, in [1, eligible].
+    rng: Source of randomness (only used to pick a subset).
+
+  Returns:
+    `(train_indices, test_indices)`: per client, the sorted int64 indices of
+    its own training and its own test examples.
+
+  Raises:
+    ValueError: If `num_clients` is < 1 or exceeds the eligible clients.
+  """
+  _check_num_clients(num_clients)
+  num_names = len(natural_clients.names)
+  train_clients = np.asarray(natural_clients.train_clients, dtype=np.int64)
+  test_clients = np.asarray(natural_clients.test_clients, dtype=np.int64)
+  eligible = np.flatnonzero(np.bincount(train_clients, minlength=num_names))
+  if num_clients > len(eligible):
+    raise ValueError(
+        f'{num_clients} clients requested but the data has only '
+        f'{len(eligible)} natural clients with training examples')
+  chosen = eligible if num_clients == len(eligible) else np.sort(
+      rng.choice(eligible, size=num_clients, replace=False))
+
+  def grouped(clients: np.ndarray) -> list[np.ndarray]:
+    order = np.argsort(clients, kind='stable')  # Ascending within a client.
+    bounds = np.concatenate(
+        [[0], np.cumsum(np.bincount(clients, minlength=num_names))])
+    return [order[bounds[c]:bounds[c + 1]].astype(np.int64) for c in chosen]
+
+  return grouped(train_clients), grouped(test_clients)
+
+
 def _allocate_proportionally(total: int,
                              weights: np.ndarray) -> np.ndarray:
   """Splits `total` into integers proportional to `weights`.
@@ -1030,7 +1424,8 @@ class FederatedData:
   """A data set shared out among clients with ids '0' .. 'num_clients-1'.
 
   Each client has training examples (indices into `dataset.x_train`) and a
-  local test split (indices into `dataset.x_test`).
+  local test split (indices into `dataset.x_test`). The global test set is
+  the whole of `dataset.x_test`.
   """
 
   def __init__(self, dataset: Dataset, train_indices: Sequence[np.ndarray],
@@ -1269,8 +1664,12 @@ def build_federated_data(dataset: Dataset,
   Args:
     dataset: The centralised data set.
     distribution: 'iid' (`partition_iid`), 'dirichlet'
-      (`partition_dirichlet`) or 'pathological' (`partition_pathological`).
-    num_clients: Number of clients, >= 1.
+      (`partition_dirichlet`), 'pathological' (`partition_pathological`) or
+      'natural' (`partition_natural`: each client is one of the data set's
+      own clients, whose local test split is its own test examples; only for
+      data sets with `natural_clients`).
+    num_clients: Number of clients, >= 1 (for 'natural': how many of the
+      natural clients to use, a seeded random subset when fewer than all).
     seed: Seed; the same seed gives the same partition and test splits.
     beta: Dirichlet concentration ('dirichlet' only).
     classes_per_client: Classes per client ('pathological' only).
@@ -1280,6 +1679,7 @@ def build_federated_data(dataset: Dataset,
     min_examples_per_client: Minimum client size ('dirichlet' only).
     test_examples_per_client: Size of every client's local test split. None
       gives each client its share of the test set (`proportional_test_size`).
+      Not used by 'natural'.
 
   Returns:
     The federated data.
@@ -1291,6 +1691,15 @@ def build_federated_data(dataset: Dataset,
   _check_num_clients(num_clients)
   partition_seed, test_seed = np.random.SeedSequence(seed).spawn(2)
   partition_rng = np.random.default_rng(partition_seed)
+  if distribution == 'natural':
+    if dataset.natural_clients is None:
+      raise ValueError(
+          f"distribution 'natural' needs a data set whose examples come with "
+          f'their clients ({", ".join(NATURAL_DATASET_NAMES)}); '
+          f'{dataset.name} has none')
+    train_indices, test_indices = partition_natural(
+        dataset.natural_clients, num_clients, partition_rng)
+    return FederatedData(dataset, train_indices, test_indices)
   if distribution == 'iid':
     train_indices = partition_iid(dataset.y_train, num_clients, partition_rng,
                                   examples_per_client)

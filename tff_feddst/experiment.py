@@ -10,26 +10,37 @@ under an owned TFF execution context and writes, in `output_dir`:
   global_model.npz  the final global `ModelWeights`
   summary.json      why and where the run stopped (total rounds, or the
                     upload budget), final and best accuracy, bytes, seconds
+  tensorboard/      TensorBoard event files (`tensorboard_logging`), unless
+                    `tensorboard_dir` puts them elsewhere or is ''
 
 Nothing is written until the config and the data have been checked, and an
 `output_dir` that already holds results is refused.
 """
 
+import contextlib
 import dataclasses
 import json
+import numbers
 import os
-from typing import Callable, Optional
+import tempfile
+import typing
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from tff_feddst import data as data_lib
 
+# Data set -> the paper's model for it (LEAF's CNN for EMNIST).
 DATASET_MODELS = {
     'fashion_mnist': 'mnist_net',
     'mnist': 'mnist_net',
     'cifar10': 'cifar10_net',
+    'cifar100': 'cifar100_net',
+    'emnist': 'emnist_conv2',
 }
-DISTRIBUTIONS = ('iid', 'dirichlet', 'pathological')
+# 'natural' (each client is one of the data's own clients) needs a data set
+# listed in `data.NATURAL_DATASET_NAMES`.
+DISTRIBUTIONS = ('iid', 'dirichlet', 'pathological', 'natural')
 SPARSITY_DISTRIBUTIONS = ('uniform', 'er', 'erk', 'erk_reference')
 SCHEDULES = ('paper', 'reference')
 RESULT_FILES = ('metrics.csv', 'flags.txt', 'global_model.npz',
@@ -93,6 +104,8 @@ class ExperimentConfig:
   # Run.
   seed: int = 0
   eval_every: int = 5
+  # Output (besides run_experiment's output_dir).
+  tensorboard_dir: Optional[str] = None
 
   @property
   def model_name(self) -> str:
@@ -101,6 +114,20 @@ class ExperimentConfig:
   @property
   def effective_annealing_end_round(self) -> int:
     return self.annealing_end_round or max(self.total_rounds // 2, 1)
+
+  def effective_tensorboard_dir(self, output_dir: str) -> str:
+    """The TensorBoard directory: `tensorboard_dir`, else output_dir's.
+
+    Args:
+      output_dir: The run's output directory.
+
+    Returns:
+      `tensorboard_dir`, or `<output_dir>/tensorboard` when it is None; ''
+      means no TensorBoard logs.
+    """
+    if self.tensorboard_dir is None:
+      return os.path.join(output_dir, 'tensorboard')
+    return self.tensorboard_dir
 
   def resolved(self) -> 'ExperimentConfig':
     """Returns a copy with the settings that define `method` applied.
@@ -151,11 +178,19 @@ class ExperimentConfig:
         raise ConfigError(f'--{flag}={getattr(self, flag)!r} is invalid: '
                           f'expected {accepted}.')
 
+    for name, hint in typing.get_type_hints(ExperimentConfig).items():
+      check_setting_type(name, getattr(self, name), hint)
     from tff_feddst import models  # Imports TF; keep module import light.
     require(self.dataset in DATASET_MODELS, 'dataset',
             f'one of {", ".join(DATASET_MODELS)}')
     require(self.data_distribution in DISTRIBUTIONS, 'data_distribution',
             f'one of {", ".join(DISTRIBUTIONS)}')
+    require(self.data_distribution != 'natural' or
+            self.dataset in data_lib.NATURAL_DATASET_NAMES,
+            'data_distribution',
+            f'iid, dirichlet or pathological for --dataset={self.dataset} '
+            '(natural needs a data set whose clients come with it: '
+            f'{", ".join(data_lib.NATURAL_DATASET_NAMES)})')
     require(self.total_clients >= 1, 'total_clients', 'an integer >= 1')
     require(self.dirichlet_beta > 0, 'dirichlet_beta', 'a number > 0')
     require(self.classes_per_client >= 1, 'classes_per_client',
@@ -230,6 +265,71 @@ class ExperimentConfig:
     return lines
 
 
+_TYPE_NAMES = {int: 'an integer', float: 'a number', str: 'a string',
+               bool: 'True or False'}
+
+
+def check_setting_type(name: str, value: Any, hint: Any) -> None:
+  """Checks that a setting has the type its annotation asks for.
+
+  Integers are accepted for floats; booleans are not numbers here.
+
+  Args:
+    name: The setting (flag) name, for the message.
+    value: Its value.
+    hint: `int`, `float`, `str`, `bool`, or `Optional` of one of them.
+
+  Raises:
+    ConfigError: One line, `--name=value is invalid: expected ...`.
+  """
+  options = typing.get_args(hint) or (hint,)
+  optional = type(None) in options
+  kind = next(option for option in options if option is not type(None))
+  if value is None:
+    ok = optional
+  elif kind is bool:
+    ok = isinstance(value, bool)
+  elif kind is int:
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  elif kind is float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+  else:
+    ok = isinstance(value, kind)
+  if not ok:
+    expected = _TYPE_NAMES.get(kind, kind.__name__)
+    if optional:
+      expected += ' or None (unset)'
+    raise ConfigError(f'--{name}={value!r} is invalid: expected {expected}, '
+                      f'got {type(value).__name__}.')
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+  """Checks, without leaving anything behind, that `path` can be written.
+
+  The directory itself or its nearest existing ancestor must be a directory
+  in which a (probe) directory can be created.
+
+  Args:
+    path: A directory that may not exist yet.
+    flag: The flag that set it, for the message.
+
+  Raises:
+    ConfigError: One line naming the flag, if `path` is not writable.
+  """
+  existing = os.path.abspath(path)
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f'--{flag}={path} is not writable: {existing} is not a '
+                      'directory.')
+  try:
+    probe = tempfile.mkdtemp(prefix='.write_probe_', dir=existing)
+  except OSError as error:
+    raise ConfigError(f'--{flag}={path} is not writable: cannot create '
+                      f'anything in {existing} ({error.strerror}).') from None
+  os.rmdir(probe)
+
+
 def check_output_dir(output_dir: str) -> None:
   """Refuses an output directory that already holds results.
 
@@ -265,6 +365,14 @@ def load_federated_data(config: ExperimentConfig) -> data_lib.FederatedData:
     ConfigError: If the split cannot be made with these settings.
   """
   dataset = data_lib.load_dataset(config.dataset, config.data_dir)
+  if config.data_distribution == 'natural':
+    try:
+      return data_lib.build_federated_data(
+          dataset, 'natural', config.total_clients, config.seed)
+    except ValueError as error:
+      raise ConfigError(
+          f'--total_clients={config.total_clients} is invalid for the natural '
+          f'split of {config.dataset}: {error}.') from error
   try:
     return data_lib.build_federated_data(
         dataset, config.data_distribution, config.total_clients, config.seed,
@@ -363,12 +471,17 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
     The list of metrics rows (dicts keyed by `METRICS_COLUMNS`).
 
   Raises:
-    ConfigError: For a bad setting or a used output directory.
+    ConfigError: For a bad setting, or a used or unwritable output or
+      TensorBoard directory.
     data.DataFileError: For missing or corrupt data files.
   """
   config.validate()
   config = config.resolved()
   check_output_dir(output_dir)
+  check_writable_dir(output_dir, 'output_dir')
+  tensorboard_dir = config.effective_tensorboard_dir(output_dir)
+  if tensorboard_dir:
+    check_writable_dir(tensorboard_dir, 'tensorboard_dir')
   federated_data = load_federated_data(config)
 
   # TF/TFF imports are deferred so that bad flags fail fast.
@@ -380,6 +493,7 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
   from tff_feddst import fed_dst
   from tff_feddst import models
   from tff_feddst import sparsity_distribution
+  from tff_feddst import tensorboard_logging
   from tff_feddst import training_loop
 
   model_fn = models.get_model_fn(config.model_name, seed=config.seed)
@@ -429,7 +543,11 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
     import tqdm
     bar = tqdm.tqdm(total=config.total_rounds, unit='round', dynamic_ncols=True)
 
+  tensorboard = None
+
   def after_round(row):
+    if tensorboard is not None:
+      tensorboard.write_metrics(row)
     if bar is not None:
       bar.update(1)
       postfix = {'loss': f'{row["train_loss"]:.3f}',
@@ -441,7 +559,11 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
       on_round_end(row)
 
   try:
-    with execution.local_execution_context():
+    with contextlib.ExitStack() as stack:
+      if tensorboard_dir:
+        tensorboard = stack.enter_context(tensorboard_logging.TensorBoardWriter(
+            tensorboard_dir, initial_model.layout))
+      stack.enter_context(execution.local_execution_context())
       process = fed_dst.build_fed_dst(
           model_fn, initial_model,
           training_loop.client_datasets(
@@ -460,7 +582,9 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
           metrics_path=os.path.join(output_dir, 'metrics.csv'),
           upload_budget_bytes=config.upload_budget_bytes,
           round_upload_bytes=round_upload_bytes,
-          on_round_end=after_round)
+          on_round_end=after_round,
+          on_model_weights=(tensorboard.write_model
+                            if tensorboard is not None else None))
       save_model_weights(os.path.join(output_dir, 'global_model.npz'),
                          process.get_model_weights(state))
       write_summary(os.path.join(output_dir, 'summary.json'), config, rows,

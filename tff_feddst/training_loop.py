@@ -132,7 +132,9 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  metrics_path: str,
                  upload_budget_bytes: Optional[int] = None,
                  round_upload_bytes: Optional[int] = None,
-                 on_round_end: Optional[Callable[[dict], None]] = None):
+                 on_round_end: Optional[Callable[[dict], None]] = None,
+                 on_model_weights: Optional[Callable[
+                     [int, tff.learning.models.ModelWeights], None]] = None):
   """Runs up to `total_rounds` rounds, one metrics.csv row per round.
 
   With an upload budget, a round runs only if the cumulative upload after it
@@ -158,6 +160,11 @@ def run_training(process: tff.learning.templates.LearningProcess,
       this many bytes; None for no budget.
     round_upload_bytes: Upload of one full round (required with a budget).
     on_round_end: Called with each row after it is written (progress).
+    on_model_weights: Called after every round (after `metrics.csv` has its
+      row) with the round number and the global
+      `process.get_model_weights(state)`, e.g. for TensorBoard; the weights
+      are then fetched every round, outside `round_seconds` on rounds
+      without evaluation.
 
   Returns:
     `(final_state, rows, stop_reason)`, where `stop_reason` is
@@ -193,14 +200,20 @@ def run_training(process: tff.learning.templates.LearningProcess,
           upload_budget_bytes is not None and cumulative['upload'] +
           int(output.metrics['aggregator']['upload_bytes']) +
           round_upload_bytes > upload_budget_bytes)
+      weights = None
       if round_num % eval_every == 0 or is_last:
-        eval_result = evaluator.evaluate(process.get_model_weights(state))
+        weights = process.get_model_weights(state)
+        eval_result = evaluator.evaluate(weights)
       row = metrics_row(round_num, output.metrics, eval_result, cumulative,
                         time.perf_counter() - start)
       writer.writerow({k: _format(v) for k, v in row.items()})
       metrics_file.flush()
       os.fsync(metrics_file.fileno())
       rows.append(row)
+      if on_model_weights is not None:
+        if weights is None:  # Fetched outside the round's timing.
+          weights = process.get_model_weights(state)
+        on_model_weights(round_num, weights)
       if on_round_end is not None:
         on_round_end(row)
   return state, rows, stop_reason
