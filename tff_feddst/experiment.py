@@ -456,6 +456,42 @@ def write_summary(path: str, config: ExperimentConfig, rows: list,
     f.write('\n')
 
 
+def build_client_config(config: ExperimentConfig, initial_model):
+  """The client hyper-parameters of a run (TFF clients and TFLite export).
+
+  Args:
+    config: The run's settings (after `resolved()`).
+    initial_model: Its `fed_dst.InitialModel` (layer shapes for the reference
+      rule's per-layer keep counts).
+
+  Returns:
+    The `client_work.ClientConfig`.
+  """
+  from tff_feddst import client_work
+  from tff_feddst import sparsity_distribution
+  keep_after_prune = ()
+  if config.readjust_rule == 'reference':
+    # The authors' clients prune to S + (1 - S) * alpha, then regrow to S.
+    prune_sparsity = min(
+        config.target_sparsity +
+        (1 - config.target_sparsity) * config.drop_fraction, 0.999999)
+    keep_after_prune = tuple(sparsity_distribution.compute_layer_num_active(
+        initial_model.layout.kernel_shapes, prune_sparsity,
+        config.sparsity_distribution,
+        bias_sizes=initial_model.layout.layer_bias_sizes))
+  return client_work.ClientConfig(
+      learning_rate=config.client_learning_rate,
+      momentum=config.client_momentum,
+      weight_decay=config.client_weight_decay,
+      prox_mu=config.prox_mu,
+      num_epochs=config.client_epochs_per_round,
+      readjust_after_epochs=config.readjust_after_epochs,
+      grow_score=config.grow_score,
+      readjust_rule=config.readjust_rule,
+      reference_keep_after_prune=keep_after_prune,
+      value_dtype=config.upload_value_dtype)
+
+
 def run_experiment(config: ExperimentConfig, output_dir: str, *,
                    progress: bool = False,
                    on_round_end: Optional[Callable[[dict], None]] = None):
@@ -486,13 +522,11 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
 
   # TF/TFF imports are deferred so that bad flags fail fast.
   from tff_feddst import aggregation
-  from tff_feddst import client_work
   from tff_feddst import encoding
   from tff_feddst import evaluation
   from tff_feddst import execution
   from tff_feddst import fed_dst
   from tff_feddst import models
-  from tff_feddst import sparsity_distribution
   from tff_feddst import tensorboard_logging
   from tff_feddst import training_loop
 
@@ -501,26 +535,7 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
       model_fn, config.target_sparsity, config.sparsity_distribution,
       seed=config.seed, initial_mask=config.initial_mask)
   schedule = build_schedule(config)
-  keep_after_prune = ()
-  if config.readjust_rule == 'reference':
-    prune_sparsity = min(
-        config.target_sparsity +
-        (1 - config.target_sparsity) * config.drop_fraction, 0.999999)
-    keep_after_prune = tuple(sparsity_distribution.compute_layer_num_active(
-        initial_model.layout.kernel_shapes, prune_sparsity,
-        config.sparsity_distribution,
-        bias_sizes=initial_model.layout.layer_bias_sizes))
-  client_config = client_work.ClientConfig(
-      learning_rate=config.client_learning_rate,
-      momentum=config.client_momentum,
-      weight_decay=config.client_weight_decay,
-      prox_mu=config.prox_mu,
-      num_epochs=config.client_epochs_per_round,
-      readjust_after_epochs=config.readjust_after_epochs,
-      grow_score=config.grow_score,
-      readjust_rule=config.readjust_rule,
-      reference_keep_after_prune=keep_after_prune,
-      value_dtype=config.upload_value_dtype)
+  client_config = build_client_config(config, initial_model)
   round_upload_bytes = config.clients_per_round * (
       encoding.analytic_num_bytes(
           initial_model.num_active, initial_model.layout.kernel_sizes,

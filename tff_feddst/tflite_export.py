@@ -77,7 +77,6 @@ from tff_feddst import experiment
 from tff_feddst import fed_dst
 from tff_feddst import models
 from tff_feddst import pruning
-from tff_feddst import sparsity_distribution
 
 TRAINING_SIGNATURES = ('train', 'infer', 'get_weights', 'set_weights',
                        'readjust', 'save', 'restore')
@@ -651,40 +650,6 @@ def load_checkpoint(npz_path: str,
       trainable=trainable, non_trainable=list(weights.non_trainable))
 
 
-def client_config_for(
-    config: experiment.ExperimentConfig,
-    initial: fed_dst.InitialModel) -> client_work.ClientConfig:
-  """The client hyper-parameters a run's clients use (as `run_experiment`).
-
-  Args:
-    config: The run's settings.
-    initial: Its `InitialModel`.
-
-  Returns:
-    The `ClientConfig`.
-  """
-  keep_after_prune = ()
-  if config.readjust_rule == 'reference':
-    prune_sparsity = min(
-        config.target_sparsity +
-        (1 - config.target_sparsity) * config.drop_fraction, 0.999999)
-    keep_after_prune = tuple(sparsity_distribution.compute_layer_num_active(
-        initial.layout.kernel_shapes, prune_sparsity,
-        config.sparsity_distribution,
-        bias_sizes=initial.layout.layer_bias_sizes))
-  return client_work.ClientConfig(
-      learning_rate=config.client_learning_rate,
-      momentum=config.client_momentum,
-      weight_decay=config.client_weight_decay,
-      prox_mu=config.prox_mu,
-      num_epochs=config.client_epochs_per_round,
-      readjust_after_epochs=config.readjust_after_epochs,
-      grow_score=config.grow_score,
-      readjust_rule=config.readjust_rule,
-      reference_keep_after_prune=keep_after_prune,
-      value_dtype=config.upload_value_dtype)
-
-
 # ---------------------------------------------------------------------------
 # The whole export.
 
@@ -845,8 +810,9 @@ def export_checkpoint(checkpoint: str, output_dir: str) -> ExportResult:
   model_fn, initial = build_initial_for(config)
   weights = load_checkpoint(npz_path, initial)
   return export(config.model_name, model_fn, weights, initial.layout,
-                initial.num_active, client_config_for(config, initial),
-                output_dir, source=os.path.abspath(npz_path))
+                initial.num_active,
+                experiment.build_client_config(config, initial), output_dir,
+                source=os.path.abspath(npz_path))
 
 
 def export_initial(config: experiment.ExperimentConfig,
@@ -868,5 +834,6 @@ def export_initial(config: experiment.ExperimentConfig,
   check_output_dir(output_dir)
   model_fn, initial = build_initial_for(config)
   return export(config.model_name, model_fn, initial.weights, initial.layout,
-                initial.num_active, client_config_for(config, initial),
-                output_dir, source=f'initialisation (seed {config.seed})')
+                initial.num_active,
+                experiment.build_client_config(config, initial), output_dir,
+                source=f'initialisation (seed {config.seed})')
