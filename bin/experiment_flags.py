@@ -111,6 +111,14 @@ flags.DEFINE_integer('seed', _DEFAULTS.seed,
                      'Seed of the split, model, masks, sampling, shuffling.')
 flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every,
                      'Evaluate every this many rounds (and after the last).')
+# Execution.
+flags.DEFINE_integer('num_local_workers', _DEFAULTS.num_local_workers,
+                     'Start this many TFF workers on 127.0.0.1 and split each '
+                     'round\'s clients across them (0: one worker, no split). '
+                     'They are ended when the run ends.')
+flags.DEFINE_string('workers', None, 'Comma-separated host:port of TFF '
+                    'workers started elsewhere, to split clients across (with '
+                    'or without --num_local_workers).')
 # Output.
 flags.DEFINE_string('output_dir', None, 'Where results are written: a new '
                     'directory, or one without results (nothing is '

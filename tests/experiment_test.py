@@ -131,6 +131,25 @@ class ExperimentTest(tf.test.TestCase):
           small_config(self.data_dir, upload_budget_bytes=1000), output_dir)
     self.assertFalse(os.path.exists(output_dir))
 
+  def test_clients_split_over_two_workers_give_the_same_run(self):
+    root = self.create_tempdir().full_path
+    config = small_config(self.data_dir, total_rounds=2, eval_every=1,
+                          tensorboard_dir='')
+    single = experiment.run_experiment(config, os.path.join(root, 'one'))
+    split = experiment.run_experiment(
+        dataclasses.replace(config, num_local_workers=2),
+        os.path.join(root, 'two'))
+    drop_time = lambda rows: [{k: v for k, v in r.items()
+                               if k != 'round_seconds'} for r in rows]
+    self.assertEqual(drop_time(split), drop_time(single))
+
+  def test_bad_worker_settings_name_the_flag(self):
+    for overrides, flag in ((dict(num_local_workers=-1), 'num_local_workers'),
+                            (dict(workers='localhost'), 'workers'),
+                            (dict(workers='a:1,,b'), 'workers')):
+      with self.assertRaisesRegex(experiment.ConfigError, f'--{flag}='):
+        small_config(self.data_dir, **overrides).validate()
+
   def test_used_output_dir_is_refused_and_left_alone(self):
     output_dir = self.create_tempdir().full_path
     metrics_path = os.path.join(output_dir, 'metrics.csv')

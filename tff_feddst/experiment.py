@@ -22,6 +22,7 @@ import dataclasses
 import json
 import numbers
 import os
+import re
 import tempfile
 import typing
 from typing import Any, Callable, Optional
@@ -101,6 +102,9 @@ class ExperimentConfig:
   # Method and budget.
   method: str = 'feddst'
   upload_budget_bytes: Optional[int] = None
+  # Execution.
+  num_local_workers: int = 0
+  workers: Optional[str] = None
   # Run.
   seed: int = 0
   eval_every: int = 5
@@ -110,6 +114,12 @@ class ExperimentConfig:
   @property
   def model_name(self) -> str:
     return self.model or DATASET_MODELS.get(self.dataset, '')
+
+  @property
+  def worker_addresses(self) -> tuple[str, ...]:
+    """The --workers addresses as a tuple (empty when unset)."""
+    return tuple(a.strip() for a in (self.workers or '').split(',')
+                 if a.strip())
 
   @property
   def effective_annealing_end_round(self) -> int:
@@ -251,6 +261,12 @@ class ExperimentConfig:
             'a number in [0, 1)')
     require(self.eval_every >= 1, 'eval_every', 'an integer >= 1')
     require(self.min_votes >= 0, 'min_votes', 'an integer >= 0')
+    require(self.num_local_workers >= 0, 'num_local_workers',
+            'an integer >= 0 (0: one worker, no client split)')
+    require(self.workers is None or (bool(self.worker_addresses) and all(
+        re.fullmatch(r'[^\s:,]+:\d+', address)
+        for address in self.worker_addresses)), 'workers',
+            'comma-separated host:port addresses of running TFF workers')
     require(self.method in METHODS, 'method', f'one of {", ".join(METHODS)}')
     require(self.upload_budget_bytes is None or self.upload_budget_bytes > 0,
             'upload_budget_bytes', 'a number of bytes > 0, or unset')
@@ -578,7 +594,11 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
       if tensorboard_dir:
         tensorboard = stack.enter_context(tensorboard_logging.TensorBoardWriter(
             tensorboard_dir, initial_model.layout))
-      stack.enter_context(execution.local_execution_context())
+      if config.num_local_workers or config.worker_addresses:
+        stack.enter_context(execution.distributed_execution_context(
+            config.num_local_workers, config.worker_addresses))
+      else:
+        stack.enter_context(execution.local_execution_context())
       process = fed_dst.build_fed_dst(
           model_fn, initial_model,
           training_loop.client_datasets(
