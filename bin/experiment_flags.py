@@ -111,6 +111,9 @@ flags.DEFINE_integer('seed', _DEFAULTS.seed,
                      'Seed of the split, model, masks, sampling, shuffling.')
 flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every,
                      'Evaluate every this many rounds (and after the last).')
+flags.DEFINE_float('dropout_rate', _DEFAULTS.dropout_rate,
+                   'Probability that a sampled client fails to report (it '
+                   'downloaded the model; its upload never arrives).')
 # Execution.
 flags.DEFINE_integer('num_local_workers', _DEFAULTS.num_local_workers,
                      'Start this many TFF workers on 127.0.0.1 and split each '

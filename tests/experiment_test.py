@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import math
 import os
 import pickle
 import shutil
@@ -142,6 +143,30 @@ class ExperimentTest(tf.test.TestCase):
     drop_time = lambda rows: [{k: v for k, v in r.items()
                                if k != 'round_seconds'} for r in rows]
     self.assertEqual(drop_time(split), drop_time(single))
+
+  def test_dropout_aggregates_reporters_and_survives_empty_rounds(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'run')
+    # 3 sampled clients per round; with dropout 0.85 (seed 0) rounds 1-3 have
+    # no reporter and round 4 has one.
+    config = small_config(self.data_dir, total_rounds=4, eval_every=4,
+                          dropout_rate=0.85, tensorboard_dir='')
+    expected = [training_loop.drop_out(
+        training_loop.sample_clients([str(i) for i in range(8)], 3, 0, r),
+        0.85, 0, r) for r in range(1, 5)]
+    self.assertEqual([len(r) for r in expected], [0, 0, 0, 1])
+    rows = experiment.run_experiment(config, output_dir)
+    # One client message: 4 x 52349 values + 32719 mask bytes + 4 x 90 bias.
+    message = 242475
+    for row, reporting in zip(rows, expected):
+      self.assertEqual(row['clients_sampled'], 3)
+      self.assertEqual(row['clients_reported'], len(reporting))
+      self.assertEqual(row['upload_bytes'], len(reporting) * (message + 4))
+      # Every sampled client downloaded the model, reporting or not.
+      self.assertEqual(row['download_bytes'], 3 * message)
+      if not reporting:
+        self.assertEqual(row['mask_changed_positions'], 0)
+        self.assertTrue(math.isnan(row['train_loss']))  # Nobody trained.
+    self.assertAlmostEqual(rows[-1]['sparsity'], 0.8, places=4)
 
   def test_bad_worker_settings_name_the_flag(self):
     for overrides, flag in ((dict(num_local_workers=-1), 'num_local_workers'),
@@ -337,3 +362,15 @@ class MethodTest(tf.test.TestCase):
 
 if __name__ == '__main__':
   tf.test.main()
+
+
+class DropoutTest(tf.test.TestCase):
+
+  def test_drop_out_is_seeded_and_keeps_sampling_order(self):
+    sampled = [str(i) for i in range(200)]
+    reporting = training_loop.drop_out(sampled, 0.25, seed=3, round_num=2)
+    self.assertEqual(reporting,
+                     training_loop.drop_out(sampled, 0.25, seed=3, round_num=2))
+    self.assertEqual(reporting, sorted(reporting, key=int))
+    self.assertBetween(len(reporting), 120, 180)  # About 150 of 200.
+    self.assertEqual(training_loop.drop_out(sampled, 0.0, 3, 2), sampled)

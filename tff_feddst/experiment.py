@@ -102,6 +102,7 @@ class ExperimentConfig:
   # Method and budget.
   method: str = 'feddst'
   upload_budget_bytes: Optional[int] = None
+  dropout_rate: float = 0.0
   # Execution.
   num_local_workers: int = 0
   workers: Optional[str] = None
@@ -261,6 +262,8 @@ class ExperimentConfig:
             'a number in [0, 1)')
     require(self.eval_every >= 1, 'eval_every', 'an integer >= 1')
     require(self.min_votes >= 0, 'min_votes', 'an integer >= 0')
+    require(0 <= self.dropout_rate < 1, 'dropout_rate',
+            'a probability in [0, 1)')
     require(self.num_local_workers >= 0, 'num_local_workers',
             'an integer >= 0 (0: one worker, no client split)')
     require(self.workers is None or (bool(self.worker_addresses) and all(
@@ -617,6 +620,10 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
           metrics_path=os.path.join(output_dir, 'metrics.csv'),
           upload_budget_bytes=config.upload_budget_bytes,
           round_upload_bytes=round_upload_bytes,
+          dropout_rate=config.dropout_rate,
+          client_download_bytes=encoding.analytic_num_bytes(
+              initial_model.num_active, initial_model.layout.kernel_sizes,
+              _num_dense_parameters(initial_model)),
           on_round_end=after_round,
           on_model_weights=(tensorboard.write_model
                             if tensorboard is not None else None))

@@ -6,6 +6,7 @@ carrying random-generator state.
 """
 
 import csv
+import logging
 import math
 import os
 import time
@@ -21,7 +22,8 @@ from tff_feddst import evaluation
 METRICS_COLUMNS = (
     'round', 'test_accuracy', 'client_test_accuracy', 'train_loss',
     'sparsity', 'mask_changed_positions', 'upload_bytes', 'download_bytes',
-    'upload_bytes_cumulative', 'download_bytes_cumulative', 'round_seconds')
+    'upload_bytes_cumulative', 'download_bytes_cumulative', 'round_seconds',
+    'clients_sampled', 'clients_reported')
 
 
 def sample_clients(client_ids: Sequence[str], clients_per_round: int,
@@ -46,6 +48,26 @@ def sample_clients(client_ids: Sequence[str], clients_per_round: int,
   rng = np.random.default_rng([seed, round_num])
   chosen = rng.choice(len(client_ids), size=clients_per_round, replace=False)
   return [client_ids[i] for i in chosen]
+
+
+def drop_out(sampled: Sequence[str], dropout_rate: float, seed: int,
+             round_num: int) -> list[str]:
+  """Returns the sampled clients that report, each failing w.p. dropout_rate.
+
+  Args:
+    sampled: The round's sampled clients.
+    dropout_rate: Probability in [0, 1) that a client fails to report.
+    seed: Run seed.
+    round_num: 1-based round.
+
+  Returns:
+    The reporting clients, in sampling order.
+  """
+  if not dropout_rate:
+    return list(sampled)
+  rng = np.random.default_rng([seed, round_num, 1])
+  failures = rng.random(len(sampled)) < dropout_rate
+  return [client for client, failed in zip(sampled, failures) if not failed]
 
 
 def _shuffle_seed(seed: int, round_num: int, client_position: int) -> int:
@@ -86,7 +108,8 @@ def _format(value) -> str:
 
 
 def metrics_row(round_num: int, round_metrics, eval_result: Optional[
-    evaluation.EvalResult], cumulative: dict, round_seconds: float) -> dict:
+    evaluation.EvalResult], cumulative: dict, round_seconds: float,
+                clients_sampled: int, dropped_download_bytes: int = 0) -> dict:
   """Turns one round's process metrics into a metrics.csv row.
 
   Args:
@@ -95,12 +118,16 @@ def metrics_row(round_num: int, round_metrics, eval_result: Optional[
     eval_result: Evaluation this round, or None.
     cumulative: Running totals {'upload': int, 'download': int}, updated.
     round_seconds: Wall time of the round (training and evaluation).
+    clients_sampled: Clients sampled this round (reported or not).
+    dropped_download_bytes: Download of sampled clients that did not report
+      (they received the model before failing).
 
   Returns:
     A dict keyed by `METRICS_COLUMNS`.
   """
   upload = int(round_metrics['aggregator']['upload_bytes'])
-  download = int(round_metrics['distributor']['download_bytes'])
+  download = (int(round_metrics['distributor']['download_bytes']) +
+              dropped_download_bytes)
   cumulative['upload'] += upload
   cumulative['download'] += download
   return {
@@ -117,6 +144,8 @@ def metrics_row(round_num: int, round_metrics, eval_result: Optional[
       'upload_bytes_cumulative': cumulative['upload'],
       'download_bytes_cumulative': cumulative['download'],
       'round_seconds': round_seconds,
+      'clients_sampled': clients_sampled,
+      'clients_reported': int(round_metrics['aggregator']['num_clients']),
   }
 
 
@@ -132,6 +161,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  metrics_path: str,
                  upload_budget_bytes: Optional[int] = None,
                  round_upload_bytes: Optional[int] = None,
+                 dropout_rate: float = 0.0,
+                 client_download_bytes: int = 0,
                  on_round_end: Optional[Callable[[dict], None]] = None,
                  on_model_weights: Optional[Callable[
                      [int, tff.learning.models.ModelWeights], None]] = None):
@@ -159,6 +190,12 @@ def run_training(process: tff.learning.templates.LearningProcess,
     upload_budget_bytes: Stop before the cumulative upload would exceed
       this many bytes; None for no budget.
     round_upload_bytes: Upload of one full round (required with a budget).
+    dropout_rate: Probability that a sampled client fails to report (seeded
+      per round and client). The round aggregates those that report; if none
+      does, the global model stays as it is (the round is still counted, and
+      logged).
+    client_download_bytes: Download of one client, charged for clients that
+      dropped out after receiving the model.
     on_round_end: Called with each row after it is written (progress).
     on_model_weights: Called after every round (after `metrics.csv` has its
       row) with the round number and the global
@@ -191,7 +228,12 @@ def run_training(process: tff.learning.templates.LearningProcess,
       start = time.perf_counter()
       sampled = sample_clients(federated_data.client_ids, clients_per_round,
                                seed, round_num)
-      datasets = client_datasets(federated_data, sampled, batch_size, seed,
+      reporting = drop_out(sampled, dropout_rate, seed, round_num)
+      if not reporting:
+        logging.warning('Round %d: none of the %d sampled clients reported; '
+                        'the global model stays as it is.', round_num,
+                        len(sampled))
+      datasets = client_datasets(federated_data, reporting, batch_size, seed,
                                  round_num)
       output = process.next(state, datasets)
       state = output.state
@@ -204,8 +246,11 @@ def run_training(process: tff.learning.templates.LearningProcess,
       if round_num % eval_every == 0 or is_last:
         weights = process.get_model_weights(state)
         eval_result = evaluator.evaluate(weights)
-      row = metrics_row(round_num, output.metrics, eval_result, cumulative,
-                        time.perf_counter() - start)
+      row = metrics_row(
+          round_num, output.metrics, eval_result, cumulative,
+          time.perf_counter() - start, clients_sampled=len(sampled),
+          dropped_download_bytes=(len(sampled) - len(reporting)) *
+          client_download_bytes)
       writer.writerow({k: _format(v) for k, v in row.items()})
       metrics_file.flush()
       os.fsync(metrics_file.fileno())
