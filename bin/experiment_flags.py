@@ -114,6 +114,9 @@ flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every,
 flags.DEFINE_float('dropout_rate', _DEFAULTS.dropout_rate,
                    'Probability that a sampled client fails to report (it '
                    'downloaded the model; its upload never arrives).')
+flags.DEFINE_integer('checkpoint_every', _DEFAULTS.checkpoint_every,
+                     'Save the full run state every this many rounds (and '
+                     'after the last) under output_dir/checkpoints; 0: never.')
 # Execution.
 flags.DEFINE_integer('num_local_workers', _DEFAULTS.num_local_workers,
                      'Start this many TFF workers on 127.0.0.1 and split each '

@@ -23,6 +23,9 @@ from tff_feddst import data
 from tff_feddst import experiment
 
 
+flags.DEFINE_bool('resume', False, 'Continue the unfinished run in '
+                  '--output_dir (same flags) from its newest checkpoint.')
+
 FLAGS = flags.FLAGS
 
 
@@ -36,6 +39,7 @@ def main(argv):
   try:
     rows = experiment.run_experiment(experiment_flags.config_from_flags(),
                                      FLAGS.output_dir,
+                                     resume=FLAGS.resume,
                                      progress=FLAGS.progress)
   except (experiment.ConfigError, data.DataFileError) as error:
     sys.exit(f'train.py: error: {error}')

@@ -1,10 +1,14 @@
 """Tests for bin/train.py: a smoke run through main(), and bad input."""
 
+import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 
 from absl.testing import flagsaver
+import psutil
 import tensorflow as tf
 
 from tests import fixtures
@@ -35,6 +39,68 @@ class TrainMainTest(fixtures.FashionMnistSliceTestCase):
       self.assertTrue(os.path.exists(os.path.join(output_dir, name)), name)
     with open(os.path.join(output_dir, 'flags.txt')) as f:
       self.assertIn(f'--data_dir={self.data_dir}', f.read())
+
+
+class KillAndResumeTest(fixtures.FashionMnistSliceTestCase):
+
+  def run_args(self, output_dir: str) -> list[str]:
+    return [sys.executable, TRAIN, '--noprogress', f'--data_dir={self.data_dir}',
+            '--total_clients=6', '--clients_per_round=2', '--total_rounds=6',
+            '--eval_every=2', '--checkpoint_every=2', '--rounds_between_'
+            'readjustments=1', '--tensorboard_dir=', f'--output_dir={output_dir}']
+
+  def metrics_without_timing(self, output_dir: str) -> list[list[str]]:
+    with open(os.path.join(output_dir, 'metrics.csv'), newline='') as f:
+      rows = list(csv.reader(f))
+    timing = rows[0].index('round_seconds')
+    return [row[:timing] + row[timing + 1:] for row in rows]
+
+  def test_killed_run_resumes_to_the_same_metrics(self):
+    root = self.create_tempdir().full_path
+    whole, killed = os.path.join(root, 'whole'), os.path.join(root, 'killed')
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    subprocess.run(self.run_args(whole), check=True, timeout=600, env=env,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+
+    process = subprocess.Popen(self.run_args(killed), env=env,
+                               stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    metrics_path = os.path.join(killed, 'metrics.csv')
+    deadline = time.monotonic() + 600
+    # Kill after round 3 is written: the round-2 checkpoint exists and round
+    # 3's row must be dropped and recomputed on resume.
+    while time.monotonic() < deadline:
+      if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+          if len(f.read().splitlines()) >= 4:
+            break
+      time.sleep(0.05)
+    workers = [c for c in psutil.Process(process.pid).children(recursive=True)]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    psutil.wait_procs(workers, timeout=30)
+    self.assertFalse(any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
+                         for w in workers), 'worker outlived its killed run')
+    self.assertFalse(os.path.exists(os.path.join(killed, 'summary.json')))
+
+    resumed = subprocess.run(self.run_args(killed) + ['--resume'],
+                             timeout=600, env=env, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True)
+    self.assertEqual(resumed.returncode, 0, resumed.stderr)
+    self.assertEqual(self.metrics_without_timing(killed),
+                     self.metrics_without_timing(whole))
+
+  def test_resume_with_other_flags_is_refused(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'run')
+    os.makedirs(output_dir)
+    with open(os.path.join(output_dir, 'flags.txt'), 'w') as f:
+      f.write('--seed=5\n')
+    result = run_train(f'--output_dir={output_dir}', '--resume')
+    self.assert_one_line_error(result, 'different configuration')
+
+  def assert_one_line_error(self, result, *expected_words):
+    fixtures.assert_one_line_error(self, result, *expected_words)
 
 
 class TrainBadInputTest(tf.test.TestCase):

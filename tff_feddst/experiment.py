@@ -103,6 +103,7 @@ class ExperimentConfig:
   method: str = 'feddst'
   upload_budget_bytes: Optional[int] = None
   dropout_rate: float = 0.0
+  checkpoint_every: int = 10
   # Execution.
   num_local_workers: int = 0
   workers: Optional[str] = None
@@ -262,6 +263,8 @@ class ExperimentConfig:
             'a number in [0, 1)')
     require(self.eval_every >= 1, 'eval_every', 'an integer >= 1')
     require(self.min_votes >= 0, 'min_votes', 'an integer >= 0')
+    require(self.checkpoint_every >= 0, 'checkpoint_every',
+            'an integer >= 0 (0: no checkpoints)')
     require(0 <= self.dropout_rate < 1, 'dropout_rate',
             'a probability in [0, 1)')
     require(self.num_local_workers >= 0, 'num_local_workers',
@@ -511,14 +514,46 @@ def build_client_config(config: ExperimentConfig, initial_model):
       value_dtype=config.upload_value_dtype)
 
 
+def check_resumable(config: ExperimentConfig, output_dir: str) -> None:
+  """Checks that `output_dir` holds an unfinished run of this very config.
+
+  Args:
+    config: The resolved settings of the resumed run.
+    output_dir: The run's output directory.
+
+  Raises:
+    ConfigError: If there is no run there, it finished already, or its
+      flags.txt differs from `config` (naming the first differing flag).
+  """
+  flags_path = os.path.join(output_dir, 'flags.txt')
+  if not os.path.isfile(flags_path):
+    raise ConfigError(f'--resume: {output_dir} holds no run to resume '
+                      '(no flags.txt); start it without --resume.')
+  if os.path.exists(os.path.join(output_dir, 'summary.json')):
+    raise ConfigError(f'--resume: the run in {output_dir} already finished '
+                      '(summary.json exists); nothing to resume.')
+  with open(flags_path) as f:
+    saved = [line.strip() for line in f if line.strip()]
+  wanted = config.to_flag_lines()
+  if saved != wanted:
+    differing = sorted(set(saved) ^ set(wanted))
+    raise ConfigError(
+        f'--resume: the run in {output_dir} has a different configuration '
+        f'({differing[0]} differs); resume with the same flags.')
+
+
 def run_experiment(config: ExperimentConfig, output_dir: str, *,
+                   resume: bool = False,
                    progress: bool = False,
                    on_round_end: Optional[Callable[[dict], None]] = None):
   """Runs a whole experiment and writes its outputs to `output_dir`.
 
   Args:
     config: The settings.
-    output_dir: Where results go; must not hold results already.
+    output_dir: Where results go; must not hold results already, unless
+      resuming.
+    resume: Continue the unfinished run in `output_dir` (same config) from
+      its newest usable checkpoint.
     progress: Show a progress bar on stderr.
     on_round_end: Called with each metrics row.
 
@@ -532,7 +567,10 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
   """
   config.validate()
   config = config.resolved()
-  check_output_dir(output_dir)
+  if resume:
+    check_resumable(config, output_dir)
+  else:
+    check_output_dir(output_dir)
   check_writable_dir(output_dir, 'output_dir')
   tensorboard_dir = config.effective_tensorboard_dir(output_dir)
   if tensorboard_dir:
@@ -541,6 +579,7 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
 
   # TF/TFF imports are deferred so that bad flags fail fast.
   from tff_feddst import aggregation
+  from tff_feddst import checkpoints
   from tff_feddst import encoding
   from tff_feddst import evaluation
   from tff_feddst import execution
@@ -569,8 +608,9 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
   evaluator = evaluation.Evaluator(model_fn, federated_data)
 
   os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, 'flags.txt'), 'x') as f:
-    f.write('\n'.join(config.to_flag_lines()) + '\n')
+  if not resume:
+    with open(os.path.join(output_dir, 'flags.txt'), 'x') as f:
+      f.write('\n'.join(config.to_flag_lines()) + '\n')
 
   bar = None
   if progress:
@@ -618,6 +658,8 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
           batch_size=config.client_batch_size, seed=config.seed,
           eval_every=config.eval_every,
           metrics_path=os.path.join(output_dir, 'metrics.csv'),
+          checkpoint_dir=os.path.join(output_dir, 'checkpoints'),
+          checkpoint_every=config.checkpoint_every, resume=resume,
           upload_budget_bytes=config.upload_budget_bytes,
           round_upload_bytes=round_upload_bytes,
           dropout_rate=config.dropout_rate,
@@ -631,6 +673,8 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
                          process.get_model_weights(state))
       write_summary(os.path.join(output_dir, 'summary.json'), config, rows,
                     stop_reason)
+  except checkpoints.CheckpointError as error:
+    raise ConfigError(f'--resume: {error}') from error
   finally:
     if bar is not None:
       bar.close()

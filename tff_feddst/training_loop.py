@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_feddst import checkpoints
 from tff_feddst import data as data_lib
 from tff_feddst import evaluation
 
@@ -68,6 +69,45 @@ def drop_out(sampled: Sequence[str], dropout_rate: float, seed: int,
   rng = np.random.default_rng([seed, round_num, 1])
   failures = rng.random(len(sampled)) < dropout_rate
   return [client for client, failed in zip(sampled, failures) if not failed]
+
+
+def _parse_metric(column: str, text: str):
+  if text == '':
+    return None
+  if column in ('test_accuracy', 'client_test_accuracy', 'train_loss',
+                'sparsity', 'round_seconds'):
+    return float(text)
+  return int(text)
+
+
+def truncate_metrics(metrics_path: str, last_round: int) -> list[dict]:
+  """Keeps metrics.csv rows up to `last_round` (atomically) and returns them.
+
+  Args:
+    metrics_path: An existing metrics file, or a path with none yet (then an
+      empty file with the header is created).
+    last_round: Rows of later rounds are dropped.
+
+  Returns:
+    The kept rows, parsed like `metrics_row`'s output.
+  """
+  kept_lines, rows = [], []
+  if os.path.exists(metrics_path):
+    with open(metrics_path, newline='') as f:
+      lines = f.read().splitlines(keepends=True)
+    for line, record in zip(lines[1:], csv.DictReader(lines)):
+      if int(record['round']) <= last_round:
+        kept_lines.append(line)
+        rows.append({column: _parse_metric(column, record.get(column, ''))
+                     for column in METRICS_COLUMNS})
+  temporary = metrics_path + '.tmp'
+  with open(temporary, 'w', newline='') as f:
+    csv.writer(f).writerow(METRICS_COLUMNS)
+    f.writelines(kept_lines)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, metrics_path)
+  return rows
 
 
 def _shuffle_seed(seed: int, round_num: int, client_position: int) -> int:
@@ -163,6 +203,9 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  round_upload_bytes: Optional[int] = None,
                  dropout_rate: float = 0.0,
                  client_download_bytes: int = 0,
+                 checkpoint_dir: Optional[str] = None,
+                 checkpoint_every: int = 0,
+                 resume: bool = False,
                  on_round_end: Optional[Callable[[dict], None]] = None,
                  on_model_weights: Optional[Callable[
                      [int, tff.learning.models.ModelWeights], None]] = None):
@@ -196,6 +239,13 @@ def run_training(process: tff.learning.templates.LearningProcess,
       logged).
     client_download_bytes: Download of one client, charged for clients that
       dropped out after receiving the model.
+    checkpoint_dir: Where checkpoints go (required with checkpoint_every or
+      resume).
+    checkpoint_every: Save the full state every this many rounds and after
+      the last round (0: never).
+    resume: Continue from the newest usable checkpoint in `checkpoint_dir`
+      (or from round 1 if there is none): metrics.csv rows after that round
+      are dropped and recomputed (identically, timing aside), then appended.
     on_round_end: Called with each row after it is written (progress).
     on_model_weights: Called after every round (after `metrics.csv` has its
       row) with the round number and the global
@@ -216,11 +266,22 @@ def run_training(process: tff.learning.templates.LearningProcess,
   state = process.initialize()
   rows = []
   cumulative = {'upload': 0, 'download': 0}
-  with open(metrics_path, 'x', newline='') as metrics_file:
+  first_round = 1
+  if resume:
+    latest = checkpoints.load_latest_checkpoint(checkpoint_dir, state)
+    if latest is not None:
+      state = latest.state
+      first_round = latest.round_num + 1
+      cumulative = {'upload': latest.upload_bytes_cumulative,
+                    'download': latest.download_bytes_cumulative}
+    rows = truncate_metrics(metrics_path, first_round - 1)
+  with open(metrics_path, 'a' if resume else 'x',
+            newline='') as metrics_file:
     writer = csv.DictWriter(metrics_file, fieldnames=METRICS_COLUMNS)
-    writer.writeheader()
-    metrics_file.flush()
-    for round_num in range(1, total_rounds + 1):
+    if not resume:
+      writer.writeheader()
+      metrics_file.flush()
+    for round_num in range(first_round, total_rounds + 1):
       if (upload_budget_bytes is not None and
           cumulative['upload'] + round_upload_bytes > upload_budget_bytes):
         stop_reason = 'upload_budget'
@@ -255,6 +316,10 @@ def run_training(process: tff.learning.templates.LearningProcess,
       metrics_file.flush()
       os.fsync(metrics_file.fileno())
       rows.append(row)
+      if checkpoint_every and (round_num % checkpoint_every == 0 or is_last):
+        checkpoints.save_checkpoint(checkpoint_dir, round_num, state,
+                                    cumulative['upload'],
+                                    cumulative['download'])
       if on_model_weights is not None:
         if weights is None:  # Fetched outside the round's timing.
           weights = process.get_model_weights(state)
