@@ -129,6 +129,19 @@ class TrainBadInputTest(tf.test.TestCase):
     self.assert_one_line_error(result, '--dataset=', 'fashion_mnist')
     self.assertFalse(os.path.exists(output_dir))
 
+  def test_unknown_flag_in_a_flagfile_is_one_line(self):
+    root = self.create_tempdir().full_path
+    flagfile = os.path.join(root, 'bad.cfg')
+    with open(flagfile, 'w') as f:
+      f.write('--total_rounds=2\n--not_a_flag=3\n')
+    output_dir = os.path.join(root, 'never')
+    result = run_train(f'--flagfile={flagfile}', f'--output_dir={output_dir}')
+    self.assert_one_line_error(result, 'not_a_flag')
+    self.assertFalse(os.path.exists(output_dir))
+    result = run_train(f'--flagfile={root}/missing.cfg',
+                       f'--output_dir={output_dir}')
+    self.assert_one_line_error(result, 'missing.cfg')
+
   def test_corrupt_idx_file_names_the_file(self):
     data_dir = self.create_tempdir().full_path
     fixtures.write_fashion_mnist_slice(data_dir, 50, 20)
