@@ -224,7 +224,9 @@ class ExperimentTest(tf.test.TestCase):
     experiment.run_experiment(
         small_config(self.data_dir, total_rounds=1, tensorboard_dir=''),
         output_dir)
-    self.assertCountEqual(os.listdir(output_dir), experiment.RESULT_FILES)
+    self.assertCountEqual(os.listdir(output_dir),
+                          experiment.RESULT_FILES + ('checkpoints',))
+    self.assertFalse(os.path.exists(os.path.join(output_dir, 'tensorboard')))
 
   def test_settings_of_the_wrong_type_are_one_line_errors(self):
     cases = {

@@ -363,7 +363,7 @@ class Cifar10TrainingModelTest(tf.test.TestCase):
         readjust_rule='reference', grow_score='last_batch',
         upload_value_dtype='float16')
     model_fn, initial = tflite_export.build_initial_for(run_config)
-    config = tflite_export.client_config_for(run_config, initial)
+    config = experiment.build_client_config(run_config, initial)
     cls.config, cls.initial = config, initial
     client = tflite_export.TFLiteClient(model_fn(), initial.layout,
                                         initial.num_active, config)
