@@ -84,5 +84,80 @@ class SparseSumFactoryExecutionTest(tf.test.TestCase):
     tf.nest.map_structure(self.assertAllClose, merged, both)
 
 
+RICE = encoding.PayloadEncoding(mask_code='rice')
+RICE_CHANGED = encoding.PayloadEncoding(mask_code='rice',
+                                        masks_only_when_changed=True)
+
+
+def coded_payloads(payload_encoding, include_masks=(True, True, True)):
+  return [encoding.encode_payload(
+      [np.array(k, np.float32)], [np.array(m, np.float32)],
+      [np.array(b, np.float32)], [2], payload_encoding, include)
+          for k, m, b, include in zip(KERNELS, MASKS, BIASES, include_masks)]
+
+
+def type_of_first(payloads):
+  @tff.tensorflow.computation
+  def example():
+    return tf.nest.map_structure(tf.constant, payloads[0])
+  return example.type_signature.result
+
+
+class CodedPayloadAggregationTest(tf.test.TestCase):
+
+  def test_rice_payloads_give_the_bitmap_sums(self):
+    payloads = coded_payloads(RICE)
+    process = aggregation.SparseSumFactory([(4,)], [2], RICE).create(
+        type_of_first(payloads), tff.TensorType(np.float32))
+    aggregate = process.next(process.initialize(), payloads, WEIGHTS).result
+    self.assertAllClose(aggregate.weighted_kernel_sums[0], [7., 14., 36., 0.])
+    self.assertAllClose(aggregate.weighted_votes[0], [3., 4., 5., 0.])
+    self.assertAllClose(aggregate.votes[0], [2., 2., 2., 0.])
+    self.assertAllClose(aggregate.weighted_dense_sums[0], [15.])
+    # 4 positions, 2 active: w = 2, k = 0 (p = 1/2). Codes: A 10 0 0 (count
+    # 2, gaps 0 0), B 10 1 0 0, C 10 0 1 0: 4, 5, 5 bits, 1 byte each. Each
+    # upload: 8 B values + 1 B code + 4 B code length + 4 B bias + 4 B weight.
+    self.assertEqual(aggregate.upload_bytes, 3 * 21)
+
+  def test_payloads_without_masks_use_the_global_mask(self):
+    # A's mask [1,1,0,0] is the global mask; A leaves it out, B and C send.
+    payloads = coded_payloads(RICE_CHANGED, include_masks=(False, True, True))
+    self.assertEqual(int(payloads[0].mask_code_bits), 0)
+    process = aggregation.SparseSumFactory([(4,)], [2], RICE_CHANGED).create(
+        type_of_first(payloads), tff.TensorType(np.float32))
+    output = process.next(process.initialize(), payloads, WEIGHTS)
+    compact = output.result
+    # A's values 1, 2 with weight 1 stay in the compact domain.
+    self.assertAllClose(compact.global_mask_value_sums[0], [1., 2.])
+    self.assertAllClose(compact.global_mask_weight, 1.)
+    self.assertAllClose(compact.global_mask_voters, 1.)
+    expanded = aggregation.expand_aggregate(
+        compact, [np.array(MASKS[0], np.float32)])
+    # The same sums as when every client sends its mask (hand numbers above).
+    self.assertAllClose(expanded.weighted_kernel_sums[0], [7., 14., 36., 0.])
+    self.assertAllClose(expanded.weighted_votes[0], [3., 4., 5., 0.])
+    self.assertAllClose(expanded.votes[0], [2., 2., 2., 0.])
+    self.assertAllClose(expanded.weighted_dense_sums[0], [15.])
+    self.assertAllClose(expanded.total_weight, 6.)
+    self.assertEqual(expanded.num_clients, 3)
+    # A: 8 + 0 + 4 + 4 + 4 = 20 B; B and C: 21 B each (see above).
+    self.assertEqual(output.measurements,
+                     collections.OrderedDict(upload_bytes=62, num_clients=3))
+
+  def test_zero_weight_client_without_mask_does_not_vote(self):
+    payloads = coded_payloads(RICE_CHANGED, include_masks=(False, True, True))
+    zero = aggregation.zero_compact_aggregate([(4,)], [(1,)], [2])
+    aggregate = aggregation.accumulate_payload(zero, payloads[0], 0.,
+                                               [(4,)], [2], RICE_CHANGED)
+    expanded = aggregation.expand_aggregate(
+        aggregate, [np.array(MASKS[0], np.float32)])
+    self.assertAllClose(expanded.votes[0], [0., 0., 0., 0.])
+    self.assertAllClose(expanded.weighted_kernel_sums[0], [0., 0., 0., 0.])
+
+  def test_coded_payloads_need_num_active(self):
+    with self.assertRaisesRegex(ValueError, 'num_active'):
+      aggregation.SparseSumFactory([(4,)], payload_encoding=RICE)
+
+
 if __name__ == '__main__':
   tf.test.main()

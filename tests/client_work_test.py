@@ -154,6 +154,56 @@ class ReadjustmentTest(tf.test.TestCase):
       self.assertAllEqual(mask, old_mask)
     self.assertEqual(int(stats.num_regrown), 0)
 
+  def test_update_traces_once_for_all_clients_and_rounds(self):
+    trainer = client_work.ClientTrainer(
+        self.model_fn(), self.initial.layout, self.initial.num_active,
+        client_work.ClientConfig(num_epochs=1))
+    rng = np.random.default_rng(5)
+    before = client_work.update_trace_count()
+    for size, readjust in ((40, True), (13, False), (25, True)):
+      x = rng.normal(size=(size, 28, 28, 1)).astype(np.float32)
+      y = rng.integers(0, 10, size=size).astype(np.int32)
+      trainer.update(
+          self.initial.weights,
+          tf.data.Dataset.from_tensor_slices((x, y)).batch(10),
+          client_work.RoundInstructions(
+              should_readjust=tf.constant(readjust),
+              drop_fraction=tf.constant(0.1 * size)))
+    self.assertEqual(trainer.update.experimental_get_tracing_count(), 1)
+    self.assertEqual(client_work.update_trace_count() - before, 1)
+
+  def test_masks_are_uploaded_only_when_changed(self):
+    upload_encoding = encoding.PayloadEncoding(
+        mask_code='rice', masks_only_when_changed=True)
+    trainer = client_work.ClientTrainer(
+        self.model_fn(), self.initial.layout, self.initial.num_active,
+        client_work.ClientConfig(num_epochs=2), upload_encoding)
+    layout, num_active = self.initial.layout, self.initial.num_active
+    for should_readjust in (False, True):
+      payload, _, _ = trainer.update(
+          self.initial.weights, self.dataset,
+          client_work.RoundInstructions(
+              should_readjust=tf.constant(should_readjust),
+              drop_fraction=tf.constant(0.2)))
+      self.assertIsInstance(payload, encoding.CodedPayload)
+      self.assertEqual(int(payload.mask_code_bits) > 0, should_readjust)
+      kernels, masks, _ = encoding.decode_payload(
+          payload, layout.kernel_shapes, num_active, upload_encoding,
+          global_masks=self.global_masks())
+      for kernel, mask, variable, mask_variable in zip(
+          kernels, masks, trainer.kernels, trainer.masks):
+        self.assertAllEqual(mask, mask_variable)
+        self.assertAllEqual(kernel, variable)
+
+  def test_upload_encoding_conflicting_with_value_dtype_raises(self):
+    config = client_work.ClientConfig(value_dtype='float16')
+    self.assertEqual(
+        client_work.resolve_upload_encoding(config, None),
+        encoding.PayloadEncoding(value_dtype='float16'))
+    with self.assertRaisesRegex(ValueError, 'conflicts'):
+      client_work.resolve_upload_encoding(
+          config, encoding.PayloadEncoding(mask_code='rice'))
+
   def test_identical_inputs_identical_results(self):
     first, _, _ = self.run_client(readjust_after_epochs=1)
     second, _, _ = self.run_client(readjust_after_epochs=1)

@@ -26,17 +26,19 @@ def learnable_client_data(seed: int) -> list[tf.data.Dataset]:
   return datasets
 
 
-def build(target_sparsity=0.8, drop_fraction=0.3, seed=0):
+def build(target_sparsity=0.8, drop_fraction=0.3, seed=0,
+          rounds_between_readjustments=1, **encodings):
   model_fn = models.get_model_fn('mnist_net', seed=seed)
   initial = fed_dst.build_initial_model(model_fn, target_sparsity, 'erk',
                                         seed=seed)
   schedule = schedules.ReadjustmentSchedule(
-      drop_fraction=drop_fraction, rounds_between_readjustments=1,
+      drop_fraction=drop_fraction,
+      rounds_between_readjustments=rounds_between_readjustments,
       end_round=10, annealing='constant')
   config = client_work.ClientConfig(num_epochs=2, learning_rate=0.02)
   process = fed_dst.build_fed_dst(
       model_fn, initial, learnable_client_data(0)[0].element_spec, schedule,
-      config)
+      config, **encodings)
   return process, initial
 
 
@@ -122,6 +124,53 @@ class BaselinesFromTheSameProcessTest(tf.test.TestCase):
     for m in metrics:
       self.assertFalse(m['client_work']['should_readjust'])
       self.assertEqual(m['finalizer']['mask_changed_positions'], 0)
+
+
+class EncodingsTest(tf.test.TestCase):
+
+  def test_compact_encodings_bytes_and_invariants(self):
+    upload = encoding.PayloadEncoding.parse('float16+rice+changed_masks_only')
+    download = encoding.PayloadEncoding.parse('float16+rice')
+    # Round 1 readjusts, round 2 does not.
+    process, initial = build(rounds_between_readjustments=2,
+                             upload_encoding=upload,
+                             download_encoding=download)
+    layout, num_active = initial.layout, initial.num_active
+    state = process.initialize()
+    for round_num in range(2):
+      global_weights = process.get_model_weights(state)
+      output = process.next(state, learnable_client_data(round_num))
+      state = output.state
+      metrics = output.metrics
+      # The broadcast, measured from the tensors each client received.
+      broadcast = client_work.encode_weights(
+          global_weights, layout, num_active, payload_encoding=download)
+      self.assertEqual(metrics['distributor']['download_bytes'],
+                       NUM_CLIENTS * int(encoding.payload_num_bytes(broadcast)))
+      # float16 values, biases, code length and example count, per client.
+      no_masks = 2 * sum(num_active) + 4 * 90 + 4 + 4
+      upload_bytes = metrics['aggregator']['upload_bytes']
+      if round_num == 0:
+        self.assertTrue(metrics['client_work']['should_readjust'])
+        self.assertGreater(metrics['finalizer']['mask_changed_positions'], 0)
+        # Rice-coded masks, smaller than bitmaps (32,719 bytes each).
+        self.assertBetween(upload_bytes - NUM_CLIENTS * no_masks,
+                           NUM_CLIENTS * 20000, NUM_CLIENTS * 32719)
+      else:
+        self.assertFalse(metrics['client_work']['should_readjust'])
+        self.assertEqual(upload_bytes, NUM_CLIENTS * no_masks)
+      self.assertEqual(tuple(metrics['finalizer']['layer_num_active']),
+                       num_active)
+    weights = process.get_model_weights(state)
+    for kernel_index, mask_index in zip(layout.kernel_indices,
+                                        layout.mask_indices):
+      mask = weights.non_trainable[mask_index]
+      self.assertTrue(np.all(weights.trainable[kernel_index][mask == 0] == 0))
+
+  def test_download_encoding_cannot_leave_masks_out(self):
+    with self.assertRaisesRegex(ValueError, 'always carries the masks'):
+      build(download_encoding=encoding.PayloadEncoding(
+          masks_only_when_changed=True))
 
 
 class InitialModelTest(tf.test.TestCase):

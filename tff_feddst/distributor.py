@@ -1,9 +1,11 @@
 """Broadcast of the sparse global model, counted in bytes.
 
 The server encodes its model once as a `SparsePayload` (active values, packed
-masks, dense parameters), broadcasts that payload, and each client decodes it
-back into `ModelWeights`. Download bytes are counted from the payload each
-client receives.
+masks, dense parameters) or, with another `encoding.PayloadEncoding` (float16
+values, Rice-coded masks), a `CodedPayload`; it broadcasts that payload, and
+each client decodes it back into `ModelWeights`. Download bytes are counted
+from the payload each client receives. Clients keep nothing between rounds,
+so a broadcast always carries the masks.
 
 Type signatures:
   initialize: `( -> <>@SERVER)`
@@ -12,7 +14,7 @@ Type signatures:
 """
 
 import collections
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -22,9 +24,12 @@ from tff_feddst import encoding
 from tff_feddst import models
 
 
-def decode_model_weights(payload: encoding.SparsePayload,
+def decode_model_weights(payload: encoding.Payload,
                          layout: models.ModelLayout,
-                         model_weights_type: tff.Type
+                         model_weights_type: tff.Type,
+                         num_active: Sequence[int] = (),
+                         payload_encoding: Optional[
+                             encoding.PayloadEncoding] = None
                          ) -> tff.learning.models.ModelWeights:
   """Rebuilds full `ModelWeights` from a broadcast payload.
 
@@ -32,14 +37,18 @@ def decode_model_weights(payload: encoding.SparsePayload,
   they are always 0 in the global model and are rebuilt as zeros.
 
   Args:
-    payload: The server's `SparsePayload`.
+    payload: The server's `SparsePayload` or `CodedPayload`.
     layout: The model's `ModelLayout`.
     model_weights_type: TFF type of `ModelWeights` (for shapes and dtypes).
+    num_active: Active weights per kernel (needed for `CodedPayload`s).
+    payload_encoding: The download encoding (None: `PayloadEncoding()`).
 
   Returns:
     The decoded `ModelWeights`.
   """
-  kernels, masks, dense = encoding.decode(payload, layout.kernel_shapes)
+  kernels, masks, dense = encoding.decode_payload(
+      payload, layout.kernel_shapes, num_active,
+      payload_encoding or encoding.PayloadEncoding())
   trainable = [None] * len(model_weights_type.trainable)
   non_trainable = [None] * len(model_weights_type.non_trainable)
   for index, kernel in zip(layout.kernel_indices, kernels):
@@ -64,7 +73,9 @@ def decode_model_weights(payload: encoding.SparsePayload,
 
 def build_sparse_broadcast(layout: models.ModelLayout,
                            num_active: Sequence[int],
-                           model_weights_type: tff.Type
+                           model_weights_type: tff.Type,
+                           download_encoding: Optional[
+                               encoding.PayloadEncoding] = None
                            ) -> tff.learning.templates.DistributionProcess:
   """Builds the `DistributionProcess` that broadcasts the sparse model.
 
@@ -72,20 +83,33 @@ def build_sparse_broadcast(layout: models.ModelLayout,
     layout: The model's `ModelLayout`.
     num_active: Active weights per kernel.
     model_weights_type: TFF type of the (unplaced) `ModelWeights`.
+    download_encoding: How the model is encoded (None: float32 values and
+      bitmap masks, a `SparsePayload`). With float16 values, clients start
+      from the global weights rounded to float16 (the server keeps float32).
 
   Returns:
     A `tff.learning.templates.DistributionProcess`.
+
+  Raises:
+    ValueError: If `download_encoding` would leave masks out (clients hold
+      no masks between rounds).
   """
+  download_encoding = download_encoding or encoding.PayloadEncoding()
+  if download_encoding.masks_only_when_changed:
+    raise ValueError('a broadcast always carries the masks: '
+                     'masks_only_when_changed applies to uploads only.')
 
   @tff.tensorflow.computation(model_weights_type)
   def encode_global(weights):
-    return client_work.encode_weights(weights, layout, num_active)
+    return client_work.encode_weights(weights, layout, num_active,
+                                      payload_encoding=download_encoding)
 
   payload_type = encode_global.type_signature.result
 
   @tff.tensorflow.computation(payload_type)
   def decode_global(payload):
-    return decode_model_weights(payload, layout, model_weights_type)
+    return decode_model_weights(payload, layout, model_weights_type,
+                                num_active, download_encoding)
 
   @tff.tensorflow.computation(payload_type)
   def num_bytes(payload):
@@ -99,7 +123,8 @@ def build_sparse_broadcast(layout: models.ModelLayout,
       init_fn.type_signature.result,
       tff.types.FederatedType(model_weights_type, tff.SERVER))
   def next_fn(state, weights):
-    received = tff.federated_broadcast(tff.federated_map(encode_global, weights))
+    received = tff.federated_broadcast(
+        tff.federated_map(encode_global, weights))
     measurements = tff.federated_zip(collections.OrderedDict(
         download_bytes=tff.federated_sum(tff.federated_map(num_bytes,
                                                            received))))

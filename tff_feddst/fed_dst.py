@@ -13,7 +13,8 @@ One round t (1-based), pseudo-code:
       on readjustment rounds ((t-1) % R == 0 and t <= T_end), once, after
       `readjust_after_epochs` epochs: per layer prune the k smallest active,
       regrow the k inactive with the largest gradient, k = round(alpha_t*nnz)
-    upload encode(w_c, m_c) and n_c
+    upload encode(w_c, m_c) and n_c (with `masks_only_when_changed`, m_c
+      only if it differs from m; the server then uses its own m)
   server: per position, mean over holders sum(n_c m_c w_c) / sum(n_c m_c);
     optional server momentum; re-prune each layer by magnitude to its nnz:
     the next global mask.
@@ -23,6 +24,9 @@ FedAvg: distributor (`distributor.py`), client work (`client_work.py`),
 aggregator (`aggregation.py`), finalizer (`finalizer.py`). With
 target_sparsity 0 the process is dense FedAvg (FedAvgM with server momentum);
 with no readjustment it is FedAvg on a fixed random mask (RandomMask).
+`upload_encoding` and `download_encoding` (`encoding.PayloadEncoding`) pick
+the wire format: float32/float16 values, bitmap or Rice-coded masks, and
+uploads without unchanged masks.
 """
 
 from typing import NamedTuple, Optional, Sequence
@@ -34,6 +38,7 @@ import tensorflow_federated as tff
 from tff_feddst import aggregation
 from tff_feddst import client_work
 from tff_feddst import distributor
+from tff_feddst import encoding
 from tff_feddst import finalizer
 from tff_feddst import masks as mask_lib
 from tff_feddst import models
@@ -109,7 +114,9 @@ def build_fed_dst(model_fn: models.ModelFn,
                   *,
                   server_learning_rate: float = 1.0,
                   server_momentum: float = 0.0,
-                  min_votes: int = 0
+                  min_votes: int = 0,
+                  upload_encoding: Optional[encoding.PayloadEncoding] = None,
+                  download_encoding: Optional[encoding.PayloadEncoding] = None
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the FedDST `LearningProcess`.
 
@@ -130,9 +137,18 @@ def build_fed_dst(model_fn: models.ModelFn,
     server_momentum: Server momentum in [0, 1) (> 0: FedAvgM).
     min_votes: A position needs at least this many clients holding it to
       stay in (or enter) the global mask (0 or 1: any holder suffices).
+    upload_encoding: How clients encode uploads (`encoding.PayloadEncoding`:
+      value dtype, 'bitmap' or 'rice' masks, masks only when changed). None:
+      bitmap masks, values in `client_config.value_dtype`.
+    download_encoding: How the server encodes the broadcast (value dtype,
+      mask code; masks always sent). None: float32 values, bitmap masks.
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
+
+  Raises:
+    ValueError: If the encodings conflict with `client_config.value_dtype`
+      or the download encoding would leave masks out.
   """
   layout = initial_model.layout
   num_active = initial_model.num_active
@@ -149,18 +165,62 @@ def build_fed_dst(model_fn: models.ModelFn,
   model_weights_type = initial_model_weights_fn.type_signature.result
   data_type = tff.SequenceType(tff.types.tensorflow_to_type(data_element_spec))
 
+  upload_encoding = client_work.resolve_upload_encoding(client_config,
+                                                        upload_encoding)
   work = client_work.build_client_work(
       model_fn, layout, num_active, schedule, client_config,
-      model_weights_type, data_type)
+      model_weights_type, data_type, upload_encoding=upload_encoding)
   result_type = work.next.type_signature.result.result.member
-  aggregator = aggregation.SparseSumFactory(layout.kernel_shapes).create(
-      result_type.update, result_type.update_weight)
+  aggregator = aggregation.SparseSumFactory(
+      layout.kernel_shapes, num_active, upload_encoding).create(
+          result_type.update, result_type.update_weight)
   aggregate_type = aggregator.next.type_signature.result.result.member
-  broadcast = distributor.build_sparse_broadcast(layout, num_active,
-                                                 model_weights_type)
-  server_finalizer = finalizer.build_finalizer(
-      layout, num_active, model_weights_type, aggregate_type,
-      server_learning_rate=server_learning_rate,
-      server_momentum=server_momentum, min_votes=min_votes)
+  broadcast = distributor.build_sparse_broadcast(
+      layout, num_active, model_weights_type, download_encoding)
+  if upload_encoding.masks_only_when_changed:
+    server_finalizer = _expanding_finalizer(
+        layout, num_active, model_weights_type, aggregate_type,
+        server_learning_rate, server_momentum, min_votes)
+  else:
+    server_finalizer = finalizer.build_finalizer(
+        layout, num_active, model_weights_type, aggregate_type,
+        server_learning_rate=server_learning_rate,
+        server_momentum=server_momentum, min_votes=min_votes)
   return tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
+
+
+def _expanding_finalizer(layout: models.ModelLayout,
+                         num_active: Sequence[int],
+                         model_weights_type: tff.Type,
+                         compact_aggregate_type: tff.Type,
+                         server_learning_rate: float, server_momentum: float,
+                         min_votes: int
+                         ) -> tff.learning.templates.FinalizerProcess:
+  """`finalizer.build_finalizer` fed by a `CompactAggregate`.
+
+  Expands the aggregate with the global masks (`aggregation.expand_aggregate`)
+  at the server, then runs the usual finalizer on the `SparseAggregate`.
+
+  Type signature: the finalizer's, with `CompactAggregate@SERVER` in place
+  of `SparseAggregate@SERVER`.
+  """
+  @tff.tensorflow.computation(model_weights_type, compact_aggregate_type)
+  def expand(weights, aggregate):
+    return aggregation.expand_aggregate(
+        aggregate, [weights.non_trainable[i] for i in layout.mask_indices])
+
+  inner = finalizer.build_finalizer(
+      layout, num_active, model_weights_type, expand.type_signature.result,
+      server_learning_rate=server_learning_rate,
+      server_momentum=server_momentum, min_votes=min_votes)
+
+  @tff.federated_computation(
+      inner.next.type_signature.parameter[0],
+      tff.types.FederatedType(model_weights_type, tff.SERVER),
+      tff.types.FederatedType(compact_aggregate_type, tff.SERVER))
+  def next_fn(state, weights, aggregate):
+    return inner.next(state, weights,
+                      tff.federated_map(expand, (weights, aggregate)))
+
+  return tff.learning.templates.FinalizerProcess(inner.initialize, next_fn)

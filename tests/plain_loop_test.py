@@ -1,0 +1,103 @@
+"""Tests for tff_feddst.plain_loop: the plain TF rounds equal the TFF ones."""
+
+import numpy as np
+import tensorflow as tf
+
+from tff_feddst import client_work
+from tff_feddst import encoding
+from tff_feddst import fed_dst
+from tff_feddst import models
+from tff_feddst import plain_loop
+from tff_feddst import schedules
+
+NUM_ROUNDS = 3
+
+
+def client_datasets(round_num: int) -> list[tf.data.Dataset]:
+  """Two clients; each class is a random pattern plus noise (learnable)."""
+  patterns = np.random.default_rng(0).normal(size=(10, 28, 28, 1))
+  rng = np.random.default_rng(round_num)
+  datasets = []
+  for client in range(2):
+    labels = rng.choice([client, client + 2, client + 4], size=20)
+    images = patterns[labels] + 0.5 * rng.normal(size=(20, 28, 28, 1))
+    datasets.append(tf.data.Dataset.from_tensor_slices(
+        (images.astype(np.float32), labels.astype(np.int32))).shuffle(
+            20, seed=round_num).batch(8))
+  return datasets
+
+
+def build_both(upload_encoding=None, download_encoding=None):
+  """The TFF process and the plain loop for the same settings."""
+  model_fn = models.get_model_fn('mnist_net', seed=0)
+  initial = fed_dst.build_initial_model(model_fn, 0.8, 'erk', seed=0)
+  # Readjust in rounds 1 and 3.
+  schedule = schedules.ReadjustmentSchedule(
+      drop_fraction=0.2, rounds_between_readjustments=2, end_round=10,
+      annealing='constant')
+  config = client_work.ClientConfig(num_epochs=2, learning_rate=0.02)
+  element_spec = client_datasets(0)[0].element_spec
+  # The plain loop first: it traces its Keras model before TFF does.
+  plain = plain_loop.PlainFedDst(
+      model_fn, initial, element_spec, schedule, config,
+      server_momentum=0.5, upload_encoding=upload_encoding,
+      download_encoding=download_encoding)
+  process = fed_dst.build_fed_dst(
+      model_fn, initial, element_spec, schedule, config, server_momentum=0.5,
+      upload_encoding=upload_encoding, download_encoding=download_encoding)
+  return process, plain, initial
+
+
+class PlainLoopEqualsTffTest(tf.test.TestCase):
+
+  def assert_same_rounds(self, upload_encoding=None, download_encoding=None):
+    process, plain, initial = build_both(upload_encoding, download_encoding)
+    tff_state, plain_state = process.initialize(), plain.initialize()
+    traces = client_work.update_trace_count()
+    for round_num in range(1, NUM_ROUNDS + 1):
+      output = process.next(tff_state, client_datasets(round_num))
+      tff_state = output.state
+      timer = plain_loop.PhaseTimer()
+      plain_state, metrics = plain.next(plain_state,
+                                        client_datasets(round_num), timer)
+      self.assertCountEqual(timer.seconds, plain_loop.PHASES)
+      self.assertEqual(metrics['should_readjust'], round_num != 2)
+      self.assertEqual(metrics['upload_bytes'],
+                       output.metrics['aggregator']['upload_bytes'])
+      self.assertEqual(metrics['download_bytes'],
+                       output.metrics['distributor']['download_bytes'])
+      self.assertEqual(metrics['num_regrown'],
+                       output.metrics['client_work']['num_regrown'])
+      self.assertEqual(metrics['mask_changed_positions'],
+                       output.metrics['finalizer']['mask_changed_positions'])
+      self.assertAllClose(metrics['train_loss'],
+                          output.metrics['client_work']['train_loss'])
+    tff_weights = process.get_model_weights(tff_state)
+    plain_weights = plain.get_model_weights(plain_state)
+    for index in initial.layout.mask_indices:
+      self.assertAllEqual(tff_weights.non_trainable[index],
+                          plain_weights.non_trainable[index])
+    # Same ops; the TFF worker and this process may sum in other orders,
+    # and float16 values may then round to neighbouring float16 numbers.
+    float16 = any(e is not None and e.value_dtype == 'float16'
+                  for e in (upload_encoding, download_encoding))
+    atol, rtol = (1e-5, 1e-3) if float16 else (1e-6, 0)
+    for got, want in zip(tff_weights.trainable, plain_weights.trainable):
+      self.assertAllClose(got, want, atol=atol, rtol=rtol)
+    # Nothing is traced while rounds run, in either path.
+    self.assertEqual(client_work.update_trace_count(), traces)
+    self.assertEqual(plain.client_update_tracing_count(), 1)
+    return metrics
+
+  def test_default_encoding(self):
+    self.assert_same_rounds()
+
+  def test_compact_encodings(self):
+    metrics = self.assert_same_rounds(
+        encoding.PayloadEncoding.parse('float16+rice+changed_masks_only'),
+        encoding.PayloadEncoding.parse('float16+rice'))
+    self.assertGreater(metrics['mask_changed_positions'], 0)
+
+
+if __name__ == '__main__':
+  tf.test.main()
