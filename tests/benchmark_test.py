@@ -3,24 +3,31 @@
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
-from absl.testing import flagsaver
 import tensorflow as tf
 
 from tff_feddst import benchmarking
 from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'bin'))
-
-import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+BENCHMARK = os.path.join(ROOT, 'bin', 'benchmark.py')
 
 TINY = dict(total_clients=6, examples_per_client=16, clients_per_round=2,
             client_epochs_per_round=1, client_batch_size=8, warmup_rounds=1,
-            timed_rounds=2, sweep_clients_per_round=['1', '2'],
-            sweep_rounds=1)
+            timed_rounds=2, sweep_clients_per_round='1,2', sweep_rounds=1)
+
+
+def run_benchmark(**flag_values) -> subprocess.CompletedProcess:
+  """Runs bin/benchmark.py in its own process (its flags would clash with
+  bin/experiment_flags.py's in the test process)."""
+  args = [f'--{name}={value}' for name, value in flag_values.items()]
+  return subprocess.run(
+      [sys.executable, BENCHMARK, *args], capture_output=True, text=True,
+      timeout=900, stdin=subprocess.DEVNULL,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
 
 
 class BenchmarkTest(tf.test.TestCase):
@@ -39,9 +46,8 @@ class BenchmarkTest(tf.test.TestCase):
 
   def test_main_writes_a_report_and_json_with_all_fields(self):
     path = os.path.join(self.create_tempdir().full_path, 'result.json')
-    with flagsaver.flagsaver(data_dir=self.data_dir, json_output=path,
-                             **TINY):
-      benchmark.main(['benchmark.py'])
+    result = run_benchmark(data_dir=self.data_dir, json_output=path, **TINY)
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     with open(path) as f:
       result = json.load(f)
     for key in ('config', 'num_active', 'tff', 'plain', 'tff_to_plain_ratio',
@@ -82,12 +88,14 @@ class BenchmarkTest(tf.test.TestCase):
     self.assertGreater(result['peak_rss_mb']['self'], 0)
 
   def test_bad_settings_exit_with_one_line(self):
-    with flagsaver.flagsaver(upload_encoding='float32+gzip'):
-      with self.assertRaisesRegex(SystemExit, 'unknown encoding token'):
-        benchmark.main(['benchmark.py'])
-    with flagsaver.flagsaver(clients_per_round=7, total_clients=6):
-      with self.assertRaisesRegex(SystemExit, 'clients per round'):
-        benchmark.main(['benchmark.py'])
+    for flag_values, message in (
+        (dict(upload_encoding='float32+gzip'), 'unknown encoding token'),
+        (dict(clients_per_round=7, total_clients=6), 'clients per round')):
+      result = run_benchmark(**flag_values)
+      self.assertEqual(result.returncode, 1, result.stderr[-3000:])
+      lines = [l for l in result.stderr.splitlines() if l.strip()]
+      self.assertLen(lines, 1, result.stderr)
+      self.assertIn(message, lines[0])
 
 
 if __name__ == '__main__':
