@@ -2,10 +2,8 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import tensorflow as tf
 
@@ -30,19 +28,10 @@ def run_benchmark(**flag_values) -> subprocess.CompletedProcess:
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
 
 
-class BenchmarkTest(tf.test.TestCase):
+class BenchmarkTest(fixtures.FashionMnistSliceTestCase):
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.data_dir = tempfile.mkdtemp(prefix='fmnist_slice_')
-    fixtures.write_fashion_mnist_slice(cls.data_dir, num_train=200,
-                                       num_test=50)
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.data_dir)
-    super().tearDownClass()
+  NUM_TRAIN = 200
+  NUM_TEST = 50
 
   def test_main_writes_a_report_and_json_with_all_fields(self):
     path = os.path.join(self.create_tempdir().full_path, 'result.json')

@@ -27,13 +27,19 @@ def write_fashion_mnist_slice(directory: str, num_train: int = 1200,
 
 
 class FashionMnistSliceTestCase(tf.test.TestCase):
-  """Test case with a small slice of real Fashion-MNIST in `cls.data_dir`."""
+  """Test case with a small slice of real Fashion-MNIST in `cls.data_dir`.
+
+  Subclasses may set `NUM_TRAIN` / `NUM_TEST` for another slice size.
+  """
+
+  NUM_TRAIN = 1200
+  NUM_TEST = 300
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.data_dir = tempfile.mkdtemp(prefix='fmnist_slice_')
-    write_fashion_mnist_slice(cls.data_dir)
+    write_fashion_mnist_slice(cls.data_dir, cls.NUM_TRAIN, cls.NUM_TEST)
 
   @classmethod
   def tearDownClass(cls):

@@ -9,9 +9,7 @@ tagged 'parameters'.
 import copy
 import csv
 import os
-import shutil
 import sys
-import tempfile
 from typing import Any, Mapping
 
 import nbclient
@@ -54,19 +52,10 @@ def cell_text(cell: Any) -> str:
                  if output.get('output_type') == 'stream')
 
 
-class NotebookTest(tf.test.TestCase):
+class NotebookTest(fixtures.FashionMnistSliceTestCase):
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.data_dir = tempfile.mkdtemp(prefix='fmnist_slice_')
-    fixtures.write_fashion_mnist_slice(cls.data_dir, num_train=600,
-                                       num_test=200)
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.data_dir)
-    super().tearDownClass()
+  NUM_TRAIN = 600
+  NUM_TEST = 200
 
   def test_committed_without_outputs_and_with_a_parameters_cell(self):
     notebook = read_notebook()
