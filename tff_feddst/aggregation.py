@@ -20,22 +20,39 @@ compact domain (`CompactAggregate`) and `expand_aggregate`, given the global
 masks, turns the result into the same `SparseAggregate`.
 
 Upload bytes are counted from the received encoded tensors (payload plus the
-4-byte float32 weight; `encoding.payload_num_bytes`).
+4-byte float32 weight; `encoding.payload_num_bytes`), for rejected clients
+too: their bytes crossed the wire.
+
+Every payload is validated before it is added (`payload_validation`: shapes,
+weight, finite values, mask code, per-layer nnz, optional norm bound). An
+invalid payload adds nothing but its bytes and one count in `rejected`
+(per kind of `payload_validation.REJECTION_KINDS`). The factory declares its
+client value with unknown dimensions, so a payload of a wrong length reaches
+the checks instead of failing the round's type check, and its state is the
+round counter (int32), which selects the row of a per-round target table
+(`payload_validation.PayloadChecks.num_active_by_round`).
 """
 
 import collections
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_feddst import encoding
+from tff_feddst import payload_validation
 
 WEIGHT_BYTES = 4  # The float32 example count sent with each payload.
 
 
 class SparseAggregate(NamedTuple):
-  """Sums over clients that the finalizer turns into the next global model."""
+  """Sums over clients that the finalizer turns into the next global model.
+
+  `num_clients` counts the accepted clients; `rejected` (int32, one count
+  per kind of `payload_validation.REJECTION_KINDS`) the rejected ones, and
+  `upload_bytes` the bytes of both.
+  """
   weighted_kernel_sums: tuple
   weighted_votes: tuple
   votes: tuple
@@ -43,6 +60,7 @@ class SparseAggregate(NamedTuple):
   total_weight: tf.Tensor
   num_clients: tf.Tensor
   upload_bytes: tf.Tensor
+  rejected: Any = ()
 
 
 def zero_aggregate(kernel_shapes: Sequence[Sequence[int]],
@@ -65,7 +83,8 @@ def zero_aggregate(kernel_shapes: Sequence[Sequence[int]],
           tf.zeros(shape, tf.float32) for shape in dense_shapes),
       total_weight=tf.constant(0.0, tf.float32),
       num_clients=tf.constant(0, tf.int32),
-      upload_bytes=tf.constant(0, tf.int64))
+      upload_bytes=tf.constant(0, tf.int64),
+      rejected=tf.zeros([len(payload_validation.REJECTION_KINDS)], tf.int32))
 
 
 _zero_aggregate = zero_aggregate  # The earlier private name, still used.
@@ -123,7 +142,7 @@ def _add_positional(aggregate: SparseAggregate, kernels, masks,
 
 
 def _add_totals(aggregate: SparseAggregate, dense, weight: tf.Tensor,
-                payload: encoding.Payload) -> SparseAggregate:
+                num_bytes: tf.Tensor) -> SparseAggregate:
   """Adds a client's dense parameters, weight, count and bytes."""
   return aggregate._replace(
       weighted_dense_sums=tuple(
@@ -131,39 +150,68 @@ def _add_totals(aggregate: SparseAggregate, dense, weight: tf.Tensor,
           for total, value in zip(aggregate.weighted_dense_sums, dense)),
       total_weight=aggregate.total_weight + weight,
       num_clients=aggregate.num_clients + 1,
-      upload_bytes=aggregate.upload_bytes +
-      encoding.payload_num_bytes(payload) + WEIGHT_BYTES)
+      upload_bytes=aggregate.upload_bytes + num_bytes)
 
 
-def accumulate_payload(aggregate, payload: encoding.Payload,
-                       weight: tf.Tensor,
-                       kernel_shapes: Sequence[Sequence[int]],
-                       num_active: Sequence[int] = (),
-                       payload_encoding: Optional[
-                           encoding.PayloadEncoding] = None):
-  """Decodes one client's payload and adds it to the running sums.
+def _totals_of(aggregate) -> SparseAggregate:
+  """The `SparseAggregate` holding the totals of either aggregate type."""
+  if isinstance(aggregate, CompactAggregate):
+    return aggregate.with_masks
+  return aggregate
 
-  Args:
-    aggregate: The sums so far: a `CompactAggregate` when the encoding
-      may leave masks out, else a `SparseAggregate`.
-    payload: The client's `SparsePayload` or `CodedPayload`.
-    weight: Its float32 example count.
-    kernel_shapes: Shape of each prunable kernel.
-    num_active: Active weights per kernel (needed for `CodedPayload`s).
-    payload_encoding: The upload encoding; None is the default
-      `PayloadEncoding()` (`SparsePayload`s).
 
-  Returns:
-    The updated aggregate, of the type of `aggregate`.
+def _with_totals(aggregate, totals: SparseAggregate):
+  if isinstance(aggregate, CompactAggregate):
+    return aggregate._replace(with_masks=totals)
+  return totals
+
+
+def received_num_bytes(payload: encoding.Payload) -> tf.Tensor:
+  """Bytes of an upload as received, weight included (int64 scalar).
+
+  Used for rejected uploads, whose masks cannot be trusted: every tensor
+  counts at its actual (run-time) size, values with their padding, and a
+  `CodedPayload`'s mask code as ceil(mask_code_bits / 8) bytes with the
+  claimed bits clipped to its buffer (so a hostile length can neither
+  inflate nor negate the count), plus the 4 bytes of `mask_code_bits` when
+  the buffer is not empty (as `encoding.payload_num_bytes` counts them).
   """
-  payload_encoding = payload_encoding or encoding.PayloadEncoding()
-  weight = tf.cast(weight, tf.float32)
+  total = tf.constant(WEIGHT_BYTES, tf.int64)
+  rest = payload
+  if isinstance(payload, encoding.CodedPayload):
+    buffer_bits = 8 * tf.size(payload.mask_code, out_type=tf.int64)
+    used_bits = tf.clip_by_value(
+        tf.cast(payload.mask_code_bits, tf.int64), 0, buffer_bits)
+    total += (used_bits + 7) // 8 + tf.where(
+        buffer_bits > 0, tf.constant(encoding.MASK_CODE_LENGTH_BYTES,
+                                     tf.int64), 0)
+    rest = payload._replace(mask_code=(), mask_code_bits=())
+  for tensor in tf.nest.flatten(rest):
+    tensor = tf.convert_to_tensor(tensor)
+    total += tf.size(tensor, out_type=tf.int64) * tensor.dtype.size
+  return total
+
+
+def _add_valid(aggregate, payload: encoding.Payload, weight: tf.Tensor,
+               kernel_shapes: Sequence[Sequence[int]],
+               num_active: Sequence[int],
+               payload_encoding: encoding.PayloadEncoding,
+               masks: Optional[Sequence[tf.Tensor]] = None,
+               has_masks: Optional[tf.Tensor] = None):
+  """Adds an accepted payload; `masks` are its decoded masks if at hand."""
+  num_bytes = encoding.payload_num_bytes(payload) + WEIGHT_BYTES
   if payload_encoding.masks_only_when_changed:
+    if has_masks is None:
+      has_masks = payload.mask_code_bits > 0
+
     def with_masks():
-      masks = encoding.decode_masks(payload.mask_code, kernel_shapes,
-                                    num_active, payload_encoding.mask_code)
-      kernels = encoding.scatter_values(payload.values, masks)
-      return (_add_positional(aggregate.with_masks, kernels, masks, weight),
+      decoded = masks
+      if decoded is None:
+        decoded = encoding.decode_masks(payload.mask_code, kernel_shapes,
+                                        num_active, payload_encoding.mask_code,
+                                        payload_encoding.omit_dense_masks)
+      kernels = encoding.scatter_values(payload.values, decoded)
+      return (_add_positional(aggregate.with_masks, kernels, decoded, weight),
               aggregate.global_mask_value_sums,
               aggregate.global_mask_weight, aggregate.global_mask_voters)
 
@@ -176,16 +224,108 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
               aggregate.global_mask_voters + tf.cast(weight > 0, tf.float32))
 
     positional, value_sums, global_weight, voters = tf.cond(
-        payload.mask_code_bits > 0, with_masks, without_masks)
+        has_masks, with_masks, without_masks)
     return CompactAggregate(
-        with_masks=_add_totals(positional, payload.dense, weight, payload),
+        with_masks=_add_totals(positional, payload.dense, weight, num_bytes),
         global_mask_value_sums=value_sums,
         global_mask_weight=global_weight,
         global_mask_voters=voters)
-  kernels, masks, dense = encoding.decode_payload(
-      payload, kernel_shapes, num_active, payload_encoding)
+  if masks is None:
+    kernels, masks, dense = encoding.decode_payload(
+        payload, kernel_shapes, num_active, payload_encoding)
+  else:
+    kernels, dense = encoding.scatter_values(payload.values, masks), list(
+        payload.dense)
+  # Values are charged for the masks' ones, not the padding to capacity.
+  num_bytes = encoding.payload_num_bytes(payload, masks) + WEIGHT_BYTES
   return _add_totals(_add_positional(aggregate, kernels, masks, weight),
-                     dense, weight, payload)
+                     dense, weight, num_bytes)
+
+
+def _add_rejection(aggregate, rejection: tf.Tensor, num_bytes: tf.Tensor):
+  """Counts a rejected client (kind code `rejection`) and its bytes."""
+  totals = _totals_of(aggregate)
+  totals = totals._replace(
+      upload_bytes=totals.upload_bytes + num_bytes,
+      rejected=totals.rejected + tf.one_hot(
+          rejection - 1, len(payload_validation.REJECTION_KINDS),
+          dtype=tf.int32))
+  return _with_totals(aggregate, totals)
+
+
+def _value_lengths(values) -> tuple[int, ...]:
+  lengths = []
+  for layer_values in values:
+    length = tf.convert_to_tensor(layer_values).shape[0]
+    if length is None:
+      raise ValueError('num_active is needed to validate payloads whose '
+                       'value lengths are not static.')
+    lengths.append(int(length))
+  return tuple(lengths)
+
+
+def accumulate_payload(aggregate, payload: encoding.Payload,
+                       weight: tf.Tensor,
+                       kernel_shapes: Sequence[Sequence[int]],
+                       num_active: Sequence[int] = (),
+                       payload_encoding: Optional[
+                           encoding.PayloadEncoding] = None,
+                       checks: Optional[
+                           payload_validation.PayloadChecks] = None,
+                       targets: Optional[tf.Tensor] = None):
+  """Validates one client's payload, then decodes it into the running sums.
+
+  Args:
+    aggregate: The sums so far: a `CompactAggregate` when the encoding
+      may leave masks out, else a `SparseAggregate`.
+    payload: The client's `SparsePayload` or `CodedPayload`; with `checks`,
+      its dimensions may be unknown statically (checked at run time).
+    weight: Its float32 example count.
+    kernel_shapes: Shape of each prunable kernel.
+    num_active: Values per kernel (needed for `CodedPayload`s, and for
+      validating payloads of unknown static lengths).
+    payload_encoding: The upload encoding; None is the default
+      `PayloadEncoding()` (`SparsePayload`s).
+    checks: The `payload_validation.PayloadChecks` to apply; None adds the
+      payload unchecked (only for payloads known to be valid).
+    targets: int32 [layers], this round's target nnz per layer (None:
+      `num_active`).
+
+  Returns:
+    The updated aggregate, of the type of `aggregate`: the payload's sums
+    added if it passed every check, else only its bytes and a rejection.
+  """
+  payload_encoding = payload_encoding or encoding.PayloadEncoding()
+  weight = tf.cast(weight, tf.float32)
+  if checks is None:
+    return _add_valid(aggregate, payload, weight, kernel_shapes, num_active,
+                      payload_encoding)
+  num_active = tuple(num_active) or _value_lengths(payload.values)
+  dense_shapes = [total.shape.as_list() for total in
+                  _totals_of(aggregate).weighted_dense_sums]
+  spec = payload_validation.payload_spec(kernel_shapes, num_active,
+                                         dense_shapes, payload_encoding)
+  payload = tf.nest.map_structure(tf.convert_to_tensor, payload)
+  num_bytes = received_num_bytes(payload)
+
+  def rejected(code):
+    return _add_rejection(aggregate, code, num_bytes)
+
+  def checked():
+    static = payload_validation.with_static_shapes(payload, spec)
+    content = payload_validation.check_content(
+        static, weight, kernel_shapes, num_active, payload_encoding, checks,
+        targets)
+    return tf.cond(
+        tf.equal(content.rejection, payload_validation.ACCEPTED),
+        lambda: _add_valid(aggregate, static, weight, kernel_shapes,
+                           num_active, payload_encoding, content.masks,
+                           content.has_masks),
+        lambda: rejected(content.rejection))
+
+  shape_code = payload_validation.rejection_code('shape')
+  return tf.cond(payload_validation.shapes_match(payload, spec), checked,
+                 lambda: rejected(tf.constant(shape_code, tf.int32)))
 
 
 def expand_aggregate(aggregate: CompactAggregate,
@@ -222,30 +362,57 @@ def merge_aggregates(first, second):
   return tf.nest.map_structure(tf.add, first, second)
 
 
+def measurements_of(aggregate) -> collections.OrderedDict:
+  """The aggregator's measurements of a round's aggregate.
+
+  Returns:
+    OrderedDict: `upload_bytes` (int64, every received upload),
+    `num_clients` (accepted), `rejected_clients` (all kinds), then
+    `rejected_<kind>` for each of `payload_validation.REJECTION_KINDS`.
+  """
+  totals = _totals_of(aggregate)
+  measurements = collections.OrderedDict(
+      upload_bytes=totals.upload_bytes, num_clients=totals.num_clients,
+      rejected_clients=tf.reduce_sum(totals.rejected))
+  for index, kind in enumerate(payload_validation.REJECTION_KINDS):
+    measurements[f'rejected_{kind}'] = totals.rejected[index]
+  return measurements
+
+
 class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
   """Aggregation factory for FedDST's sparse payloads.
 
   `create(payload_type, weight_type)` returns an `AggregationProcess`:
-    initialize: `( -> <>@SERVER)`
-    next: `(<<>@SERVER, Payload@CLIENTS, float32@CLIENTS> ->
-      <state=<>@SERVER, result=Aggregate@SERVER,
-      measurements=<upload_bytes=int64, num_clients=int32>@SERVER>)`
-  where Payload is a `SparsePayload` or `CodedPayload` and Aggregate a
-  `SparseAggregate`, or a `CompactAggregate` when the encoding may leave
-  masks out (the finalizer then expands it with `expand_aggregate`).
+    initialize: `( -> int32@SERVER)` (the round counter, 0)
+    next: `(<int32@SERVER, Payload?@CLIENTS, float32@CLIENTS> ->
+      <state=int32@SERVER, result=Aggregate@SERVER,
+      measurements=<upload_bytes=int64, num_clients=int32,
+      rejected_clients=int32, rejected_<kind>=int32...>@SERVER>)`
+  where Payload? is `payload_type` (a `SparsePayload` or `CodedPayload`)
+  with every dimension unknown (`payload_validation.relaxed_type`), so a
+  client value of `payload_type` is assignable to it and one of other
+  lengths is rejected at run time, and Aggregate is a `SparseAggregate`, or
+  a `CompactAggregate` when the encoding may leave masks out (the finalizer
+  then expands it with `expand_aggregate`). `next` increments the state;
+  with a per-round target table the state's row is broadcast to the
+  clients' accumulate.
   """
 
   def __init__(self, kernel_shapes: Sequence[Sequence[int]],
                num_active: Sequence[int] = (),
-               payload_encoding: Optional[encoding.PayloadEncoding] = None):
+               payload_encoding: Optional[encoding.PayloadEncoding] = None,
+               payload_checks: Optional[
+                   payload_validation.PayloadChecks] = None):
     """Creates the factory.
 
     Args:
       kernel_shapes: Shape of each prunable kernel, in payload order.
       num_active: Active weights per kernel (needed unless the encoding is
-        the default bitmap one).
+        the default bitmap one; then the value lengths of `payload_type`).
       payload_encoding: The clients' upload encoding (None: the default
         `PayloadEncoding()`).
+      payload_checks: What a payload must satisfy to be aggregated (None:
+        `payload_validation.PayloadChecks()`, exact nnz, no norm bound).
 
     Raises:
       ValueError: If `num_active` is missing for a `CodedPayload` encoding.
@@ -253,17 +420,41 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     self._kernel_shapes = tuple(tuple(s) for s in kernel_shapes)
     self._num_active = tuple(int(n) for n in num_active)
     self._encoding = payload_encoding or encoding.PayloadEncoding()
+    self._checks = payload_checks or payload_validation.PayloadChecks()
     if (not self._encoding.is_bitmap_payload and
         len(self._num_active) != len(self._kernel_shapes)):
       raise ValueError(f'encoding {self._encoding.name} needs num_active '
                        'for every kernel.')
 
   def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
+    """Builds the process for clients' values of `value_type`.
+
+    Args:
+      value_type: TFF type of one client's payload, with static shapes.
+      weight_type: TFF type of its weight (float32).
+
+    Returns:
+      The `AggregationProcess` described in the class docstring.
+
+    Raises:
+      ValueError: If `value_type` is not the payload the kernel shapes,
+        counts and encoding describe, or a target table does not fit.
+    """
     kernel_shapes = self._kernel_shapes
-    num_active = self._num_active
     payload_encoding = self._encoding
+    checks = self._checks
     dense_shapes = tuple(
         tuple(t.shape) for t in tff.structure.flatten(value_type.dense))
+    num_active = self._num_active or tuple(
+        int(t.shape[0]) for t in tff.structure.flatten(value_type.values))
+    spec = payload_validation.payload_spec(kernel_shapes, num_active,
+                                           dense_shapes, payload_encoding)
+    if not tff.types.tensorflow_to_type(spec).is_assignable_from(value_type):
+      raise ValueError(f'value_type {value_type} is not the payload of '
+                       f'kernels {kernel_shapes} with {num_active} values '
+                       f'in encoding {payload_encoding.name}.')
+    relaxed_value_type = payload_validation.relaxed_type(spec)
+    table = checks.targets_table(num_active)
 
     @tff.tensorflow.computation
     def zero_fn():
@@ -272,12 +463,23 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       return zero_aggregate(kernel_shapes, dense_shapes)
 
     aggregate_type = zero_fn.type_signature.result
+    targets_type = tff.TensorType(np.int32, [len(num_active)])
 
-    @tff.tensorflow.computation(aggregate_type, (value_type, weight_type))
-    def accumulate(aggregate, payload_and_weight):
-      payload, weight = payload_and_weight
-      return accumulate_payload(aggregate, payload, weight, kernel_shapes,
-                                num_active, payload_encoding)
+    if checks.has_round_targets:
+      @tff.tensorflow.computation(
+          aggregate_type, (relaxed_value_type, weight_type, targets_type))
+      def accumulate(aggregate, client_value):
+        payload, weight, targets = client_value
+        return accumulate_payload(aggregate, payload, weight, kernel_shapes,
+                                  num_active, payload_encoding, checks,
+                                  targets)
+    else:
+      @tff.tensorflow.computation(aggregate_type,
+                                  (relaxed_value_type, weight_type))
+      def accumulate(aggregate, client_value):
+        payload, weight = client_value
+        return accumulate_payload(aggregate, payload, weight, kernel_shapes,
+                                  num_active, payload_encoding, checks)
 
     @tff.tensorflow.computation(aggregate_type, aggregate_type)
     def merge(first, second):
@@ -289,25 +491,40 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     @tff.tensorflow.computation(aggregate_type)
     def measure(aggregate):
-      totals = (aggregate.with_masks
-                if payload_encoding.masks_only_when_changed else aggregate)
-      return collections.OrderedDict(upload_bytes=totals.upload_bytes,
-                                     num_clients=totals.num_clients)
+      return measurements_of(aggregate)
+
+    @tff.tensorflow.computation
+    def first_round():
+      return tf.constant(0, tf.int32)
+
+    @tff.tensorflow.computation(np.int32)
+    def next_round(round_index):
+      return round_index + 1
+
+    @tff.tensorflow.computation(np.int32)
+    def round_targets(round_index):
+      rows = tf.constant(table, tf.int32)
+      return rows[tf.minimum(round_index, len(table) - 1)]
 
     @tff.federated_computation
     def init_fn():
-      return tff.federated_value((), tff.SERVER)
+      return tff.federated_eval(first_round, tff.SERVER)
 
     @tff.federated_computation(
         init_fn.type_signature.result,
-        tff.types.FederatedType(value_type, tff.CLIENTS),
+        tff.types.FederatedType(relaxed_value_type, tff.CLIENTS),
         tff.types.FederatedType(weight_type, tff.CLIENTS))
     def next_fn(state, payload, weight):
-      aggregate = tff.federated_aggregate(
-          tff.federated_zip((payload, weight)), zero_fn(), accumulate, merge,
-          report)
+      if checks.has_round_targets:
+        targets = tff.federated_broadcast(
+            tff.federated_map(round_targets, state))
+        client_values = tff.federated_zip((payload, weight, targets))
+      else:
+        client_values = tff.federated_zip((payload, weight))
+      aggregate = tff.federated_aggregate(client_values, zero_fn(),
+                                          accumulate, merge, report)
       return tff.templates.MeasuredProcessOutput(
-          state=state, result=aggregate,
+          state=tff.federated_map(next_round, state), result=aggregate,
           measurements=tff.federated_map(measure, aggregate))
 
     return tff.templates.AggregationProcess(init_fn, next_fn)

@@ -32,6 +32,7 @@ from tff_feddst import encoding
 from tff_feddst import fed_dst
 from tff_feddst import finalizer
 from tff_feddst import models
+from tff_feddst import payload_validation
 
 # Phase names, in round order.
 BROADCAST = 'broadcast'
@@ -141,12 +142,16 @@ class PlainFedDst:
             tuple(np.shape(initial_model.weights.non_trainable[i]))
             for i in layout.dense_non_trainable_indices)
     kernel_shapes = layout.kernel_shapes
+    # The checks `fed_dst.build_fed_dst` applies by default.
+    payload_checks = payload_validation.default_checks(
+        client_config.readjust_rule, min_votes)
 
     @tf.function
     def encode_global(weights):
       payload = client_work.encode_weights(weights, layout, num_active,
                                            payload_encoding=download_encoding)
-      return payload, encoding.payload_num_bytes(payload)
+      return payload, encoding.payload_num_bytes(
+          payload, [weights.non_trainable[i] for i in layout.mask_indices])
 
     @tf.function
     def decode_global(payload):
@@ -164,7 +169,7 @@ class PlainFedDst:
     def accumulate(aggregate, payload, weight):
       return aggregation.accumulate_payload(aggregate, payload, weight,
                                             kernel_shapes, num_active,
-                                            upload_encoding)
+                                            upload_encoding, payload_checks)
 
     @tf.function
     def server_update(buffers, weights, aggregate):

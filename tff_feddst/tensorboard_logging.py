@@ -34,6 +34,7 @@ SCALAR_TAGS = {
     'upload_bytes_cumulative': 'bytes/upload_cumulative',
     'download_bytes_cumulative': 'bytes/download_cumulative',
     'round_seconds': 'time/round_seconds',
+    'rejected_clients': 'clients/rejected',
 }
 ACCURACY_BY_UPLOAD_TAG = 'accuracy_by_upload/test'
 

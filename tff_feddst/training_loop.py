@@ -6,6 +6,7 @@ carrying random-generator state.
 """
 
 import csv
+import io
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ METRICS_COLUMNS = (
     'round', 'test_accuracy', 'client_test_accuracy', 'train_loss',
     'sparsity', 'mask_changed_positions', 'upload_bytes', 'download_bytes',
     'upload_bytes_cumulative', 'download_bytes_cumulative', 'round_seconds',
-    'clients_sampled', 'clients_reported')
+    'clients_sampled', 'clients_reported', 'rejected_clients')
 
 
 def sample_clients(client_ids: Sequence[str], clients_per_round: int,
@@ -71,8 +72,8 @@ def drop_out(sampled: Sequence[str], dropout_rate: float, seed: int,
   return [client for client, failed in zip(sampled, failures) if not failed]
 
 
-def _parse_metric(column: str, text: str):
-  if text == '':
+def _parse_metric(column: str, text: Optional[str]):
+  if text is None or text == '':  # None: a column the row's file lacked.
     return None
   if column in ('test_accuracy', 'client_test_accuracy', 'train_loss',
                 'sparsity', 'round_seconds'):
@@ -95,8 +96,14 @@ def truncate_metrics(metrics_path: str, last_round: int) -> list[dict]:
   if os.path.exists(metrics_path):
     with open(metrics_path, newline='') as f:
       lines = f.read().splitlines(keepends=True)
+    header = next(csv.reader(lines[:1]), [])
     for line, record in zip(lines[1:], csv.DictReader(lines)):
       if int(record['round']) <= last_round:
+        if header != list(METRICS_COLUMNS):
+          # A file written before a column was added (or reordered): the
+          # row is rewritten under the current header, new columns empty.
+          line = _csv_line([record.get(column) or ''
+                            for column in METRICS_COLUMNS])
         kept_lines.append(line)
         rows.append({column: _parse_metric(column, record.get(column, ''))
                      for column in METRICS_COLUMNS})
@@ -108,6 +115,12 @@ def truncate_metrics(metrics_path: str, last_round: int) -> list[dict]:
     os.fsync(f.fileno())
   os.replace(temporary, metrics_path)
   return rows
+
+
+def _csv_line(fields: Sequence[str]) -> str:
+  buffer = io.StringIO()
+  csv.writer(buffer).writerow(fields)
+  return buffer.getvalue()
 
 
 def _shuffle_seed(seed: int, round_num: int, client_position: int) -> int:
@@ -170,6 +183,9 @@ def metrics_row(round_num: int, round_metrics, eval_result: Optional[
               dropped_download_bytes)
   cumulative['upload'] += upload
   cumulative['download'] += download
+  # Uploads the server dropped as invalid (`payload_validation`); 0 for
+  # processes whose aggregator does not validate.
+  rejected = int(round_metrics['aggregator'].get('rejected_clients', 0))
   return {
       'round': round_num,
       'test_accuracy': eval_result.test_accuracy if eval_result else None,
@@ -185,7 +201,10 @@ def metrics_row(round_num: int, round_metrics, eval_result: Optional[
       'download_bytes_cumulative': cumulative['download'],
       'round_seconds': round_seconds,
       'clients_sampled': clients_sampled,
-      'clients_reported': int(round_metrics['aggregator']['num_clients']),
+      # Uploads received: aggregated plus rejected.
+      'clients_reported': int(round_metrics['aggregator']['num_clients']) +
+                          rejected,
+      'rejected_clients': rejected,
   }
 
 
