@@ -73,6 +73,11 @@ flags.DEFINE_list('report_encodings', list(_DEFAULTS.report_encodings),
 flags.DEFINE_string('json_output', None,
                     'Also write the full result as JSON here (a new file).')
 
+flags.DEFINE_bool('message_bytes_only', False,
+                  'Only measure upload sizes in --report_encodings on a real '
+                  'client update after --warmup_rounds + --timed_rounds '
+                  'plain rounds; time nothing, run no TFF.')
+
 FLAGS = flags.FLAGS
 
 
@@ -110,12 +115,18 @@ def main(argv):
     config = config_from_flags()
   except ValueError as error:
     sys.exit(f'benchmark.py: error: {error}')
+  log = lambda line: print(line, file=sys.stderr, flush=True)
   try:
-    result = benchmarking.run_benchmark(
-        config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    if FLAGS.message_bytes_only:
+      result = benchmarking.measure_message_bytes(config, log=log)
+    else:
+      result = benchmarking.run_benchmark(config, log=log)
   except data.DataFileError as error:
     sys.exit(f'benchmark.py: error: {error}')
-  print(benchmarking.format_report(result))
+  if FLAGS.message_bytes_only:
+    print('\n'.join(benchmarking.format_message_bytes(result)))
+  else:
+    print(benchmarking.format_report(result))
   if FLAGS.json_output:
     benchmarking.write_json(result, FLAGS.json_output)
 

@@ -68,19 +68,55 @@ class EncodingTest(tf.test.TestCase):
           num_active, layout.kernel_sizes, sum(layout.layer_bias_sizes),
           value_bits=value_bits)
       self.assertEqual(int(encoding.payload_num_bytes(payload)), analytic)
-    # By hand at 32 bits: 4 * sum(nnz) + ceil(261750 / 8) + 4 * 90.
+    # By hand at 32 bits: ERK leaves the last layer (500 positions) dense,
+    # so 4 * sum(nnz) + ceil((261750 - 500) / 8) + 4 * 90.
+    self.assertEqual(num_active[-1], 500)
     self.assertEqual(
         encoding.analytic_num_bytes(num_active, layout.kernel_sizes, 90),
-        4 * sum(num_active) + 32719 + 360)
+        4 * sum(num_active) + 32657 + 360)
 
   def test_fp16_halves_value_bytes(self):
     kernel = np.ones((4, 4), np.float32)
     mask = np.ones((4, 4), np.float32)
     full = encoding.encode([kernel], [mask], [], [16])
     half = encoding.encode([kernel], [mask], [], [16], value_dtype=tf.float16)
-    # 16 values: 64 vs 32 bytes, plus 2 mask bytes each.
-    self.assertEqual(int(encoding.payload_num_bytes(full)), 66)
-    self.assertEqual(int(encoding.payload_num_bytes(half)), 34)
+    # 16 values: 64 vs 32 bytes; a dense layer sends no mask bytes.
+    self.assertEqual(int(encoding.payload_num_bytes(full)), 64)
+    self.assertEqual(int(encoding.payload_num_bytes(half)), 32)
+    with_masks = encoding.encode([kernel], [mask], [], [16],
+                                 omit_dense_masks=False)
+    self.assertEqual(int(encoding.payload_num_bytes(with_masks)), 66)
+
+  def test_dense_layer_sends_its_kernel_without_mask(self):
+    kernel = np.array([[1., 0.], [3., 4.]], np.float32)
+    sparse_kernel = np.array([[0., 2., 0.]], np.float32)
+    sparse_mask = np.array([[0., 1., 1.]], np.float32)
+    payload = encoding.encode([kernel, sparse_kernel],
+                              [np.ones((2, 2), np.float32), sparse_mask],
+                              [], [4, 2])
+    # Only the sparse layer's 3 bits: 011 -> 0b01100000.
+    self.assertAllEqual(payload.packed_masks, [0b01100000])
+    self.assertAllEqual(payload.values[0], [1., 0., 3., 4.])
+    kernels, masks, _ = encoding.decode(payload, [(2, 2), (1, 3)])
+    self.assertAllEqual(kernels[0], kernel)
+    self.assertAllEqual(masks[0], np.ones((2, 2)))
+    self.assertAllEqual(kernels[1], sparse_kernel)
+    self.assertAllEqual(masks[1], sparse_mask)
+    # 6 values x 4 B + 1 mask byte.
+    self.assertEqual(int(encoding.payload_num_bytes(payload)), 25)
+    self.assertEqual(encoding.analytic_num_bytes([4, 2], [4, 3], 0), 25)
+
+  def test_dense_layer_with_a_zero_in_its_mask_fails(self):
+    kernel = np.ones((2, 2), np.float32)
+    mask = np.array([[1., 1.], [1., 0.]], np.float32)
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                'dense_masks'):
+      encoding.encode([kernel], [mask], [], [4])
+    # Sent with its mask, it round-trips.
+    payload = encoding.encode([kernel], [mask], [], [4],
+                              omit_dense_masks=False)
+    _, masks, _ = encoding.decode(payload, [(2, 2)], omit_dense_masks=False)
+    self.assertAllEqual(masks[0], mask)
 
   def test_fewer_active_positions_are_padded_and_decoded(self):
     kernel = np.array([[5., 6.], [7., 8.]], np.float32)
@@ -200,21 +236,29 @@ class RiceCodeTest(parameterized.TestCase, tf.test.TestCase):
     shapes, num_active = [(5, 5, 1, 10), (40, 30), (7,)], [200, 240, 7]
     masks = [random_mask(rng, math.prod(s), n).reshape(s)
              for s, n in zip(shapes, num_active)]
-    code, num_bits = encoding.encode_masks(masks, num_active, 'rice')
+    # The last layer is dense: kept in the code only with dense masks.
+    code, num_bits = encoding.encode_masks(masks, num_active, 'rice',
+                                           omit_dense_masks=False)
     expected = []
     for mask, n in zip(masks, num_active):
       expected += reference_rice_bits(mask.reshape(-1),
                                       encoding.rice_layer(mask.size, n))
     self.assertEqual(int(num_bits), len(expected))
+    omitted_bits = len(reference_rice_bits(masks[2].reshape(-1),
+                                           encoding.rice_layer(7, 7)))
+    self.assertEqual(
+        int(encoding.encode_masks(masks, num_active, 'rice')[1]),
+        len(expected) - omitted_bits)
     capacity = encoding.mask_code_capacity_bits(
-        [m.size for m in masks], num_active, 'rice')
+        [m.size for m in masks], num_active, 'rice', omit_dense_masks=False)
     self.assertEqual(code.shape, (encoding.num_packed_bytes(capacity),))
     unpacked = encoding.unpack_bits(code, capacity)
     self.assertAllEqual(unpacked[:len(expected)], expected)
     self.assertAllEqual(unpacked[len(expected):],
                         np.zeros(capacity - len(expected)))
     for got, mask in zip(
-        encoding.decode_masks(code, shapes, num_active, 'rice'), masks):
+        encoding.decode_masks(code, shapes, num_active, 'rice',
+                              omit_dense_masks=False), masks):
       self.assertAllEqual(got, mask)
 
 
@@ -223,6 +267,7 @@ class PayloadEncodingTest(parameterized.TestCase, tf.test.TestCase):
   def setUp(self):
     super().setUp()
     rng = np.random.default_rng(3)
+    # The last layer is dense (80 of 80 active): it carries no mask.
     self.shapes = [(5, 5, 1, 10), (60, 20), (20, 4)]
     self.num_active = [208, 240, 80]
     self.masks = [random_mask(rng, math.prod(s), n).reshape(s)
@@ -233,7 +278,8 @@ class PayloadEncodingTest(parameterized.TestCase, tf.test.TestCase):
 
   @parameterized.parameters(
       'float32+bitmap', 'float16+bitmap', 'float32+rice', 'float16+rice',
-      'float32+bitmap+changed_masks_only', 'float16+rice+changed_masks_only')
+      'float32+bitmap+changed_masks_only', 'float16+rice+changed_masks_only',
+      'float32+bitmap+dense_masks', 'float16+rice+dense_masks')
   def test_round_trip_and_bytes(self, name):
     payload_encoding = encoding.PayloadEncoding.parse(name)
     self.assertEqual(payload_encoding.name, name)
@@ -251,23 +297,107 @@ class PayloadEncodingTest(parameterized.TestCase, tf.test.TestCase):
     self.assertAllEqual(dense[0], self.dense[0])
     # Bytes: values + dense, plus the masks as the encoding says.
     value_bytes = sum(self.num_active) * payload_encoding.value_bits // 8
+    coded = [(m, n) for m, n in zip(self.masks, self.num_active)
+             if n < m.size or not payload_encoding.omit_dense_masks]
+    self.assertLen(coded, 2 if payload_encoding.omit_dense_masks else 3)
     if payload_encoding.mask_code == 'bitmap':
-      mask_bits = sum(m.size for m in self.masks)
+      mask_bits = sum(m.size for m, _ in coded)
     else:
       mask_bits = sum(len(reference_rice_bits(
-          m.reshape(-1), encoding.rice_layer(m.size, n)))
-                      for m, n in zip(self.masks, self.num_active))
+          m.reshape(-1), encoding.rice_layer(m.size, n))) for m, n in coded)
     mask_bytes = encoding.num_packed_bytes(mask_bits)
     if not payload_encoding.is_bitmap_payload:
       mask_bytes += encoding.MASK_CODE_LENGTH_BYTES
       self.assertEqual(int(payload.mask_code_bits), mask_bits)
     self.assertEqual(int(encoding.payload_num_bytes(payload)),
                      value_bytes + 40 + mask_bytes)
+    # Counting the decoded masks' ones gives the same (full masks).
+    self.assertEqual(int(encoding.payload_num_bytes(payload, masks)),
+                     value_bytes + 40 + mask_bytes)
+    if payload_encoding.is_bitmap_payload:
+      self.assertEqual(
+          encoding.analytic_num_bytes(
+              self.num_active, [m.size for m in self.masks], 10,
+              payload_encoding.value_bits, payload_encoding.omit_dense_masks),
+          value_bytes + 40 + mask_bytes)
+
+  @parameterized.parameters('float32+bitmap', 'float16+bitmap',
+                            'float32+rice', 'float16+rice+changed_masks_only')
+  def test_fewer_ones_than_capacity_send_no_padding(self, name):
+    payload_encoding = encoding.PayloadEncoding.parse(name)
+    rng = np.random.default_rng(9)
+    # Masks hold 100 and 50 of the capacities 208 and 240; the dense layer
+    # stays full.
+    ones = [100, 50, 80]
+    masks = [random_mask(rng, math.prod(s), n).reshape(s)
+             for s, n in zip(self.shapes, ones)]
+    kernels = [k * m for k, m in zip(self.kernels, masks)]
+    payload = encoding.encode_payload(kernels, masks, self.dense,
+                                      self.num_active, payload_encoding)
+    self.assertEqual([int(v.shape[0]) for v in payload.values],
+                     self.num_active)
+    got_kernels, got_masks, _ = encoding.decode_payload(
+        payload, self.shapes, self.num_active, payload_encoding,
+        global_masks=masks)
+    for got, kernel, got_mask, mask in zip(got_kernels, kernels, got_masks,
+                                           masks):
+      self.assertAllClose(got, kernel, rtol=1e-3)
+      self.assertAllEqual(got_mask, mask)
+    measured = int(encoding.payload_num_bytes(payload, got_masks))
+    value_bytes = 230 * payload_encoding.value_bits // 8
+    if payload_encoding.is_bitmap_payload:
+      analytic = encoding.analytic_num_bytes(
+          self.num_active, [m.size for m in masks], 10,
+          payload_encoding.value_bits, mask_num_ones=ones)
+      # 230 values + ceil(1450 / 8) mask bytes + 10 dense.
+      self.assertEqual(analytic, value_bytes + 182 + 40)
+    else:
+      analytic = value_bytes + 40 + encoding.MASK_CODE_LENGTH_BYTES + (
+          encoding.num_packed_bytes(sum(len(reference_rice_bits(
+              m.reshape(-1), encoding.rice_layer(m.size, n)))
+                                        for m, n in zip(masks[:2],
+                                                        self.num_active))))
+    self.assertEqual(measured, analytic)
+    # Without the masks, every value tensor counts at its capacity.
+    self.assertEqual(int(encoding.payload_num_bytes(payload)),
+                     analytic + (528 - 230) * payload_encoding.value_bits // 8)
+
+  def test_masks_left_out_count_the_global_masks_ones(self):
+    payload_encoding = encoding.PayloadEncoding.parse(
+        'float16+rice+changed_masks_only')
+    rng = np.random.default_rng(10)
+    masks = [random_mask(rng, math.prod(s), n).reshape(s)
+             for s, n in zip(self.shapes, [100, 50, 80])]
+    payload = encoding.encode_payload(
+        [k * m for k, m in zip(self.kernels, masks)], masks, self.dense,
+        self.num_active, payload_encoding, include_masks=False)
+    # 230 float16 values + 4 B length field + 40 B dense.
+    self.assertEqual(int(encoding.payload_num_bytes(payload, masks)),
+                     460 + 4 + 40)
+
+  @parameterized.parameters('float32+bitmap', 'float16+bitmap',
+                            'float32+rice', 'float16+rice+changed_masks_only')
+  def test_dense_fedavg_payload_is_values_and_dense_only(self, name):
+    payload_encoding = encoding.PayloadEncoding.parse(name)
+    masks = [np.ones(s, np.float32) for s in self.shapes]
+    sizes = [math.prod(s) for s in self.shapes]
+    payload = encoding.encode_payload(self.kernels, masks, self.dense, sizes,
+                                      payload_encoding)
+    expected = sum(sizes) * payload_encoding.value_bits // 8 + 40
+    self.assertEqual(int(encoding.payload_num_bytes(payload)), expected)
+    self.assertEqual(encoding.max_payload_num_bytes(sizes, sizes, 10,
+                                                    payload_encoding),
+                     expected)
+    kernels, got_masks, _ = encoding.decode_payload(
+        payload, self.shapes, sizes, payload_encoding, global_masks=masks)
+    for got, kernel, got_mask in zip(kernels, self.kernels, got_masks):
+      self.assertAllClose(got, kernel, rtol=1e-3)
+      self.assertAllEqual(got_mask, np.ones_like(kernel))
 
   def test_max_payload_num_bytes(self):
     sizes = [math.prod(s) for s in self.shapes]
     for name in ('float32+bitmap', 'float16+rice',
-                 'float32+bitmap+changed_masks_only'):
+                 'float32+bitmap+changed_masks_only', 'float32+rice+dense_masks'):
       payload_encoding = encoding.PayloadEncoding.parse(name)
       payload = encoding.encode_payload(self.kernels, self.masks, self.dense,
                                         self.num_active, payload_encoding)
@@ -335,13 +465,17 @@ class InformationBoundTest(tf.test.TestCase):
     # 2 of 4 positions: C(4, 2) = 6, log2 6 = 2.585; plus 2 x 32 value bits.
     self.assertAlmostEqual(
         encoding.information_bound_bits([4], [2], 32), 64 + math.log2(6))
-    # Per layer: C(4,2) * C(3,3) = 6 combinations; globally C(7,5) = 21.
+    # Per layer: C(4,2) * C(3,3) = 6 combinations; globally the dense layer
+    # is known too: C(4, 2) = 6. Two sparse layers pool: C(7, 3) = 35.
     self.assertAlmostEqual(
         encoding.information_bound_bits([4, 3], [2, 3], 16, per_layer=True),
         5 * 16 + math.log2(6))
     self.assertAlmostEqual(
         encoding.information_bound_bits([4, 3], [2, 3], 16),
-        5 * 16 + math.log2(21))
+        5 * 16 + math.log2(6))
+    self.assertAlmostEqual(
+        encoding.information_bound_bits([4, 3], [2, 1], 0),
+        math.log2(35))
 
   def test_rice_code_is_close_to_the_bound_on_the_mnist_net(self):
     layout = models.model_layout(models.mnist_net(seed=0))

@@ -472,12 +472,17 @@ def encoding_sizes(kernels: Sequence[tf.Tensor], masks: Sequence[tf.Tensor],
   """
   kernel_sizes = [int(np.prod(m.shape)) for m in masks]
   dense_bytes = 4 * sum(int(np.prod(d.shape)) for d in dense)
-  value_bytes = sum(num_active) * payload_encoding.value_bits // 8
+  # Values are sent for the masks' ones (fewer than the capacity
+  # `num_active` for a method whose masks thin).
+  value_bytes = (int(encoding.num_ones(masks)) * payload_encoding.value_bits
+                 // 8)
 
   def upload_bytes(include_masks: bool) -> int:
     payload = encoding.encode_payload(kernels, masks, dense, num_active,
                                       payload_encoding, include_masks)
-    return int(encoding.payload_num_bytes(payload)) + aggregation.WEIGHT_BYTES
+    # Left-out masks are the global ones, equal to `masks` here.
+    return (int(encoding.payload_num_bytes(payload, masks))
+            + aggregation.WEIGHT_BYTES)
 
   with_masks = upload_bytes(True)
   without_masks = (upload_bytes(False)
@@ -649,19 +654,7 @@ def format_report(result: dict[str, Any]) -> str:
       f'  client update per client: {_fmt(per_client["readjust_rounds"])} s '
       f'on readjust rounds, {_fmt(per_client["other_rounds"])} s on others; '
       f'one readjust call {_fmt(wall["readjust_seconds_per_call"])} s')
-  lines += [
-      '',
-      f'upload per client per round (a real client update, '
-      f'{sum(result["num_active"])} active of the prunable positions):',
-      f'  {"encoding":<34}{"readjust":>10}{"other":>9}{"masks":>8}'
-      f'{"bound":>10}{"ratio":>7}{"per-layer":>10}{"other/nnz":>10}']
-  for sizes in result['message_bytes']:
-    lines.append(
-        f'  {sizes["encoding"]:<34}{sizes["upload_bytes"]:>10}'
-        f'{sizes["upload_bytes_masks_unchanged"]:>9}{sizes["mask_bytes"]:>8}'
-        f'{sizes["bound_bytes"]:>10.0f}{sizes["ratio_to_bound"]:>7.3f}'
-        f'{sizes["ratio_to_bound_per_layer"]:>10.3f}'
-        f'{sizes["ratio_masks_unchanged_to_known_mask_bound"]:>10.3f}')
+  lines += [''] + format_message_bytes(result)
   if result['sweep']:
     lines += ['', f'{"clients":>8}{"tff s/round":>13}{"plain s/round":>15}'
               f'{"ratio":>7}{"CPU ratio":>11}{"tff s/client":>14}']
@@ -675,6 +668,55 @@ def format_report(result: dict[str, Any]) -> str:
           f'{_fmt(point["tff_to_plain_cpu_ratio"]):>11}'
           f'{_fmt(tff_seconds / k if tff_seconds else None):>14}')
   return '\n'.join(lines)
+
+
+def format_message_bytes(result: dict[str, Any]) -> list[str]:
+  """The upload-size table of a result with `message_bytes`, as lines."""
+  lines = [
+      f'upload per client per round (a real client update, '
+      f'{sum(result["num_active"])} active of the prunable positions):',
+      f'  {"encoding":<34}{"readjust":>10}{"other":>9}{"masks":>8}'
+      f'{"bound":>10}{"ratio":>7}{"per-layer":>10}{"other/nnz":>10}']
+  for sizes in result['message_bytes']:
+    lines.append(
+        f'  {sizes["encoding"]:<34}{sizes["upload_bytes"]:>10}'
+        f'{sizes["upload_bytes_masks_unchanged"]:>9}{sizes["mask_bytes"]:>8}'
+        f'{sizes["bound_bytes"]:>10.0f}{sizes["ratio_to_bound"]:>7.3f}'
+        f'{sizes["ratio_to_bound_per_layer"]:>10.3f}'
+        f'{sizes["ratio_masks_unchanged_to_known_mask_bound"]:>10.3f}')
+  return lines
+
+
+def measure_message_bytes(config: BenchmarkConfig,
+                          log: Optional[Callable[[str], None]] = None
+                          ) -> dict[str, Any]:
+  """Upload sizes of a real client update, with nothing timed (no TFF).
+
+  Runs `warmup_rounds + timed_rounds` plain-TF rounds of
+  `clients_per_round` clients from the initial model, then one client's
+  readjusting update, and measures `encoding_sizes` of its upload in every
+  `config.report_encodings`.
+
+  Args:
+    config: What to run.
+    log: Called with a line of progress now and then.
+
+  Returns:
+    `config`, `num_active` and `message_bytes` as in `run_benchmark`.
+  """
+  log = log or (lambda line: None)
+  setup = _Setup(config)
+  element_spec = setup.datasets(1, 1)[0].element_spec
+  plain = plain_loop.PlainFedDst(setup.model_fn, setup.initial, element_spec,
+                                 setup.schedule, setup.client_config)
+  state = plain.initialize()
+  for round_num in range(1, config.warmup_rounds + config.timed_rounds + 1):
+    state, _ = plain.next(
+        state, setup.datasets(config.clients_per_round, round_num))
+    log(f'plain round {round_num} done')
+  return {'config': dataclasses.asdict(config),
+          'num_active': list(setup.initial.num_active),
+          'message_bytes': _message_sizes(setup, plain, state, config)}
 
 
 def write_json(result: dict[str, Any], path: str) -> None:

@@ -268,7 +268,9 @@ class ClientTrainer:
     """
     return encode_weights(
         self.model, self.layout, self.num_active,
-        value_dtype=tf.as_dtype(self.upload_encoding.value_dtype))
+        payload_encoding=encoding.PayloadEncoding(
+            value_dtype=self.upload_encoding.value_dtype,
+            omit_dense_masks=self.upload_encoding.omit_dense_masks))
 
   def encoded_upload(self, global_masks: Sequence[tf.Tensor]
                      ) -> encoding.Payload:

@@ -4,8 +4,10 @@ The server encodes its model once as a `SparsePayload` (active values, packed
 masks, dense parameters) or, with another `encoding.PayloadEncoding` (float16
 values, Rice-coded masks), a `CodedPayload`; it broadcasts that payload, and
 each client decodes it back into `ModelWeights`. Download bytes are counted
-from the payload each client receives. Clients keep nothing between rounds,
-so a broadcast always carries the masks.
+from the payload each client receives (values for the masks' ones only;
+dense layers, whose capacity equals their size, carry no mask bits: see
+`encoding`). Clients keep nothing between rounds, so a broadcast always
+carries the masks.
 
 Type signatures:
   initialize: `( -> <>@SERVER)`
@@ -113,7 +115,11 @@ def build_sparse_broadcast(layout: models.ModelLayout,
 
   @tff.tensorflow.computation(payload_type)
   def num_bytes(payload):
-    return encoding.payload_num_bytes(payload)
+    # Values are charged for the masks' ones (what a transport sends), not
+    # for the padding up to each layer's capacity.
+    _, masks, _ = encoding.decode_payload(payload, layout.kernel_shapes,
+                                          num_active, download_encoding)
+    return encoding.payload_num_bytes(payload, masks)
 
   @tff.federated_computation
   def init_fn():

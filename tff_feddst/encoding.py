@@ -6,19 +6,40 @@ position, and the dense parameters (biases) in full:
 
   values[l]     `num_active[l]` values of kernel l, in row-major order of the
                 active positions (float32, or float16 when asked); a mask
-                with fewer ones leaves trailing zeros, ignored on decoding;
-  packed_masks  the masks of all prunable kernels, flattened and concatenated
-                in layer order, packed 8 positions per uint8, most significant
-                bit first, the last byte zero-padded;
+                with fewer ones leaves trailing zeros, ignored on decoding
+                and never counted as sent (see below);
+  packed_masks  the masks of the prunable kernels that carry one (see dense
+                layers below), flattened and concatenated in layer order,
+                packed 8 positions per uint8, most significant bit first, the
+                last byte zero-padded;
   dense         every dense parameter tensor as is (float32).
 
-Shapes are static because readjustment and the server's re-prune keep each
-layer's number of active weights fixed, so the payload has a TFF type.
+Shapes are static because the payload has a TFF type: `num_active[l]` is the
+payload's capacity for layer l. FedDST's readjustment and the server's
+re-prune keep each layer's count fixed, so its masks fill the capacity;
+methods whose masks hold fewer ones (a sparsity that grows over rounds,
+PruneFL) pad the values with zeros.
 
-Its size is counted from the tensors themselves (`payload_num_bytes`) and can
-be checked against the closed form (`analytic_num_bytes`):
-  sum_l num_active[l] * value_bits / 8 + ceil(sum_l size[l] / 8)
-  + 4 * (number of dense parameters).
+Dense layers carry no mask. A layer whose capacity equals its size
+(`num_active[l] == size[l]`: a layer that ERK leaves dense, or every layer
+of dense FedAvg) has the all-ones mask, which the receiver knows without
+being told: the payload carries no mask bits for it, its values are the
+whole kernel in row-major order, and it decodes with an all-ones mask.
+`encode` checks (at run time) that such a layer's mask is all ones and fails
+otherwise rather than dropping information. FedDST keeps dense layers dense:
+readjustment never touches them (no inactive position to regrow into), and
+the server's re-prune keeps every position. Methods under which a
+full-capacity layer can lose ones (PruneFL, whose capacity is every layer's
+size; a sparsity growing from 0; the 'reference' readjust rule or
+`min_votes` > 1, which can thin a dense layer) send those masks with
+`PayloadEncoding(omit_dense_masks=False)` (token 'dense_masks').
+
+Its size is what a transport would send (`payload_num_bytes`); padding
+beyond a mask's ones is not sent. It can be checked against the closed form
+(`analytic_num_bytes`):
+  sum_l nnz[l] * value_bits / 8 + ceil(sum_{l not dense} size[l] / 8)
+  + 4 * (number of dense parameters),
+nnz[l] being the number of ones of mask l (`num_active[l]` when full).
 
 Smaller encodings (`PayloadEncoding`) produce a `CodedPayload` instead:
 
@@ -40,11 +61,14 @@ than 1/2 codes its inactive positions instead; k is fixed per layer from its
 size and number of active weights, so it is never sent. Layers follow each
 other without padding.
 
+Dense layers are left out of the mask code as of the bitmap.
+
 TFF types are static, so `mask_code` has the capacity of the longest
 possible code and the bytes counted (`payload_num_bytes`) are the used
-ones: ceil(mask_code_bits / 8), plus 4 bytes for `mask_code_bits` itself. A
-transport would send the used prefix only; the simulation moves the whole
-buffer.
+ones: ceil(mask_code_bits / 8), plus 4 bytes for `mask_code_bits` itself
+(unless no layer carries a mask: then `mask_code` is empty, the field is
+always 0 and is not counted). A transport would send the used prefix only;
+the simulation moves the whole buffer.
 """
 
 import dataclasses
@@ -61,6 +85,8 @@ VALUE_DTYPES = ('float32', 'float16')
 MASK_CODES = ('bitmap', 'rice')
 # `PayloadEncoding.name` token for `masks_only_when_changed`.
 _CHANGED_MASKS_TOKEN = 'changed_masks_only'
+# `PayloadEncoding.name` token for `omit_dense_masks=False`.
+_DENSE_MASKS_TOKEN = 'dense_masks'
 # Bytes of `CodedPayload.mask_code_bits` (int32).
 MASK_CODE_LENGTH_BYTES = 4
 
@@ -103,10 +129,14 @@ class PayloadEncoding:
     masks_only_when_changed: Uploads only: leave the masks out when they
       equal the global masks the client received (always outside
       readjustment rounds); the server then uses its own.
+    omit_dense_masks: Send no mask for layers whose capacity equals their
+      size (their mask must be all ones; see the module docstring). False
+      sends them, for methods that can thin a full-capacity layer.
   """
   value_dtype: str = 'float32'
   mask_code: str = 'bitmap'
   masks_only_when_changed: bool = False
+  omit_dense_masks: bool = True
 
   def __post_init__(self):
     if self.value_dtype not in VALUE_DTYPES:
@@ -131,12 +161,15 @@ class PayloadEncoding:
     tokens = [self.value_dtype, self.mask_code]
     if self.masks_only_when_changed:
       tokens.append(_CHANGED_MASKS_TOKEN)
+    if not self.omit_dense_masks:
+      tokens.append(_DENSE_MASKS_TOKEN)
     return '+'.join(tokens)
 
   @classmethod
   def parse(cls, name: str) -> 'PayloadEncoding':
     """Reads a `name`: '+'-joined value dtype, mask code, and optionally
-    'changed_masks_only', in any order (missing ones take the defaults).
+    'changed_masks_only' and 'dense_masks', in any order (missing ones take
+    the defaults).
 
     Raises:
       ValueError: For an unknown or repeated token.
@@ -150,15 +183,47 @@ class PayloadEncoding:
         key, value = 'mask_code', token
       elif token == _CHANGED_MASKS_TOKEN:
         key, value = 'masks_only_when_changed', True
+      elif token == _DENSE_MASKS_TOKEN:
+        key, value = 'omit_dense_masks', False
       else:
         raise ValueError(
             f'unknown encoding token {token!r} in {name!r}; expected '
-            f'{"/".join(VALUE_DTYPES)}, {"/".join(MASK_CODES)} or '
-            f'{_CHANGED_MASKS_TOKEN}.')
+            f'{GRAMMAR}.')
       if key in settings:
         raise ValueError(f'{key} given twice in encoding {name!r}.')
       settings[key] = value
     return cls(**settings)
+
+
+# The accepted `PayloadEncoding.parse` names, for error messages.
+GRAMMAR = (f'"+"-joined tokens: {"|".join(VALUE_DTYPES)} (values), '
+           f'{"|".join(MASK_CODES)} (mask code), optionally '
+           f'{_CHANGED_MASKS_TOKEN} and {_DENSE_MASKS_TOKEN}, '
+           'e.g. float16+rice')
+
+
+def carries_mask(kernel_sizes: Sequence[int], num_active: Sequence[int],
+                 omit_dense_masks: bool = True) -> tuple[bool, ...]:
+  """Per prunable layer, whether payloads carry its mask.
+
+  Args:
+    kernel_sizes: Positions per kernel.
+    num_active: Payload capacity per kernel.
+    omit_dense_masks: Whether dense layers (capacity == size) go without.
+
+  Returns:
+    False for the dense layers when `omit_dense_masks`, True otherwise.
+  """
+  return tuple(not (omit_dense_masks and int(a) == int(n))
+               for n, a in zip(kernel_sizes, num_active))
+
+
+def num_mask_bits(kernel_sizes: Sequence[int], num_active: Sequence[int],
+                  omit_dense_masks: bool = True) -> int:
+  """Bitmap bits of a payload: the positions of the layers with a mask."""
+  return sum(int(n) for n, carried in zip(
+      kernel_sizes, carries_mask(kernel_sizes, num_active, omit_dense_masks))
+             if carried)
 
 
 def num_packed_bytes(num_bits: int) -> int:
@@ -200,65 +265,155 @@ def unpack_bits(packed: tf.Tensor, num_bits: int) -> tf.Tensor:
   return tf.cast(tf.reshape(bits, [-1])[:num_bits], tf.float32)
 
 
+def _flat_size(tensor) -> int:
+  return int(math.prod(tensor.shape))
+
+
+def _concat_flat(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+  """Flattens and concatenates; an empty float32 vector for no tensors."""
+  if not tensors:
+    return tf.zeros([0], tf.float32)
+  return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+
+
+def _check_dense_masks(values: Sequence[tf.Tensor],
+                       masks: Sequence[tf.Tensor],
+                       carried: Sequence[bool]) -> tuple:
+  """Ties to each mask-less layer's values a check that its mask is all ones.
+
+  Args:
+    values: Per kernel, its payload values.
+    masks: The 0/1 masks.
+    carried: Per kernel, whether the payload carries its mask.
+
+  Returns:
+    `values`, those of mask-less layers behind the check.
+
+  Raises:
+    tf.errors.InvalidArgumentError: If a mask-less layer's mask has a zero
+      (at run time in graph mode).
+  """
+  checked = []
+  for position, (layer_values, mask, has_mask) in enumerate(
+      zip(values, masks, carried)):
+    if not has_mask:
+      num_ones = tf.reduce_sum(
+          tf.cast(tf.reshape(mask, [-1]) > 0.5, tf.int32))
+      with tf.control_dependencies([tf.debugging.assert_equal(
+          num_ones, _flat_size(mask),
+          message=f'mask {position} is dense-capacity and sent without '
+          'mask bits, but has zeros; encode with '
+          'PayloadEncoding(omit_dense_masks=False) (token '
+          f'{_DENSE_MASKS_TOKEN!r}) for methods that thin such layers')]):
+        layer_values = tf.identity(layer_values)
+    checked.append(layer_values)
+  return tuple(checked)
+
+
 def encode(kernels: Sequence[tf.Tensor], masks: Sequence[tf.Tensor],
            dense: Sequence[tf.Tensor], num_active: Sequence[int],
-           value_dtype: tf.DType = tf.float32) -> SparsePayload:
+           value_dtype: tf.DType = tf.float32,
+           omit_dense_masks: bool = True) -> SparsePayload:
   """Encodes masked kernels and dense parameters as a `SparsePayload`.
 
   Args:
     kernels: Prunable kernels (values outside the mask are ignored).
-    masks: Their 0/1 masks, each with exactly `num_active[l]` ones.
+    masks: Their 0/1 masks, each with at most `num_active[l]` ones (and
+      all ones for a dense layer sent without mask).
     dense: Dense parameter tensors, sent as float32.
-    num_active: Number of active weights per kernel; fixes the payload shape.
+    num_active: Payload capacity per kernel; fixes the payload shape.
     value_dtype: dtype of the sent values (tf.float32 or tf.float16).
+    omit_dense_masks: Leave out the masks of layers whose capacity equals
+      their size (see the module docstring).
 
   Returns:
     The payload.
 
   Raises:
     tf.errors.InvalidArgumentError: If a mask has more ones than
-      `num_active[l]` (at run time in graph mode).
+      `num_active[l]`, or a layer sent without mask has a zero in its mask
+      (at run time in graph mode).
   """
-  values = active_values(kernels, masks, num_active, value_dtype)
-  packed = pack_bits(tf.concat([tf.reshape(m, [-1]) for m in masks], axis=0))
+  carried = carries_mask([_flat_size(m) for m in masks], num_active,
+                         omit_dense_masks)
+  values = _check_dense_masks(
+      active_values(kernels, masks, num_active, value_dtype), masks, carried)
+  packed = pack_bits(_concat_flat(
+      [m for m, has_mask in zip(masks, carried) if has_mask]))
   return SparsePayload(
       values=values,
       packed_masks=packed,
       dense=tuple(tf.cast(t, tf.float32) for t in dense))
 
 
-def decode(payload: SparsePayload, kernel_shapes: Sequence[Sequence[int]]
+def decode(payload: SparsePayload, kernel_shapes: Sequence[Sequence[int]],
+           omit_dense_masks: bool = True
            ) -> tuple[list[tf.Tensor], list[tf.Tensor], list[tf.Tensor]]:
   """Decodes a `SparsePayload` back into dense kernels, masks and parameters.
 
   Args:
     payload: A payload from `encode`.
     kernel_shapes: Shape of each prunable kernel, in payload order.
+    omit_dense_masks: As given to `encode`.
 
   Returns:
     `(kernels, masks, dense)`: float32 kernels with zeros at inactive
     positions, float32 0/1 masks, and the dense tensors.
   """
-  masks = decode_masks(payload.packed_masks, kernel_shapes, (), 'bitmap')
+  num_active = [int(v.shape[0]) for v in payload.values]
+  masks = decode_masks(payload.packed_masks, kernel_shapes, num_active,
+                       'bitmap', omit_dense_masks)
   return scatter_values(payload.values, masks), masks, list(payload.dense)
 
 
-def payload_num_bytes(payload) -> tf.Tensor:
-  """Counts the bytes of the tensors in a payload, as they would be sent.
+def num_ones(masks: Sequence[tf.Tensor]) -> tf.Tensor:
+  """int64 total number of ones (positions > 0.5) of `masks`."""
+  total = tf.constant(0, tf.int64)
+  for mask in masks:
+    total += tf.reduce_sum(
+        tf.cast(tf.reshape(mask, [-1]) > 0.5, tf.int64))
+  return total
+
+
+def payload_num_bytes(payload, masks: Optional[Sequence[tf.Tensor]] = None
+                      ) -> tf.Tensor:
+  """Counts the bytes of a payload as a transport would send them.
+
+  Values are sent for the ones of the masks only: the zero padding of a mask
+  with fewer ones than the payload's capacity is not sent. The count of
+  values is the number of ones of `masks`, which the receiver knows after
+  decoding the masks (the popcount of the bitmap, the decoded count of the
+  Rice code, or, when the payload left its masks out, the ones of the global
+  masks it holds). A dense layer sent without mask has all its positions
+  sent (its mask is all ones).
 
   Args:
     payload: A `SparsePayload` (or any nested structure of tensors), or a
       `CodedPayload`, whose `mask_code` counts only its used bytes,
-      ceil(mask_code_bits / 8).
+      ceil(mask_code_bits / 8), and whose `mask_code_bits` (4 bytes) is not
+      counted when no layer carries a mask (`mask_code` is empty).
+    masks: The 0/1 masks the payload decodes to, one per `values` entry;
+      None counts every value tensor at its full static length (exact when
+      every mask fills its capacity, as in FedDST).
 
   Returns:
-    int64 scalar tensor: sum over tensors of element count x dtype size.
+    int64 scalar tensor: value bytes plus, over the other tensors, element
+    count x dtype size.
   """
   total = tf.constant(0, tf.int64)
   fixed = payload
+  if masks is not None:
+    if payload.values:
+      value_size = tf.as_dtype(payload.values[0].dtype).size
+      total += num_ones(masks) * value_size
+    fixed = fixed._replace(values=())
   if isinstance(payload, CodedPayload):
-    fixed = payload._replace(mask_code=())
-    total += (tf.cast(payload.mask_code_bits, tf.int64) + 7) // 8
+    fixed = fixed._replace(mask_code=(), mask_code_bits=())
+    code_bytes = ((tf.cast(payload.mask_code_bits, tf.int64) + 7) // 8 +
+                  MASK_CODE_LENGTH_BYTES)
+    # (Static or not) an empty code buffer: no layer has a mask to send.
+    has_code = tf.size(payload.mask_code, out_type=tf.int64) > 0
+    total += tf.where(has_code, code_bytes, tf.constant(0, tf.int64))
   for tensor in tf.nest.flatten(fixed):
     tensor = tf.convert_to_tensor(tensor)
     total += tf.size(tensor, out_type=tf.int64) * tensor.dtype.size
@@ -266,20 +421,30 @@ def payload_num_bytes(payload) -> tf.Tensor:
 
 
 def analytic_num_bytes(num_active: Sequence[int], kernel_sizes: Sequence[int],
-                       num_dense_parameters: int, value_bits: int = 32) -> int:
-  """The closed-form size of a payload, for checking `payload_num_bytes`.
+                       num_dense_parameters: int, value_bits: int = 32,
+                       omit_dense_masks: bool = True,
+                       mask_num_ones: Optional[Sequence[int]] = None) -> int:
+  """The closed-form size of a bitmap payload, to check `payload_num_bytes`.
 
   Args:
-    num_active: Active weights per kernel.
+    num_active: Payload capacity per kernel.
     kernel_sizes: Positions per kernel.
     num_dense_parameters: Total number of dense (float32) parameters.
     value_bits: Bits per sent value (32 or 16).
+    omit_dense_masks: Whether dense layers (capacity == size) go without
+      mask bits.
+    mask_num_ones: Ones of each layer's actual mask, when fewer than its
+      capacity; None means `num_active`.
 
   Returns:
-    Bytes: values x value_bits/8 + ceil(positions / 8) + 4 x dense.
+    Bytes: sum(mask_num_ones) x value_bits/8 + ceil(positions of layers
+    with a mask / 8) + 4 x dense.
   """
-  return (sum(num_active) * value_bits // 8
-          + num_packed_bytes(sum(kernel_sizes)) + 4 * num_dense_parameters)
+  sent = num_active if mask_num_ones is None else mask_num_ones
+  return (sum(int(n) for n in sent) * value_bits // 8
+          + num_packed_bytes(num_mask_bits(kernel_sizes, num_active,
+                                           omit_dense_masks))
+          + 4 * num_dense_parameters)
 
 
 # ---------------------------------------------------------------------------
@@ -443,29 +608,41 @@ def rice_decode_layer(bits: tf.Tensor, layer: RiceLayer
 
 
 def mask_code_capacity_bits(kernel_sizes: Sequence[int],
-                            num_active: Sequence[int], mask_code: str) -> int:
+                            num_active: Sequence[int], mask_code: str,
+                            omit_dense_masks: bool = True) -> int:
   """Bits `CodedPayload.mask_code` can hold (its capacity, rounded up to bytes
-  when allocated)."""
+  when allocated); dense layers count 0 when `omit_dense_masks`."""
+  carried = carries_mask(kernel_sizes, num_active, omit_dense_masks)
   if mask_code == 'bitmap':
-    return int(sum(kernel_sizes))
+    return num_mask_bits(kernel_sizes, num_active, omit_dense_masks)
   return sum(rice_layer(int(n), int(a)).capacity_bits
-             for n, a in zip(kernel_sizes, num_active))
+             for n, a, has_mask in zip(kernel_sizes, num_active, carried)
+             if has_mask)
 
 
 def encode_masks(masks: Sequence[tf.Tensor], num_active: Sequence[int],
-                 mask_code: str) -> tuple[tf.Tensor, tf.Tensor]:
-  """Encodes all layers' masks with `mask_code`.
+                 mask_code: str, omit_dense_masks: bool = True
+                 ) -> tuple[tf.Tensor, tf.Tensor]:
+  """Encodes the layers' masks with `mask_code`.
 
   Args:
     masks: 0/1 masks, one per prunable kernel.
-    num_active: Active weights per kernel (fixes the Rice parameters).
+    num_active: Payload capacity per kernel (fixes the Rice parameters).
     mask_code: 'bitmap' or 'rice'.
+    omit_dense_masks: Leave out dense layers (capacity == size).
 
   Returns:
     `(mask_code, mask_code_bits)`: uint8 buffer of
-    ceil(`mask_code_capacity_bits` / 8) bytes, and the int32 bits used.
+    ceil(`mask_code_capacity_bits` / 8) bytes, and the int32 bits used
+    (an empty buffer and 0 when no layer carries a mask).
   """
-  flat_masks = [tf.reshape(m, [-1]) for m in masks]
+  carried = carries_mask([_flat_size(m) for m in masks], num_active,
+                         omit_dense_masks)
+  flat_masks = [tf.reshape(m, [-1]) for m, has_mask in zip(masks, carried)
+                if has_mask]
+  num_active = [a for a, has_mask in zip(num_active, carried) if has_mask]
+  if not flat_masks:
+    return tf.zeros([0], tf.uint8), tf.constant(0, tf.int32)
   if mask_code == 'bitmap':
     total = sum(int(m.shape[0]) for m in flat_masks)
     return pack_bits(tf.concat(flat_masks, axis=0)), tf.constant(total,
@@ -487,38 +664,50 @@ def encode_masks(masks: Sequence[tf.Tensor], num_active: Sequence[int],
 
 
 def decode_masks(mask_code: tf.Tensor, kernel_shapes: Sequence[Sequence[int]],
-                 num_active: Sequence[int], mask_code_name: str
-                 ) -> list[tf.Tensor]:
+                 num_active: Sequence[int], mask_code_name: str,
+                 omit_dense_masks: bool = True) -> list[tf.Tensor]:
   """Inverse of `encode_masks`.
 
   Args:
     mask_code: uint8 buffer from `encode_masks`.
     kernel_shapes: Shape of each kernel.
-    num_active: Active weights per kernel.
+    num_active: Payload capacity per kernel (required for 'rice'; for
+      'bitmap', empty means every layer carries its mask).
     mask_code_name: 'bitmap' or 'rice'.
+    omit_dense_masks: As given to `encode_masks`.
 
   Returns:
-    float32 0/1 masks with the kernels' shapes.
+    float32 0/1 masks with the kernels' shapes; all ones for the layers
+    sent without mask.
   """
   sizes = [int(math.prod(shape)) for shape in kernel_shapes]
-  if mask_code_name == 'bitmap':
-    all_bits = unpack_bits(mask_code, sum(sizes))
-    offsets = np.cumsum([0] + sizes)
-    flat_masks = [all_bits[start:stop]
-                  for start, stop in zip(offsets[:-1], offsets[1:])]
+  if len(num_active):
+    carried = carries_mask(sizes, num_active, omit_dense_masks)
   else:
-    layers = [rice_layer(n, int(a)) for n, a in zip(sizes, num_active)]
+    carried = (True,) * len(sizes)
+  coded_sizes = [n for n, has_mask in zip(sizes, carried) if has_mask]
+  if mask_code_name == 'bitmap':
+    all_bits = unpack_bits(mask_code, sum(coded_sizes))
+    offsets = np.cumsum([0] + coded_sizes)
+    coded_masks = [all_bits[start:stop]
+                   for start, stop in zip(offsets[:-1], offsets[1:])]
+  else:
+    layers = [rice_layer(n, int(a)) for n, a, has_mask in
+              zip(sizes, num_active, carried) if has_mask]
     capacity = sum(layer.capacity_bits for layer in layers)
     longest = max([layer.capacity_bits for layer in layers], default=0)
     bits = tf.cast(unpack_bits(mask_code, capacity), tf.int32)
     bits = tf.pad(bits, [[0, longest]])
-    flat_masks = []
+    coded_masks = []
     offset = tf.constant(0, tf.int32)
     for layer in layers:
       flat_mask, length = rice_decode_layer(
           tf.slice(bits, [offset], [layer.capacity_bits]), layer)
-      flat_masks.append(flat_mask)
+      coded_masks.append(flat_mask)
       offset += length
+  coded_masks.reverse()
+  flat_masks = [coded_masks.pop() if has_mask else tf.ones([n], tf.float32)
+                for n, has_mask in zip(sizes, carried)]
   return [tf.reshape(m, shape) for m, shape in zip(flat_masks, kernel_shapes)]
 
 
@@ -602,17 +791,22 @@ def encode_payload(kernels: Sequence[tf.Tensor], masks: Sequence[tf.Tensor],
     `CodedPayload`.
   """
   value_dtype = tf.as_dtype(payload_encoding.value_dtype)
+  omit_dense_masks = payload_encoding.omit_dense_masks
   if payload_encoding.is_bitmap_payload:
-    return encode(kernels, masks, dense, num_active, value_dtype=value_dtype)
-  values = active_values(kernels, masks, num_active, value_dtype)
+    return encode(kernels, masks, dense, num_active, value_dtype=value_dtype,
+                  omit_dense_masks=omit_dense_masks)
+  sizes = [_flat_size(m) for m in masks]
+  values = _check_dense_masks(
+      active_values(kernels, masks, num_active, value_dtype), masks,
+      carries_mask(sizes, num_active, omit_dense_masks))
 
   def with_masks():
-    return encode_masks(masks, num_active, payload_encoding.mask_code)
+    return encode_masks(masks, num_active, payload_encoding.mask_code,
+                        omit_dense_masks)
 
   if payload_encoding.masks_only_when_changed:
     capacity = num_packed_bytes(mask_code_capacity_bits(
-        [int(math.prod(m.shape)) for m in masks], num_active,
-        payload_encoding.mask_code))
+        sizes, num_active, payload_encoding.mask_code, omit_dense_masks))
     mask_code, mask_code_bits = tf.cond(
         tf.convert_to_tensor(include_masks), with_masks,
         lambda: (tf.zeros([capacity], tf.uint8), tf.constant(0, tf.int32)))
@@ -646,8 +840,9 @@ def decode_payload(payload: Payload, kernel_shapes: Sequence[Sequence[int]],
     ValueError: If masks may be left out and `global_masks` is None.
   """
   if payload_encoding.is_bitmap_payload:
-    return decode(payload, kernel_shapes)
+    return decode(payload, kernel_shapes, payload_encoding.omit_dense_masks)
   code_name = payload_encoding.mask_code
+  omit_dense_masks = payload_encoding.omit_dense_masks
   if payload_encoding.masks_only_when_changed:
     if global_masks is None:
       raise ValueError('global_masks are required to decode payloads that '
@@ -656,11 +851,11 @@ def decode_payload(payload: Payload, kernel_shapes: Sequence[Sequence[int]],
     masks = tf.cond(
         payload.mask_code_bits > 0,
         lambda: decode_masks(payload.mask_code, kernel_shapes, num_active,
-                             code_name),
+                             code_name, omit_dense_masks),
         lambda: [tf.identity(m) for m in global_masks])
   else:
     masks = decode_masks(payload.mask_code, kernel_shapes, num_active,
-                         code_name)
+                         code_name, omit_dense_masks)
   return (scatter_values(payload.values, masks), list(masks),
           list(payload.dense))
 
@@ -671,9 +866,9 @@ def max_payload_num_bytes(kernel_sizes: Sequence[int],
                           payload_encoding: PayloadEncoding) -> int:
   """The most bytes `payload_num_bytes` can count for a payload.
 
-  For the default encoding this is `analytic_num_bytes` (every payload has
-  this size); for a `CodedPayload`, the mask code at full capacity (an upper
-  bound, e.g. for an upload budget).
+  For the bitmap payload this is `analytic_num_bytes` with full masks; for
+  a `CodedPayload`, the mask code at full capacity (an upper bound, e.g. for
+  an upload budget). Masks with fewer ones than their capacity cost less.
 
   Args:
     kernel_sizes: Positions per kernel.
@@ -684,13 +879,17 @@ def max_payload_num_bytes(kernel_sizes: Sequence[int],
   Returns:
     Bytes.
   """
+  omit_dense_masks = payload_encoding.omit_dense_masks
   if payload_encoding.is_bitmap_payload:
     return analytic_num_bytes(num_active, kernel_sizes, num_dense_parameters,
-                              payload_encoding.value_bits)
+                              payload_encoding.value_bits, omit_dense_masks)
+  capacity_bits = mask_code_capacity_bits(
+      kernel_sizes, num_active, payload_encoding.mask_code, omit_dense_masks)
+  length_bytes = MASK_CODE_LENGTH_BYTES if any(
+      carries_mask(kernel_sizes, num_active, omit_dense_masks)) else 0
   return (sum(num_active) * payload_encoding.value_bits // 8
-          + num_packed_bytes(mask_code_capacity_bits(
-              kernel_sizes, num_active, payload_encoding.mask_code))
-          + MASK_CODE_LENGTH_BYTES + 4 * num_dense_parameters)
+          + num_packed_bytes(capacity_bits) + length_bytes
+          + 4 * num_dense_parameters)
 
 
 def information_bound_bits(kernel_sizes: Sequence[int],
@@ -701,7 +900,8 @@ def information_bound_bits(kernel_sizes: Sequence[int],
   log2 C(n, k) is computed with `math.lgamma`. With `per_layer`, the masks'
   term is the sum over layers of log2 C(n_l, nnz_l) (the bound for a code
   that knows each layer's count, as the Rice code does); otherwise it is
-  log2 C(sum n_l, sum nnz_l).
+  log2 C(sum n_l, sum nnz_l) over the layers that are not dense (a dense
+  layer, nnz_l == n_l, has one possible mask: 0 bits either way).
 
   Args:
     kernel_sizes: Positions per kernel.
@@ -720,5 +920,7 @@ def information_bound_bits(kernel_sizes: Sequence[int],
     mask_bits = sum(log2_binomial(n, k)
                     for n, k in zip(kernel_sizes, num_active))
   else:
-    mask_bits = log2_binomial(sum(kernel_sizes), sum(num_active))
+    sparse = [(n, k) for n, k in zip(kernel_sizes, num_active) if n != k]
+    mask_bits = log2_binomial(sum(n for n, _ in sparse),
+                              sum(k for _, k in sparse))
   return sum(num_active) * value_bits + mask_bits

@@ -178,7 +178,8 @@ def broadcast_specs(model: tf.keras.Model, layout: models.ModelLayout,
 
   Returns:
     `values_<l>` float32 [num_active[l]], `packed_masks` uint8
-    [ceil(positions / 8)], `dense_<j>` float32 with the parameter's shape.
+    [ceil(positions of the layers that are not dense / 8)], `dense_<j>`
+    float32 with the parameter's shape.
   """
   trainable = model.trainable_variables
   non_trainable = model.non_trainable_variables
@@ -186,8 +187,10 @@ def broadcast_specs(model: tf.keras.Model, layout: models.ModelLayout,
            [non_trainable[i] for i in layout.dense_non_trainable_indices])
   specs = [tf.TensorSpec((int(count),), tf.float32, name=values_name(l))
            for l, count in enumerate(num_active)]
+  # Dense layers (capacity == size) carry no mask bits (`encoding`).
   specs.append(tf.TensorSpec(
-      (encoding.num_packed_bytes(sum(layout.kernel_sizes)),), tf.uint8,
+      (encoding.num_packed_bytes(encoding.num_mask_bits(
+          layout.kernel_sizes, num_active)),), tf.uint8,
       name=PACKED_MASKS_NAME))
   specs += [tf.TensorSpec(v.shape, tf.float32, name=dense_name(j))
             for j, v in enumerate(dense)]
