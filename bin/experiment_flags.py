@@ -59,6 +59,12 @@ flags.DEFINE_float('prox_mu', _DEFAULTS.prox_mu,
 flags.DEFINE_float('target_sparsity', _DEFAULTS.target_sparsity,
                    'S: fraction of zeros in prunable kernels, in [0, 1); '
                    '0 is dense FedAvg.')
+flags.DEFINE_float('initial_sparsity', None,
+                   'S_init: growing sparsity, the sparsity of the initial '
+                   'model, in [0, --target_sparsity]; round t targets S_init '
+                   '+ (S - S_init) * min(t, T_end) / T_end (T_end: '
+                   '--annealing_end_round) and the server re-prunes to it. '
+                   'Unset: constant --target_sparsity.')
 flags.DEFINE_string('sparsity_distribution', _DEFAULTS.sparsity_distribution,
                     'Per-layer densities: uniform, er, erk (RigL) or '
                     'erk_reference (the authors\' variant).')
@@ -89,7 +95,18 @@ flags.DEFINE_string('readjustment_schedule', _DEFAULTS.readjustment_schedule,
                     'paper or reference (authors\' round counting and '
                     'doubly-decayed ratio).')
 flags.DEFINE_string('upload_value_dtype', _DEFAULTS.upload_value_dtype,
-                    'dtype of uploaded weight values: float32 or float16.')
+                    'dtype of uploaded weight values: float32 or float16 '
+                    '(float16 combines with an --upload_encoding that names '
+                    'no value dtype).')
+flags.DEFINE_string('upload_encoding', _DEFAULTS.upload_encoding,
+                    'How clients encode uploads: "+"-joined float32|float16 '
+                    '(values), bitmap|rice (mask code), optionally '
+                    'changed_masks_only (masks sent only when a readjustment '
+                    'changed them) and dense_masks (send dense layers\' '
+                    'all-ones masks too), e.g. float16+rice+changed_masks_only.')
+flags.DEFINE_string('download_encoding', _DEFAULTS.download_encoding,
+                    'How the server encodes the broadcast: as '
+                    '--upload_encoding, without changed_masks_only.')
 # Server.
 flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate,
                    'Server step size on the averaged update (1: FedAvg).')
@@ -98,6 +115,16 @@ flags.DEFINE_float('server_momentum', _DEFAULTS.server_momentum,
 flags.DEFINE_integer('min_votes', _DEFAULTS.min_votes,
                      'A weight must be held by at least this many of the '
                      'round\'s clients to stay in the global mask.')
+flags.DEFINE_bool('remember_old', _DEFAULTS.remember_old,
+                  'A client lacking a position of the global mask counts as '
+                  'having sent the old global weight there, in the averages '
+                  'and the mask choice (the authors\' --remember-old).')
+flags.DEFINE_float('max_payload_norm', _DEFAULTS.max_payload_norm,
+                   'The server drops a client upload whose L2 norm (active '
+                   'values and dense parameters: the client\'s model, not '
+                   'its update) exceeds this, >= 0; 0: no bound. Malformed, '
+                   'non-finite or mis-counted uploads are always dropped; '
+                   'metrics.csv counts them in rejected_clients.')
 # Method and budget.
 flags.DEFINE_string('method', _DEFAULTS.method,
                     f'Method, all from one code path: '
@@ -117,6 +144,28 @@ flags.DEFINE_float('dropout_rate', _DEFAULTS.dropout_rate,
 flags.DEFINE_integer('checkpoint_every', _DEFAULTS.checkpoint_every,
                      'Save the full run state every this many rounds (and '
                      'after the last) under output_dir/checkpoints; 0: never.')
+# PruneFL (--method=prunefl).
+flags.DEFINE_integer('prunefl_initial_rounds', _DEFAULTS.prunefl_initial_rounds,
+                     'PruneFL: reconfigurations of the initial pruning on one '
+                     'seeded client (0: start federated training dense).')
+flags.DEFINE_integer('prunefl_initial_steps', _DEFAULTS.prunefl_initial_steps,
+                     'PruneFL: local SGD steps before each initial '
+                     'reconfiguration.')
+flags.DEFINE_integer('prunefl_reconfigure_every',
+                     _DEFAULTS.prunefl_reconfigure_every,
+                     'PruneFL: rounds t with t % this == 0 upload importance '
+                     'and reconfigure the global mask.')
+flags.DEFINE_float('prunefl_round_cost', _DEFAULTS.prunefl_round_cost,
+                   'PruneFL: fixed time c of a round, as a fraction of the '
+                   'time of all prunable parameters of the dense model '
+                   '(larger: denser models).')
+flags.DEFINE_float('prunefl_max_remove_fraction',
+                   _DEFAULTS.prunefl_max_remove_fraction,
+                   'PruneFL: share of each layer\'s active weights (the '
+                   'smallest) a reconfiguration may remove, in [0, 1].')
+flags.DEFINE_string('prunefl_layer_times', _DEFAULTS.prunefl_layer_times,
+                    'PruneFL: per-parameter time of each prunable layer, '
+                    'comma-separated (e.g. measured on a device), or uniform.')
 # Execution.
 flags.DEFINE_integer('num_local_workers', _DEFAULTS.num_local_workers,
                      'Start this many TFF workers on 127.0.0.1 and split each '

@@ -109,20 +109,70 @@ class ExperimentTest(tf.test.TestCase):
 
   def test_upload_budget_stops_before_it_is_exceeded(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')
-    # One round: 3 clients x (4 * 52349 values + 32719 mask bytes + 4 * 90
-    # bias bytes + 4 weight bytes) = 3 x 242479 = 727437 bytes. A budget of
-    # 2.5 rounds allows exactly 2.
-    budget = int(2.5 * 727437)
+    # One round: 3 clients x (4 * 52349 values + 32657 mask bytes (the
+    # dense last layer's 500 positions carry none) + 4 * 90 bias bytes + 4
+    # weight bytes) = 3 x 242417 = 727251 bytes. A budget of 2.5 rounds
+    # allows exactly 2.
+    budget = int(2.5 * 727251)
     rows = experiment.run_experiment(
         small_config(self.data_dir, total_rounds=5, eval_every=5,
                      upload_budget_bytes=budget), output_dir)
     self.assertLen(rows, 2)
-    self.assertEqual(rows[-1]['upload_bytes_cumulative'], 2 * 727437)
+    self.assertEqual(rows[-1]['upload_bytes_cumulative'], 2 * 727251)
     self.assertIsNotNone(rows[-1]['test_accuracy'])  # Last round evaluated.
     with open(os.path.join(output_dir, 'summary.json')) as f:
       summary = json.load(f)
     self.assertEqual(summary['stop_reason'], 'upload_budget')
     self.assertEqual(summary['rounds_completed'], 2)
+
+  def test_compact_upload_bytes_match_the_analytic_count(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'run')
+    # A fixed mask: every upload leaves its masks out. Per client: 52349
+    # float16 values + 4 * 90 bias bytes + the 4-byte code length + the
+    # 4-byte weight = 105066 bytes.
+    config = small_config(
+        self.data_dir, method='randommask', total_rounds=2, eval_every=2,
+        upload_encoding='float16+rice+changed_masks_only',
+        download_encoding='float16+rice')
+    rows = experiment.run_experiment(config, output_dir)
+    with open(os.path.join(output_dir, 'metrics.csv')) as f:
+      written = list(csv.DictReader(f))
+    self.assertEqual([int(r['upload_bytes']) for r in written],
+                     [3 * 105066] * 2)
+    # Downloads: the same values and biases plus the Rice code of the three
+    # sparse layers' masks, below their bitmap (32657 bytes).
+    for row in rows:
+      per_client = row['download_bytes'] / 3
+      self.assertBetween(per_client - 2 * 52349 - 4 * 90, 20000, 32657)
+
+  def test_encoding_flags_are_one_line_errors(self):
+    cases = {
+        'upload_encoding': dict(upload_encoding='float16+gzip'),
+        'download_encoding': dict(
+            download_encoding='float16+rice+changed_masks_only'),
+    }
+    for flag, overrides in cases.items():
+      with self.assertRaisesRegex(experiment.ConfigError,
+                                  f'^--{flag}=[^\n]*expected[^\n]*$'):
+        small_config(self.data_dir, **overrides).validate()
+    with self.assertRaisesRegex(experiment.ConfigError,
+                                '--upload_encoding=.*upload_value_dtype'):
+      small_config(self.data_dir, upload_encoding='float32+rice',
+                   upload_value_dtype='float16').validate()
+
+  def test_payload_encodings_fold_the_value_dtype_and_keep_dense_masks(self):
+    upload, download = small_config(
+        self.data_dir, upload_encoding='rice',
+        upload_value_dtype='float16').payload_encodings()
+    self.assertEqual(upload.name, 'float16+rice')
+    self.assertEqual(download.name, 'float32+bitmap')
+    # Runs that can thin a dense layer send its mask.
+    for overrides in (dict(min_votes=2), dict(readjust_rule='reference'),
+                      dict(initial_sparsity=0.5)):
+      upload, download = small_config(
+          self.data_dir, **overrides).payload_encodings()
+      self.assertFalse(upload.omit_dense_masks, overrides)
+      self.assertFalse(download.omit_dense_masks, overrides)
 
   def test_budget_below_one_round_is_refused(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')
@@ -155,8 +205,9 @@ class ExperimentTest(tf.test.TestCase):
         0.85, 0, r) for r in range(1, 5)]
     self.assertEqual([len(r) for r in expected], [0, 0, 0, 1])
     rows = experiment.run_experiment(config, output_dir)
-    # One client message: 4 x 52349 values + 32719 mask bytes + 4 x 90 bias.
-    message = 242475
+    # One client message: 4 x 52349 values + 32657 mask bytes (none for the
+    # dense last layer) + 4 x 90 bias.
+    message = 242413
     for row, reporting in zip(rows, expected):
       self.assertEqual(row['clients_sampled'], 3)
       self.assertEqual(row['clients_reported'], len(reporting))
@@ -194,6 +245,7 @@ class ExperimentTest(tf.test.TestCase):
         'dataset': dict(dataset='imagenet'),
         'data_distribution': dict(data_distribution='zipf'),
         'readjust_after_epochs': dict(readjust_after_epochs=-1.0),
+        'max_payload_norm': dict(max_payload_norm=-1.0),
     }
     for flag, overrides in cases.items():
       with self.assertRaisesRegex(experiment.ConfigError, f'--{flag}='):
@@ -360,6 +412,71 @@ class MethodTest(tf.test.TestCase):
       with self.assertRaisesRegex(experiment.ConfigError,
                                   '--upload_budget_bytes='):
         experiment.ExperimentConfig(upload_budget_bytes=budget).validate()
+
+
+class GrowingSparsityExperimentTest(fixtures.FashionMnistSliceTestCase):
+  """--initial_sparsity end to end, and --remember_old as a setting."""
+
+  def csv_without_timing(self, output_dir: str) -> list[list[str]]:
+    with open(os.path.join(output_dir, 'metrics.csv'), newline='') as f:
+      rows = list(csv.reader(f))
+    timing = rows[0].index('round_seconds')
+    return [row[:timing] + row[timing + 1:] for row in rows]
+
+  def test_sparsity_grows_to_the_target_and_resumes_identically(self):
+    root = self.create_tempdir().full_path
+    # S_t = 0.5, 0.65, 0.8 for t = 0, 1, 2 (T_end = 2), then 0.8.
+    config = small_config(self.data_dir, total_rounds=4, eval_every=4,
+                          initial_sparsity=0.5, annealing_end_round=2,
+                          checkpoint_every=2, tensorboard_dir='',
+                          remember_old=True)
+    whole = os.path.join(root, 'whole')
+    rows = experiment.run_experiment(config, whole)
+    layout = models.model_layout(models.mnist_net())
+    table = experiment.build_num_active_by_round(config.resolved(), layout)
+    self.assertEqual(table.shape, (3, 4))
+    num_positions = sum(layout.kernel_sizes)
+    expected = [1 - table[min(t, 2)].sum() / num_positions for t in (1, 2, 3, 4)]
+    sparsities = [row['sparsity'] for row in rows]
+    self.assertAllClose(sparsities, expected, atol=1e-6)
+    self.assertLess(sparsities[0], sparsities[1])
+    self.assertAlmostEqual(sparsities[1], 0.8, places=3)
+    self.assertEqual(sparsities[1:], [sparsities[1]] * 3)
+    with open(os.path.join(whole, 'flags.txt')) as f:
+      flag_lines = f.read().splitlines()
+    self.assertIn('--initial_sparsity=0.5', flag_lines)
+    self.assertIn('--remember_old=True', flag_lines)
+    weights = experiment.load_model_weights(
+        os.path.join(whole, 'global_model.npz'))
+    self.assertEqual([int(weights.non_trainable[i].sum())
+                      for i in layout.mask_indices], list(table[2]))
+
+    # A copy killed after round 3 (its last checkpoint is round 2's)
+    # resumes with the finalizer's round counter from the checkpoint.
+    killed = os.path.join(root, 'killed')
+    shutil.copytree(whole, killed)
+    for name in ('summary.json', 'global_model.npz',
+                 os.path.join('checkpoints', 'ckpt-000004.npz')):
+      os.remove(os.path.join(killed, name))
+    experiment.run_experiment(config, killed, resume=True)
+    self.assertEqual(self.csv_without_timing(killed),
+                     self.csv_without_timing(whole))
+
+  def test_shrinking_sparsity_is_a_one_line_error(self):
+    with self.assertRaises(experiment.ConfigError) as raised:
+      small_config(self.data_dir, initial_sparsity=0.9).validate()
+    message = str(raised.exception)
+    self.assertStartsWith(message, '--initial_sparsity=0.9 is invalid: '
+                          'expected at most --target_sparsity=0.8')
+    self.assertIn('only growing sparsity', message)
+    self.assertNotIn('\n', message)
+    with self.assertRaisesRegex(experiment.ConfigError,
+                                '--readjust_rule=reference'):
+      small_config(self.data_dir, initial_sparsity=0.5,
+                   readjust_rule='reference').validate()
+    # Dense methods drop it with the sparsity.
+    self.assertIsNone(small_config(self.data_dir, initial_sparsity=0.5,
+                                   method='fedavg').resolved().initial_sparsity)
 
 
 if __name__ == '__main__':

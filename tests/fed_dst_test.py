@@ -8,6 +8,7 @@ from tff_feddst import encoding
 from tff_feddst import fed_dst
 from tff_feddst import models
 from tff_feddst import schedules
+from tff_feddst import sparsity_distribution
 
 NUM_CLIENTS = 3
 
@@ -153,9 +154,9 @@ class EncodingsTest(tf.test.TestCase):
       if round_num == 0:
         self.assertTrue(metrics['client_work']['should_readjust'])
         self.assertGreater(metrics['finalizer']['mask_changed_positions'], 0)
-        # Rice-coded masks, smaller than bitmaps (32,719 bytes each).
+        # Rice-coded masks, smaller than bitmaps (32,657 bytes each).
         self.assertBetween(upload_bytes - NUM_CLIENTS * no_masks,
-                           NUM_CLIENTS * 20000, NUM_CLIENTS * 32719)
+                           NUM_CLIENTS * 20000, NUM_CLIENTS * 32657)
       else:
         self.assertFalse(metrics['client_work']['should_readjust'])
         self.assertEqual(upload_bytes, NUM_CLIENTS * no_masks)
@@ -171,6 +172,81 @@ class EncodingsTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, 'always carries the masks'):
       build(download_encoding=encoding.PayloadEncoding(
           masks_only_when_changed=True))
+
+
+class GrowingSparsityAndRememberOldTest(tf.test.TestCase):
+  """--initial_sparsity (a per-round count table) and --remember_old."""
+
+  def build_growing(self, **kwargs):
+    model_fn = models.get_model_fn('mnist_net', seed=0)
+    # S_t = 0.5, 0.6, 0.7, 0.8 for t = 0..3; ERK leaves the first conv
+    # dense at 0.5, so its mask must be sent once it thins.
+    table = sparsity_distribution.num_active_by_round(
+        models.model_layout(model_fn()).kernel_shapes,
+        schedules.SparsitySchedule(0.5, 0.8, 3).sparsities(), 'erk')
+    initial = fed_dst.build_initial_model(model_fn, 0.5, 'erk', seed=0)
+    schedule = schedules.ReadjustmentSchedule(0.3, 1, 10, 'constant')
+    config = client_work.ClientConfig(num_epochs=2, learning_rate=0.02)
+    process = fed_dst.build_fed_dst(
+        model_fn, initial, learnable_client_data(0)[0].element_spec, schedule,
+        config, num_active_by_round=table, **kwargs)
+    return process, initial, table
+
+  def test_global_counts_follow_the_table_every_round(self):
+    process, initial, table = self.build_growing()
+    self.assertEqual(tuple(table[0]), initial.num_active)
+    self.assertEqual(table[0][0], 250)  # Dense first conv at S = 0.5.
+    self.assertLess(table[3][0], 250)
+    state = process.initialize()
+    layout = initial.layout
+    for round_num in range(1, 6):  # Rounds 4 and 5 stay at row 3.
+      output = process.next(state, learnable_client_data(round_num))
+      state = output.state
+      expected = tuple(int(n) for n in table[min(round_num, 3)])
+      self.assertEqual(
+          tuple(output.metrics['finalizer']['layer_num_active']), expected)
+      # Every client's sparser upload passed validation and was averaged.
+      self.assertEqual(output.metrics['finalizer']['num_clients_aggregated'],
+                       NUM_CLIENTS)
+      weights = process.get_model_weights(state)
+      for kernel_index, mask_index, count in zip(
+          layout.kernel_indices, layout.mask_indices, expected):
+        mask = weights.non_trainable[mask_index]
+        self.assertEqual(int(mask.sum()), count)
+        self.assertTrue(np.all(weights.trainable[kernel_index][mask == 0] == 0))
+    self.assertEqual(int(state.finalizer.round_num), 5)
+
+  def test_reference_readjust_rule_is_refused(self):
+    model_fn = models.get_model_fn('mnist_net', seed=0)
+    table = np.array([[10, 20, 30, 40], [5, 20, 30, 40]])
+    initial = fed_dst.build_initial_model(model_fn, 0.8, 'erk', seed=0)
+    table[0] = initial.num_active
+    table[1] = np.array(initial.num_active) - 1
+    config = client_work.ClientConfig(readjust_rule='reference',
+                                      reference_keep_after_prune=(1, 1, 1, 1))
+    schedule = schedules.ReadjustmentSchedule(0.3, 1, 10)
+    with self.assertRaisesRegex(ValueError, 'reference'):
+      fed_dst.build_fed_dst(model_fn, initial,
+                            learnable_client_data(0)[0].element_spec,
+                            schedule, config, num_active_by_round=table)
+    with self.assertRaisesRegex(ValueError, 'starts at'):
+      fed_dst.build_fed_dst(model_fn, initial,
+                            learnable_client_data(0)[0].element_spec,
+                            schedule, client_work.ClientConfig(),
+                            num_active_by_round=table[1:])
+
+  def test_remember_old_runs_with_masks_left_out_of_uploads(self):
+    # The expanding finalizer: remember_old sees the implied masks too.
+    upload = encoding.PayloadEncoding.parse('float32+rice+changed_masks_only')
+    process, initial, table = self.build_growing(upload_encoding=upload,
+                                                 remember_old=True)
+    state, metrics = run_rounds(process, 2)
+    for round_num, m in enumerate(metrics, start=1):
+      self.assertEqual(tuple(m['finalizer']['layer_num_active']),
+                       tuple(int(n) for n in table[round_num]))
+      self.assertEqual(m['finalizer']['num_clients_aggregated'], NUM_CLIENTS)
+    self.assertTrue(np.all(np.isfinite(
+        process.get_model_weights(state).trainable[0])))
 
 
 class InitialModelTest(tf.test.TestCase):

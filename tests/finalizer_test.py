@@ -40,13 +40,14 @@ def type_of(make_value):
   ).type_signature.result
 
 
-def build(server_learning_rate=1.0, server_momentum=0.0):
+def build(server_learning_rate=1.0, server_momentum=0.0, num_active=(2,),
+          **kwargs):
   weights_type = type_of(global_weights)
   aggregate_type = type_of(hand_aggregate)
   return finalizer.build_finalizer(
-      LAYOUT, (2,), weights_type, aggregate_type,
+      LAYOUT, num_active, weights_type, aggregate_type,
       server_learning_rate=server_learning_rate,
-      server_momentum=server_momentum)
+      server_momentum=server_momentum, **kwargs)
 
 
 class FinalizerExecutionTest(tf.test.TestCase):
@@ -106,6 +107,104 @@ class FinalizerExecutionTest(tf.test.TestCase):
       build(server_momentum=1.0)
     with self.assertRaisesRegex(ValueError, 'server_learning_rate'):
       build(server_learning_rate=0.0)
+
+
+
+class RememberOldTest(tf.test.TestCase):
+  """--remember_old: missing clients count as sending the old weight."""
+
+  def test_remembered_sums_by_hand(self):
+    # Global kernel [5, 2, 0, 0], mask [1, 1, 0, 0]; W = 6, 3 clients.
+    # p0: missing weight 6 - 3 = 3: sum 7 + 5 * 3 = 22, votes 2 + 1 = 3.
+    # p1: missing weight 6 - 4 = 2: sum 14 + 2 * 2 = 18, votes 2 + 1 = 3.
+    # p2, p3 are outside the global mask: unchanged.
+    remembered = finalizer.remember_global_weights(
+        hand_aggregate(), global_weights(kernel=(5., 2., 0., 0.)), LAYOUT)
+    self.assertAllClose(remembered.weighted_kernel_sums[0], [22., 18., 36., 0.])
+    self.assertAllClose(remembered.weighted_votes[0], [6., 6., 5., 0.])
+    self.assertAllClose(remembered.votes[0], [3., 3., 2., 0.])
+    self.assertAllClose(remembered.weighted_dense_sums[0], [15.])
+
+  def test_changes_the_values_and_the_mask(self):
+    weights = global_weights(kernel=(5., 2., 0., 0.))
+    buffers = [np.zeros(4, np.float32), np.zeros(1, np.float32)]
+    # Without: means 7/3 = 2.33, 14/4 = 3.5, 36/5 = 7.2: keep p1 and p2.
+    _, plain, _ = finalizer.apply_aggregate(
+        buffers, weights, hand_aggregate(), LAYOUT, (2,), 1.0, 0.0)
+    self.assertAllClose(plain.trainable[0], [0., 3.5, 7.2, 0.])
+    # With: 22/6 = 3.667, 18/6 = 3.0, 7.2: p0 now beats p1.
+    _, remembered, changed = finalizer.apply_aggregate(
+        buffers, weights, hand_aggregate(), LAYOUT, (2,), 1.0, 0.0,
+        remember_old=True)
+    self.assertAllClose(remembered.trainable[0], [22. / 6., 0., 7.2, 0.])
+    self.assertAllEqual(remembered.non_trainable[0], [1., 0., 1., 0.])
+    self.assertEqual(int(changed), 2)  # p1 out, p2 in.
+    self.assertAllClose(remembered.trainable[1], [2.5])  # Biases as before.
+
+  def test_global_positions_pass_min_votes(self):
+    # Votes 2, 2, 2, 0: with min_votes 3 no position is eligible and the
+    # layer empties; remembered, p0 and p1 have 3 votes and stay.
+    buffers = [np.zeros(4, np.float32), np.zeros(1, np.float32)]
+    _, plain, _ = finalizer.apply_aggregate(
+        buffers, global_weights(), hand_aggregate(), LAYOUT, (2,), 1.0, 0.0,
+        min_votes=3)
+    self.assertAllEqual(plain.non_trainable[0], [0., 0., 0., 0.])
+    _, remembered, _ = finalizer.apply_aggregate(
+        buffers, global_weights(), hand_aggregate(), LAYOUT, (2,), 1.0, 0.0,
+        min_votes=3, remember_old=True)
+    self.assertAllEqual(remembered.non_trainable[0], [1., 1., 0., 0.])
+    # p0: (7 + 1 * 3) / 6, p1: (14 + 2 * 2) / 6.
+    self.assertAllClose(remembered.trainable[0], [10. / 6., 3., 0., 0.])
+
+  def test_process_with_remember_old(self):
+    process = build(remember_old=True)
+    output = process.next(process.initialize(),
+                          global_weights(kernel=(5., 2., 0., 0.)),
+                          hand_aggregate())
+    self.assertAllClose(output.result.trainable[0], [22. / 6., 0., 7.2, 0.])
+
+
+class GrowingSparsityTest(tf.test.TestCase):
+  """A per-round table of counts: round t keeps row min(t, last)."""
+
+  def test_counts_follow_the_table_and_the_state_counts_rounds(self):
+    # Capacity 3; rows: initial 3, round 1: 2, round 2 and later: 1.
+    process = build(num_active=(3,), num_active_by_round=np.array(
+        [[3], [2], [1]], np.int32))
+    state = process.initialize()
+    self.assertEqual(int(state.round_num), 0)
+    weights = global_weights(kernel=(1., 2., 3., 0.), mask=(1., 1., 1., 0.))
+    # Each round the means are 2.33, 3.5, 7.2, 0 (the same sums).
+    expected = [(1, [0., 3.5, 7.2, 0.]), (2, [0., 0., 7.2, 0.]),
+                (3, [0., 0., 7.2, 0.])]
+    for round_num, kernel in expected:
+      output = process.next(state, weights, hand_aggregate())
+      state, weights = output.state, output.result
+      self.assertEqual(int(state.round_num), round_num)
+      self.assertAllClose(weights.trainable[0], kernel)
+      self.assertEqual(output.measurements['layer_num_active'],
+                       (int(np.count_nonzero(kernel)),))
+      self.assertAllClose(output.measurements['sparsity'],
+                          1 - np.count_nonzero(kernel) / 4)
+
+  def test_round_without_clients_still_prunes_to_the_round_count(self):
+    process = build(server_momentum=0.5, num_active=(3,),
+                    num_active_by_round=np.array([[3], [2]], np.int32))
+    output = process.next(
+        process.initialize(),
+        global_weights(kernel=(1., -2., 3., 0.), mask=(1., 1., 1., 0.)),
+        hand_aggregate(0.0))
+    # No clients: keep the 2 largest |w| of the current mask: -2 and 3.
+    self.assertAllClose(output.result.trainable[0], [0., -2., 3., 0.])
+    self.assertAllEqual(output.result.non_trainable[0], [0., 1., 1., 0.])
+    self.assertEqual(output.measurements['mask_changed_positions'], 1)
+    self.assertEqual(int(output.state.round_num), 1)
+
+  def test_bad_tables_raise(self):
+    with self.assertRaisesRegex(ValueError, 'num_active_by_round'):
+      build(num_active_by_round=np.array([[2, 1]], np.int32))  # 2 layers.
+    with self.assertRaisesRegex(ValueError, 'capacity'):
+      build(num_active=(2,), num_active_by_round=np.array([[3], [2]]))
 
 
 if __name__ == '__main__':

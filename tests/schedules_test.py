@@ -193,9 +193,6 @@ class ReferenceReadjustmentScheduleTest(tf.test.TestCase,
       schedule.prune_sparsity(1.0)
 
 
-if __name__ == '__main__':
-  tf.test.main()
-
 
 class FirstRoundTest(tf.test.TestCase):
 
@@ -204,3 +201,64 @@ class FirstRoundTest(tf.test.TestCase):
     reference = schedules.ReferenceReadjustmentSchedule(0.5, 1, 10)
     self.assertEqual(paper.first_round, 1)
     self.assertEqual(reference.first_round, 0)
+
+
+class SparsityScheduleTest(tf.test.TestCase, parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      # S_init 0.5, S_final 0.8, T_end 3: 0.5 + 0.3 * t / 3.
+      ('initial', 0, 0.5),
+      ('first', 1, 0.6),
+      ('second', 2, 0.7),
+      ('end', 3, 0.8),
+      ('after_end', 40, 0.8),
+  )
+  def test_linear_until_the_end_round(self, round_num, expected):
+    schedule = schedules.SparsitySchedule(0.5, 0.8, 3)
+    self.assertAlmostEqual(schedule.sparsity_at(round_num), expected)
+
+  def test_end_is_exactly_the_final_sparsity(self):
+    # 0.05 + (0.21 - 0.05) is 0.20999999999999996 in floating point.
+    self.assertNotEqual(0.05 + (0.21 - 0.05), 0.21)
+    schedule = schedules.SparsitySchedule(0.05, 0.21, 7)
+    self.assertEqual(schedule.sparsity_at(7), 0.21)
+    self.assertEqual(schedule.sparsities()[-1], 0.21)
+    self.assertLen(schedule.sparsities(), 8)
+
+  def test_constant(self):
+    schedule = schedules.SparsitySchedule(0.8, 0.8, 5)
+    self.assertTrue(schedule.is_constant)
+    self.assertEqual(schedule.sparsities(), [0.8] * 6)
+    self.assertFalse(schedules.SparsitySchedule(0.5, 0.8, 5).is_constant)
+
+  def test_shrinking_sparsity_raises_saying_why(self):
+    with self.assertRaisesRegex(ValueError, 'only growing sparsity'):
+      schedules.SparsitySchedule(0.9, 0.8, 5)
+
+  @parameterized.named_parameters(
+      ('initial_out_of_range', dict(initial_sparsity=1.0), ValueError),
+      ('final_out_of_range', dict(final_sparsity=-0.1), ValueError),
+      ('end_round_zero', dict(end_round=0), ValueError),
+      ('end_round_float', dict(end_round=2.0), TypeError),
+      ('sparsity_bool', dict(initial_sparsity=True), TypeError),
+  )
+  def test_bad_values_raise(self, override, error):
+    arguments = dict(initial_sparsity=0.5, final_sparsity=0.8, end_round=4)
+    arguments.update(override)
+    with self.assertRaises(error):
+      schedules.SparsitySchedule(**arguments)
+
+  def test_negative_round_raises(self):
+    with self.assertRaisesRegex(ValueError, 'round_num must be >= 0'):
+      schedules.SparsitySchedule(0.5, 0.8, 4).sparsity_at(-1)
+
+  def test_get_config_round_trip_and_equality(self):
+    schedule = schedules.SparsitySchedule(0.5, 0.8, 4)
+    self.assertEqual(schedules.SparsitySchedule.from_config(
+        schedule.get_config()), schedule)
+    self.assertNotEqual(schedule, schedules.SparsitySchedule(0.5, 0.8, 5))
+    self.assertIn('SparsitySchedule(initial_sparsity=0.5', repr(schedule))
+
+
+if __name__ == '__main__':
+  tf.test.main()

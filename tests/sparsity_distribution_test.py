@@ -279,5 +279,46 @@ class ErkReferenceTest(tf.test.TestCase, parameterized.TestCase):
                                                      bias_sizes)
 
 
+
+class NumActiveByRoundTest(tf.test.TestCase, parameterized.TestCase):
+
+  def test_uniform_table_by_hand(self):
+    # S_t = 0.5, 0.6, 0.7, 0.8 (S_init 0.5 to 0.8 over T_end = 3 rounds);
+    # uniform counts round((1 - S_t) * n) for n = 100 and n = 20.
+    table = sparsity_distribution.num_active_by_round(
+        [(10, 10), (4, 5)], [0.5, 0.6, 0.7, 0.8], 'uniform')
+    self.assertEqual(table.dtype, np.int32)
+    self.assertAllEqual(table, [[50, 10], [40, 8], [30, 6], [20, 4]])
+
+  @parameterized.parameters('uniform', 'er', 'erk', 'erk_reference')
+  def test_rows_are_the_counts_of_each_round_target(self, distribution):
+    sparsities = [0.5 + 0.3 * t / 10 for t in range(10)] + [0.8]
+    table = sparsity_distribution.num_active_by_round(
+        MNIST_KERNELS, sparsities, distribution, bias_sizes=MNIST_BIASES)
+    self.assertEqual(table.shape, (11, 4))
+    for row, sparsity in zip(table, sparsities):
+      self.assertAllEqual(row, sparsity_distribution.compute_layer_num_active(
+          MNIST_KERNELS, sparsity, distribution, bias_sizes=MNIST_BIASES))
+    self.assertTrue(np.all(np.diff(table, axis=0) <= 0))
+
+  def test_a_layer_never_grows_back(self):
+    # erk_reference leaves the MNIST net's second conv dense at S = 0.99
+    # (no weight would be left); growing from 0.985 it keeps its count.
+    dense_again = sparsity_distribution.compute_layer_num_active(
+        MNIST_KERNELS, 0.99, 'erk_reference', bias_sizes=MNIST_BIASES)
+    self.assertEqual(dense_again[1], 5 * 5 * 10 * 20)
+    table = sparsity_distribution.num_active_by_round(
+        MNIST_KERNELS, [0.985, 0.99], 'erk_reference', bias_sizes=MNIST_BIASES)
+    self.assertEqual(table[1][1], table[0][1])
+    self.assertLess(table[0][1], 5 * 5 * 10 * 20)
+
+  def test_decreasing_targets_raise(self):
+    with self.assertRaisesRegex(ValueError, 'non-decreasing'):
+      sparsity_distribution.num_active_by_round(
+          MNIST_KERNELS, [0.8, 0.5], 'erk')
+    with self.assertRaisesRegex(ValueError, 'at least one'):
+      sparsity_distribution.num_active_by_round(MNIST_KERNELS, [], 'erk')
+
+
 if __name__ == '__main__':
   tf.test.main()

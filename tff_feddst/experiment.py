@@ -20,6 +20,7 @@ Nothing is written until the config and the data have been checked, and an
 import contextlib
 import dataclasses
 import json
+import math
 import numbers
 import os
 import re
@@ -50,7 +51,7 @@ RESULT_FILES = ('metrics.csv', 'flags.txt', 'global_model.npz',
 # Every method runs through the same FedDST process; a method fixes the
 # settings that define it (see `ExperimentConfig.resolved`).
 METHODS = ('feddst', 'feddst_fedprox', 'fedavg', 'fedavgm', 'fedprox',
-           'randommask')
+           'randommask', 'prunefl')
 DEFAULT_PROX_MU = 0.01
 DEFAULT_SERVER_MOMENTUM = 0.9
 
@@ -84,6 +85,7 @@ class ExperimentConfig:
   prox_mu: float = 0.0
   # Sparsity and readjustment.
   target_sparsity: float = 0.8
+  initial_sparsity: Optional[float] = None
   sparsity_distribution: str = 'erk'
   initial_mask: str = 'random'
   drop_fraction: float = 0.05
@@ -95,15 +97,27 @@ class ExperimentConfig:
   readjust_rule: str = 'feddst'
   readjustment_schedule: str = 'paper'
   upload_value_dtype: str = 'float32'
+  # Payload encodings (`encoding.PayloadEncoding.parse` names).
+  upload_encoding: str = 'bitmap'
+  download_encoding: str = 'bitmap'
   # Server.
   server_learning_rate: float = 1.0
   server_momentum: float = 0.0
   min_votes: int = 0
+  remember_old: bool = False
+  max_payload_norm: float = 0.0
   # Method and budget.
   method: str = 'feddst'
   upload_budget_bytes: Optional[int] = None
   dropout_rate: float = 0.0
   checkpoint_every: int = 10
+  # PruneFL (--method=prunefl; see tff_feddst/prunefl.py).
+  prunefl_initial_rounds: int = 5
+  prunefl_initial_steps: int = 50
+  prunefl_reconfigure_every: int = 5
+  prunefl_round_cost: float = 0.14
+  prunefl_max_remove_fraction: float = 0.3
+  prunefl_layer_times: str = 'uniform'
   # Execution.
   num_local_workers: int = 0
   workers: Optional[str] = None
@@ -124,8 +138,76 @@ class ExperimentConfig:
                  if a.strip())
 
   @property
+  def effective_initial_sparsity(self) -> float:
+    """S_init: `initial_sparsity`, or `target_sparsity` when unset."""
+    if self.initial_sparsity is None:
+      return self.target_sparsity
+    return self.initial_sparsity
+
+  @property
+  def is_growing_sparsity(self) -> bool:
+    """Whether the target sparsity grows from S_init over the rounds."""
+    return self.effective_initial_sparsity != self.target_sparsity
+
+  @property
   def effective_annealing_end_round(self) -> int:
     return self.annealing_end_round or max(self.total_rounds // 2, 1)
+
+  @property
+  def may_thin_dense_layers(self) -> bool:
+    """Whether a layer of full capacity (dense) can lose ones in this run.
+
+    The server keeps a dense layer dense unless the sparsity grows over the
+    rounds, `min_votes` > 1 drops positions, or the 'reference' readjust
+    rule thins it; PruneFL chooses its own masks.
+    """
+    return (self.is_growing_sparsity or self.min_votes > 1 or
+            self.readjust_rule == 'reference' or self.method == 'prunefl')
+
+  def payload_encodings(self):
+    """The upload and download `encoding.PayloadEncoding`s of the run.
+
+    Rules: `--upload_value_dtype=float16` asks for float16 upload values, as
+    does an `--upload_encoding` naming float16; naming float32 there
+    together with `--upload_value_dtype=float16` is a conflict. The masks
+    of dense layers are left out unless `may_thin_dense_layers` (then they
+    are sent, as with the 'dense_masks' token).
+
+    Returns:
+      `(upload_encoding, download_encoding)`.
+
+    Raises:
+      ConfigError: For an unknown encoding, a download that leaves masks
+        out, or the value dtype conflict above.
+    """
+    from tff_feddst import encoding  # Imports TF; keep module import light.
+    parsed = []
+    for flag in ('upload_encoding', 'download_encoding'):
+      name = getattr(self, flag)
+      try:
+        parsed.append(encoding.PayloadEncoding.parse(name))
+      except ValueError as error:
+        raise ConfigError(
+            f'--{flag}={name!r} is invalid: expected {encoding.GRAMMAR} '
+            f'({error})') from error
+    upload, download = parsed
+    if download.masks_only_when_changed:
+      raise ConfigError(
+          f'--download_encoding={self.download_encoding!r} is invalid: '
+          'expected no changed_masks_only (a broadcast always carries the '
+          'masks; it applies to --upload_encoding only).')
+    if self.upload_value_dtype == 'float16':
+      tokens = {token.strip() for token in self.upload_encoding.split('+')}
+      if 'float32' in tokens:
+        raise ConfigError(
+            f'--upload_encoding={self.upload_encoding!r} is invalid with '
+            '--upload_value_dtype=float16: expected float16 or no value '
+            'dtype in the encoding (drop one of the two).')
+      upload = dataclasses.replace(upload, value_dtype='float16')
+    if self.may_thin_dense_layers:
+      upload = dataclasses.replace(upload, omit_dense_masks=False)
+      download = dataclasses.replace(download, omit_dense_masks=False)
+    return upload, download
 
   def effective_tensorboard_dir(self, output_dir: str) -> str:
     """The TensorBoard directory: `tensorboard_dir`, else output_dir's.
@@ -153,6 +235,8 @@ class ExperimentConfig:
       server learning rate of 1 - momentum, which keeps FedAvg's effective
       step (server lr 1 with momentum 0.9 oscillates on non-iid data).
     - fedprox: dense with prox_mu (default 0.01).
+    - prunefl: PruneFL (`prunefl.py`): starts dense (target_sparsity 0, no
+      readjustment) and chooses its own masks.
 
     Raises:
       ConfigError: For an unknown method.
@@ -161,7 +245,8 @@ class ExperimentConfig:
       raise ConfigError(f'--method={self.method!r} is invalid: expected one '
                         f'of {", ".join(METHODS)}.')
     changes = {}
-    dense = dict(target_sparsity=0.0, drop_fraction=0.0)
+    dense = dict(target_sparsity=0.0, initial_sparsity=None,
+                 drop_fraction=0.0)
     if self.method == 'feddst_fedprox':
       changes['prox_mu'] = self.prox_mu or DEFAULT_PROX_MU
     elif self.method == 'randommask':
@@ -177,6 +262,8 @@ class ExperimentConfig:
     elif self.method == 'fedprox':
       changes = dict(dense, prox_mu=self.prox_mu or DEFAULT_PROX_MU,
                      server_momentum=0.0)
+    elif self.method == 'prunefl':
+      changes = dict(dense)
     return dataclasses.replace(self, **changes)
 
   def validate(self) -> None:
@@ -230,6 +317,21 @@ class ExperimentConfig:
     require(self.prox_mu >= 0, 'prox_mu', 'a number >= 0')
     require(0 <= self.target_sparsity < 1, 'target_sparsity',
             'a fraction of zeros in [0, 1)')
+    require(self.initial_sparsity is None or
+            0 <= self.initial_sparsity < 1, 'initial_sparsity',
+            'a fraction of zeros in [0, 1), or unset (= --target_sparsity)')
+    if (self.initial_sparsity is not None and
+        self.initial_sparsity > self.target_sparsity):
+      raise ConfigError(
+          f'--initial_sparsity={self.initial_sparsity} is invalid: expected '
+          f'at most --target_sparsity={self.target_sparsity}; only growing '
+          'sparsity is supported (the server builds each mask from the '
+          'clients\' positions, so it can thin a layer but not grow it).')
+    if (self.is_growing_sparsity and self.readjust_rule == 'reference'):
+      raise ConfigError(
+          f'--initial_sparsity={self.initial_sparsity} is invalid with '
+          '--readjust_rule=reference: expected unset (that rule\'s per-layer '
+          'keep counts are fixed for the run).')
     require(self.sparsity_distribution in SPARSITY_DISTRIBUTIONS,
             'sparsity_distribution',
             f'one of {", ".join(SPARSITY_DISTRIBUTIONS)}')
@@ -257,12 +359,16 @@ class ExperimentConfig:
             f'one of {", ".join(SCHEDULES)}')
     require(self.upload_value_dtype in ('float32', 'float16'),
             'upload_value_dtype', 'float32 or float16')
+    self.payload_encodings()
     require(self.server_learning_rate > 0, 'server_learning_rate',
             'a number > 0')
     require(0 <= self.server_momentum < 1, 'server_momentum',
             'a number in [0, 1)')
     require(self.eval_every >= 1, 'eval_every', 'an integer >= 1')
     require(self.min_votes >= 0, 'min_votes', 'an integer >= 0')
+    require(math.isfinite(self.max_payload_norm) and
+            self.max_payload_norm >= 0, 'max_payload_norm',
+            'a finite number >= 0 (0: no bound)')
     require(self.checkpoint_every >= 0, 'checkpoint_every',
             'an integer >= 0 (0: no checkpoints)')
     require(0 <= self.dropout_rate < 1, 'dropout_rate',
@@ -276,6 +382,19 @@ class ExperimentConfig:
     require(self.method in METHODS, 'method', f'one of {", ".join(METHODS)}')
     require(self.upload_budget_bytes is None or self.upload_budget_bytes > 0,
             'upload_budget_bytes', 'a number of bytes > 0, or unset')
+    require(self.prunefl_initial_rounds >= 0, 'prunefl_initial_rounds',
+            'an integer >= 0 (0: no initial pruning)')
+    require(self.prunefl_initial_steps >= 1, 'prunefl_initial_steps',
+            'an integer >= 1')
+    require(self.prunefl_reconfigure_every >= 1, 'prunefl_reconfigure_every',
+            'an integer >= 1')
+    require(self.prunefl_round_cost > 0, 'prunefl_round_cost',
+            'a number > 0 (fixed round time / time of all dense kernels)')
+    require(0 <= self.prunefl_max_remove_fraction <= 1,
+            'prunefl_max_remove_fraction', 'a fraction in [0, 1]')
+    require(_is_layer_times(self.prunefl_layer_times), 'prunefl_layer_times',
+            'uniform, or comma-separated per-parameter times > 0, one per '
+            'prunable layer')
 
   def to_flag_lines(self) -> list[str]:
     """Returns the config as `--name=value` lines (unset values omitted)."""
@@ -285,6 +404,17 @@ class ExperimentConfig:
       if value is not None:
         lines.append(f'--{field.name}={value}')
     return lines
+
+
+def _is_layer_times(text: str) -> bool:
+  """Whether `text` is 'uniform' or positive numbers joined by commas (as
+  `prunefl.parse_layer_times` reads it; checked here without importing TF)."""
+  if text.strip() in ('', 'uniform'):
+    return True
+  try:
+    return all(0 < float(part) < float('inf') for part in text.split(','))
+  except ValueError:
+    return False
 
 
 _TYPE_NAMES = {int: 'an integer', float: 'a number', str: 'a string',
@@ -421,6 +551,33 @@ def build_schedule(config: ExperimentConfig):
       annealing=config.annealing)
 
 
+def build_num_active_by_round(config: ExperimentConfig, layout
+                              ) -> Optional[np.ndarray]:
+  """Per-round, per-layer active counts of a growing sparsity, or None.
+
+  Row t holds the counts of the distribution at S_t = S_init + (S_final -
+  S_init) * min(t, T_end) / T_end (T_end = the annealing end round); row 0
+  is the initial model's.
+
+  Args:
+    config: The run's settings (after `resolved()`).
+    layout: The model's `models.ModelLayout`.
+
+  Returns:
+    An int32 array [T_end + 1, layers], or None at constant sparsity.
+  """
+  if not config.is_growing_sparsity:
+    return None
+  from tff_feddst import schedules
+  from tff_feddst import sparsity_distribution
+  sparsity_schedule = schedules.SparsitySchedule(
+      config.effective_initial_sparsity, config.target_sparsity,
+      config.effective_annealing_end_round)
+  return sparsity_distribution.num_active_by_round(
+      layout.kernel_shapes, sparsity_schedule.sparsities(),
+      config.sparsity_distribution, bias_sizes=layout.layer_bias_sizes)
+
+
 def save_model_weights(path: str, weights) -> None:
   """Saves `ModelWeights` as an .npz of `trainable_i`/`non_trainable_i`."""
   arrays = {f'trainable_{i}': np.asarray(v)
@@ -511,7 +668,60 @@ def build_client_config(config: ExperimentConfig, initial_model):
       grow_score=config.grow_score,
       readjust_rule=config.readjust_rule,
       reference_keep_after_prune=keep_after_prune,
-      value_dtype=config.upload_value_dtype)
+      # float16 from --upload_value_dtype or --upload_encoding.
+      value_dtype=config.payload_encodings()[0].value_dtype)
+
+
+def _prunefl_initial_stage(config: ExperimentConfig, model_fn, initial_model,
+                           federated_data: data_lib.FederatedData,
+                           client_config):
+  """PruneFL's settings and its initial pruning on one seeded client.
+
+  Args:
+    config: The run's settings (after `resolved()`).
+    model_fn: Builds the wrapped Keras model.
+    initial_model: The dense `fed_dst.InitialModel`.
+    federated_data: The partitioned data.
+    client_config: Local training hyper-parameters.
+
+  Returns:
+    `(initial_model, prunefl_config, record)`: the model after initial
+    pruning, the `prunefl.PruneflConfig`, and a JSON-able record of the
+    initial stage (client, densities per reconfiguration, counts).
+
+  Raises:
+    ConfigError: If --prunefl_layer_times does not fit the model.
+  """
+  from tff_feddst import prunefl
+  from tff_feddst import training_loop
+  layout = initial_model.layout
+  try:
+    prunefl_config = prunefl.PruneflConfig(
+        initial_rounds=config.prunefl_initial_rounds,
+        initial_steps=config.prunefl_initial_steps,
+        reconfigure_every=config.prunefl_reconfigure_every,
+        round_cost=config.prunefl_round_cost,
+        max_remove_fraction=config.prunefl_max_remove_fraction,
+        layer_times=prunefl.parse_layer_times(config.prunefl_layer_times))
+    prunefl_config.times_for(layout.num_prunable)
+  except ValueError as error:
+    raise ConfigError(f'--prunefl_layer_times={config.prunefl_layer_times} '
+                      f'is invalid: {error}') from error
+  client_id = prunefl.choose_initial_client(federated_data.client_ids,
+                                            config.seed)
+  dataset = training_loop.client_datasets(
+      federated_data, [client_id], config.client_batch_size, config.seed,
+      0)[0]
+  result = prunefl.run_initial_pruning(
+      model_fn, initial_model.weights, layout, dataset, client_config,
+      prunefl_config)
+  record = {'client_id': str(client_id),
+            'densities': list(result.densities),
+            'layer_num_active': list(result.layer_num_active),
+            'layer_sizes': list(layout.kernel_sizes)}
+  return (initial_model._replace(weights=result.weights,
+                                 num_active=result.layer_num_active),
+          prunefl_config, record)
 
 
 def check_resumable(config: ExperimentConfig, output_dir: str) -> None:
@@ -585,32 +795,54 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
   from tff_feddst import execution
   from tff_feddst import fed_dst
   from tff_feddst import models
+  from tff_feddst import payload_validation
+  from tff_feddst import prunefl
   from tff_feddst import tensorboard_logging
   from tff_feddst import training_loop
 
   model_fn = models.get_model_fn(config.model_name, seed=config.seed)
   initial_model = fed_dst.build_initial_model(
-      model_fn, config.target_sparsity, config.sparsity_distribution,
-      seed=config.seed, initial_mask=config.initial_mask)
+      model_fn, config.effective_initial_sparsity,
+      config.sparsity_distribution, seed=config.seed,
+      initial_mask=config.initial_mask)
+  num_active_by_round = build_num_active_by_round(config,
+                                                  initial_model.layout)
   schedule = build_schedule(config)
   client_config = build_client_config(config, initial_model)
+  prunefl_config = initial_pruning = None
+  if config.method == 'prunefl':
+    initial_model, prunefl_config, initial_pruning = _prunefl_initial_stage(
+        config, model_fn, initial_model, federated_data, client_config)
+  upload_encoding, download_encoding = config.payload_encodings()
+  # The worst case of the upload encoding (its mask code at full capacity),
+  # so that the budget is never exceeded; metrics.csv counts real bytes.
   round_upload_bytes = config.clients_per_round * (
-      encoding.analytic_num_bytes(
-          initial_model.num_active, initial_model.layout.kernel_sizes,
-          _num_dense_parameters(initial_model),
-          value_bits=32 if config.upload_value_dtype == 'float32' else 16)
+      encoding.max_payload_num_bytes(
+          initial_model.layout.kernel_sizes, initial_model.num_active,
+          _num_dense_parameters(initial_model), upload_encoding)
       + aggregation.WEIGHT_BYTES)
   if (config.upload_budget_bytes is not None and
       config.upload_budget_bytes < round_upload_bytes):
     raise ConfigError(
         f'--upload_budget_bytes={config.upload_budget_bytes} is less than one '
         f'round\'s upload ({round_upload_bytes} bytes); nothing would run.')
+  if prunefl_config is not None:  # Dense values: an upper bound.
+    round_upload_bytes = config.clients_per_round * (
+        prunefl.max_upload_num_bytes(
+            initial_model.layout.kernel_sizes,
+            _num_dense_parameters(initial_model),
+            value_bits=32 if config.upload_value_dtype == 'float32' else 16))
   evaluator = evaluation.Evaluator(model_fn, federated_data)
 
   os.makedirs(output_dir, exist_ok=True)
   if not resume:
     with open(os.path.join(output_dir, 'flags.txt'), 'x') as f:
       f.write('\n'.join(config.to_flag_lines()) + '\n')
+    if initial_pruning is not None:
+      with open(os.path.join(output_dir, 'prunefl_initial_pruning.json'),
+                'x') as f:
+        json.dump(initial_pruning, f, indent=2)
+        f.write('\n')
 
   bar = None
   if progress:
@@ -642,15 +874,30 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
             config.num_local_workers, config.worker_addresses))
       else:
         stack.enter_context(execution.local_execution_context())
-      process = fed_dst.build_fed_dst(
-          model_fn, initial_model,
-          training_loop.client_datasets(
-              federated_data, federated_data.client_ids[:1],
-              config.client_batch_size, config.seed, 0)[0].element_spec,
-          schedule, client_config,
-          server_learning_rate=config.server_learning_rate,
-          server_momentum=config.server_momentum,
-          min_votes=config.min_votes)
+      element_spec = training_loop.client_datasets(
+          federated_data, federated_data.client_ids[:1],
+          config.client_batch_size, config.seed, 0)[0].element_spec
+      if prunefl_config is not None:
+        process = prunefl.build_prunefl(
+            model_fn, initial_model.layout, initial_model.weights,
+            element_spec, client_config, prunefl_config,
+            server_learning_rate=config.server_learning_rate,
+            server_momentum=config.server_momentum,
+            upload_encoding=upload_encoding,
+            download_encoding=download_encoding)
+      else:
+        process = fed_dst.build_fed_dst(
+            model_fn, initial_model, element_spec, schedule, client_config,
+            server_learning_rate=config.server_learning_rate,
+            server_momentum=config.server_momentum,
+            min_votes=config.min_votes,
+            remember_old=config.remember_old,
+            num_active_by_round=num_active_by_round,
+            upload_encoding=upload_encoding,
+            download_encoding=download_encoding,
+            payload_checks=payload_validation.default_checks(
+                client_config.readjust_rule, config.min_votes,
+                config.max_payload_norm))
       state, rows, stop_reason = training_loop.run_training(
           process, federated_data, evaluator,
           total_rounds=config.total_rounds,
@@ -663,9 +910,11 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
           upload_budget_bytes=config.upload_budget_bytes,
           round_upload_bytes=round_upload_bytes,
           dropout_rate=config.dropout_rate,
-          client_download_bytes=encoding.analytic_num_bytes(
-              initial_model.num_active, initial_model.layout.kernel_sizes,
-              _num_dense_parameters(initial_model)),
+          # At most this (masks that thin, or a shorter Rice code, cost
+          # less).
+          client_download_bytes=encoding.max_payload_num_bytes(
+              initial_model.layout.kernel_sizes, initial_model.num_active,
+              _num_dense_parameters(initial_model), download_encoding),
           on_round_end=after_round,
           on_model_weights=(tensorboard.write_model
                             if tensorboard is not None else None))

@@ -16,8 +16,10 @@ One round t (1-based), pseudo-code:
     upload encode(w_c, m_c) and n_c (with `masks_only_when_changed`, m_c
       only if it differs from m; the server then uses its own m)
   server: per position, mean over holders sum(n_c m_c w_c) / sum(n_c m_c);
-    optional server momentum; re-prune each layer by magnitude to its nnz:
-    the next global mask.
+    optional server momentum; re-prune each layer by magnitude to its nnz
+    (round t's nnz with a growing sparsity): the next global mask.
+    (remember_old: a client lacking a global-mask position counts as having
+    sent the old global weight there.)
 
 `build_fed_dst` composes the four parts the way `tff.learning` composes
 FedAvg: distributor (`distributor.py`), client work (`client_work.py`),
@@ -29,6 +31,7 @@ the wire format: float32/float16 values, bitmap or Rice-coded masks, and
 uploads without unchanged masks.
 """
 
+import dataclasses
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -42,6 +45,7 @@ from tff_feddst import encoding
 from tff_feddst import finalizer
 from tff_feddst import masks as mask_lib
 from tff_feddst import models
+from tff_feddst import payload_validation
 from tff_feddst import pruning
 from tff_feddst import sparsity_distribution
 
@@ -116,7 +120,11 @@ def build_fed_dst(model_fn: models.ModelFn,
                   server_momentum: float = 0.0,
                   min_votes: int = 0,
                   upload_encoding: Optional[encoding.PayloadEncoding] = None,
-                  download_encoding: Optional[encoding.PayloadEncoding] = None
+                  download_encoding: Optional[encoding.PayloadEncoding] = None,
+                  remember_old: bool = False,
+                  num_active_by_round: Optional[np.ndarray] = None,
+                  payload_checks: Optional[
+                      payload_validation.PayloadChecks] = None
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the FedDST `LearningProcess`.
 
@@ -142,16 +150,34 @@ def build_fed_dst(model_fn: models.ModelFn,
       bitmap masks, values in `client_config.value_dtype`.
     download_encoding: How the server encodes the broadcast (value dtype,
       mask code; masks always sent). None: float32 values, bitmap masks.
+    remember_old: A client lacking a position of the global mask counts as
+      sending the old global weight there (`finalizer` module docstring).
+    num_active_by_round: Growing sparsity: int array [T_end + 1, layers]
+      from `sparsity_distribution.num_active_by_round`, row t = per-layer
+      counts of the global model after round t (row 0 must be
+      `initial_model.num_active`, the payload capacity; rows after the last
+      repeat it). None: constant counts.
+    payload_checks: What the server requires of an upload before it
+      aggregates it (`payload_validation.PayloadChecks`); invalid uploads
+      are dropped and counted in the aggregator's `rejected_clients`. None:
+      `payload_validation.default_checks(client_config.readjust_rule,
+      min_votes)` (no norm bound). With `num_active_by_round`, its rows
+      become the per-round nnz targets.
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
 
   Raises:
-    ValueError: If the encodings conflict with `client_config.value_dtype`
-      or the download encoding would leave masks out.
+    ValueError: If the encodings conflict with `client_config.value_dtype`,
+      the download encoding would leave masks out, or the count table does
+      not start at `initial_model.num_active`, grows, or is combined with
+      the reference readjust rule (its per-layer keep counts are fixed).
   """
   layout = initial_model.layout
   num_active = initial_model.num_active
+  if num_active_by_round is not None:
+    num_active_by_round = _checked_growing_table(
+        num_active_by_round, initial_model, client_config)
   initial_trainable = [np.asarray(v) for v in initial_model.weights.trainable]
   initial_non_trainable = [
       np.asarray(v) for v in initial_model.weights.non_trainable]
@@ -167,12 +193,27 @@ def build_fed_dst(model_fn: models.ModelFn,
 
   upload_encoding = client_work.resolve_upload_encoding(client_config,
                                                         upload_encoding)
+  if num_active_by_round is not None:
+    upload_encoding = _with_shrinking_dense_masks(
+        upload_encoding, layout, num_active_by_round)
+    download_encoding = _with_shrinking_dense_masks(
+        download_encoding or encoding.PayloadEncoding(), layout,
+        num_active_by_round)
   work = client_work.build_client_work(
       model_fn, layout, num_active, schedule, client_config,
       model_weights_type, data_type, upload_encoding=upload_encoding)
   result_type = work.next.type_signature.result.result.member
+  # Growing sparsity: clients of round t hold the global counts after round
+  # t - 1, which is the validator's row t - 1 (row r checks round r + 1).
+  if payload_checks is None:
+    payload_checks = payload_validation.default_checks(
+        client_config.readjust_rule, min_votes)
+  if num_active_by_round is not None:
+    payload_checks = dataclasses.replace(
+        payload_checks, num_active_by_round=num_active_by_round)
   aggregator = aggregation.SparseSumFactory(
-      layout.kernel_shapes, num_active, upload_encoding).create(
+      layout.kernel_shapes, num_active, upload_encoding,
+      payload_checks=payload_checks).create(
           result_type.update, result_type.update_weight)
   aggregate_type = aggregator.next.type_signature.result.result.member
   broadcast = distributor.build_sparse_broadcast(
@@ -180,12 +221,14 @@ def build_fed_dst(model_fn: models.ModelFn,
   if upload_encoding.masks_only_when_changed:
     server_finalizer = _expanding_finalizer(
         layout, num_active, model_weights_type, aggregate_type,
-        server_learning_rate, server_momentum, min_votes)
+        server_learning_rate, server_momentum, min_votes,
+        remember_old=remember_old, num_active_by_round=num_active_by_round)
   else:
     server_finalizer = finalizer.build_finalizer(
         layout, num_active, model_weights_type, aggregate_type,
         server_learning_rate=server_learning_rate,
-        server_momentum=server_momentum, min_votes=min_votes)
+        server_momentum=server_momentum, min_votes=min_votes,
+        remember_old=remember_old, num_active_by_round=num_active_by_round)
   return tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
 
@@ -195,12 +238,14 @@ def _expanding_finalizer(layout: models.ModelLayout,
                          model_weights_type: tff.Type,
                          compact_aggregate_type: tff.Type,
                          server_learning_rate: float, server_momentum: float,
-                         min_votes: int
+                         min_votes: int, remember_old: bool = False,
+                         num_active_by_round: Optional[np.ndarray] = None
                          ) -> tff.learning.templates.FinalizerProcess:
   """`finalizer.build_finalizer` fed by a `CompactAggregate`.
 
   Expands the aggregate with the global masks (`aggregation.expand_aggregate`)
-  at the server, then runs the usual finalizer on the `SparseAggregate`.
+  at the server, then runs the usual finalizer on the `SparseAggregate`
+  (so `remember_old` sees every client's positions, sent or implied).
 
   Type signature: the finalizer's, with `CompactAggregate@SERVER` in place
   of `SparseAggregate@SERVER`.
@@ -213,7 +258,8 @@ def _expanding_finalizer(layout: models.ModelLayout,
   inner = finalizer.build_finalizer(
       layout, num_active, model_weights_type, expand.type_signature.result,
       server_learning_rate=server_learning_rate,
-      server_momentum=server_momentum, min_votes=min_votes)
+      server_momentum=server_momentum, min_votes=min_votes,
+      remember_old=remember_old, num_active_by_round=num_active_by_round)
 
   @tff.federated_computation(
       inner.next.type_signature.parameter[0],
@@ -224,3 +270,47 @@ def _expanding_finalizer(layout: models.ModelLayout,
                       tff.federated_map(expand, (weights, aggregate)))
 
   return tff.learning.templates.FinalizerProcess(inner.initialize, next_fn)
+
+
+def _checked_growing_table(num_active_by_round, initial_model: InitialModel,
+                           client_config: client_work.ClientConfig
+                           ) -> np.ndarray:
+  """Checks a growing-sparsity count table against the initial model."""
+  table = np.asarray(num_active_by_round)
+  num_layers = len(initial_model.num_active)
+  if table.ndim != 2 or table.shape[0] < 1 or table.shape[1] != num_layers:
+    raise ValueError(f'num_active_by_round must have shape [rounds, '
+                     f'{num_layers}], got {table.shape}.')
+  if tuple(int(n) for n in table[0]) != tuple(initial_model.num_active):
+    raise ValueError(
+        f'num_active_by_round starts at {table[0].tolist()}, not at the '
+        f'initial model\'s counts {list(initial_model.num_active)}.')
+  if np.any(np.diff(table, axis=0) > 0):
+    raise ValueError('num_active_by_round must not grow from row to row: '
+                     'the server cannot grow a layer beyond the positions '
+                     'the clients hold.')
+  if client_config.readjust_rule == 'reference' and np.any(table != table[0]):
+    raise ValueError(
+        "growing sparsity does not work with readjust_rule='reference': its "
+        'per-layer keep counts are fixed for the whole run.')
+  return table.astype(np.int32)
+
+
+def _with_shrinking_dense_masks(payload_encoding: encoding.PayloadEncoding,
+                                layout: models.ModelLayout,
+                                num_active_by_round: np.ndarray
+                                ) -> encoding.PayloadEncoding:
+  """Sends the masks of full-capacity layers whose count will shrink.
+
+  An encoding that omits the masks of layers whose capacity equals their
+  size (their mask must be all ones) cannot carry such a layer once a
+  growing sparsity thins it, so those masks are sent from the start.
+  """
+  kernel_sizes = np.asarray(layout.kernel_sizes)
+  shrinks_from_dense = np.any(
+      (num_active_by_round[0] == kernel_sizes) &
+      (num_active_by_round[-1] < kernel_sizes))
+  if shrinks_from_dense and getattr(payload_encoding, 'omit_dense_masks',
+                                    False):
+    return dataclasses.replace(payload_encoding, omit_dense_masks=False)
+  return payload_encoding

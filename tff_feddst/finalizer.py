@@ -12,15 +12,45 @@ From the `SparseAggregate` of a round:
 
 With server_lr 1 and server_momentum 0 the new weights are the averages
 themselves (FedAvg on the sparse support); server momentum gives FedAvgM. A
-round in which no client reported (total weight 0) leaves everything as is.
-TF-MOT's bookkeeping variables are never touched; masks live in
+round in which no client reported (total weight 0) leaves the weights as
+they are, only re-pruned to the round's counts (a no-op at constant
+sparsity). TF-MOT's bookkeeping variables are never touched; masks live in
 `ModelWeights.non_trainable`, which TFF's stock finalizers leave unchanged,
 hence this finalizer.
+
+remember_old (the authors' `--remember-old`): a client that does not hold a
+position of the GLOBAL mask counts as if it had sent the old global weight
+there. With W = total_weight, for every p in the global mask:
+
+  weighted_kernel_sums[p] += w_global[p] * (W - weighted_votes[p])
+  weighted_votes[p] = W;  votes[p] = num_clients
+
+so such a position is averaged over all clients (the ones that pruned it
+pull it towards its old value rather than being ignored), is always
+eligible for the next mask (also under `min_votes`), and wins magnitude ties
+by its full vote count. It needs no extra upload: the server holds w_global.
+It changes both the averaged values and the mask choice. The authors'
+`dst.py` means to use the remembered weights only to choose the mask, but
+overwrites `aggregated_params_for_mask` with `aggregated_params` before
+choosing, while its denominator already includes the remembered weight: in
+effect it counts a missing client as having sent 0 (shrinking the average
+by the share of clients that pruned p) and makes every global-mask position
+eligible. We implement what the flag says (old values, not zeros), for the
+values and the mask alike, since a value averaged with zeros is an
+artefact of the overwrite, not a choice. (`num_clients` counts the
+accepted clients, and payload validation refuses a weight <= 0, so it
+equals the number of clients that vote.)
+
+Growing sparsity: with `num_active_by_round`, round t keeps row min(t, last)
+of that table per layer (`sparsity_distribution.num_active_by_round`); the
+state counts completed rounds for this (and is checkpointed with the rest of
+the process state).
 """
 
 import collections
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -29,11 +59,107 @@ from tff_feddst import masks as mask_lib
 from tff_feddst import models
 
 
+class FinalizerState(NamedTuple):
+  """The finalizer's state.
+
+  Attributes:
+    buffers: Server momentum buffers, one per trainable variable.
+    round_num: int32, the number of completed rounds (0 at the start).
+  """
+  buffers: tuple
+  round_num: tf.Tensor
+
+
+def remember_global_weights(aggregate: aggregation.SparseAggregate, weights,
+                            layout: models.ModelLayout
+                            ) -> aggregation.SparseAggregate:
+  """Counts clients lacking a global-mask position as sending the old weight.
+
+  For each kernel and every position p of the global mask:
+  weighted_kernel_sums[p] += w_global[p] * (W - weighted_votes[p]),
+  weighted_votes[p] += W - weighted_votes[p] (= W, the total weight) and
+  votes[p] += num_clients - votes[p]. Other positions are unchanged.
+
+  Args:
+    aggregate: The round's `SparseAggregate` (expanded if the upload encoding
+      left masks out).
+    weights: The current global `ModelWeights` (masked kernels, masks).
+    layout: The model's `ModelLayout`.
+
+  Returns:
+    The `SparseAggregate` with the remembered weights added.
+  """
+  total_weight = tf.cast(aggregate.total_weight, tf.float32)
+  num_clients = tf.cast(aggregate.num_clients, tf.float32)
+  kernel_sums = list(aggregate.weighted_kernel_sums)
+  weighted_votes = list(aggregate.weighted_votes)
+  votes = list(aggregate.votes)
+  for position, (kernel_index, mask_index) in enumerate(
+      zip(layout.kernel_indices, layout.mask_indices)):
+    global_mask = tf.cast(weights.non_trainable[mask_index], tf.float32)
+    global_kernel = tf.cast(weights.trainable[kernel_index], tf.float32)
+    # max(., 0): float sums of weights never exceed the total in exact
+    # arithmetic; a rounding residue must not subtract.
+    missing_weight = global_mask * tf.maximum(
+        total_weight - weighted_votes[position], 0.0)
+    missing_votes = global_mask * tf.maximum(num_clients - votes[position],
+                                             0.0)
+    kernel_sums[position] = (kernel_sums[position] +
+                             global_kernel * missing_weight)
+    weighted_votes[position] = weighted_votes[position] + missing_weight
+    votes[position] = votes[position] + missing_votes
+  return aggregate._replace(weighted_kernel_sums=tuple(kernel_sums),
+                            weighted_votes=tuple(weighted_votes),
+                            votes=tuple(votes))
+
+
+def prune_to_counts(buffers: Sequence[tf.Tensor], weights,
+                    layout: models.ModelLayout,
+                    num_active: Sequence[mask_lib.Count]):
+  """Re-prunes the global model by magnitude within its own masks.
+
+  What a round without clients does: each layer keeps its `num_active`
+  largest active weights (all of them when it has no more), so a growing
+  sparsity target is still met. At constant sparsity nothing changes.
+
+  Args:
+    buffers: Server momentum buffers, one per trainable variable.
+    weights: Current global `ModelWeights`.
+    layout: The model's `ModelLayout`.
+    num_active: Active weights per kernel to keep (ints or int tensors).
+
+  Returns:
+    `(new_buffers, new_weights, mask_changed_positions)` as in
+    `apply_aggregate`.
+  """
+  new_trainable = [tf.identity(t) for t in weights.trainable]
+  new_non_trainable = [tf.identity(t) for t in weights.non_trainable]
+  new_buffers = [tf.identity(b) for b in buffers]
+  mask_changed_positions = tf.constant(0, tf.int32)
+  for position, (kernel_index, mask_index) in enumerate(
+      zip(layout.kernel_indices, layout.mask_indices)):
+    mask = weights.non_trainable[mask_index]
+    kernel = new_trainable[kernel_index]
+    new_mask = tf.cast(
+        mask_lib.server_reprune(kernel, tf.cast(mask, kernel.dtype),
+                                num_active[position]), mask.dtype)
+    new_trainable[kernel_index] = kernel * tf.cast(new_mask, kernel.dtype)
+    new_buffers[kernel_index] = new_buffers[kernel_index] * tf.cast(
+        new_mask, new_buffers[kernel_index].dtype)
+    mask_changed_positions += tf.math.count_nonzero(
+        tf.not_equal(new_mask, mask), dtype=tf.int32)
+    new_non_trainable[mask_index] = new_mask
+  return (new_buffers,
+          tff.learning.models.ModelWeights(trainable=new_trainable,
+                                           non_trainable=new_non_trainable),
+          mask_changed_positions)
+
+
 def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
                     aggregate: aggregation.SparseAggregate,
                     layout: models.ModelLayout, num_active: Sequence[int],
                     server_learning_rate: float, server_momentum: float,
-                    min_votes: int = 0):
+                    min_votes: int = 0, remember_old: bool = False):
   """Computes the next global model from the current one and the sums.
 
   Args:
@@ -41,16 +167,21 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
     weights: Current global `ModelWeights` (masked kernels, masks).
     aggregate: The round's `SparseAggregate`.
     layout: The model's `ModelLayout`.
-    num_active: Active weights per kernel in the next mask.
+    num_active: Active weights per kernel in the next mask (ints, or int
+      scalar tensors for a per-round count).
     server_learning_rate: Server step size (1.0 for FedAvg).
     server_momentum: Server momentum in [0, 1) (0 for FedAvg).
     min_votes: Positions held by fewer clients are not eligible for the
       next mask (the reference's `--min-votes`, counted in clients).
+    remember_old: Count clients lacking a global-mask position as sending
+      the old global weight there (`remember_global_weights`).
 
   Returns:
     `(new_buffers, new_weights, mask_changed_positions)` where the last is the
     int32 number of positions whose mask value changed (either direction).
   """
+  if remember_old:
+    aggregate = remember_global_weights(aggregate, weights, layout)
   trainable = list(weights.trainable)
   non_trainable = list(weights.non_trainable)
   targets = list(trainable)
@@ -98,64 +229,112 @@ def global_sparsity(weights, layout: models.ModelLayout) -> tf.Tensor:
   return 1.0 - active / float(sum(layout.kernel_sizes))
 
 
+def _checked_count_table(num_active: Sequence[int],
+                         num_active_by_round: Optional[np.ndarray],
+                         layout: models.ModelLayout) -> np.ndarray:
+  """The per-round count table as int32 [rounds, layers], checked."""
+  capacity = np.asarray([int(n) for n in num_active], np.int64)
+  if num_active_by_round is None:
+    return capacity.astype(np.int32)[np.newaxis, :]
+  table = np.asarray(num_active_by_round)
+  if (table.ndim != 2 or table.shape[0] < 1 or
+      table.shape[1] != len(layout.kernel_indices) or
+      not np.issubdtype(table.dtype, np.integer)):
+    raise ValueError(
+        'num_active_by_round must be an integer array [rounds, '
+        f'{len(layout.kernel_indices)}], got shape {table.shape} and dtype '
+        f'{table.dtype}.')
+  if np.any(table < 0) or np.any(table > capacity[np.newaxis, :]):
+    raise ValueError(
+        'num_active_by_round must be in [0, num_active] per layer (the '
+        f'payload capacity {capacity.tolist()}), got rows '
+        f'{table.tolist()[:3]}...')
+  return table.astype(np.int32)
+
+
 def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
                     model_weights_type: tff.Type, aggregate_type: tff.Type,
                     server_learning_rate: float = 1.0,
                     server_momentum: float = 0.0,
-                    min_votes: int = 0
+                    min_votes: int = 0,
+                    remember_old: bool = False,
+                    num_active_by_round: Optional[np.ndarray] = None
                     ) -> tff.learning.templates.FinalizerProcess:
   """Builds FedDST's `FinalizerProcess`.
 
   Type signatures:
-    initialize: `( -> <buffers>@SERVER)`
-    next: `(<<buffers>@SERVER, ModelWeights@SERVER, SparseAggregate@SERVER>
-      -> <state=<buffers>@SERVER, result=ModelWeights@SERVER,
-      measurements=<mask_changed_positions, sparsity, layer_num_active,
-      num_clients_aggregated>@SERVER>)`
+    initialize: `( -> FinalizerState(<buffers>, int32)@SERVER)`
+    next: `(<FinalizerState@SERVER, ModelWeights@SERVER,
+      SparseAggregate@SERVER> -> <state=FinalizerState@SERVER,
+      result=ModelWeights@SERVER, measurements=<mask_changed_positions,
+      sparsity, layer_num_active, num_clients_aggregated>@SERVER>)`
 
   Args:
     layout: The model's `ModelLayout`.
-    num_active: Active weights per kernel.
+    num_active: Active weights per kernel (with `num_active_by_round`: the
+      payload capacity, which no row may exceed).
     model_weights_type: TFF type of the (unplaced) `ModelWeights`.
     aggregate_type: TFF type of the (unplaced) `SparseAggregate`.
     server_learning_rate: Server step size, > 0.
     server_momentum: Server momentum in [0, 1).
     min_votes: Minimum number of clients holding a position for it to be
       eligible for the next mask.
+    remember_old: Count a client lacking a global-mask position as sending
+      the old global weight there (see the module docstring).
+    num_active_by_round: Optional int array [T_end + 1, num_layers]: round
+      t (1-based) keeps row min(t, T_end) per layer; row 0 describes the
+      initial model. None: `num_active` in every round.
 
   Returns:
     A `tff.learning.templates.FinalizerProcess`.
 
   Raises:
-    ValueError: For a server learning rate <= 0 or momentum outside [0, 1).
+    ValueError: For a server learning rate <= 0, momentum outside [0, 1), or
+      a count table of the wrong shape or with counts outside
+      [0, num_active].
   """
   if server_learning_rate <= 0:
     raise ValueError(
         f'server_learning_rate must be > 0, got {server_learning_rate}.')
   if not 0 <= server_momentum < 1:
     raise ValueError(f'server_momentum must be in [0, 1), got {server_momentum}.')
+  count_table = _checked_count_table(num_active, num_active_by_round, layout)
+  last_row = count_table.shape[0] - 1
   trainable_specs = [(t.shape, t.dtype) for t in model_weights_type.trainable]
 
   @tff.tensorflow.computation
-  def initial_buffers():
-    return tuple(tf.zeros(shape, dtype) for shape, dtype in trainable_specs)
+  def initial_state():
+    return FinalizerState(
+        buffers=tuple(tf.zeros(shape, dtype)
+                      for shape, dtype in trainable_specs),
+        round_num=tf.constant(0, tf.int32))
 
-  buffers_type = initial_buffers.type_signature.result
+  state_type = initial_state.type_signature.result
 
-  @tff.tensorflow.computation(buffers_type, model_weights_type, aggregate_type)
-  def server_update(buffers, weights, aggregate):
+  def round_num_active(round_num: tf.Tensor) -> list:
+    """Per-layer counts of round `round_num` (Python ints if constant)."""
+    if last_row == 0:
+      return [int(n) for n in count_table[0]]
+    row = tf.gather(tf.constant(count_table),
+                    tf.minimum(round_num, last_row))
+    return [row[position] for position in range(count_table.shape[1])]
+
+  @tff.tensorflow.computation(state_type, model_weights_type, aggregate_type)
+  def server_update(state, weights, aggregate):
+    round_num = state.round_num + 1
+    counts = round_num_active(round_num)
+    buffers = state.buffers
+
     def updated():
       new_buffers, new_weights, changed = apply_aggregate(
-          buffers, weights, aggregate, layout, num_active,
-          server_learning_rate, server_momentum, min_votes)
+          buffers, weights, aggregate, layout, counts,
+          server_learning_rate, server_momentum, min_votes, remember_old)
       return tuple(new_buffers), new_weights, changed
 
     def unchanged():
-      return (tuple(tf.identity(b) for b in buffers),
-              tff.learning.models.ModelWeights(
-                  trainable=[tf.identity(t) for t in weights.trainable],
-                  non_trainable=[tf.identity(t) for t in weights.non_trainable]),
-              tf.constant(0, tf.int32))
+      new_buffers, new_weights, changed = prune_to_counts(
+          buffers, weights, layout, counts)
+      return tuple(new_buffers), new_weights, changed
 
     new_buffers, new_weights, changed = tf.cond(
         aggregate.total_weight > 0, updated, unchanged)
@@ -166,11 +345,12 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
         layer_num_active=tuple(
             tf.cast(tf.reduce_sum(m), tf.int32) for m in masks),
         num_clients_aggregated=aggregate.num_clients)
-    return new_buffers, new_weights, measurements
+    return (FinalizerState(buffers=new_buffers, round_num=round_num),
+            new_weights, measurements)
 
   @tff.federated_computation
   def init_fn():
-    return tff.federated_eval(initial_buffers, tff.SERVER)
+    return tff.federated_eval(initial_state, tff.SERVER)
 
   @tff.federated_computation(
       init_fn.type_signature.result,

@@ -12,6 +12,10 @@ Both take the round as a Python int or a scalar integer tensor and return
 tensors, so they can be called inside TFF `tf_computation`s. Generic callers
 should gate on `should_readjust(t)` and prune `prune_fraction_at(t)` of the
 active weights.
+
+`SparsitySchedule` gives the global target sparsity of each round: constant
+(the paper) or growing linearly until the annealing end round (the authors'
+`--final-sparsity`).
 """
 
 import math
@@ -294,3 +298,124 @@ class ReferenceReadjustmentSchedule(_BaseReadjustmentSchedule):
     t = self._round_tensor(round_num)
     return tf.logical_and(self._on_interval(t),
                           self.drop_fraction_at(t) > 0.0)
+
+
+class SparsitySchedule:
+  """The global target sparsity of each round: constant, or growing.
+
+  S_t = S_init + (S_final - S_init) * min(t, T_end) / T_end for rounds
+  t = 0, 1, ... (t = 0 is the initial global model, t >= 1 the model after
+  server round t), and exactly S_final from T_end on. With S_init = S_final
+  the target is constant (the paper). The FedDST authors' `--sparsity` /
+  `--final-sparsity` interpolate the same way up to their `--rate-decay-end`.
+
+  Only S_init <= S_final is supported (gradual pruning): the server builds
+  each round's mask from the positions that some client holds, and every
+  client holds as many as the previous round's global mask, so a layer can
+  always shrink to its next count but could not grow denser.
+
+  Plain Python: the per-round table of per-layer counts is computed once,
+  before the process is built (`sparsity_distribution.num_active_by_round`).
+  """
+
+  def __init__(self, initial_sparsity: float, final_sparsity: float,
+               end_round: int):
+    """Checks and stores the schedule.
+
+    Args:
+      initial_sparsity: S_init, fraction of zeros at round 0, in [0, 1).
+      final_sparsity: S_final, fraction of zeros from `end_round` on, in
+        [S_init, 1).
+      end_round: T_end >= 1, the first round at S_final.
+
+    Raises:
+      ValueError: If a value is out of range, or S_init > S_final.
+      TypeError: If a value has the wrong type.
+    """
+    for name, value in (('initial_sparsity', initial_sparsity),
+                        ('final_sparsity', final_sparsity)):
+      if isinstance(value, bool) or not isinstance(
+          value, (int, float, np.integer, np.floating)):
+        raise TypeError(f'{name} must be a number, got {type(value)}.')
+      if not 0.0 <= value < 1.0:
+        raise ValueError(f'{name} must be in [0, 1), got {value}.')
+    if initial_sparsity > final_sparsity:
+      raise ValueError(
+          f'initial_sparsity={initial_sparsity} > final_sparsity='
+          f'{final_sparsity}: only growing sparsity is supported (the server '
+          'can shrink a layer to the clients\' masks but not grow it).')
+    if not _is_int(end_round):
+      raise TypeError(f'end_round must be an int, got {type(end_round)}.')
+    if end_round < 1:
+      raise ValueError(f'end_round must be >= 1, got {end_round}.')
+    self._initial_sparsity = float(initial_sparsity)
+    self._final_sparsity = float(final_sparsity)
+    self._end_round = int(end_round)
+
+  @property
+  def initial_sparsity(self) -> float:
+    return self._initial_sparsity
+
+  @property
+  def final_sparsity(self) -> float:
+    return self._final_sparsity
+
+  @property
+  def end_round(self) -> int:
+    return self._end_round
+
+  @property
+  def is_constant(self) -> bool:
+    """Whether every round has the same target."""
+    return self._initial_sparsity == self._final_sparsity
+
+  def sparsity_at(self, round_num: int) -> float:
+    """S_t, the target fraction of zeros of the global model after round t.
+
+    Args:
+      round_num: t >= 0 (0: the initial model), a Python int.
+
+    Returns:
+      A float in [S_init, S_final]; exactly S_final for t >= T_end.
+
+    Raises:
+      ValueError: If `round_num` < 0.
+      TypeError: If `round_num` is not an int.
+    """
+    if not _is_int(round_num):
+      raise TypeError(f'round_num must be an int, got {type(round_num)}.')
+    if round_num < 0:
+      raise ValueError(f'round_num must be >= 0, got {round_num}.')
+    if round_num >= self._end_round:
+      # Not S_init + (S_final - S_init): that can miss S_final by one ulp
+      # and so move a per-layer count by one.
+      return self._final_sparsity
+    return self._initial_sparsity + (
+        self._final_sparsity - self._initial_sparsity) * (
+            round_num / self._end_round)
+
+  def sparsities(self) -> list[float]:
+    """[S_0, S_1, ..., S_T_end]: every distinct round's target."""
+    return [self.sparsity_at(t) for t in range(self._end_round + 1)]
+
+  def get_config(self) -> dict[str, Any]:
+    """Returns the constructor arguments as a dict."""
+    return {'initial_sparsity': self._initial_sparsity,
+            'final_sparsity': self._final_sparsity,
+            'end_round': self._end_round}
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any]) -> 'SparsitySchedule':
+    """Builds a schedule from the output of `get_config`."""
+    return cls(**config)
+
+  def __eq__(self, other: object) -> bool:
+    return (type(self) is type(other) and
+            self.get_config() == other.get_config())
+
+  def __hash__(self) -> int:
+    return hash((type(self).__name__,) + tuple(self.get_config().values()))
+
+  def __repr__(self) -> str:
+    arguments = ', '.join(f'{k}={v!r}' for k, v in self.get_config().items())
+    return f'{type(self).__name__}({arguments})'

@@ -256,3 +256,48 @@ def compute_layer_num_active(kernel_shapes: Sequence[Sequence[int]],
     rounded = math.floor(density * size + 0.5)
     num_active.append(min(max(rounded, 1), size))
   return num_active
+
+
+def num_active_by_round(kernel_shapes: Sequence[Sequence[int]],
+                        sparsity_by_round: Sequence[float],
+                        distribution: str,
+                        bias_sizes: Sequence[int] | None = None) -> np.ndarray:
+  """Per-round, per-layer active counts for a sequence of global targets.
+
+  Row t holds `compute_layer_num_active(kernel_shapes, sparsity_by_round[t],
+  distribution, bias_sizes)`, except that a count never rises above the
+  count of the row before (`np.minimum.accumulate` down each column), so
+  that a layer never has to grow back, which the server could not do from
+  the clients' masks. For non-decreasing targets 'uniform', 'er' and 'erk'
+  give non-increasing counts anyway; 'erk_reference' does not at extreme
+  targets, where a layer that would keep no weight is left dense (e.g. the
+  MNIST net's second conv at S = 0.99): the clamp keeps it at its last
+  count instead.
+
+  Args:
+    kernel_shapes: Keras kernel shapes, in layer order.
+    sparsity_by_round: Global target sparsity of each row (e.g.
+      `schedules.SparsitySchedule.sparsities()`), non-decreasing, each in
+      [0, 1).
+    distribution: 'uniform', 'er', 'erk' or 'erk_reference'.
+    bias_sizes: Bias sizes per layer (needed for 'erk_reference').
+
+  Returns:
+    An int32 array [len(sparsity_by_round), num_layers]; each column is
+    non-increasing.
+
+  Raises:
+    ValueError: If `sparsity_by_round` is empty or decreases somewhere, or
+      for anything `compute_layer_num_active` rejects.
+  """
+  sparsities = [float(s) for s in sparsity_by_round]
+  if not sparsities:
+    raise ValueError('sparsity_by_round must have at least one target.')
+  if any(later < earlier for earlier, later in zip(sparsities, sparsities[1:])):
+    raise ValueError(
+        f'sparsity_by_round must be non-decreasing, got {sparsities}.')
+  rows = [compute_layer_num_active(kernel_shapes, sparsity, distribution,
+                                   bias_sizes=bias_sizes)
+          for sparsity in sparsities]
+  table = np.array(rows, dtype=np.int64).reshape(len(rows), len(kernel_shapes))
+  return np.minimum.accumulate(table, axis=0).astype(np.int32)
