@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_feddst import client_work
+from tff_feddst import encoding
 from tff_feddst import experiment
 from tff_feddst import fed_dst
 from tff_feddst import models
@@ -251,6 +252,14 @@ class PruneflProcessTest(tf.test.TestCase):
     self.assertEqual(uploads, [NUM_CLIENTS * client_bytes(before, False),
                                NUM_CLIENTS * client_bytes(before, True),
                                NUM_CLIENTS * client_bytes(after, False)])
+    # The per-round budget bound is exact for the bitmap encoding.
+    bounds = [prunefl.max_upload_num_bytes(
+        layout.kernel_sizes, dense, encoding.PayloadEncoding(),
+        num_active_total=num_active,
+        with_importance=prunefl.is_reconfiguration_round(round_num, 2))
+              for round_num, num_active in ((1, before), (2, before),
+                                            (3, after))]
+    self.assertEqual([NUM_CLIENTS * b for b in bounds], uploads)
     downloads = [int(m['distributor']['download_bytes'])
                  for m in self.metrics]
     self.assertEqual(downloads[2], NUM_CLIENTS * (
@@ -292,6 +301,18 @@ class PruneflExperimentTest(fixtures.FashionMnistSliceTestCase):
     with open(os.path.join(output_dir, 'prunefl_initial_pruning.json')) as f:
       record = json.load(f)
     self.assertLen(record['densities'], 2)
+
+    # A budget of exactly these two rounds' upload runs both of them (each
+    # round is bounded from the mask it starts from and whether it carries
+    # importance) and stops before a third.
+    budget = rows[1]['upload_bytes_cumulative']
+    budget_dir = os.path.join(self.create_tempdir().full_path, 'budget')
+    budget_rows = experiment.run_experiment(
+        self.config(total_rounds=3, upload_budget_bytes=budget), budget_dir)
+    self.assertEqual([r['upload_bytes'] for r in budget_rows],
+                     [r['upload_bytes'] for r in rows])
+    with open(os.path.join(budget_dir, 'summary.json')) as f:
+      self.assertEqual(json.load(f)['stop_reason'], 'upload_budget')
 
   def test_method_starts_dense_without_readjustment(self):
     resolved = self.config(target_sparsity=0.8, drop_fraction=0.1).resolved()

@@ -816,22 +816,31 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
   upload_encoding, download_encoding = config.payload_encodings()
   # The worst case of the upload encoding (its mask code at full capacity),
   # so that the budget is never exceeded; metrics.csv counts real bytes.
-  round_upload_bytes = config.clients_per_round * (
-      encoding.max_payload_num_bytes(
-          initial_model.layout.kernel_sizes, initial_model.num_active,
-          _num_dense_parameters(initial_model), upload_encoding)
-      + aggregation.WEIGHT_BYTES)
+  if prunefl_config is None:
+    round_upload_bytes = config.clients_per_round * (
+        encoding.max_payload_num_bytes(
+            initial_model.layout.kernel_sizes, initial_model.num_active,
+            _num_dense_parameters(initial_model), upload_encoding)
+        + aggregation.WEIGHT_BYTES)
+    first_round_upload_bytes = round_upload_bytes
+  else:
+    # PruneFL's upload changes with its mask and with the rounds that carry
+    # importance: each round is bounded from the mask it starts from.
+    def round_upload_bytes(round_num: int, num_active_total: int) -> int:
+      return config.clients_per_round * prunefl.max_upload_num_bytes(
+          initial_model.layout.kernel_sizes,
+          _num_dense_parameters(initial_model), upload_encoding,
+          num_active_total=num_active_total,
+          with_importance=prunefl.is_reconfiguration_round(
+              round_num, prunefl_config.reconfigure_every))
+    first_round_upload_bytes = round_upload_bytes(
+        1, sum(initial_model.num_active))
   if (config.upload_budget_bytes is not None and
-      config.upload_budget_bytes < round_upload_bytes):
+      config.upload_budget_bytes < first_round_upload_bytes):
     raise ConfigError(
         f'--upload_budget_bytes={config.upload_budget_bytes} is less than one '
-        f'round\'s upload ({round_upload_bytes} bytes); nothing would run.')
-  if prunefl_config is not None:  # Dense values: an upper bound.
-    round_upload_bytes = config.clients_per_round * (
-        prunefl.max_upload_num_bytes(
-            initial_model.layout.kernel_sizes,
-            _num_dense_parameters(initial_model),
-            value_bits=32 if config.upload_value_dtype == 'float32' else 16))
+        f'round\'s upload ({first_round_upload_bytes} bytes); nothing would '
+        'run.')
   evaluator = evaluation.Evaluator(model_fn, federated_data)
 
   os.makedirs(output_dir, exist_ok=True)
@@ -885,6 +894,14 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
             server_momentum=config.server_momentum,
             upload_encoding=upload_encoding,
             download_encoding=download_encoding)
+        prunefl_round_bytes = round_upload_bytes
+
+        def round_upload_bytes(round_num, state):
+          weights = process.get_model_weights(state)
+          num_active_total = sum(
+              int(np.sum(weights.non_trainable[index]))
+              for index in initial_model.layout.mask_indices)
+          return prunefl_round_bytes(round_num, num_active_total)
       else:
         process = fed_dst.build_fed_dst(
             model_fn, initial_model, element_spec, schedule, client_config,

@@ -416,13 +416,44 @@ def upload_num_bytes(upload: PruneflUpload,
 
 def max_upload_num_bytes(kernel_sizes: Sequence[int],
                          num_dense_parameters: int,
-                         value_bits: int = 32) -> int:
-  """The most bytes one client can upload in a round (example count
-  included): dense values, every mask, flag and importance."""
+                         upload_encoding: encoding.PayloadEncoding,
+                         num_active_total: Optional[int] = None,
+                         with_importance: bool = True) -> int:
+  """The most bytes one client can upload in a round, example count included.
+
+  Values are charged for the global mask's ones (a PruneFL client's mask is
+  the one it received), masks at the encoding's full-capacity code, plus
+  the 4-byte importance flag and, on reconfiguration rounds, the dense
+  importance.
+
+  Args:
+    kernel_sizes: Positions per prunable kernel.
+    num_dense_parameters: Number of dense (float32) parameters.
+    upload_encoding: The upload encoding (made full-capacity here).
+    num_active_total: Ones of the global mask this round; None: every
+      position (a bound for any round).
+    with_importance: Whether the round is a reconfiguration round.
+
+  Returns:
+    Bytes.
+  """
+  payload_encoding = full_capacity_encoding(upload_encoding)
   positions = sum(int(n) for n in kernel_sizes)
-  return (positions * value_bits // 8 + encoding.num_packed_bytes(positions)
-          + 4 * num_dense_parameters + aggregation.WEIGHT_BYTES
-          + IMPORTANCE_FLAG_BYTES + IMPORTANCE_VALUE_BYTES * positions)
+  if num_active_total is None:
+    num_active_total = positions
+  value_bytes_full = positions * payload_encoding.value_bits // 8
+  payload_full = encoding.max_payload_num_bytes(
+      kernel_sizes, kernel_sizes, num_dense_parameters, payload_encoding)
+  return (payload_full - value_bytes_full
+          + int(num_active_total) * payload_encoding.value_bits // 8
+          + aggregation.WEIGHT_BYTES + IMPORTANCE_FLAG_BYTES
+          + (IMPORTANCE_VALUE_BYTES * positions if with_importance else 0))
+
+
+def is_reconfiguration_round(round_num: int, reconfigure_every: int) -> bool:
+  """Whether 1-based federated round `round_num` uploads importance (the
+  client work's rule, round_num % reconfigure_every == 0)."""
+  return round_num % reconfigure_every == 0
 
 
 class ImportanceTrainer(client_work.ClientTrainer):

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -219,7 +219,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  eval_every: int,
                  metrics_path: str,
                  upload_budget_bytes: Optional[int] = None,
-                 round_upload_bytes: Optional[int] = None,
+                 round_upload_bytes: Union[
+                     int, Callable[[int, Any], int], None] = None,
                  dropout_rate: float = 0.0,
                  client_download_bytes: int = 0,
                  checkpoint_dir: Optional[str] = None,
@@ -251,7 +252,10 @@ def run_training(process: tff.learning.templates.LearningProcess,
     metrics_path: Where to write metrics.csv (must not exist).
     upload_budget_bytes: Stop before the cumulative upload would exceed
       this many bytes; None for no budget.
-    round_upload_bytes: Upload of one full round (required with a budget).
+    round_upload_bytes: The most one round can upload (required with a
+      budget): a number of bytes, or a function of the 1-based round number
+      and the state the round starts from (for processes whose upload
+      changes between rounds, e.g. PruneFL).
     dropout_rate: Probability that a sampled client fails to report (seeded
       per round and client). The round aggregates those that report; if none
       does, the global model stays as it is (the round is still counted, and
@@ -281,6 +285,10 @@ def run_training(process: tff.learning.templates.LearningProcess,
   """
   if upload_budget_bytes is not None and not round_upload_bytes:
     raise ValueError('round_upload_bytes is required with a budget.')
+  if callable(round_upload_bytes):
+    round_bound = round_upload_bytes
+  else:
+    round_bound = lambda unused_round, unused_state: round_upload_bytes
   stop_reason = 'total_rounds'
   state = process.initialize()
   rows = []
@@ -302,7 +310,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
       metrics_file.flush()
     for round_num in range(first_round, total_rounds + 1):
       if (upload_budget_bytes is not None and
-          cumulative['upload'] + round_upload_bytes > upload_budget_bytes):
+          cumulative['upload'] + round_bound(round_num, state) >
+          upload_budget_bytes):
         stop_reason = 'upload_budget'
         break
       start = time.perf_counter()
@@ -321,7 +330,7 @@ def run_training(process: tff.learning.templates.LearningProcess,
       is_last = round_num == total_rounds or (
           upload_budget_bytes is not None and cumulative['upload'] +
           int(output.metrics['aggregator']['upload_bytes']) +
-          round_upload_bytes > upload_budget_bytes)
+          round_bound(round_num + 1, state) > upload_budget_bytes)
       weights = None
       if round_num % eval_every == 0 or is_last:
         weights = process.get_model_weights(state)
