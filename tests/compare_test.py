@@ -14,6 +14,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'bin'))
 
 import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
+import experiment_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from absl import flags  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from tff_feddst import experiment  # pylint: disable=g-import-not-at-top
 
 
 class CompareTest(fixtures.FashionMnistSliceTestCase):
@@ -49,6 +53,24 @@ class CompareTest(fixtures.FashionMnistSliceTestCase):
     self.assertLen(lines, 1, result.stderr)
     self.assertIn('--methods=', lines[0])
     self.assertFalse(os.path.exists(output_dir))
+
+
+class ShippedFlagfilesTest(tf.test.TestCase):
+
+  def test_every_flagfile_is_a_valid_config_for_every_method(self):
+    config_dir = os.path.join(ROOT, 'configs')
+    names = sorted(n for n in os.listdir(config_dir) if n.endswith('.cfg'))
+    self.assertIn('fashion_mnist_compare_s95.cfg', names)
+    for name in names:
+      with self.subTest(name), flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(['compare.py',
+                     f'--flagfile={os.path.join(config_dir, name)}'])
+        base = experiment_flags.config_from_flags()
+        for method in experiment.METHODS:
+          experiment.ExperimentConfig(
+              **{**base.__dict__, 'method': method}).validate()
+        self.assertEqual(base.target_sparsity, flags.FLAGS.target_sparsity)
 
 
 if __name__ == '__main__':
