@@ -1,5 +1,7 @@
 """Tests for tff_feddst.execution: owned workers, nothing left behind."""
 
+import os
+
 import numpy as np
 import psutil
 import tensorflow as tf
@@ -37,6 +39,19 @@ class ExecutionTest(tf.test.TestCase):
       with execution.local_execution_context() as worker:
         _ = 1 / 0
     self.assertIsNotNone(worker.process.poll())
+
+  def test_worker_runs_deterministic_kernels(self):
+    # Without TF_DETERMINISTIC_OPS the worker's oneDNN kernels split work by
+    # the threads free at run time, and identical seeds diverge under load.
+    # It is the worker's alone: this process traces the graphs without it.
+    worker = execution.LocalWorker()
+    try:
+      with open(f'/proc/{worker.process.pid}/environ', 'rb') as f:
+        environment = f.read().split(b'\0')
+    finally:
+      worker.stop()
+    expected = os.environ.get('TF_DETERMINISTIC_OPS', '1')  # Caller's wins.
+    self.assertIn(f'TF_DETERMINISTIC_OPS={expected}'.encode(), environment)
 
   def test_stop_is_idempotent(self):
     worker = execution.LocalWorker()
