@@ -35,7 +35,31 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-class _BaseReadjustmentSchedule:
+class _ConfigValue:
+  """A value object defined by its `get_config()` dict: rebuilt from it, and
+  compared, hashed and printed by it."""
+
+  def get_config(self) -> dict[str, Any]:
+    raise NotImplementedError
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any]):
+    """Builds a schedule from the output of `get_config`."""
+    return cls(**config)
+
+  def __eq__(self, other: object) -> bool:
+    return (type(self) is type(other) and
+            self.get_config() == other.get_config())
+
+  def __hash__(self) -> int:
+    return hash((type(self).__name__,) + tuple(self.get_config().values()))
+
+  def __repr__(self) -> str:
+    arguments = ', '.join(f'{k}={v!r}' for k, v in self.get_config().items())
+    return f'{type(self).__name__}({arguments})'
+
+
+class _BaseReadjustmentSchedule(_ConfigValue):
   """Validated hyperparameters shared by both schedules."""
 
   # Smallest valid round number; subclasses set 1 (paper) or 0 (reference).
@@ -113,22 +137,6 @@ class _BaseReadjustmentSchedule:
         'end_round': self._end_round,
         'annealing': self._annealing,
     }
-
-  @classmethod
-  def from_config(cls, config: dict[str, Any]) -> '_BaseReadjustmentSchedule':
-    """Builds a schedule from the output of `get_config`."""
-    return cls(**config)
-
-  def __eq__(self, other: object) -> bool:
-    return (type(self) is type(other) and
-            self.get_config() == other.get_config())
-
-  def __hash__(self) -> int:
-    return hash((type(self).__name__,) + tuple(self.get_config().values()))
-
-  def __repr__(self) -> str:
-    arguments = ', '.join(f'{k}={v!r}' for k, v in self.get_config().items())
-    return f'{type(self).__name__}({arguments})'
 
   def _round_tensor(self, round_num: Round) -> tf.Tensor:
     """`round_num` as an int32 scalar, checked to be >= the first round."""
@@ -300,7 +308,7 @@ class ReferenceReadjustmentSchedule(_BaseReadjustmentSchedule):
                           self.drop_fraction_at(t) > 0.0)
 
 
-class SparsitySchedule:
+class SparsitySchedule(_ConfigValue):
   """The global target sparsity of each round: constant, or growing.
 
   S_t = S_init + (S_final - S_init) * min(t, T_end) / T_end for rounds
@@ -403,19 +411,3 @@ class SparsitySchedule:
     return {'initial_sparsity': self._initial_sparsity,
             'final_sparsity': self._final_sparsity,
             'end_round': self._end_round}
-
-  @classmethod
-  def from_config(cls, config: dict[str, Any]) -> 'SparsitySchedule':
-    """Builds a schedule from the output of `get_config`."""
-    return cls(**config)
-
-  def __eq__(self, other: object) -> bool:
-    return (type(self) is type(other) and
-            self.get_config() == other.get_config())
-
-  def __hash__(self) -> int:
-    return hash((type(self).__name__,) + tuple(self.get_config().values()))
-
-  def __repr__(self) -> str:
-    arguments = ', '.join(f'{k}={v!r}' for k, v in self.get_config().items())
-    return f'{type(self).__name__}({arguments})'
