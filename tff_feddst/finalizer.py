@@ -348,6 +348,27 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
     return (FinalizerState(buffers=new_buffers, round_num=round_num),
             new_weights, measurements)
 
+  return finalizer_on_server(initial_state, server_update, model_weights_type,
+                             aggregate_type)
+
+
+def finalizer_on_server(initial_state: tff.Computation,
+                        server_update: tff.Computation,
+                        model_weights_type: tff.Type, aggregate_type: tff.Type
+                        ) -> tff.learning.templates.FinalizerProcess:
+  """A `FinalizerProcess` whose whole step is one server-side computation.
+
+  Args:
+    initial_state: A no-argument TF computation returning the state.
+    server_update: A TF computation `(state, weights, aggregate) ->
+      (new_state, new_weights, measurements)`.
+    model_weights_type: TFF type of the (unplaced) `ModelWeights`.
+    aggregate_type: TFF type of the (unplaced) aggregate.
+
+  Returns:
+    The `tff.learning.templates.FinalizerProcess`.
+  """
+
   @tff.federated_computation
   def init_fn():
     return tff.federated_eval(initial_state, tff.SERVER)

@@ -724,67 +724,6 @@ def full_capacity_encoding(
                              omit_dense_masks=False)
 
 
-def build_broadcast(layout: models.ModelLayout, model_weights_type: tff.Type,
-                    download_encoding: encoding.PayloadEncoding
-                    ) -> tff.learning.templates.DistributionProcess:
-  """Broadcast of the sparse global model at full per-layer capacity.
-
-  As `distributor.build_sparse_broadcast`, but the bytes counted for each
-  client are those a transport sends: values for the mask's ones only.
-
-  Type signatures:
-    initialize: `( -> <>@SERVER)`
-    next: `(<<>@SERVER, ModelWeights@SERVER> -> <state=<>@SERVER,
-      result=ModelWeights@CLIENTS, measurements=<download_bytes=int64>@SERVER>)`
-
-  Args:
-    layout: The model's `ModelLayout`.
-    model_weights_type: TFF type of the (unplaced) `ModelWeights`.
-    download_encoding: How the model is encoded (masks always sent).
-
-  Returns:
-    A `tff.learning.templates.DistributionProcess`.
-  """
-  capacity = layout.kernel_sizes
-
-  @tff.tensorflow.computation(model_weights_type)
-  def encode_global(weights):
-    return client_work.encode_weights(weights, layout, capacity,
-                                      payload_encoding=download_encoding)
-
-  payload_type = encode_global.type_signature.result
-
-  @tff.tensorflow.computation(payload_type)
-  def decode_global(payload):
-    return distributor.decode_model_weights(payload, layout, model_weights_type,
-                                            capacity, download_encoding)
-
-  @tff.tensorflow.computation(payload_type)
-  def num_bytes(payload):
-    _, masks, _ = encoding.decode_payload(payload, layout.kernel_shapes,
-                                          capacity, download_encoding)
-    return encoding.payload_num_bytes(payload, masks)
-
-  @tff.federated_computation
-  def init_fn():
-    return tff.federated_value((), tff.SERVER)
-
-  @tff.federated_computation(
-      init_fn.type_signature.result,
-      tff.types.FederatedType(model_weights_type, tff.SERVER))
-  def next_fn(state, weights):
-    received = tff.federated_broadcast(
-        tff.federated_map(encode_global, weights))
-    measurements = tff.federated_zip(collections.OrderedDict(
-        download_bytes=tff.federated_sum(tff.federated_map(num_bytes,
-                                                           received))))
-    return tff.templates.MeasuredProcessOutput(
-        state=state, result=tff.federated_map(decode_global, received),
-        measurements=measurements)
-
-  return tff.learning.templates.DistributionProcess(init_fn, next_fn)
-
-
 # ---------------------------------------------------------------------------
 # Finalizer: FedAvg on the mask, then the PruneFL rule on reconfiguration.
 
@@ -898,21 +837,8 @@ def build_finalizer(layout: models.ModelLayout, config: PruneflConfig,
         objective=objective)
     return tuple(new_buffers), new_weights, measurements
 
-  @tff.federated_computation
-  def init_fn():
-    return tff.federated_eval(initial_buffers, tff.SERVER)
-
-  @tff.federated_computation(
-      init_fn.type_signature.result,
-      tff.types.FederatedType(model_weights_type, tff.SERVER),
-      tff.types.FederatedType(aggregate_type, tff.SERVER))
-  def next_fn(state, weights, aggregate):
-    new_state, new_weights, measurements = tff.federated_map(
-        server_update, (state, weights, aggregate))
-    return tff.templates.MeasuredProcessOutput(
-        state=new_state, result=new_weights, measurements=measurements)
-
-  return tff.learning.templates.FinalizerProcess(init_fn, next_fn)
+  return finalizer.finalizer_on_server(initial_buffers, server_update,
+                                       model_weights_type, aggregate_type)
 
 
 def build_prunefl(model_fn: models.ModelFn,
@@ -929,9 +855,9 @@ def build_prunefl(model_fn: models.ModelFn,
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the PruneFL `LearningProcess` (federated stage).
 
-  Composed like `fed_dst.build_fed_dst`: `build_broadcast`, PruneFL client
-  work, `ImportanceSumFactory`, PruneFL finalizer. Payloads
-  hold up to each kernel's full size (the mask size changes).
+  Composed like `fed_dst.build_fed_dst`: the sparse broadcast at full
+  capacity, PruneFL client work, `ImportanceSumFactory`, PruneFL finalizer.
+  Payloads hold up to each kernel's full size (the mask size changes).
 
   Type signatures:
     initialize: `( -> LearningAlgorithmState@SERVER)`
@@ -986,7 +912,9 @@ def build_prunefl(model_fn: models.ModelFn,
   aggregator = aggregator_factory.create(result_type.update,
                                          result_type.update_weight)
   aggregate_type = aggregator.next.type_signature.result.result.member
-  broadcast = build_broadcast(layout, model_weights_type, download_encoding)
+  # Capacity = every kernel's size: PruneFL's mask size changes.
+  broadcast = distributor.build_sparse_broadcast(
+      layout, layout.kernel_sizes, model_weights_type, download_encoding)
   server_finalizer = build_finalizer(
       layout, config, model_weights_type, aggregate_type,
       server_learning_rate=server_learning_rate,
