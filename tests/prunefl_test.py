@@ -14,23 +14,12 @@ from tff_feddst import experiment
 from tff_feddst import fed_dst
 from tff_feddst import models
 from tff_feddst import prunefl
+from tests import fed_dst_test
 from tests import fixtures
 
-NUM_CLIENTS = 3
-
-
-def learnable_client_data(seed: int) -> list[tf.data.Dataset]:
-  """Each class is a fixed random 28x28 pattern plus noise: easy to learn."""
-  rng = np.random.default_rng(0)
-  patterns = rng.normal(size=(10, 28, 28, 1)).astype(np.float32)
-  rng = np.random.default_rng(seed)
-  datasets = []
-  for client in range(NUM_CLIENTS):
-    labels = rng.choice([client, client + 3, client + 6], size=24)
-    images = patterns[labels] + 0.5 * rng.normal(size=(24, 28, 28, 1))
-    datasets.append(tf.data.Dataset.from_tensor_slices(
-        (images.astype(np.float32), labels.astype(np.int32))).batch(8))
-  return datasets
+# Three clients of easy synthetic data, shared with the FedDST process tests.
+NUM_CLIENTS = fed_dst_test.NUM_CLIENTS
+learnable_client_data = fed_dst_test.learnable_client_data
 
 
 def as_numpy(tensors):
