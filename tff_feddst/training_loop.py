@@ -308,10 +308,13 @@ def run_training(process: tff.learning.templates.LearningProcess,
     if not resume:
       writer.writeheader()
       metrics_file.flush()
+    # The bound of the round about to run: computed once per round (for
+    # PruneFL it reads the global mask), after the round before it.
+    next_bound = (round_bound(first_round, state)
+                  if upload_budget_bytes is not None else 0)
     for round_num in range(first_round, total_rounds + 1):
       if (upload_budget_bytes is not None and
-          cumulative['upload'] + round_bound(round_num, state) >
-          upload_budget_bytes):
+          cumulative['upload'] + next_bound > upload_budget_bytes):
         stop_reason = 'upload_budget'
         break
       start = time.perf_counter()
@@ -327,10 +330,12 @@ def run_training(process: tff.learning.templates.LearningProcess,
       output = process.next(state, datasets)
       state = output.state
       eval_result = None
+      if upload_budget_bytes is not None and round_num < total_rounds:
+        next_bound = round_bound(round_num + 1, state)
       is_last = round_num == total_rounds or (
           upload_budget_bytes is not None and cumulative['upload'] +
           int(output.metrics['aggregator']['upload_bytes']) +
-          round_bound(round_num + 1, state) > upload_budget_bytes)
+          next_bound > upload_budget_bytes)
       weights = None
       if round_num % eval_every == 0 or is_last:
         weights = process.get_model_weights(state)
