@@ -51,6 +51,20 @@ def payload_type():
   return example.type_signature.result
 
 
+def assert_three_client_sums(test: tf.test.TestCase, aggregate) -> None:
+  """The aggregate of `client_payloads()` with `WEIGHTS`, worked out by hand."""
+  # Position 0: A (1*1) + C (2*3) = 7; 1: A (1*2) + B (3*4) = 14;
+  # 2: B (3*6) + C (2*9) = 36; 3: nobody.
+  test.assertAllClose(aggregate.weighted_kernel_sums[0], [7., 14., 36., 0.])
+  # Example-weighted votes: 1+2, 1+3, 3+2, 0.
+  test.assertAllClose(aggregate.weighted_votes[0], [3., 4., 5., 0.])
+  test.assertAllClose(aggregate.votes[0], [2., 2., 2., 0.])
+  # Bias: 1*1 + 3*2 + 2*4 = 15, over total weight 6.
+  test.assertAllClose(aggregate.weighted_dense_sums[0], [15.])
+  test.assertAllClose(aggregate.total_weight, 6.)
+  test.assertEqual(aggregate.num_clients, 3)
+
+
 class SparseSumFactoryComputationTest(tf.test.TestCase):
 
   def test_type_signature(self):
@@ -80,17 +94,7 @@ class SparseSumFactoryExecutionTest(tf.test.TestCase):
     process = aggregation.SparseSumFactory([(4,)]).create(
         payload_type(), tff.TensorType(np.float32))
     output = process.next(process.initialize(), client_payloads(), WEIGHTS)
-    aggregate = output.result
-    # Position 0: A (1*1) + C (2*3) = 7; 1: A (1*2) + B (3*4) = 14;
-    # 2: B (3*6) + C (2*9) = 36; 3: nobody.
-    self.assertAllClose(aggregate.weighted_kernel_sums[0], [7., 14., 36., 0.])
-    # Example-weighted votes: 1+2, 1+3, 3+2, 0.
-    self.assertAllClose(aggregate.weighted_votes[0], [3., 4., 5., 0.])
-    self.assertAllClose(aggregate.votes[0], [2., 2., 2., 0.])
-    # Bias: 1*1 + 3*2 + 2*4 = 15, over total weight 6.
-    self.assertAllClose(aggregate.weighted_dense_sums[0], [15.])
-    self.assertAllClose(aggregate.total_weight, 6.)
-    self.assertEqual(aggregate.num_clients, 3)
+    assert_three_client_sums(self, output.result)
     # Each upload: 2 values x 4 B + 1 mask byte + 1 bias x 4 B + 4 B weight.
     self.assertEqual(output.measurements, measurements(51, 3))
 
@@ -226,15 +230,6 @@ def aggregate_with(payload, weight, checks=None):
 
 class HostilePayloadTest(tf.test.TestCase, parameterized.TestCase):
 
-  def assert_honest_sums(self, aggregate):
-    # The hand numbers of test_three_clients_by_hand.
-    self.assertAllClose(aggregate.weighted_kernel_sums[0], [7., 14., 36., 0.])
-    self.assertAllClose(aggregate.weighted_votes[0], [3., 4., 5., 0.])
-    self.assertAllClose(aggregate.votes[0], [2., 2., 2., 0.])
-    self.assertAllClose(aggregate.weighted_dense_sums[0], [15.])
-    self.assertAllClose(aggregate.total_weight, 6.)
-    self.assertEqual(aggregate.num_clients, 3)
-
   @parameterized.named_parameters(
       # Honest uploads are 17 B each (51 B together); the hostile one's bytes
       # count as received: 3 values x 4 + 1 + 4 + 4 = 21 B, and so on.
@@ -256,7 +251,7 @@ class HostilePayloadTest(tf.test.TestCase, parameterized.TestCase):
   )
   def test_hostile_client_is_rejected(self, parts, weight, kind, num_bytes):
     output = aggregate_with(hostile(**parts), weight)
-    self.assert_honest_sums(output.result)
+    assert_three_client_sums(self, output.result)
     self.assertEqual(output.measurements,
                      measurements(51 + num_bytes, 3, **{kind: 1}))
 
@@ -266,7 +261,7 @@ class HostilePayloadTest(tf.test.TestCase, parameterized.TestCase):
     checks = payload_validation.PayloadChecks(max_norm=11.0)
     output = aggregate_with(hostile(values=[8., 12.], dense=[4.]), 3.,
                             checks)
-    self.assert_honest_sums(output.result)
+    assert_three_client_sums(self, output.result)
     self.assertEqual(output.measurements, measurements(68, 3, norm=1))
     # Squares that overflow float32 give an infinite norm: rejected too.
     output = aggregate_with(hostile(values=[1e30, 1e30]), 3., checks)
@@ -294,7 +289,7 @@ class HostilePayloadTest(tf.test.TestCase, parameterized.TestCase):
     checks = payload_validation.PayloadChecks(num_active_rule='at_most')
     output = aggregate_with(hostile(bits=[0., 1., 0., 0.], values=[4., 6.]),
                             3., checks)
-    self.assert_honest_sums(output.result)
+    assert_three_client_sums(self, output.result)
     self.assertEqual(output.measurements['rejected_mask_count'], 1)
 
   def test_all_rejected_round_aggregates_nothing(self):
