@@ -57,7 +57,9 @@ def worker_environment() -> dict[str, str]:
   results that differ in the last bits, and training grows those into
   different models (measured: three identical Fashion-MNIST runs started
   together gave three different round-3 losses; with it, six agreed bit for
-  bit, with the same numbers and speed as a run on a quiet machine). Only the
+  bit, with the same numbers and speed as a run on a quiet machine, though
+  the test suite later saw one identical-seed pair differ; only
+  `TF_ENABLE_ONEDNN_OPTS=0` has never differed, at twice the time). Only the
   worker gets it: in this process it would change how TensorFlow traces some
   ops (e.g. the sparse cross-entropy), and with it the graphs. A value the
   caller set is kept.
