@@ -108,14 +108,38 @@ class SparseSumFactoryExecutionTest(tf.test.TestCase):
                         [1., 2., 0., 0.])
     self.assertEqual(output.measurements, measurements(34, 1, weight=1))
 
-  def test_merge_adds_partial_sums(self):
+  def test_partial_exact_sums_merge_to_the_sequential_sum(self):
     payloads = client_payloads()
-    zero = aggregation._zero_aggregate([(4,)], [(1,)])
-    first = aggregation.accumulate_payload(zero, payloads[0], 1., [(4,)])
-    second = aggregation.accumulate_payload(zero, payloads[1], 3., [(4,)])
-    both = aggregation.accumulate_payload(first, payloads[1], 3., [(4,)])
-    merged = aggregation.merge_aggregates(first, second)
-    tf.nest.map_structure(self.assertAllClose, merged, both)
+    zero = aggregation.exact_sum.to_exact(
+        aggregation.zero_aggregate([(4,)], [(1,)]))
+    add = lambda total, index: aggregation.add_exactly(
+        total, payloads[index], WEIGHTS[index], [(4,)], [(1,)], [2],
+        encoding.PayloadEncoding())
+    sequential = add(add(add(zero, 0), 1), 2)
+    merged = aggregation.exact_sum.add(add(zero, 2), add(add(zero, 1), 0))
+    tf.nest.map_structure(self.assertAllEqual, merged, sequential)
+    assert_three_client_sums(self, aggregation.exact_sum.from_exact(
+        aggregation.zero_aggregate([(4,)], [(1,)]), merged))
+
+  def test_sums_do_not_depend_on_client_order(self):
+    # Position 0 gets 1e8 - 1e8 + 1 (by weight 1 each): float32 keeps the 1
+    # or loses it depending on the order; the aggregator always keeps it.
+    values = [[1e8, 1.], [-1e8, 2.], [1., 3.]]
+    masks = [[1., 1., 0., 0.]] * 3
+    payloads = [encoding.encode([np.array(v + [0., 0.], np.float32)],
+                                [np.array(m, np.float32)],
+                                [np.array([v[0]], np.float32)], [2])
+                for v, m in zip(values, masks)]
+    process = aggregation.SparseSumFactory([(4,)]).create(
+        payload_type(), tff.TensorType(np.float32))
+    results = []
+    for order in ([0, 1, 2], [0, 2, 1], [2, 1, 0]):
+      output = process.next(process.initialize(),
+                            [payloads[i] for i in order], [1., 1., 1.])
+      results.append(output.result)
+    for result in results:
+      self.assertAllEqual(result.weighted_kernel_sums[0], [1., 6., 0., 0.])
+      self.assertAllEqual(result.weighted_dense_sums[0], [1.])
 
 
 RICE = encoding.PayloadEncoding(mask_code='rice')

@@ -106,6 +106,10 @@ class ExperimentTest(tf.test.TestCase):
                                if k != 'round_seconds'} for r in rows]
     self.assertEqual(drop_time(first), drop_time(second))
     self.assertNotEqual(drop_time(first), drop_time(other))
+    with open(os.path.join(root, 'a', 'global_model.npz'), 'rb') as f:
+      first_model = f.read()
+    with open(os.path.join(root, 'b', 'global_model.npz'), 'rb') as f:
+      self.assertEqual(f.read(), first_model)
 
   def test_upload_budget_stops_before_it_is_exceeded(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')
@@ -184,8 +188,10 @@ class ExperimentTest(tf.test.TestCase):
 
   def test_clients_split_over_two_workers_give_the_same_run(self):
     root = self.create_tempdir().full_path
+    # 4 clients: two workers sum 2 + 2, one worker 4 in a row; in float32
+    # the groupings would round differently, exact sums agree bit for bit.
     config = small_config(self.data_dir, total_rounds=2, eval_every=1,
-                          tensorboard_dir='')
+                          clients_per_round=4, tensorboard_dir='')
     single = experiment.run_experiment(config, os.path.join(root, 'one'))
     split = experiment.run_experiment(
         dataclasses.replace(config, num_local_workers=2),
@@ -193,6 +199,10 @@ class ExperimentTest(tf.test.TestCase):
     drop_time = lambda rows: [{k: v for k, v in r.items()
                                if k != 'round_seconds'} for r in rows]
     self.assertEqual(drop_time(split), drop_time(single))
+    with open(os.path.join(root, 'one', 'global_model.npz'), 'rb') as f:
+      single_model = f.read()
+    with open(os.path.join(root, 'two', 'global_model.npz'), 'rb') as f:
+      self.assertEqual(f.read(), single_model)
 
   def test_dropout_aggregates_reporters_and_survives_empty_rounds(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')

@@ -11,7 +11,9 @@ payload as it accumulates it and keeps, per prunable position,
 and per dense parameter sum_c n_c * v_c, plus sum_c n_c and the number of
 clients. The finalizer divides (each position averaged only over the clients
 whose mask holds it) and decides the next mask; the aggregator only sums, so
-partial aggregates from several workers merge by addition.
+partial aggregates from several workers merge by addition. The running sums
+are kept in `exact_sum` form (integers on a fixed-point grid), so the result
+has the same bits for any client order and any split over workers.
 
 With an encoding that leaves unchanged masks out (`encoding.PayloadEncoding`
 with `masks_only_when_changed`), a client without masks holds the global
@@ -41,6 +43,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_feddst import encoding
+from tff_feddst import exact_sum
 from tff_feddst import payload_validation
 
 WEIGHT_BYTES = 4  # The float32 example count sent with each payload.
@@ -328,6 +331,58 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
                  lambda: rejected(tf.constant(shape_code, tf.int32)))
 
 
+def zero_sums(kernel_shapes: Sequence[Sequence[int]],
+              dense_shapes: Sequence[Sequence[int]],
+              payload_encoding: encoding.PayloadEncoding,
+              num_active: Sequence[int] = ()):
+  """The aggregate of no clients, of the type `payload_encoding` needs.
+
+  Returns:
+    A `CompactAggregate` when the encoding may leave masks out, else a
+    `SparseAggregate`; all sums 0.
+  """
+  if payload_encoding.masks_only_when_changed:
+    return zero_compact_aggregate(kernel_shapes, dense_shapes, num_active)
+  return zero_aggregate(kernel_shapes, dense_shapes)
+
+
+def add_exactly(exact_aggregate, payload: encoding.Payload,
+                weight: tf.Tensor, kernel_shapes: Sequence[Sequence[int]],
+                dense_shapes: Sequence[Sequence[int]],
+                num_active: Sequence[int],
+                payload_encoding: encoding.PayloadEncoding,
+                checks: Optional[payload_validation.PayloadChecks] = None,
+                targets: Optional[tf.Tensor] = None):
+  """`accumulate_payload` into sums kept in `exact_sum` form.
+
+  The client's contribution (its checked, decoded payload times its weight,
+  float32, exactly as `accumulate_payload` computes it) is added to integer
+  sums, so the total does not depend on the order in which clients arrive
+  or on how they are split over workers: a run gives the same bits on one
+  worker or several, under any load.
+
+  Args:
+    exact_aggregate: `exact_sum.to_exact` of an aggregate (`zero_sums`'s
+      type), or a sum of such.
+    payload: The client's upload.
+    weight: Its float32 example count.
+    kernel_shapes: Shape of each prunable kernel.
+    dense_shapes: Shape of each dense parameter tensor, in payload order.
+    num_active: Values per kernel (see `accumulate_payload`).
+    payload_encoding: The upload encoding.
+    checks: See `accumulate_payload`.
+    targets: See `accumulate_payload`.
+
+  Returns:
+    The updated exact sums.
+  """
+  contribution = accumulate_payload(
+      zero_sums(kernel_shapes, dense_shapes, payload_encoding, num_active),
+      payload, weight, kernel_shapes, num_active, payload_encoding, checks,
+      targets)
+  return exact_sum.add(exact_aggregate, exact_sum.to_exact(contribution))
+
+
 def expand_aggregate(aggregate: CompactAggregate,
                      global_masks: Sequence[tf.Tensor]) -> SparseAggregate:
   """Turns a `CompactAggregate` into the `SparseAggregate` it stands for.
@@ -355,11 +410,6 @@ def expand_aggregate(aggregate: CompactAggregate,
           for total, mask in zip(positional.weighted_votes, masks)),
       votes=tuple(total + aggregate.global_mask_voters * mask
                   for total, mask in zip(positional.votes, masks)))
-
-
-def merge_aggregates(first, second):
-  """Adds two partial aggregates of the same type (from different workers)."""
-  return tf.nest.map_structure(tf.add, first, second)
 
 
 def measurements_of(aggregate) -> collections.OrderedDict:
@@ -456,38 +506,44 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     relaxed_value_type = payload_validation.relaxed_type(spec)
     table = checks.targets_table(num_active)
 
+    def float_zero():
+      return zero_sums(kernel_shapes, dense_shapes, payload_encoding,
+                       num_active)
+
+    # Running sums are kept in `exact_sum` form (`add_exactly`), so the
+    # result is the same for any client order and split over workers.
     @tff.tensorflow.computation
     def zero_fn():
-      if payload_encoding.masks_only_when_changed:
-        return zero_compact_aggregate(kernel_shapes, dense_shapes, num_active)
-      return zero_aggregate(kernel_shapes, dense_shapes)
+      return exact_sum.to_exact(float_zero())
 
-    aggregate_type = zero_fn.type_signature.result
+    exact_type = zero_fn.type_signature.result
     targets_type = tff.TensorType(np.int32, [len(num_active)])
+
+    def add_client(exact_aggregate, payload, weight, targets=None):
+      return add_exactly(exact_aggregate, payload, weight, kernel_shapes,
+                         dense_shapes, num_active, payload_encoding, checks,
+                         targets)
 
     if checks.has_round_targets:
       @tff.tensorflow.computation(
-          aggregate_type, (relaxed_value_type, weight_type, targets_type))
-      def accumulate(aggregate, client_value):
-        payload, weight, targets = client_value
-        return accumulate_payload(aggregate, payload, weight, kernel_shapes,
-                                  num_active, payload_encoding, checks,
-                                  targets)
+          exact_type, (relaxed_value_type, weight_type, targets_type))
+      def accumulate(exact_aggregate, client_value):
+        return add_client(exact_aggregate, *client_value)
     else:
-      @tff.tensorflow.computation(aggregate_type,
+      @tff.tensorflow.computation(exact_type,
                                   (relaxed_value_type, weight_type))
-      def accumulate(aggregate, client_value):
-        payload, weight = client_value
-        return accumulate_payload(aggregate, payload, weight, kernel_shapes,
-                                  num_active, payload_encoding, checks)
+      def accumulate(exact_aggregate, client_value):
+        return add_client(exact_aggregate, *client_value)
 
-    @tff.tensorflow.computation(aggregate_type, aggregate_type)
+    @tff.tensorflow.computation(exact_type, exact_type)
     def merge(first, second):
-      return merge_aggregates(first, second)
+      return exact_sum.add(first, second)
 
-    @tff.tensorflow.computation(aggregate_type)
-    def report(aggregate):
-      return aggregate
+    @tff.tensorflow.computation(exact_type)
+    def report(exact_aggregate):
+      return exact_sum.from_exact(float_zero(), exact_aggregate)
+
+    aggregate_type = report.type_signature.result
 
     @tff.tensorflow.computation(aggregate_type)
     def measure(aggregate):

@@ -36,6 +36,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_feddst import encoding
+from tff_feddst import exact_sum
 from tff_feddst import masks as mask_lib
 from tff_feddst import models
 
@@ -427,6 +428,44 @@ def encode_weights(model_or_weights: Any, layout: models.ModelLayout,
       include_masks=include_masks)
 
 
+
+def federated_weighted_mean(values, weights):
+  """A weighted mean of float32 client scalars, the same for any order.
+
+  Like `tff.federated_mean(values, weight=weights)`, but summed in
+  `exact_sum` form, so the result does not depend on the order in which
+  clients arrive or on how they are split over workers. Call it inside a
+  `tff.federated_computation`.
+
+  Args:
+    values: float32@CLIENTS.
+    weights: float32@CLIENTS.
+
+  Returns:
+    float32@SERVER: NaN if any value or weight is not finite, or if the
+    weights sum to 0.
+  """
+  @tff.tensorflow.computation
+  def zero():
+    return exact_sum.zero_mean_terms()
+
+  terms_type = zero.type_signature.result
+
+  @tff.tensorflow.computation(terms_type, (np.float32, np.float32))
+  def accumulate(terms, value_and_weight):
+    return exact_sum.add(terms, exact_sum.mean_terms(*value_and_weight))
+
+  @tff.tensorflow.computation(terms_type, terms_type)
+  def merge(first, second):
+    return exact_sum.add(first, second)
+
+  @tff.tensorflow.computation(terms_type)
+  def report(terms):
+    return exact_sum.mean_of(exact_sum.MeanTerms(*terms))
+
+  return tff.federated_aggregate(tff.federated_zip((values, weights)),
+                                 zero(), accumulate, merge, report)
+
 def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
                       num_active: Sequence[int], schedule: Any,
                       config: ClientConfig, model_weights_type: tff.Type,
@@ -519,8 +558,8 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
         client_update, (weights, client_data, instructions))
     measurements = tff.federated_zip(collections.OrderedDict(
         round_num=round_num,
-        train_loss=tff.federated_mean(stats.train_loss,
-                                      weight=stats.num_examples),
+        train_loss=federated_weighted_mean(stats.train_loss,
+                                           stats.num_examples),
         num_examples=tff.federated_sum(stats.num_examples),
         num_regrown=tff.federated_sum(stats.num_regrown),
         should_readjust=tff.federated_map(instructions_for,

@@ -29,6 +29,7 @@ from tff_feddst import aggregation
 from tff_feddst import client_work
 from tff_feddst import distributor
 from tff_feddst import encoding
+from tff_feddst import exact_sum
 from tff_feddst import fed_dst
 from tff_feddst import finalizer
 from tff_feddst import models
@@ -158,21 +159,24 @@ class PlainFedDst:
       return distributor.decode_model_weights(
           payload, layout, weights_type, num_active, download_encoding)
 
+    def float_zero():
+      return aggregation.zero_sums(kernel_shapes, dense_shapes,
+                                   upload_encoding, num_active)
+
+    # Exact sums, as the TFF aggregator keeps them (`aggregation.add_exactly`).
     @tf.function
     def zero_aggregate():
-      if upload_encoding.masks_only_when_changed:
-        return aggregation.zero_compact_aggregate(kernel_shapes, dense_shapes,
-                                                  num_active)
-      return aggregation.zero_aggregate(kernel_shapes, dense_shapes)
+      return exact_sum.to_exact(float_zero())
 
     @tf.function
     def accumulate(aggregate, payload, weight):
-      return aggregation.accumulate_payload(aggregate, payload, weight,
-                                            kernel_shapes, num_active,
-                                            upload_encoding, payload_checks)
+      return aggregation.add_exactly(aggregate, payload, weight,
+                                     kernel_shapes, dense_shapes, num_active,
+                                     upload_encoding, payload_checks)
 
     @tf.function
-    def server_update(buffers, weights, aggregate):
+    def server_update(buffers, weights, exact_aggregate):
+      aggregate = exact_sum.from_exact(float_zero(), exact_aggregate)
       if upload_encoding.masks_only_when_changed:
         aggregate = aggregation.expand_aggregate(
             aggregate, [weights.non_trainable[i] for i in layout.mask_indices])
@@ -250,7 +254,7 @@ class PlainFedDst:
     with timer.phase(BROADCAST):
       payload, payload_bytes = self._encode_global(state.weights)
     aggregate = self._zero_aggregate()
-    loss_sum, num_examples, num_regrown = 0.0, 0.0, 0
+    loss_terms, num_regrown = exact_sum.zero_mean_terms(), 0
     for dataset in datasets:
       with timer.phase(BROADCAST):
         client_weights = self._decode_global(payload)
@@ -261,8 +265,8 @@ class PlainFedDst:
       with timer.phase(AGGREGATION):
         aggregate = self._accumulate(aggregate, upload, weight)
         tf.nest.flatten(aggregate)[-1].numpy()  # Waits for the result.
-      loss_sum += float(stats.train_loss) * float(stats.num_examples)
-      num_examples += float(stats.num_examples)
+      loss_terms = exact_sum.add(loss_terms, exact_sum.mean_terms(
+          stats.train_loss, stats.num_examples))
       num_regrown += int(stats.num_regrown)
     with timer.phase(SERVER_UPDATE):
       buffers, weights, changed, sparsity = self._server_update(
@@ -273,7 +277,8 @@ class PlainFedDst:
               else aggregate)
     metrics = collections.OrderedDict(
         round_num=round_num,
-        train_loss=loss_sum / num_examples if num_examples else 0.0,
+        train_loss=(float(exact_sum.mean_of(loss_terms)) if datasets
+                    else 0.0),
         num_regrown=num_regrown,
         should_readjust=bool(instructions.should_readjust),
         upload_bytes=int(totals.upload_bytes),

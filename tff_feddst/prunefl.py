@@ -96,6 +96,7 @@ from tff_feddst import aggregation
 from tff_feddst import client_work
 from tff_feddst import distributor
 from tff_feddst import encoding
+from tff_feddst import exact_sum
 from tff_feddst import finalizer
 from tff_feddst import masks as mask_lib
 from tff_feddst import models
@@ -580,8 +581,8 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
         (weights, client_data, tff.federated_broadcast(should_report)))
     measurements = tff.federated_zip(collections.OrderedDict(
         round_num=round_num,
-        train_loss=tff.federated_mean(stats.train_loss,
-                                      weight=stats.num_examples),
+        train_loss=client_work.federated_weighted_mean(
+            stats.train_loss, stats.num_examples),
         num_examples=tff.federated_sum(stats.num_examples),
         should_reconfigure=should_report))
     return tff.templates.MeasuredProcessOutput(
@@ -643,45 +644,55 @@ class ImportanceSumFactory(tff.aggregators.WeightedAggregationFactory):
     dense_shapes = tuple(tuple(t.shape) for t in
                          tff.structure.flatten(value_type.payload.dense))
 
-    @tff.tensorflow.computation
-    def zero_fn():
+    def float_zero():
       return PruneflAggregate(
           sums=aggregation.zero_aggregate(kernel_shapes, dense_shapes),
           importance_sums=tuple(tf.zeros(s, tf.float32)
                                 for s in kernel_shapes),
           importance_weight=tf.constant(0.0, tf.float32))
 
-    aggregate_type = zero_fn.type_signature.result
-
-    @tff.tensorflow.computation(aggregate_type, (value_type, weight_type))
-    def accumulate(aggregate, upload_and_weight):
-      upload, weight = upload_and_weight
+    def contribution(upload, weight):
+      """One client's terms of the sums (float32), as if added to zero."""
       weight = tf.cast(weight, tf.float32)
+      zero = float_zero()
       sums = aggregation.accumulate_payload(
-          aggregate.sums, upload.payload, weight, kernel_shapes, sizes,
+          zero.sums, upload.payload, weight, kernel_shapes, sizes,
           payload_encoding)
       # Bytes are counted here: values on the mask's ones only, the flag,
       # and the importance when present.
       _, masks, _ = encoding.decode_payload(upload.payload, kernel_shapes,
                                             sizes, payload_encoding)
       sums = sums._replace(
-          upload_bytes=aggregate.sums.upload_bytes + upload_num_bytes(
-              upload, masks) + aggregation.WEIGHT_BYTES)
+          upload_bytes=upload_num_bytes(upload, masks) +
+          aggregation.WEIGHT_BYTES)
       reported = weight * tf.cast(upload.has_importance, tf.float32)
       return PruneflAggregate(
           sums=sums,
-          importance_sums=tuple(
-              total + reported * z for total, z in zip(
-                  aggregate.importance_sums, upload.importance)),
-          importance_weight=aggregate.importance_weight + reported)
+          importance_sums=tuple(reported * z for z in upload.importance),
+          importance_weight=reported)
 
-    @tff.tensorflow.computation(aggregate_type, aggregate_type)
+    # Sums in `exact_sum` form: the same bits for any client order or split
+    # over workers.
+    @tff.tensorflow.computation
+    def zero_fn():
+      return exact_sum.to_exact(float_zero())
+
+    exact_type = zero_fn.type_signature.result
+
+    @tff.tensorflow.computation(exact_type, (value_type, weight_type))
+    def accumulate(exact_aggregate, upload_and_weight):
+      return exact_sum.add(exact_aggregate,
+                           exact_sum.to_exact(contribution(*upload_and_weight)))
+
+    @tff.tensorflow.computation(exact_type, exact_type)
     def merge(first, second):
-      return aggregation.merge_aggregates(first, second)
+      return exact_sum.add(first, second)
 
-    @tff.tensorflow.computation(aggregate_type)
-    def report(aggregate):
-      return aggregate
+    @tff.tensorflow.computation(exact_type)
+    def report(exact_aggregate):
+      return exact_sum.from_exact(float_zero(), exact_aggregate)
+
+    aggregate_type = report.type_signature.result
 
     @tff.tensorflow.computation(aggregate_type)
     def measure(aggregate):
