@@ -10,18 +10,16 @@ import os
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# Eigen kernels, not oneDNN, in this process and every process it starts
-# (TFF workers, bin/ scripts). The workers already run TF_DETERMINISTIC_OPS
-# (execution.worker_environment), yet oneDNN still gave an identical-seed
-# run that differed in the last bits about once in a few suite runs; with
-# Eigen, repeated runs under load have always agreed. The tests assert bit
-# equality (identical seeds, 1 vs 2 workers, kill and resume), so they run
-# on the kernels that guarantee it.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import psutil  # pylint: disable=g-import-not-at-top
 import pytest
+
+# The library's default kernels (one intra-op thread, as `run_experiment`
+# sets them), installed before any test runs TensorFlow: the tests assert
+# bit equality (identical seeds, 1 vs 2 workers, kill and resume).
+from tff_feddst import execution  # pylint: disable=g-import-not-at-top
+assert execution.use_bit_exact_kernels()
 
 
 def _worker_children() -> list:

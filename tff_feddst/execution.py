@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import ctypes
 import gc
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,8 @@ import tensorflow_federated as tff
 
 # Deterministic kernels in the workers we start (see `worker_environment`).
 DETERMINISM_ENV = 'TF_DETERMINISTIC_OPS'
+# One thread per kernel (see `worker_environment`, `use_bit_exact_kernels`).
+INTRA_OP_THREADS_ENV = 'TF_NUM_INTRAOP_THREADS'
 
 _PR_SET_PDEATHSIG = 1
 _STARTUP_TIMEOUT_SECONDS = 60.0
@@ -49,24 +52,63 @@ def worker_binary_path() -> str:
 
 
 def worker_environment() -> dict[str, str]:
-  """The environment of a worker we start: ours, plus deterministic kernels.
+  """The environment of a worker we start: ours, plus bit-exact kernels.
 
-  The worker runs every client update and the server's math. Without
-  `TF_DETERMINISTIC_OPS=1` its oneDNN kernels decide at run time how to split
-  a matmul or convolution across threads, so under CPU load one seed gives
-  results that differ in the last bits, and training grows those into
-  different models (measured: three identical Fashion-MNIST runs started
-  together gave three different round-3 losses; with it, six agreed bit for
-  bit, with the same numbers and speed as a run on a quiet machine, though
-  the test suite later saw one identical-seed pair differ; only
-  `TF_ENABLE_ONEDNN_OPTS=0` has never differed, at twice the time). Only the
-  worker gets it: in this process it would change how TensorFlow traces some
-  ops (e.g. the sparse cross-entropy), and with it the graphs. A value the
-  caller set is kept.
+  The worker runs every client update and the server's math. TensorFlow's
+  default oneDNN CPU kernels split a matmul or convolution across the
+  threads of the intra-op pool, and whether a kernel may use them depends on
+  the thread it happens to run on (a kernel started from a pool thread runs
+  single-threaded), so under load one seed gave results that differed in
+  the last bits, and training grew those into different models (measured:
+  three identical Fashion-MNIST runs started together gave three different
+  round-3 losses; `TF_DETERMINISTIC_OPS=1` alone made it rare, not
+  impossible). With one intra-op thread (`TF_NUM_INTRAOP_THREADS=1`) every
+  kernel always runs the same single-threaded code, so its bits never
+  depend on load; the cores stay busy because the worker runs the round's
+  clients concurrently, one kernel stream each (measured: no slower, see
+  the README). Values the caller set are kept.
   """
   env = dict(os.environ)
   env.setdefault(DETERMINISM_ENV, '1')
+  env.setdefault(INTRA_OP_THREADS_ENV, '1')
   return env
+
+
+def use_bit_exact_kernels() -> bool:
+  """Gives this process's TensorFlow kernels one intra-op thread each.
+
+  Evaluation and any other TF work in this process then give the same bits
+  under any load, as the workers do (`worker_environment`). Must run before
+  TensorFlow executes its first op; a `TF_NUM_INTRAOP_THREADS` the user set
+  is kept.
+
+  Returns:
+    True if this process now computes bit-exactly (one intra-op thread);
+    False, with a warning, if TensorFlow was initialised already with
+    another setting (e.g. in a notebook that ran TF before), or the user
+    chose another thread count.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  wanted = os.environ.get(INTRA_OP_THREADS_ENV)
+  if wanted is not None:  # Read by TensorFlow when it starts.
+    if wanted.strip() == '1':
+      return True
+    logging.warning('%s=%s: evaluation in this process may differ in the '
+                    'last bits under load.', INTRA_OP_THREADS_ENV, wanted)
+    return False
+  if tf.config.threading.get_intra_op_parallelism_threads() == 1:
+    return True
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+  except RuntimeError:
+    logging.warning(
+        'TensorFlow ran before tff_feddst could give it one intra-op '
+        'thread: evaluation in this process may differ in the last bits '
+        'under load. Call tff_feddst.execution.use_bit_exact_kernels() (or '
+        'set %s=1) before any other TensorFlow work for bit-exact results.',
+        INTRA_OP_THREADS_ENV)
+    return False
+  return True
 
 
 def _die_with_parent() -> None:

@@ -800,6 +800,7 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
   from tff_feddst import tensorboard_logging
   from tff_feddst import training_loop
 
+  execution.use_bit_exact_kernels()
   model_fn = models.get_model_fn(config.model_name, seed=config.seed)
   initial_model = fed_dst.build_initial_model(
       model_fn, config.effective_initial_sparsity,
