@@ -299,6 +299,21 @@ class ExperimentTest(tf.test.TestCase):
     with open(os.path.join(output_dir, 'metrics.csv')) as f:
       self.assertEqual(f.read(), metrics)
 
+  def test_model_that_does_not_fit_the_data_is_refused(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'run')
+    with self.assertRaises(experiment.ConfigError) as raised:
+      experiment.run_experiment(
+          small_config(self.data_dir, model='cifar10_net'), output_dir)
+    self.assertEqual(
+        str(raised.exception),
+        '--model=cifar10_net does not fit --dataset=fashion_mnist: it takes '
+        '(32, 32, 3) images and 10 classes, the data has (28, 28, 1) and 10; '
+        'expected a model such as mnist_net (unset --model picks it).')
+    self.assertFalse(os.path.exists(output_dir))
+    # More outputs than classes fit (EMNIST's 62-class net on 10 classes).
+    experiment.load_federated_data(
+        small_config(self.data_dir, model='emnist_conv2'))
+
   def test_used_output_dir_is_refused_and_left_alone(self):
     output_dir = self.create_tempdir().full_path
     metrics_path = os.path.join(output_dir, 'metrics.csv')

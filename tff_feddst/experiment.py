@@ -609,6 +609,31 @@ def check_output_dir(output_dir: str) -> None:
           'choose a new directory, nothing was changed.')
 
 
+def check_model_fits_data(model_name: str, dataset: data_lib.Dataset) -> None:
+  """Checks that a model takes the data set's images and has its classes.
+
+  Args:
+    model_name: One of `models.MODEL_BUILDERS` (from --model).
+    dataset: The loaded data set.
+
+  Raises:
+    ConfigError: One line naming --model, if its input shape differs from
+      the images' or it has fewer outputs than the data has classes (a
+      mismatch would otherwise fail deep inside Keras).
+  """
+  from tff_feddst import models  # pylint: disable=g-import-not-at-top
+  model = models.MODEL_BUILDERS[model_name](seed=0)
+  input_shape = tuple(model.input_shape[1:])
+  num_outputs = model.output_shape[-1]
+  image_shape = tuple(dataset.x_train.shape[1:])
+  if input_shape != image_shape or num_outputs < dataset.num_classes:
+    raise ConfigError(
+        f'--model={model_name} does not fit --dataset={dataset.name}: it '
+        f'takes {input_shape} images and {num_outputs} classes, the data has '
+        f'{image_shape} and {dataset.num_classes}; expected a model such as '
+        f'{DATASET_MODELS[dataset.name]} (unset --model picks it).')
+
+
 def load_federated_data(config: ExperimentConfig) -> data_lib.FederatedData:
   """Loads and partitions the configured data set.
 
@@ -620,9 +645,12 @@ def load_federated_data(config: ExperimentConfig) -> data_lib.FederatedData:
 
   Raises:
     data.DataFileError: For missing or corrupt data files.
-    ConfigError: If the split cannot be made with these settings.
+    ConfigError: If the split cannot be made with these settings, or an
+      explicit --model does not fit the data.
   """
   dataset = data_lib.load_dataset(config.dataset, config.data_dir)
+  if config.model is not None:
+    check_model_fits_data(config.model, dataset)
   if config.data_distribution == 'natural':
     try:
       return data_lib.build_federated_data(
