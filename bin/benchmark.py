@@ -16,20 +16,24 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+import cli  # pylint: disable=g-bad-import-order
 
 from tff_feddst import benchmarking
 from tff_feddst import data
+from tff_feddst import experiment
 
 _DEFAULTS = benchmarking.BenchmarkConfig()
+_CHOICES = experiment.setting_choices()
 
-flags.DEFINE_string('dataset', _DEFAULTS.dataset,
-                    'Data set: fashion_mnist, mnist or cifar10.')
+flags.DEFINE_enum('dataset', _DEFAULTS.dataset, _CHOICES['dataset'],
+                  'Data set (split iid).')
 flags.DEFINE_string('data_dir', None, 'Directory of the data set files '
                     '(default: the standard location).')
-flags.DEFINE_string('model', _DEFAULTS.model, 'Model name.')
+flags.DEFINE_enum('model', _DEFAULTS.model, _CHOICES['model'], 'Model.')
 flags.DEFINE_integer('total_clients', _DEFAULTS.total_clients,
                      'Clients the training set is split over (iid).')
 flags.DEFINE_integer('examples_per_client', None,
@@ -38,8 +42,8 @@ flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round,
                      'Clients per timed round.')
 flags.DEFINE_float('target_sparsity', _DEFAULTS.target_sparsity,
                    'Fraction of zeros in prunable kernels.')
-flags.DEFINE_string('sparsity_distribution', _DEFAULTS.sparsity_distribution,
-                    'Per-layer densities: uniform, er, erk or erk_reference.')
+flags.DEFINE_enum('sparsity_distribution', _DEFAULTS.sparsity_distribution,
+                  _CHOICES['sparsity_distribution'], 'Per-layer densities.')
 flags.DEFINE_integer('client_epochs_per_round',
                      _DEFAULTS.client_epochs_per_round, 'Local epochs E.')
 flags.DEFINE_integer('client_batch_size', _DEFAULTS.client_batch_size,
@@ -132,4 +136,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

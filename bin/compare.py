@@ -12,6 +12,7 @@ method stops at the same upload.
 """
 
 import dataclasses
+import math
 import os
 import sys
 
@@ -45,6 +46,16 @@ def main(argv):
   if unknown or not FLAGS.methods:
     sys.exit(f'compare.py: error: --methods={",".join(FLAGS.methods)} is '
              f'invalid: expected a list from {", ".join(experiment.METHODS)}.')
+  repeated = [m for m in FLAGS.methods if FLAGS.methods.count(m) > 1]
+  if repeated:
+    # The second run would find the first one's results in its directory.
+    sys.exit(f'compare.py: error: --methods={",".join(FLAGS.methods)} is '
+             f'invalid: expected each method once ({repeated[0]} repeats).')
+  if FLAGS.target_accuracy is not None and not (
+      math.isfinite(FLAGS.target_accuracy) and
+      0 < FLAGS.target_accuracy <= 1):
+    sys.exit(f'compare.py: error: --target_accuracy={FLAGS.target_accuracy} '
+             'is invalid: expected an accuracy in (0, 1], or unset.')
   table_paths = [os.path.join(FLAGS.output_dir, name) for name in (
       'summary.csv', 'summary.md', 'accuracy.png', 'accuracy.svg')]
   used = [p for p in table_paths + [os.path.join(FLAGS.output_dir, m)

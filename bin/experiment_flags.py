@@ -1,7 +1,9 @@
 """Flags shared by the bin/ scripts: one per `ExperimentConfig` field.
 
 Only bin/ reads flags; `config_from_flags` turns them into the plain
-`ExperimentConfig` the library takes.
+`ExperimentConfig` the library takes. Choice flags are enums over
+`experiment.setting_choices()`, so absl refuses an unknown value while
+parsing; `ExperimentConfig.validate` checks everything else.
 """
 
 import dataclasses
@@ -11,18 +13,20 @@ from absl import flags
 from tff_feddst import experiment
 
 _DEFAULTS = experiment.ExperimentConfig()
+_CHOICES = experiment.setting_choices()
 
 # Data.
-flags.DEFINE_string('dataset', _DEFAULTS.dataset,
-                    f'Data set: {", ".join(experiment.DATASET_MODELS)}.')
+flags.DEFINE_enum('dataset', _DEFAULTS.dataset, _CHOICES['dataset'],
+                  'Data set.')
 flags.DEFINE_string('data_dir', None, 'Directory with the data set files '
                     '(default: the Debian package path for Fashion-MNIST, the '
                     'Keras cache for MNIST, CIFAR-10 and CIFAR-100, TFF\'s '
                     'cache ~/.tff for EMNIST); see data/README.md.')
-flags.DEFINE_string('data_distribution', _DEFAULTS.data_distribution,
-                    'How examples are split over clients: iid, dirichlet, '
-                    'pathological, or natural (EMNIST: one client per '
-                    'writer, with the writer\'s own test examples).')
+flags.DEFINE_enum('data_distribution', _DEFAULTS.data_distribution,
+                  _CHOICES['data_distribution'],
+                  'How examples are split over clients (natural, EMNIST '
+                  'only: one client per writer, with the writer\'s own test '
+                  'examples).')
 flags.DEFINE_integer('total_clients', _DEFAULTS.total_clients,
                      'Number of clients the data is split over (natural: '
                      'how many writers to use, a seeded random subset when '
@@ -36,9 +40,8 @@ flags.DEFINE_integer('examples_per_class', _DEFAULTS.examples_per_class,
 flags.DEFINE_integer('examples_per_client', None,
                      'IID split: examples per client (default: all, evenly).')
 # Model.
-flags.DEFINE_string('model', None, 'Model (default: the paper\'s model for '
-                    'the data set): mnist_net, cifar10_net, cifar100_net, '
-                    'emnist_conv2.')
+flags.DEFINE_enum('model', None, _CHOICES['model'],
+                  'Model (default: the paper\'s model for the data set).')
 # Rounds and local training.
 flags.DEFINE_integer('total_rounds', _DEFAULTS.total_rounds, 'Server rounds.')
 flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round,
@@ -65,16 +68,18 @@ flags.DEFINE_float('initial_sparsity', None,
                    '+ (S - S_init) * min(t, T_end) / T_end (T_end: '
                    '--annealing_end_round) and the server re-prunes to it. '
                    'Unset: constant --target_sparsity.')
-flags.DEFINE_string('sparsity_distribution', _DEFAULTS.sparsity_distribution,
-                    'Per-layer densities: uniform, er, erk (RigL) or '
-                    'erk_reference (the authors\' variant).')
-flags.DEFINE_string('initial_mask', _DEFAULTS.initial_mask,
-                    'Initial mask: random (paper) or magnitude (reference).')
+flags.DEFINE_enum('sparsity_distribution', _DEFAULTS.sparsity_distribution,
+                  _CHOICES['sparsity_distribution'],
+                  'Per-layer densities: uniform, er, erk (RigL) or '
+                  'erk_reference (the authors\' variant).')
+flags.DEFINE_enum('initial_mask', _DEFAULTS.initial_mask,
+                  _CHOICES['initial_mask'],
+                  'Initial mask: random (paper) or magnitude (reference).')
 flags.DEFINE_float('drop_fraction', _DEFAULTS.drop_fraction,
                    'Readjustment ratio alpha: share of active weights pruned '
                    'and regrown at a readjustment (0: RandomMask).')
-flags.DEFINE_string('annealing', _DEFAULTS.annealing,
-                    'Decay of alpha over rounds: cosine or constant.')
+flags.DEFINE_enum('annealing', _DEFAULTS.annealing, _CHOICES['annealing'],
+                  'Decay of alpha over rounds.')
 flags.DEFINE_integer('annealing_end_round', _DEFAULTS.annealing_end_round,
                      'T_end: last round that readjusts (0: total_rounds/2).')
 flags.DEFINE_integer('rounds_between_readjustments',
@@ -84,20 +89,22 @@ flags.DEFINE_float('readjust_after_epochs', None,
                    'Readjust after this many local epochs, in (0, E]; values '
                    'in (-E, 0] count back from the end (0: after the last '
                    'epoch, the reference). Default: E-1, or 0.5 when E=1.')
-flags.DEFINE_string('grow_score', _DEFAULTS.grow_score,
-                    'Regrow by |gradient| accumulated over the steps before '
-                    'readjusting (accumulated) or of the last minibatch '
-                    '(last_batch, reference).')
-flags.DEFINE_string('readjust_rule', _DEFAULTS.readjust_rule,
-                    'feddst (paper) or reference (authors\' prune-then-grow '
-                    'over all positions).')
-flags.DEFINE_string('readjustment_schedule', _DEFAULTS.readjustment_schedule,
-                    'paper or reference (authors\' round counting and '
-                    'doubly-decayed ratio).')
-flags.DEFINE_string('upload_value_dtype', _DEFAULTS.upload_value_dtype,
-                    'dtype of uploaded weight values: float32 or float16 '
-                    '(float16 combines with an --upload_encoding that names '
-                    'no value dtype).')
+flags.DEFINE_enum('grow_score', _DEFAULTS.grow_score, _CHOICES['grow_score'],
+                  'Regrow by |gradient| accumulated over the steps before '
+                  'readjusting (accumulated) or of the last minibatch '
+                  '(last_batch, reference).')
+flags.DEFINE_enum('readjust_rule', _DEFAULTS.readjust_rule,
+                  _CHOICES['readjust_rule'],
+                  'feddst (paper) or reference (authors\' prune-then-grow '
+                  'over all positions).')
+flags.DEFINE_enum('readjustment_schedule', _DEFAULTS.readjustment_schedule,
+                  _CHOICES['readjustment_schedule'],
+                  'paper or reference (authors\' round counting and '
+                  'doubly-decayed ratio).')
+flags.DEFINE_enum('upload_value_dtype', _DEFAULTS.upload_value_dtype,
+                  _CHOICES['upload_value_dtype'],
+                  'dtype of uploaded weight values (float16 combines with an '
+                  '--upload_encoding that names no value dtype).')
 flags.DEFINE_string('upload_encoding', _DEFAULTS.upload_encoding,
                     'How clients encode uploads: "+"-joined float32|float16 '
                     '(values), bitmap|rice (mask code), optionally '
@@ -114,7 +121,8 @@ flags.DEFINE_float('server_momentum', _DEFAULTS.server_momentum,
                    'Server momentum (> 0: FedAvgM; tune the server lr).')
 flags.DEFINE_integer('min_votes', _DEFAULTS.min_votes,
                      'A weight must be held by at least this many of the '
-                     'round\'s clients to stay in the global mask.')
+                     'round\'s clients to stay in the global mask; at most '
+                     '--clients_per_round.')
 flags.DEFINE_bool('remember_old', _DEFAULTS.remember_old,
                   'A client lacking a position of the global mask counts as '
                   'having sent the old global weight there, in the averages '
@@ -126,16 +134,16 @@ flags.DEFINE_float('max_payload_norm', _DEFAULTS.max_payload_norm,
                    'non-finite or mis-counted uploads are always dropped; '
                    'metrics.csv counts them in rejected_clients.')
 # Method and budget.
-flags.DEFINE_string('method', _DEFAULTS.method,
-                    f'Method, all from one code path: '
-                    f'{", ".join(experiment.METHODS)}. A method fixes what '
-                    'defines it (e.g. fedavg: target_sparsity 0).')
+flags.DEFINE_enum('method', _DEFAULTS.method, _CHOICES['method'],
+                  'Method, all from one code path. A method fixes what '
+                  'defines it (e.g. fedavg: target_sparsity 0).')
 flags.DEFINE_integer('upload_budget_bytes', None,
                      'Stop before the cumulative client upload would exceed '
                      'this many bytes (compare methods at equal upload).')
 # Run.
 flags.DEFINE_integer('seed', _DEFAULTS.seed,
-                     'Seed of the split, model, masks, sampling, shuffling.')
+                     'Seed of the split, model, masks, sampling, shuffling; '
+                     'in [0, 2**32).')
 flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every,
                      'Evaluate every this many rounds (and after the last).')
 flags.DEFINE_float('dropout_rate', _DEFAULTS.dropout_rate,
@@ -169,8 +177,9 @@ flags.DEFINE_string('prunefl_layer_times', _DEFAULTS.prunefl_layer_times,
 # Execution.
 flags.DEFINE_integer('num_local_workers', _DEFAULTS.num_local_workers,
                      'Start this many TFF workers on 127.0.0.1 and split each '
-                     'round\'s clients across them (0: one worker, no split). '
-                     'They are ended when the run ends.')
+                     'round\'s clients across them (0: one worker, no split), '
+                     'at most the CPU count. They are ended when the run '
+                     'ends.')
 flags.DEFINE_string('workers', None, 'Comma-separated host:port of TFF '
                     'workers started elsewhere, to split clients across (with '
                     'or without --num_local_workers).')

@@ -28,6 +28,7 @@ from absl import logging
 from tff_feddst import experiment
 
 _DEFAULTS = experiment.ExperimentConfig()
+_CHOICES = experiment.setting_choices()
 
 flags.DEFINE_string('checkpoint', None, 'A run\'s output directory or its '
                     'global_model.npz (settings from the run\'s flags.txt). '
@@ -35,17 +36,19 @@ flags.DEFINE_string('checkpoint', None, 'A run\'s output directory or its '
 flags.DEFINE_string('output', None, 'Output directory (existing export files '
                     'are refused).')
 # Settings of a fresh export (a checkpoint brings its own).
-flags.DEFINE_string('dataset', _DEFAULTS.dataset,
-                    'Data set; picks the model when --model is unset.')
-flags.DEFINE_string('model', None, 'mnist_net, cifar10_net, cifar100_net or '
-                    'emnist_conv2 (default: the data set\'s model).')
+flags.DEFINE_enum('dataset', _DEFAULTS.dataset, _CHOICES['dataset'],
+                  'Data set; picks the model when --model is unset.')
+flags.DEFINE_enum('model', None, _CHOICES['model'],
+                  'Model (default: the data set\'s model).')
 flags.DEFINE_float('target_sparsity', _DEFAULTS.target_sparsity,
                    'Fraction of zeros in prunable kernels, in [0, 1).')
-flags.DEFINE_string('sparsity_distribution', _DEFAULTS.sparsity_distribution,
-                    'uniform, er, erk or erk_reference.')
-flags.DEFINE_string('initial_mask', _DEFAULTS.initial_mask,
-                    'random or magnitude.')
-flags.DEFINE_integer('seed', _DEFAULTS.seed, 'Seed of weights and masks.')
+flags.DEFINE_enum('sparsity_distribution', _DEFAULTS.sparsity_distribution,
+                  _CHOICES['sparsity_distribution'],
+                  'Per-layer densities.')
+flags.DEFINE_enum('initial_mask', _DEFAULTS.initial_mask,
+                  _CHOICES['initial_mask'], 'Initial mask.')
+flags.DEFINE_integer('seed', _DEFAULTS.seed,
+                     'Seed of weights and masks, in [0, 2**32).')
 flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate,
                    'Client SGD learning rate.')
 flags.DEFINE_float('client_momentum', _DEFAULTS.client_momentum,
@@ -53,14 +56,14 @@ flags.DEFINE_float('client_momentum', _DEFAULTS.client_momentum,
 flags.DEFINE_float('client_weight_decay', _DEFAULTS.client_weight_decay,
                    'Client L2 coefficient.')
 flags.DEFINE_float('prox_mu', _DEFAULTS.prox_mu, 'FedProx mu.')
-flags.DEFINE_string('grow_score', _DEFAULTS.grow_score,
-                    'accumulated or last_batch.')
-flags.DEFINE_string('readjust_rule', _DEFAULTS.readjust_rule,
-                    'feddst or reference.')
+flags.DEFINE_enum('grow_score', _DEFAULTS.grow_score, _CHOICES['grow_score'],
+                  'Regrow score.')
+flags.DEFINE_enum('readjust_rule', _DEFAULTS.readjust_rule,
+                  _CHOICES['readjust_rule'], 'Readjustment rule.')
 flags.DEFINE_float('drop_fraction', _DEFAULTS.drop_fraction,
                    'Readjustment ratio (sets the reference rule\'s counts).')
-flags.DEFINE_string('upload_value_dtype', _DEFAULTS.upload_value_dtype,
-                    'dtype of uploaded values: float32 or float16.')
+flags.DEFINE_enum('upload_value_dtype', _DEFAULTS.upload_value_dtype,
+                  _CHOICES['upload_value_dtype'], 'dtype of uploaded values.')
 
 FLAGS = flags.FLAGS
 SETTING_FLAGS = ('dataset', 'model', 'target_sparsity', 'sparsity_distribution',

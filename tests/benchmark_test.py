@@ -99,7 +99,9 @@ class BenchmarkTest(fixtures.FashionMnistSliceTestCase):
   def test_bad_settings_exit_with_one_line(self):
     for flag_values, message in (
         (dict(upload_encoding='float32+gzip'), 'unknown encoding token'),
-        (dict(clients_per_round=7, total_clients=6), 'clients per round')):
+        (dict(clients_per_round=7, total_clients=6), 'clients per round'),
+        (dict(target_sparsity='inf'), '--target_sparsity=inf is invalid'),
+        (dict(model='foo'), 'flag --model=foo: value should be one of')):
       result = run_benchmark(**flag_values)
       self.assertEqual(result.returncode, 1, result.stderr[-3000:])
       lines = [l for l in result.stderr.splitlines() if l.strip()]

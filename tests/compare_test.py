@@ -54,6 +54,24 @@ class CompareTest(fixtures.FashionMnistSliceTestCase):
     self.assertIn('--methods=', lines[0])
     self.assertFalse(os.path.exists(output_dir))
 
+  def test_repeated_method_and_bad_target_accuracy_are_refused(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'never')
+    cases = [(dict(methods=['fedavg', 'feddst', 'fedavg']),
+              'expected each method once (fedavg repeats)'),
+             (dict(target_accuracy=float('nan')), '--target_accuracy=nan'),
+             (dict(target_accuracy=float('inf')), '--target_accuracy=inf'),
+             (dict(target_accuracy=1.5), '--target_accuracy=1.5'),
+             (dict(target_accuracy=0.0), '--target_accuracy=0.0')]
+    for overrides, expected in cases:
+      with flagsaver.flagsaver(output_dir=output_dir, **overrides):
+        with self.assertRaises(SystemExit) as raised:
+          compare.main(['compare.py'])
+      message = raised.exception.code
+      self.assertStartsWith(message, 'compare.py: error: ')
+      self.assertIn(expected, message)
+      self.assertNotIn('\n', message)
+    self.assertFalse(os.path.exists(output_dir))
+
 
 class ShippedFlagfilesTest(tf.test.TestCase):
 

@@ -8,6 +8,8 @@ import os
 import pickle
 import shutil
 import tempfile
+import typing
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -187,6 +189,8 @@ class ExperimentTest(tf.test.TestCase):
     self.assertFalse(os.path.exists(output_dir))
 
   def test_clients_split_over_two_workers_give_the_same_run(self):
+    if experiment.usable_cpu_count() < 2:
+      self.skipTest('--num_local_workers is at most the CPU count.')
     root = self.create_tempdir().full_path
     # 4 clients: two workers sum 2 + 2, one worker 4 in a row; in float32
     # the groupings would round differently, exact sums agree bit for bit.
@@ -235,6 +239,90 @@ class ExperimentTest(tf.test.TestCase):
                             (dict(workers='a:1,,b'), 'workers')):
       with self.assertRaisesRegex(experiment.ConfigError, f'--{flag}='):
         small_config(self.data_dir, **overrides).validate()
+
+  def test_worker_addresses_accept_names_ipv4_and_ipv6(self):
+    for workers in ('localhost:8000', '127.0.0.1:1, 10.0.0.2:65535',
+                    '[::1]:8000', 'worker-1.example.org:80', 'node_7:9'):
+      experiment.check_worker_addresses(workers)
+      small_config(self.data_dir, workers=workers).validate()
+    for workers in ('localhost:65536', 'localhost:-1', 'local host:80',
+                    '-a:80', 'a:80:90', '1.2.3:80', '[1.2.3.4]:80',
+                    'a:1,,b:2', 'a:+80', 'a:８０'):
+      with self.assertRaisesRegex(experiment.ConfigError,
+                                  '^--workers=[^\n]*$'):
+        experiment.check_worker_addresses(workers)
+
+  def test_choices_are_the_library_constants(self):
+    from tff_feddst import client_work  # pylint: disable=g-import-not-at-top
+    from tff_feddst import fed_dst  # pylint: disable=g-import-not-at-top
+    from tff_feddst import schedules  # pylint: disable=g-import-not-at-top
+    from tff_feddst import sparsity_distribution  # pylint: disable=g-import-not-at-top
+    choices = experiment.setting_choices()
+    self.assertEqual(choices['grow_score'], client_work.GROW_SCORES)
+    self.assertEqual(choices['readjust_rule'], client_work.READJUST_RULES)
+    self.assertEqual(choices['initial_mask'], fed_dst.INITIAL_MASKS)
+    self.assertEqual(choices['annealing'], schedules.ANNEALINGS)
+    self.assertEqual(choices['sparsity_distribution'],
+                     sparsity_distribution.NUM_ACTIVE_DISTRIBUTIONS)
+    self.assertCountEqual(choices['model'], models.MODEL_BUILDERS)
+    self.assertCountEqual(choices['dataset'], data.DATASET_NAMES)
+    self.assertCountEqual(choices['data_distribution'], data.DISTRIBUTIONS)
+    defaults = experiment.ExperimentConfig()
+    for name, accepted in choices.items():
+      self.assertIn(getattr(defaults, name) or accepted[0], accepted, name)
+      # Without flags (the notebook), validate refuses the same values.
+      with self.assertRaisesRegex(experiment.ConfigError,
+                                  f"^--{name}='foo' is invalid: expected one "
+                                  f'of {", ".join(accepted)}.$'):
+        small_config(self.data_dir, **{name: 'foo'}).validate()
+
+  def test_float_settings_must_be_finite(self):
+    for name, hint in typing.get_type_hints(
+        experiment.ExperimentConfig).items():
+      if hint not in (float, Optional[float]):
+        continue
+      for value in (math.inf, -math.inf, math.nan):
+        with self.assertRaises(experiment.ConfigError) as raised:
+          small_config(self.data_dir, **{name: value}).validate()
+        self.assertEqual(str(raised.exception),
+                         f'--{name}={value!r} is invalid: expected a finite '
+                         'number.')
+
+  def test_resume_needs_a_checkpoint_and_changes_nothing(self):
+    config = small_config(self.data_dir, total_rounds=2, eval_every=1,
+                          checkpoint_every=1, tensorboard_dir='')
+    output_dir = os.path.join(self.create_tempdir().full_path, 'run')
+    experiment.run_experiment(config, output_dir)
+    # As if killed before round 1's checkpoint: no summary, no checkpoint.
+    os.remove(os.path.join(output_dir, 'summary.json'))
+    os.remove(os.path.join(output_dir, 'global_model.npz'))
+    shutil.rmtree(os.path.join(output_dir, 'checkpoints'))
+    with open(os.path.join(output_dir, 'metrics.csv')) as f:
+      metrics = f.read()
+    with self.assertRaisesRegex(
+        experiment.ConfigError,
+        f'^--resume: the run in {output_dir} has no checkpoint to continue '
+        r'from: it stopped before its first checkpoint \(after round 1\); '
+        'start it again without --resume'):
+      experiment.run_experiment(config, output_dir, resume=True)
+    self.assertCountEqual(os.listdir(output_dir), ['flags.txt', 'metrics.csv'])
+    with open(os.path.join(output_dir, 'metrics.csv')) as f:
+      self.assertEqual(f.read(), metrics)
+
+  def test_model_that_does_not_fit_the_data_is_refused(self):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'run')
+    with self.assertRaises(experiment.ConfigError) as raised:
+      experiment.run_experiment(
+          small_config(self.data_dir, model='cifar10_net'), output_dir)
+    self.assertEqual(
+        str(raised.exception),
+        '--model=cifar10_net does not fit --dataset=fashion_mnist: it takes '
+        '(32, 32, 3) images and 10 classes, the data has (28, 28, 1) and 10; '
+        'expected a model such as mnist_net (unset --model picks it).')
+    self.assertFalse(os.path.exists(output_dir))
+    # More outputs than classes fit (EMNIST's 62-class net on 10 classes).
+    experiment.load_federated_data(
+        small_config(self.data_dir, model='emnist_conv2'))
 
   def test_used_output_dir_is_refused_and_left_alone(self):
     output_dir = self.create_tempdir().full_path

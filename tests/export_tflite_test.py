@@ -156,6 +156,12 @@ class ExportTfliteBadInputTest(tf.test.TestCase):
     self.assert_one_line_error(result, '--model', '--checkpoint')
     result = run_export('--model=mnist_net')
     self.assert_one_line_error(result, '--output')
+    result = run_export('--initial_mask=foo', f'--output={output}')
+    self.assert_one_line_error(result, 'flag --initial_mask=foo: value should '
+                               'be one of <random|magnitude>')
+    result = run_export('--prox_mu=inf', f'--output={output}')
+    self.assert_one_line_error(result, '--prox_mu=inf is invalid: expected a '
+                               'finite number')
     self.assertFalse(os.path.exists(output))
 
 

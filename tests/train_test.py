@@ -1,22 +1,28 @@
 """Tests for bin/train.py: a smoke run through main(), and bad input."""
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
+import typing
+from typing import Optional
 
 from absl.testing import flagsaver
+from absl.testing import parameterized
 import psutil
 import tensorflow as tf
 
+from tff_feddst import experiment
 from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, 'bin', 'train.py')
 sys.path.insert(0, os.path.join(ROOT, 'bin'))
 
+import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -25,6 +31,32 @@ def run_train(*args: str) -> subprocess.CompletedProcess:
       [sys.executable, TRAIN, '--noprogress', *args], capture_output=True,
       text=True, timeout=300, stdin=subprocess.DEVNULL,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+
+
+def main_error(*args: str) -> str:
+  """Parses `args` as bin/train.py does and runs its main; returns the error.
+
+  Flags are restored afterwards. A setting that slips through validation
+  meets a data directory that does not exist, so it fails fast too (with a
+  message that names no flag).
+
+  Returns:
+    The message main (or the flag parser) exits with.
+  """
+  with flagsaver.flagsaver():
+    try:
+      train.main(cli.one_line_flags_parser(
+          ['train.py', '--noprogress', '--data_dir=/nonexistent/fmnist',
+           *args]))
+    except SystemExit as exit_:
+      return exit_.code
+  raise AssertionError(f'train.py {args} did not exit')
+
+
+def _float_settings() -> list[str]:
+  return [name for name, hint in
+          typing.get_type_hints(experiment.ExperimentConfig).items()
+          if hint in (float, Optional[float])]
 
 
 class TrainMainTest(fixtures.FashionMnistSliceTestCase):
@@ -163,6 +195,127 @@ class TrainBadInputTest(tf.test.TestCase):
     self.assert_one_line_error(result, 'already holds results')
     with open(os.path.join(output_dir, 'metrics.csv')) as f:
       self.assertEqual(f.read(), 'keep me')
+
+
+class TrainRefusesNonsenseTest(tf.test.TestCase, parameterized.TestCase):
+  """Each bad flag: one line naming it, exit code 1, nothing written."""
+
+  def assert_refused(self, args: list[str], *expected_words: str) -> None:
+    output_dir = os.path.join(self.create_tempdir().full_path, 'never')
+    message = main_error(f'--output_dir={output_dir}', *args)
+    # sys.exit with a string prints it to stderr and exits with code 1.
+    self.assertIsInstance(message, str)
+    self.assertNotIn('\n', message)
+    self.assertStartsWith(message, 'train.py: error: ')
+    for word in expected_words:
+      self.assertIn(word, message)
+    self.assertFalse(os.path.exists(output_dir), args)
+
+  @parameterized.parameters(
+      (f'--{name}={value}',) for name in _float_settings()
+      for value in ('inf', '-inf', 'nan'))
+  def test_every_float_must_be_finite(self, arg):
+    self.assert_refused([arg], f'{arg} is invalid: expected a finite number')
+
+  @parameterized.parameters(
+      (name,) for name in experiment.setting_choices())
+  def test_choice_flags_are_enums(self, name):
+    self.assert_refused([f'--{name}=foo'],
+                        f'flag --{name}=foo: value should be one of')
+
+  @parameterized.named_parameters(
+      ('seed_negative', ['--seed=-1'], '--seed=-1', '2**32'),
+      ('seed_too_large', [f'--seed={2**32}'], f'--seed={2**32}', '2**32'),
+      ('seed_huge', [f'--seed={2**70}'], '--seed=', '2**32'),
+      ('min_votes_above_clients', ['--clients_per_round=3', '--min_votes=4'],
+       '--min_votes=4', '--clients_per_round=3'),
+      ('port_too_large', ['--workers=localhost:99999'], '--workers=',
+       '[1, 65535]'),
+      ('port_zero', ['--workers=localhost:0'], '--workers=', '[1, 65535]'),
+      ('port_missing', ['--workers=localhost:'], '--workers=', 'port'),
+      ('no_port', ['--workers=localhost'], '--workers=', 'no :port'),
+      ('no_host', ['--workers=:8000'], '--workers=', 'no host'),
+      ('bad_host', ['--workers=a/b:8000'], '--workers=', "'a/b'"),
+      ('bad_ipv4', ['--workers=300.1.1.1:8000'], '--workers=', 'IPv4'),
+      ('bad_ipv6', ['--workers=[::g]:8000'], '--workers=', 'IPv6'),
+      ('worker_twice', ['--workers=a:1,b:2,a:1'], '--workers=', 'twice'),
+      ('empty_worker', ['--workers=a:1,'], '--workers=', 'empty'),
+      ('local_workers_negative', ['--num_local_workers=-1'],
+       '--num_local_workers=-1'),
+      ('local_workers_above_cpus',
+       [f'--num_local_workers={experiment.usable_cpu_count() + 1}'],
+       '--num_local_workers=', 'CPUs'),
+      ('no_clients', ['--total_clients=0'], '--total_clients=0'),
+      ('no_rounds', ['--total_rounds=0'], '--total_rounds=0'),
+      ('no_clients_per_round', ['--clients_per_round=0'],
+       '--clients_per_round=0'),
+      ('no_epochs', ['--client_epochs_per_round=0'],
+       '--client_epochs_per_round=0'),
+      ('empty_batches', ['--client_batch_size=0'], '--client_batch_size=0'),
+      ('no_evaluation', ['--eval_every=0'], '--eval_every=0'),
+      ('negative_checkpoint_every', ['--checkpoint_every=-1'],
+       '--checkpoint_every=-1'),
+      ('readjust_every_zero_rounds', ['--rounds_between_readjustments=0'],
+       '--rounds_between_readjustments=0'),
+      ('negative_annealing_end', ['--annealing_end_round=-1'],
+       '--annealing_end_round=-1'),
+      ('growing_sparsity_past_the_last_round',
+       ['--initial_sparsity=0.5', '--total_rounds=10',
+        '--annealing_end_round=1000000000'],
+       '--annealing_end_round=1000000000', '--total_rounds=10'),
+      ('beta_that_hangs_numpy', ['--dirichlet_beta=1e-30'],
+       '--dirichlet_beta=1e-30'),
+      ('zero_budget', ['--upload_budget_bytes=0'], '--upload_budget_bytes=0'),
+      ('empty_data_dir', ['--data_dir='], "--data_dir=''"),
+      ('empty_upload_encoding', ['--upload_encoding='],
+       "--upload_encoding=''"),
+      ('no_prunefl_steps', ['--prunefl_initial_steps=0'],
+       '--prunefl_initial_steps=0'),
+      ('negative_momentum', ['--client_momentum=-0.5'],
+       '--client_momentum=-0.5'),
+  )
+  def test_bad_value_is_refused(self, args, *expected_words):
+    self.assert_refused(args, *expected_words)
+
+  @parameterized.named_parameters(
+      ('before_first_checkpoint', 2, 'after round 2'),
+      ('no_checkpoints_at_all', 0, '--checkpoint_every=0'))
+  def test_resume_without_a_checkpoint_is_refused(self, checkpoint_every,
+                                                   why):
+    # A run killed in round 2 before its first checkpoint: flags.txt and one
+    # metrics row, no checkpoint. --resume would start over at round 1.
+    output_dir = self.create_tempdir().full_path
+    config = experiment.ExperimentConfig(
+        data_dir='/nonexistent/fmnist', total_rounds=4,
+        checkpoint_every=checkpoint_every)
+    files = {'flags.txt': '\n'.join(config.resolved().to_flag_lines()) + '\n',
+             'metrics.csv': 'round,train_loss\n1,2.3\n'}
+    for name, content in files.items():
+      with open(os.path.join(output_dir, name), 'w') as f:
+        f.write(content)
+    os.makedirs(os.path.join(output_dir, 'checkpoints'))
+    message = main_error(f'--output_dir={output_dir}', '--resume',
+                         '--total_rounds=4',
+                         f'--checkpoint_every={checkpoint_every}')
+    self.assertStartsWith(message, f'train.py: error: --resume: the run in '
+                          f'{output_dir} has no checkpoint to continue from')
+    self.assertNotIn('\n', message)
+    for word in (why, 'without --resume', f'remove {output_dir}'):
+      self.assertIn(word, message)
+    self.assertCountEqual(os.listdir(output_dir), [*files, 'checkpoints'])
+    self.assertEmpty(os.listdir(os.path.join(output_dir, 'checkpoints')))
+    for name, content in files.items():
+      with open(os.path.join(output_dir, name)) as f:
+        self.assertEqual(f.read(), content)
+
+  # One check that fails in ExperimentConfig.validate, one in absl's parser.
+  @parameterized.parameters((['--seed=-1'], '--seed=-1'),
+                            (['--method=foo'], '--method=foo'))
+  def test_bad_flag_through_the_script(self, args, expected):
+    output_dir = os.path.join(self.create_tempdir().full_path, 'never')
+    result = run_train(f'--output_dir={output_dir}', *args)
+    fixtures.assert_one_line_error(self, result, expected)
+    self.assertFalse(os.path.exists(output_dir))
 
 
 if __name__ == '__main__':

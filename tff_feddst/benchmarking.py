@@ -45,6 +45,7 @@ from tff_feddst import data as data_lib
 from tff_feddst import encoding
 from tff_feddst import evaluation
 from tff_feddst import execution
+from tff_feddst import experiment
 from tff_feddst import fed_dst
 from tff_feddst import models
 from tff_feddst import plain_loop
@@ -122,6 +123,15 @@ class BenchmarkConfig:
     for name in (self.upload_encoding, self.download_encoding) + tuple(
         self.report_encodings):
       encoding.PayloadEncoding.parse(name)  # Raises ValueError if bad.
+    # The settings a training run has too are checked as a run checks them
+    # (finite numbers, seed range, choices, ...): a ConfigError naming the
+    # flag.
+    run_settings = {field.name
+                    for field in dataclasses.fields(experiment.ExperimentConfig)}
+    experiment.ExperimentConfig(**{
+        field.name: getattr(self, field.name)
+        for field in dataclasses.fields(self)
+        if field.name in run_settings}).validate()
 
 
 def peak_rss_mb() -> dict[str, float]:

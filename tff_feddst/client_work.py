@@ -40,8 +40,8 @@ from tff_feddst import exact_sum
 from tff_feddst import masks as mask_lib
 from tff_feddst import models
 
-GROW_SCORES = ('accumulated', 'last_batch')
-READJUST_RULES = ('feddst', 'reference')
+GROW_SCORES = mask_lib.GROW_SCORES
+READJUST_RULES = mask_lib.READJUST_RULES
 
 # How many times `ClientTrainer.update` has been traced in this process (its
 # Python body runs only while tracing); see `update_trace_count`.

@@ -19,6 +19,7 @@ Nothing is written until the config and the data have been checked, and an
 
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import math
 import numbers
@@ -31,6 +32,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from tff_feddst import data as data_lib
+from tff_feddst import sparsity_distribution as sparsity_distribution_lib
 
 # Data set -> the paper's model for it (LEAF's CNN for EMNIST).
 DATASET_MODELS = {
@@ -42,8 +44,8 @@ DATASET_MODELS = {
 }
 # 'natural' (each client is one of the data's own clients) needs a data set
 # listed in `data.NATURAL_DATASET_NAMES`.
-DISTRIBUTIONS = ('iid', 'dirichlet', 'pathological', 'natural')
-SPARSITY_DISTRIBUTIONS = ('uniform', 'er', 'erk', 'erk_reference')
+DISTRIBUTIONS = data_lib.DISTRIBUTIONS
+SPARSITY_DISTRIBUTIONS = sparsity_distribution_lib.NUM_ACTIVE_DISTRIBUTIONS
 SCHEDULES = ('paper', 'reference')
 RESULT_FILES = ('metrics.csv', 'flags.txt', 'global_model.npz',
                 'summary.json')
@@ -54,6 +56,50 @@ METHODS = ('feddst', 'feddst_fedprox', 'fedavg', 'fedavgm', 'fedprox',
            'randommask', 'prunefl')
 DEFAULT_PROX_MU = 0.01
 DEFAULT_SERVER_MOMENTUM = 0.9
+# --seed feeds numpy's SeedSequence, Keras initializers and stateless TF
+# seeds (`seed * 1009 + layer`, int64): 32 bits keep every use in range.
+SEED_LIMIT = 2**32
+MAX_PORT = 65535
+MIN_DIRICHLET_BETA = 1e-4
+
+
+def setting_choices() -> dict[str, tuple[str, ...]]:
+  """The accepted values of each choice setting (flag), by name.
+
+  Taken from the modules that implement the choices, so that flags
+  (`bin/experiment_flags.py` defines them as enums) and `validate` agree
+  with the library. Imports TF, not TFF.
+
+  Returns:
+    `{setting name: accepted values}` for every setting with a fixed set
+    of values (`model` may also be None: the data set's model).
+  """
+  # pylint: disable=g-import-not-at-top
+  from tff_feddst import encoding
+  from tff_feddst import masks
+  from tff_feddst import models
+  from tff_feddst import schedules
+  # pylint: enable=g-import-not-at-top
+  return {
+      'dataset': tuple(DATASET_MODELS),
+      'data_distribution': DISTRIBUTIONS,
+      'model': tuple(models.MODEL_BUILDERS),
+      'sparsity_distribution': SPARSITY_DISTRIBUTIONS,
+      'initial_mask': masks.INITIAL_MASKS,
+      'annealing': schedules.ANNEALINGS,
+      'grow_score': masks.GROW_SCORES,
+      'readjust_rule': masks.READJUST_RULES,
+      'readjustment_schedule': SCHEDULES,
+      'upload_value_dtype': encoding.VALUE_DTYPES,
+      'method': METHODS,
+  }
+
+
+def usable_cpu_count() -> int:
+  """CPUs this process may run on (its affinity set where the OS has one)."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 class ConfigError(ValueError):
@@ -279,11 +325,12 @@ class ExperimentConfig:
 
     for name, hint in typing.get_type_hints(ExperimentConfig).items():
       check_setting_type(name, getattr(self, name), hint)
-    from tff_feddst import models  # Imports TF; keep module import light.
-    require(self.dataset in DATASET_MODELS, 'dataset',
-            f'one of {", ".join(DATASET_MODELS)}')
-    require(self.data_distribution in DISTRIBUTIONS, 'data_distribution',
-            f'one of {", ".join(DISTRIBUTIONS)}')
+    for name, accepted in setting_choices().items():
+      # None passed the type check only where the setting may be unset.
+      require(getattr(self, name) is None or getattr(self, name) in accepted,
+              name, f'one of {", ".join(accepted)}')
+    require(self.data_dir != '', 'data_dir',
+            'a directory, or unset (the data set\'s default location)')
     require(self.data_distribution != 'natural' or
             self.dataset in data_lib.NATURAL_DATASET_NAMES,
             'data_distribution',
@@ -291,15 +338,16 @@ class ExperimentConfig:
             '(natural needs a data set whose clients come with it: '
             f'{", ".join(data_lib.NATURAL_DATASET_NAMES)})')
     require(self.total_clients >= 1, 'total_clients', 'an integer >= 1')
-    require(self.dirichlet_beta > 0, 'dirichlet_beta', 'a number > 0')
+    # Below about 1e-4 every class already goes to one client, and numpy's
+    # Dirichlet sampler slows to a halt (1e-30 never returns).
+    require(self.dirichlet_beta >= MIN_DIRICHLET_BETA, 'dirichlet_beta',
+            f'a number >= {MIN_DIRICHLET_BETA:g}')
     require(self.classes_per_client >= 1, 'classes_per_client',
             'an integer >= 1')
     require(self.examples_per_class >= 1, 'examples_per_class',
             'an integer >= 1')
     require(self.examples_per_client is None or self.examples_per_client >= 1,
             'examples_per_client', 'an integer >= 1 or unset')
-    require(self.model is None or self.model in models.MODEL_BUILDERS,
-            'model', f'one of {", ".join(models.MODEL_BUILDERS)}')
     require(self.total_rounds >= 1, 'total_rounds', 'an integer >= 1')
     require(1 <= self.clients_per_round <= self.total_clients,
             'clients_per_round',
@@ -332,17 +380,19 @@ class ExperimentConfig:
           f'--initial_sparsity={self.initial_sparsity} is invalid with '
           '--readjust_rule=reference: expected unset (that rule\'s per-layer '
           'keep counts are fixed for the run).')
-    require(self.sparsity_distribution in SPARSITY_DISTRIBUTIONS,
-            'sparsity_distribution',
-            f'one of {", ".join(SPARSITY_DISTRIBUTIONS)}')
-    require(self.initial_mask in ('random', 'magnitude'), 'initial_mask',
-            'random or magnitude')
     require(0 <= self.drop_fraction <= 1, 'drop_fraction',
             'a fraction in [0, 1]')
-    require(self.annealing in ('cosine', 'constant'), 'annealing',
-            'cosine or constant')
     require(self.annealing_end_round >= 0, 'annealing_end_round',
             'an integer >= 0 (0: total_rounds // 2)')
+    if (self.is_growing_sparsity and
+        self.annealing_end_round > self.total_rounds):
+      # The per-round counts are tabulated up to T_end, and past the last
+      # round the sparsity would never reach its target.
+      raise ConfigError(
+          f'--annealing_end_round={self.annealing_end_round} is invalid with '
+          f'--initial_sparsity={self.initial_sparsity}: expected an integer '
+          f'in [0, --total_rounds={self.total_rounds}] (the round at which '
+          'the sparsity reaches --target_sparsity).')
     require(self.rounds_between_readjustments >= 1,
             'rounds_between_readjustments', 'an integer >= 1')
     epochs = self.client_epochs_per_round
@@ -351,21 +401,19 @@ class ExperimentConfig:
             'readjust_after_epochs',
             f'a number in (0, --client_epochs_per_round={epochs}], or in '
             f'(-{epochs}, 0] counting back from the last epoch, or unset')
-    require(self.grow_score in ('accumulated', 'last_batch'), 'grow_score',
-            'accumulated or last_batch')
-    require(self.readjust_rule in ('feddst', 'reference'), 'readjust_rule',
-            'feddst or reference')
-    require(self.readjustment_schedule in SCHEDULES, 'readjustment_schedule',
-            f'one of {", ".join(SCHEDULES)}')
-    require(self.upload_value_dtype in ('float32', 'float16'),
-            'upload_value_dtype', 'float32 or float16')
     self.payload_encodings()
     require(self.server_learning_rate > 0, 'server_learning_rate',
             'a number > 0')
     require(0 <= self.server_momentum < 1, 'server_momentum',
             'a number in [0, 1)')
     require(self.eval_every >= 1, 'eval_every', 'an integer >= 1')
-    require(self.min_votes >= 0, 'min_votes', 'an integer >= 0')
+    # More votes than sampled clients can never be reached: every position
+    # would leave the global mask, for good. With --dropout_rate (or
+    # rejected uploads) fewer may report; those rounds thin the mask.
+    require(0 <= self.min_votes <= self.clients_per_round, 'min_votes',
+            f'an integer in [0, --clients_per_round={self.clients_per_round}] '
+            '(a weight stays only if that many of the round\'s clients '
+            'hold it)')
     require(math.isfinite(self.max_payload_norm) and
             self.max_payload_norm >= 0, 'max_payload_norm',
             'a finite number >= 0 (0: no bound)')
@@ -373,13 +421,14 @@ class ExperimentConfig:
             'an integer >= 0 (0: no checkpoints)')
     require(0 <= self.dropout_rate < 1, 'dropout_rate',
             'a probability in [0, 1)')
-    require(self.num_local_workers >= 0, 'num_local_workers',
-            'an integer >= 0 (0: one worker, no client split)')
-    require(self.workers is None or (bool(self.worker_addresses) and all(
-        re.fullmatch(r'[^\s:,]+:\d+', address)
-        for address in self.worker_addresses)), 'workers',
-            'comma-separated host:port addresses of running TFF workers')
-    require(self.method in METHODS, 'method', f'one of {", ".join(METHODS)}')
+    cpus = usable_cpu_count()
+    require(0 <= self.num_local_workers <= cpus, 'num_local_workers',
+            f'an integer in [0, {cpus}], at most the CPUs this process may '
+            'use (0: one worker, no client split)')
+    if self.workers is not None:
+      check_worker_addresses(self.workers)
+    require(0 <= self.seed < SEED_LIMIT, 'seed',
+            f'an integer in [0, 2**32 = {SEED_LIMIT})')
     require(self.upload_budget_bytes is None or self.upload_budget_bytes > 0,
             'upload_budget_bytes', 'a number of bytes > 0, or unset')
     require(self.prunefl_initial_rounds >= 0, 'prunefl_initial_rounds',
@@ -419,12 +468,65 @@ def _is_layer_times(text: str) -> bool:
 
 _TYPE_NAMES = {int: 'an integer', float: 'a number', str: 'a string',
                bool: 'True or False'}
+# A host name (RFC 1123 labels; '_' tolerated, as some resolvers do).
+_HOST_NAME = re.compile(r'(?!-)[A-Za-z0-9_-]{1,63}(?<!-)'
+                        r'(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?')
+
+
+def _worker_address_problem(address: str) -> Optional[str]:
+  """What is wrong with one `host:port` worker address, or None."""
+  host, separator, port = address.rpartition(':')
+  if not separator:
+    return 'no :port'
+  if not host:
+    return 'no host'
+  if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+    return f'port {port!r} is not in [1, {MAX_PORT}]'
+  if host.startswith('[') and host.endswith(']'):
+    try:
+      ipaddress.IPv6Address(host[1:-1])
+      return None
+    except ValueError:
+      return f'{host} is not an IPv6 address'
+  if len(host) > 253 or not _HOST_NAME.fullmatch(host):
+    return f'host {host!r} is not a host name, an IPv4 address or [IPv6]'
+  if all(label.isdigit() for label in host.rstrip('.').split('.')):
+    try:
+      ipaddress.IPv4Address(host)
+    except ValueError:
+      return f'{host} is not an IPv4 address'
+  return None
+
+
+def check_worker_addresses(workers: str) -> None:
+  """Checks a `--workers` value: comma-separated `host:port`, each once.
+
+  Args:
+    workers: The flag's value.
+
+  Raises:
+    ConfigError: One line naming the first bad address and what is wrong.
+  """
+  addresses = [a.strip() for a in workers.split(',')]
+  expected = ('comma-separated host:port addresses of running TFF workers '
+              f'(host name, IPv4 or [IPv6]; port in [1, {MAX_PORT}])')
+  for address in addresses:
+    problem = ('an empty address' if not address
+               else _worker_address_problem(address))
+    if problem:
+      raise ConfigError(f'--workers={workers!r} is invalid: expected '
+                        f'{expected}; {address!r}: {problem}.')
+  duplicates = sorted({a for a in addresses if addresses.count(a) > 1})
+  if duplicates:
+    raise ConfigError(f'--workers={workers!r} is invalid: expected each '
+                      f'worker once; {duplicates[0]!r} is listed twice.')
 
 
 def check_setting_type(name: str, value: Any, hint: Any) -> None:
   """Checks that a setting has the type its annotation asks for.
 
-  Integers are accepted for floats; booleans are not numbers here.
+  Integers are accepted for floats; booleans are not numbers here; a float
+  setting must be finite (inf and nan are refused).
 
   Args:
     name: The setting (flag) name, for the message.
@@ -445,6 +547,10 @@ def check_setting_type(name: str, value: Any, hint: Any) -> None:
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
   elif kind is float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok and not math.isfinite(value):
+      # inf and nan parse as floats but no setting means them.
+      raise ConfigError(f'--{name}={value!r} is invalid: expected a finite '
+                        'number.')
   else:
     ok = isinstance(value, kind)
   if not ok:
@@ -503,6 +609,31 @@ def check_output_dir(output_dir: str) -> None:
           'choose a new directory, nothing was changed.')
 
 
+def check_model_fits_data(model_name: str, dataset: data_lib.Dataset) -> None:
+  """Checks that a model takes the data set's images and has its classes.
+
+  Args:
+    model_name: One of `models.MODEL_BUILDERS` (from --model).
+    dataset: The loaded data set.
+
+  Raises:
+    ConfigError: One line naming --model, if its input shape differs from
+      the images' or it has fewer outputs than the data has classes (a
+      mismatch would otherwise fail deep inside Keras).
+  """
+  from tff_feddst import models  # pylint: disable=g-import-not-at-top
+  model = models.MODEL_BUILDERS[model_name](seed=0)
+  input_shape = tuple(model.input_shape[1:])
+  num_outputs = model.output_shape[-1]
+  image_shape = tuple(dataset.x_train.shape[1:])
+  if input_shape != image_shape or num_outputs < dataset.num_classes:
+    raise ConfigError(
+        f'--model={model_name} does not fit --dataset={dataset.name}: it '
+        f'takes {input_shape} images and {num_outputs} classes, the data has '
+        f'{image_shape} and {dataset.num_classes}; expected a model such as '
+        f'{DATASET_MODELS[dataset.name]} (unset --model picks it).')
+
+
 def load_federated_data(config: ExperimentConfig) -> data_lib.FederatedData:
   """Loads and partitions the configured data set.
 
@@ -514,9 +645,12 @@ def load_federated_data(config: ExperimentConfig) -> data_lib.FederatedData:
 
   Raises:
     data.DataFileError: For missing or corrupt data files.
-    ConfigError: If the split cannot be made with these settings.
+    ConfigError: If the split cannot be made with these settings, or an
+      explicit --model does not fit the data.
   """
   dataset = data_lib.load_dataset(config.dataset, config.data_dir)
+  if config.model is not None:
+    check_model_fits_data(config.model, dataset)
   if config.data_distribution == 'natural':
     try:
       return data_lib.build_federated_data(
@@ -732,8 +866,9 @@ def check_resumable(config: ExperimentConfig, output_dir: str) -> None:
     output_dir: The run's output directory.
 
   Raises:
-    ConfigError: If there is no run there, it finished already, or its
-      flags.txt differs from `config` (naming the first differing flag).
+    ConfigError: If there is no run there, it finished already, its
+      flags.txt differs from `config` (naming the first differing flag), or
+      it has no checkpoint to continue from.
   """
   flags_path = os.path.join(output_dir, 'flags.txt')
   if not os.path.isfile(flags_path):
@@ -750,6 +885,33 @@ def check_resumable(config: ExperimentConfig, output_dir: str) -> None:
     raise ConfigError(
         f'--resume: the run in {output_dir} has a different configuration '
         f'({differing[0]} differs); resume with the same flags.')
+  check_has_checkpoint(config, output_dir)
+
+
+def check_has_checkpoint(config: ExperimentConfig, output_dir: str) -> None:
+  """Checks that the run in `output_dir` saved a checkpoint to resume from.
+
+  Without one, `--resume` would silently start over at round 1.
+
+  Args:
+    config: The resolved settings of the resumed run.
+    output_dir: The run's output directory.
+
+  Raises:
+    ConfigError: One line naming --resume and what to do instead.
+  """
+  from tff_feddst import checkpoints  # pylint: disable=g-import-not-at-top
+  if checkpoints.list_checkpoints(os.path.join(output_dir, 'checkpoints')):
+    return
+  if config.checkpoint_every == 0:
+    why = 'it saves none (--checkpoint_every=0)'
+  else:
+    why = ('it stopped before its first checkpoint (after round '
+           f'{min(config.checkpoint_every, config.total_rounds)})')
+  raise ConfigError(
+      f'--resume: the run in {output_dir} has no checkpoint to continue '
+      f'from: {why}; start it again without --resume in a new '
+      f'--output_dir, or remove {output_dir} first.')
 
 
 def run_experiment(config: ExperimentConfig, output_dir: str, *,

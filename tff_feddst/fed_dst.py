@@ -49,7 +49,7 @@ from tff_feddst import payload_validation
 from tff_feddst import pruning
 from tff_feddst import sparsity_distribution
 
-INITIAL_MASKS = ('random', 'magnitude')
+INITIAL_MASKS = mask_lib.INITIAL_MASKS
 
 
 class InitialModel(NamedTuple):

@@ -23,6 +23,12 @@ _RANDOM_MASK_SEED_SALT = 0x6665_6464  # b'fedd'.
 
 Count = int | tf.Tensor
 
+# The names of the mask rules a run chooses from (kept here, in a module
+# without TFF, so that flag definitions can list them cheaply).
+INITIAL_MASKS = ('random', 'magnitude')  # `random_mask`, or `top_k_mask`.
+GROW_SCORES = ('accumulated', 'last_batch')  # Gradient summed, or last.
+READJUST_RULES = ('feddst', 'reference')  # `readjust`, `readjust_reference`.
+
 
 class ReadjustResult(NamedTuple):
   """Outcome of one prune-and-regrow step on one kernel.
