@@ -32,11 +32,18 @@ def count_to(limit):
 SLOW_COUNT = 3_000_000
 
 
-def when_busy(pid: int, action, call_done: threading.Event):
-  """Runs `action` once process `pid` is computing (used 0.2 s more CPU).
+def when_busy(pid: int, action, call_done: threading.Event,
+              cpu_seconds: float = 0.2):
+  """Runs `action` once process `pid` is computing (used more CPU).
 
   A worker only computes while a call runs, so `action` lands mid-call.
   Gives up when `call_done` is set first.
+
+  Args:
+    pid: The worker process.
+    action: What to do.
+    call_done: Set when the call is over.
+    cpu_seconds: CPU time the worker must use first.
 
   Returns:
     The started thread.
@@ -45,7 +52,7 @@ def when_busy(pid: int, action, call_done: threading.Event):
     process = psutil.Process(pid)
     start = sum(process.cpu_times()[:2])
     while not call_done.is_set():
-      if sum(process.cpu_times()[:2]) > start + 0.2:
+      if sum(process.cpu_times()[:2]) > start + cpu_seconds:
         action()
         return
       time.sleep(0.01)

@@ -8,10 +8,13 @@ import os
 import pickle
 import shutil
 import tempfile
+import threading
 
 import numpy as np
+import psutil
 import tensorflow as tf
 
+from tests import execution_test
 from tff_feddst import data
 from tff_feddst import experiment
 from tff_feddst import models
@@ -27,6 +30,14 @@ def small_config(data_dir: str, **overrides) -> experiment.ExperimentConfig:
       rounds_between_readjustments=1, annealing='constant', seed=0)
   settings.update(overrides)
   return experiment.ExperimentConfig(**settings)
+
+
+def metrics_without_timing(output_dir: str) -> list[list[str]]:
+  """metrics.csv's lines as fields, without the round_seconds column."""
+  with open(os.path.join(output_dir, 'metrics.csv'), newline='') as f:
+    rows = list(csv.reader(f))
+  timing = rows[0].index('round_seconds')
+  return [row[:timing] + row[timing + 1:] for row in rows]
 
 
 class ExperimentTest(tf.test.TestCase):
@@ -193,6 +204,52 @@ class ExperimentTest(tf.test.TestCase):
     drop_time = lambda rows: [{k: v for k, v in r.items()
                                if k != 'round_seconds'} for r in rows]
     self.assertEqual(drop_time(split), drop_time(single))
+
+  def test_worker_killed_mid_round_is_restarted_and_the_run_unchanged(self):
+    root = self.create_tempdir().full_path
+    config = small_config(self.data_dir, total_rounds=2, eval_every=1,
+                          tensorboard_dir='')
+    whole = os.path.join(root, 'whole')
+    experiment.run_experiment(config, whole)
+
+    def workers():
+      return {p.pid for p in psutil.Process().children()
+              if 'worker_binary' in ' '.join(p.cmdline())}
+
+    before = workers()  # The test session's own worker.
+    done = threading.Event()
+    killers = []
+
+    def kill_in_round_2(row):
+      if row['round'] == 1:  # The worker's next work is round 2's.
+        (pid,) = workers() - before
+        killers.append(execution_test.when_busy(
+            pid, execution_test.sigkill(pid), done, cpu_seconds=0.05))
+
+    killed = os.path.join(root, 'killed')
+    with self.assertLogs(level='WARNING') as logs:
+      experiment.run_experiment(config, killed, on_round_end=kill_in_round_2)
+    done.set()
+    killers[0].join()
+    warnings = [line for line in logs.output if 'TFF worker' in line]
+    self.assertLen(warnings, 1)
+    self.assertRegex(warnings[0], r'died \(killed by SIGKILL\) during round '
+                     r'2; restarted it on port \d+ and re-running round 2')
+    self.assertEqual(workers(), before)  # The new worker is gone too.
+    self.assertEqual(metrics_without_timing(killed),
+                     metrics_without_timing(whole))
+    for name in ('global_model.npz', 'summary.json'):
+      with open(os.path.join(whole, name), 'rb') as f:
+        expected = f.read()
+      with open(os.path.join(killed, name), 'rb') as f:
+        if name == 'summary.json':  # Seconds aside.
+          expected = json.loads(expected)
+          got = json.loads(f.read())
+          expected.pop('seconds')
+          got.pop('seconds')
+          self.assertEqual(got, expected)
+        else:
+          self.assertEqual(f.read(), expected, name)
 
   def test_dropout_aggregates_reporters_and_survives_empty_rounds(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')

@@ -229,6 +229,23 @@ def sync_context_for(worker) -> tff.framework.SyncExecutionContext:
   return _context_for(worker.stub, tff.framework.SyncExecutionContext)
 
 
+class _WithoutRetryNotes(logging.Filter):
+  """Drops TFF's note on every retry of an unavailable worker.
+
+  TFF logs one (at INFO, with the full gRPC error) each time it retries a
+  call to a worker that is down; `SupervisedContext` reports a dead or lost
+  worker once instead.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno < logging.WARNING and
+                record.getMessage().startswith('Received retryable gRPC'))
+
+
+# TFF logs through absl's logger.
+logging.getLogger('absl').addFilter(_WithoutRetryNotes())
+
+
 class WorkerLostError(interruptions.Interrupted):
   """A TFF worker died or stopped answering, and the run cannot go on.
 
