@@ -6,6 +6,13 @@ stdout/stderr and leave it running after Python exits, which hangs pipes
 a parent-death signal, is stopped by PID when the context is closed (and at
 interpreter exit), and the context is assembled from public `tff.framework`
 parts, as TFF's own local factory does.
+
+TFF's contexts also retry a dead worker forever, so a run would hang with no
+message. The contexts here are `SupervisedContext`s: an owned worker that dies
+during a call is restarted and the call re-run (exactly: computations are pure
+functions of their inputs); a worker given by address that stops answering
+ends the call with a `WorkerLostError` naming it; a stop request abandons the
+call.
 """
 
 import atexit
@@ -401,7 +408,7 @@ class SupervisedContext(tff.framework.SyncContext):
   TFF's own contexts retry a dead worker forever, so a run would hang. Here
   each `invoke` runs the call of an inner context (built on one fresh
   `_AbandonableStub` per worker) on a daemon thread, and the calling thread
-  polls every `poll_seconds`:
+  checks before the call and then every `poll_seconds`:
   - an owned worker (`LocalWorker`) that died: the call is abandoned, the
     worker restarted in place (same port if free), a fresh inner context
     built, one warning logged, and the call run again from the same inputs.
@@ -504,6 +511,8 @@ class SupervisedContext(tff.framework.SyncContext):
             restarts, self._max_restarts)
 
   def _invoke_watched(self, comp: Any, arg: Any) -> Any:
+    if self._check_interrupt is not None:
+      self._check_interrupt()
     self._raise_if_lost()
     _, context = self._current_generation()
     outcome = {}
