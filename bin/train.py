@@ -58,7 +58,7 @@ def _stop_message(stop: interruptions.StopRequested) -> str:
   if stop.completed_round is None:
     return f'train.py: {stop} before round 1; {_how_to_continue(stop)}'
   when = (f'after round {stop.completed_round}' if stop.completed_round
-          else 'in round 1')
+          else 'before round 1 completed')
   return (f'train.py: {stop} {when}; checkpoint saved; '
           f'{_how_to_continue(stop)}')
 

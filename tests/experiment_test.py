@@ -7,6 +7,7 @@ import math
 import os
 import pickle
 import shutil
+import signal
 import tempfile
 import threading
 
@@ -17,6 +18,7 @@ import tensorflow as tf
 from tests import execution_test
 from tff_feddst import data
 from tff_feddst import experiment
+from tff_feddst import interruptions
 from tff_feddst import models
 from tff_feddst import tensorboard_logging
 from tff_feddst import training_loop
@@ -51,6 +53,8 @@ class ExperimentTest(tf.test.TestCase):
   @classmethod
   def tearDownClass(cls):
     shutil.rmtree(cls.data_dir)
+    if '_whole_two_rounds' in vars(cls):
+      del cls._whole_two_rounds
     super().tearDownClass()
 
   def test_run_writes_metrics_flags_and_model(self):
@@ -205,12 +209,37 @@ class ExperimentTest(tf.test.TestCase):
                                if k != 'round_seconds'} for r in rows]
     self.assertEqual(drop_time(split), drop_time(single))
 
-  def test_worker_killed_mid_round_is_restarted_and_the_run_unchanged(self):
-    root = self.create_tempdir().full_path
+  def whole_two_rounds(self) -> tuple[experiment.ExperimentConfig, str]:
+    """A small uninterrupted run (made once): its config and output dir."""
     config = small_config(self.data_dir, total_rounds=2, eval_every=1,
                           tensorboard_dir='')
-    whole = os.path.join(root, 'whole')
-    experiment.run_experiment(config, whole)
+    if not hasattr(ExperimentTest, '_whole_two_rounds'):
+      whole = os.path.join(self.data_dir, 'whole_two_rounds')
+      experiment.run_experiment(config, whole)
+      ExperimentTest._whole_two_rounds = whole
+    return config, ExperimentTest._whole_two_rounds
+
+  def test_stop_before_round_1_leaves_round_0_to_resume_from(self):
+    config, whole = self.whole_two_rounds()
+    stopped = os.path.join(self.create_tempdir().full_path, 'stopped')
+
+    def stop_at_once():  # As if SIGTERM came while the run was set up.
+      raise interruptions.StopRequested(signal.SIGTERM)
+
+    with self.assertRaises(interruptions.StopRequested) as raised:
+      experiment.run_experiment(config, stopped,
+                                check_interrupt=stop_at_once)
+    self.assertEqual(raised.exception.completed_round, 0)
+    self.assertEqual(raised.exception.checkpoint_path,
+                     os.path.join(stopped, 'checkpoints', 'ckpt-000000.npz'))
+    self.assertTrue(os.path.exists(raised.exception.checkpoint_path))
+    experiment.run_experiment(config, stopped, resume=True)
+    self.assertEqual(metrics_without_timing(stopped),
+                     metrics_without_timing(whole))
+
+  def test_worker_killed_mid_round_is_restarted_and_the_run_unchanged(self):
+    root = self.create_tempdir().full_path
+    config, whole = self.whole_two_rounds()
 
     def workers():
       return {p.pid for p in psutil.Process().children()

@@ -900,6 +900,12 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
   def keep_completed(round_num: int, state, cumulative: dict) -> None:
     completed[:] = [(round_num, state, cumulative)]
 
+  def check_interrupt_during_calls() -> None:
+    # Until the loop has a state to checkpoint (round 0's), a stop waits for
+    # it, so a stopped run always leaves a checkpoint to resume from.
+    if completed:
+      check_interrupt()
+
   def after_round(row):
     if tensorboard is not None:
       tensorboard.write_metrics(row)
@@ -918,7 +924,8 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
       if tensorboard_dir:
         tensorboard = stack.enter_context(tensorboard_logging.TensorBoardWriter(
             tensorboard_dir, initial_model.layout))
-      worker_settings = dict(check_interrupt=check_interrupt)
+      worker_settings = dict(check_interrupt=(
+          check_interrupt_during_calls if check_interrupt else None))
       if config.num_local_workers or config.worker_addresses:
         if worker_timeout_seconds is not None:
           worker_settings['worker_timeout_seconds'] = worker_timeout_seconds
