@@ -6,12 +6,22 @@
 Every flag maps one-to-one onto `tff_feddst.experiment.ExperimentConfig`.
 Writes output_dir/{flags.txt, metrics.csv, global_model.npz}. Bad input ends
 with a one-line error naming the flag or file, exit code 1, nothing written.
+
+SIGTERM or SIGINT (Ctrl-C) abandons the round in progress (a round is one
+TFF call, which cannot be paused and can be long), saves a checkpoint of the
+last completed round, ends the owned workers and exits with one stderr line
+and code 143 (SIGTERM) or 130 (SIGINT); `--resume` continues exactly. A
+local worker that dies is restarted and its round re-run; a `--workers`
+worker that does not answer for --worker_timeout_seconds ends the run the
+same way, with exit code 1.
 """
 
 import os
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# gRPC's own notes (e.g. on forking a restarted worker) are not for users.
+os.environ.setdefault('GRPC_VERBOSITY', 'ERROR')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,12 +32,42 @@ import cli  # pylint: disable=g-bad-import-order
 import experiment_flags  # pylint: disable=g-bad-import-order
 from tff_feddst import data
 from tff_feddst import experiment
+from tff_feddst import interruptions
 
 
 flags.DEFINE_bool('resume', False, 'Continue the unfinished run in '
                   '--output_dir (same flags) from its newest checkpoint.')
+flags.DEFINE_float('worker_timeout_seconds', 60.0, 'Stop the run (keeping a '
+                   'checkpoint for --resume) when a --workers worker has not '
+                   'answered for this many seconds.')
 
 FLAGS = flags.FLAGS
+
+
+def _how_to_continue(error: interruptions.Interrupted) -> str:
+  """The end of a stopped run's one-line message: what next."""
+  if error.completed_round is None:  # Stopped before the run had a state.
+    if os.path.exists(os.path.join(FLAGS.output_dir, 'flags.txt')):
+      return 'nothing to keep; start it again with --resume'
+    return 'nothing to keep; start it again'
+  return 'continue with --resume'
+
+
+def _stop_message(stop: interruptions.StopRequested) -> str:
+  """E.g. 'train.py: stopped by SIGTERM after round 3; checkpoint saved...'."""
+  if stop.completed_round is None:
+    return f'train.py: {stop} before round 1; {_how_to_continue(stop)}'
+  when = (f'after round {stop.completed_round}' if stop.completed_round
+          else 'before round 1 completed')
+  return (f'train.py: {stop} {when}; checkpoint saved; '
+          f'{_how_to_continue(stop)}')
+
+
+def _lost_worker_message(error: interruptions.Interrupted) -> str:
+  if error.completed_round is None:
+    return f'train.py: error: {error}; {_how_to_continue(error)}'
+  return (f'train.py: error: {error}; checkpoint of round '
+          f'{error.completed_round} saved; {_how_to_continue(error)}')
 
 
 def main(argv):
@@ -37,13 +77,21 @@ def main(argv):
   if not FLAGS.output_dir:
     sys.exit('train.py: error: --output_dir is required (a new directory for '
              'the results).')
+  watch = interruptions.SignalWatch()
   try:
-    rows = experiment.run_experiment(experiment_flags.config_from_flags(),
-                                     FLAGS.output_dir,
-                                     resume=FLAGS.resume,
-                                     progress=FLAGS.progress)
+    with watch.installed():
+      rows = experiment.run_experiment(
+          experiment_flags.config_from_flags(), FLAGS.output_dir,
+          resume=FLAGS.resume, progress=FLAGS.progress,
+          check_interrupt=watch.check,
+          worker_timeout_seconds=FLAGS.worker_timeout_seconds)
   except (experiment.ConfigError, data.DataFileError) as error:
     sys.exit(f'train.py: error: {error}')
+  except interruptions.StopRequested as stop:
+    print(_stop_message(stop), file=sys.stderr)
+    sys.exit(stop.exit_code)
+  except interruptions.Interrupted as error:  # A lost worker.
+    sys.exit(_lost_worker_message(error))
   final = rows[-1]
   print(f'round {final["round"]}: test_accuracy={final["test_accuracy"]:.4f} '
         f'client_test_accuracy={final["client_test_accuracy"]:.4f} '

@@ -1,19 +1,78 @@
 """Tests for tff_feddst.execution: owned workers, nothing left behind."""
 
 import os
+import signal
+import subprocess
+import threading
+import time
 
 import numpy as np
+import portpicker
 import psutil
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests import fed_dst_test
 from tff_feddst import execution
+from tff_feddst import interruptions
 
 
 @tff.tensorflow.computation(np.int32)
 def add_one(value):
   return value + 1
+
+
+@tff.tensorflow.computation(np.int64)
+def count_to(limit):
+  """A call that keeps its worker busy for a while (seconds at 3e6)."""
+  return tf.while_loop(lambda i: i < limit, lambda i: i + 1,
+                       [tf.constant(0, tf.int64)])[0]
+
+
+SLOW_COUNT = 3_000_000
+
+
+def when_busy(pid: int, action, call_done: threading.Event,
+              cpu_seconds: float = 0.2):
+  """Runs `action` once process `pid` is computing (used more CPU).
+
+  A worker only computes while a call runs, so `action` lands mid-call.
+  Gives up when `call_done` is set first.
+
+  Args:
+    pid: The worker process.
+    action: What to do.
+    call_done: Set when the call is over.
+    cpu_seconds: CPU time the worker must use first.
+
+  Returns:
+    The started thread.
+  """
+  def watch():
+    process = psutil.Process(pid)
+    start = sum(process.cpu_times()[:2])
+    while not call_done.is_set():
+      if sum(process.cpu_times()[:2]) > start + cpu_seconds:
+        action()
+        return
+      time.sleep(0.01)
+  thread = threading.Thread(target=watch)
+  thread.start()
+  return thread
+
+
+def sigkill(pid: int):
+  return lambda: os.kill(pid, signal.SIGKILL)
+
+
+def start_plain_worker() -> tuple[subprocess.Popen, str]:
+  """Starts a TFF worker this test owns but the code under test does not."""
+  port = portpicker.pick_unused_port()
+  process = subprocess.Popen(
+      [execution.worker_binary_path(), f'--port={port}'],
+      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  return process, f'127.0.0.1:{port}'
 
 
 class ExecutionTest(tf.test.TestCase):
@@ -98,6 +157,82 @@ class DistributedExecutionTest(tf.test.TestCase):
       with execution.distributed_execution_context(
           worker_addresses=['localhost']):
         pass
+
+
+class SupervisedContextTest(tf.test.TestCase):
+  """Workers that die or stop answering while a call runs."""
+
+  def test_owned_worker_killed_mid_call_is_restarted_and_call_rerun(self):
+    with execution.local_execution_context() as worker:
+      first_pid, port = worker.process.pid, worker.port
+      done = threading.Event()
+      killer = when_busy(first_pid, sigkill(first_pid), done)
+      with self.assertLogs(level='WARNING') as logs:
+        result = count_to(SLOW_COUNT)
+      done.set()
+      killer.join()
+      self.assertEqual(result, SLOW_COUNT)
+      self.assertNotEqual(worker.process.pid, first_pid)
+      self.assertEqual(add_one(1), 2)  # The new worker serves on.
+    self.assertLen(logs.output, 1)
+    self.assertIn(f'127.0.0.1:{port} died (killed by SIGKILL)',
+                  logs.output[0])
+    self.assertIn('restart 1 of 3', logs.output[0])
+    self.assertIsNotNone(worker.process.poll())
+
+  def test_owned_worker_dying_beyond_the_restart_limit_is_lost(self):
+    with execution.local_execution_context(max_restarts=0) as worker:
+      pid = worker.process.pid
+      done = threading.Event()
+      killer = when_busy(pid, sigkill(pid), done)
+      with self.assertRaisesRegex(
+          execution.WorkerLostError,
+          f'127.0.0.1:{worker.port} died during a TFF call '
+          r'\(killed by SIGKILL\)'):
+        count_to(SLOW_COUNT)
+      done.set()
+      killer.join()
+
+  def test_worker_not_owned_that_dies_mid_call_is_named_in_bounded_time(self):
+    process, address = start_plain_worker()
+    try:
+      with execution.distributed_execution_context(
+          worker_addresses=[address], worker_timeout_seconds=2):
+        execution.describe_activity('round 7')
+        done = threading.Event()
+        killer = when_busy(process.pid, sigkill(process.pid), done)
+        with self.assertRaisesRegex(
+            execution.WorkerLostError,
+            f'TFF worker {address} did not answer for [0-9]+ s during '
+            'round 7') as raised:
+          count_to(SLOW_COUNT)
+        done.set()
+        killer.join()
+        self.assertEqual(raised.exception.address, address)
+        self.assertIsInstance(raised.exception, interruptions.Interrupted)
+    finally:
+      process.kill()
+      process.wait()
+
+  def test_interrupt_abandons_the_call_and_the_context_goes_on(self):
+    stop = threading.Event()
+
+    def check_interrupt():
+      if stop.is_set():
+        raise interruptions.StopRequested(signal.SIGTERM)
+
+    with execution.local_execution_context(
+        check_interrupt=check_interrupt) as worker:
+      pid = worker.process.pid
+      done = threading.Event()
+      stopper = when_busy(pid, stop.set, done)
+      with self.assertRaises(interruptions.StopRequested):
+        count_to(SLOW_COUNT)
+      done.set()
+      stopper.join()
+      stop.clear()
+      self.assertEqual(add_one(1), 2)
+      self.assertEqual(worker.process.pid, pid)  # Not restarted.
 
 
 if __name__ == '__main__':

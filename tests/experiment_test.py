@@ -7,15 +7,20 @@ import math
 import os
 import pickle
 import shutil
+import signal
 import tempfile
+import threading
 import typing
 from typing import Optional
 
 import numpy as np
+import psutil
 import tensorflow as tf
 
+from tests import execution_test
 from tff_feddst import data
 from tff_feddst import experiment
+from tff_feddst import interruptions
 from tff_feddst import models
 from tff_feddst import tensorboard_logging
 from tff_feddst import training_loop
@@ -31,6 +36,14 @@ def small_config(data_dir: str, **overrides) -> experiment.ExperimentConfig:
   return experiment.ExperimentConfig(**settings)
 
 
+def metrics_without_timing(output_dir: str) -> list[list[str]]:
+  """metrics.csv's lines as fields, without the round_seconds column."""
+  with open(os.path.join(output_dir, 'metrics.csv'), newline='') as f:
+    rows = list(csv.reader(f))
+  timing = rows[0].index('round_seconds')
+  return [row[:timing] + row[timing + 1:] for row in rows]
+
+
 class ExperimentTest(tf.test.TestCase):
 
   @classmethod
@@ -42,6 +55,8 @@ class ExperimentTest(tf.test.TestCase):
   @classmethod
   def tearDownClass(cls):
     shutil.rmtree(cls.data_dir)
+    if '_whole_two_rounds' in vars(cls):
+      del cls._whole_two_rounds
     super().tearDownClass()
 
   def test_run_writes_metrics_flags_and_model(self):
@@ -207,6 +222,77 @@ class ExperimentTest(tf.test.TestCase):
       single_model = f.read()
     with open(os.path.join(root, 'two', 'global_model.npz'), 'rb') as f:
       self.assertEqual(f.read(), single_model)
+
+  def whole_two_rounds(self) -> tuple[experiment.ExperimentConfig, str]:
+    """A small uninterrupted run (made once): its config and output dir."""
+    config = small_config(self.data_dir, total_rounds=2, eval_every=1,
+                          tensorboard_dir='')
+    if not hasattr(ExperimentTest, '_whole_two_rounds'):
+      whole = os.path.join(self.data_dir, 'whole_two_rounds')
+      experiment.run_experiment(config, whole)
+      ExperimentTest._whole_two_rounds = whole
+    return config, ExperimentTest._whole_two_rounds
+
+  def test_stop_before_round_1_leaves_round_0_to_resume_from(self):
+    config, whole = self.whole_two_rounds()
+    stopped = os.path.join(self.create_tempdir().full_path, 'stopped')
+
+    def stop_at_once():  # As if SIGTERM came while the run was set up.
+      raise interruptions.StopRequested(signal.SIGTERM)
+
+    with self.assertRaises(interruptions.StopRequested) as raised:
+      experiment.run_experiment(config, stopped,
+                                check_interrupt=stop_at_once)
+    self.assertEqual(raised.exception.completed_round, 0)
+    self.assertEqual(raised.exception.checkpoint_path,
+                     os.path.join(stopped, 'checkpoints', 'ckpt-000000.npz'))
+    self.assertTrue(os.path.exists(raised.exception.checkpoint_path))
+    experiment.run_experiment(config, stopped, resume=True)
+    self.assertEqual(metrics_without_timing(stopped),
+                     metrics_without_timing(whole))
+
+  def test_worker_killed_mid_round_is_restarted_and_the_run_unchanged(self):
+    root = self.create_tempdir().full_path
+    config, whole = self.whole_two_rounds()
+
+    def workers():
+      return {p.pid for p in psutil.Process().children()
+              if 'worker_binary' in ' '.join(p.cmdline())}
+
+    before = workers()  # The test session's own worker.
+    done = threading.Event()
+    killers = []
+
+    def kill_in_round_2(row):
+      if row['round'] == 1:  # The worker's next work is round 2's.
+        (pid,) = workers() - before
+        killers.append(execution_test.when_busy(
+            pid, execution_test.sigkill(pid), done, cpu_seconds=0.05))
+
+    killed = os.path.join(root, 'killed')
+    with self.assertLogs(level='WARNING') as logs:
+      experiment.run_experiment(config, killed, on_round_end=kill_in_round_2)
+    done.set()
+    killers[0].join()
+    warnings = [line for line in logs.output if 'TFF worker' in line]
+    self.assertLen(warnings, 1)
+    self.assertRegex(warnings[0], r'died \(killed by SIGKILL\) during round '
+                     r'2; restarted it on port \d+ and re-running round 2')
+    self.assertEqual(workers(), before)  # The new worker is gone too.
+    self.assertEqual(metrics_without_timing(killed),
+                     metrics_without_timing(whole))
+    for name in ('global_model.npz', 'summary.json'):
+      with open(os.path.join(whole, name), 'rb') as f:
+        expected = f.read()
+      with open(os.path.join(killed, name), 'rb') as f:
+        if name == 'summary.json':  # Seconds aside.
+          expected = json.loads(expected)
+          got = json.loads(f.read())
+          expected.pop('seconds')
+          got.pop('seconds')
+          self.assertEqual(got, expected)
+        else:
+          self.assertEqual(f.read(), expected, name)
 
   def test_dropout_aggregates_reporters_and_survives_empty_rounds(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')

@@ -3,9 +3,12 @@
 import csv
 import dataclasses
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import typing
 from typing import Optional
@@ -16,6 +19,7 @@ import psutil
 import tensorflow as tf
 
 from tff_feddst import experiment
+from tests import execution_test
 from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +28,14 @@ sys.path.insert(0, os.path.join(ROOT, 'bin'))
 
 import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def metrics_without_timing(output_dir: str) -> list[list[str]]:
+  """metrics.csv's lines as fields, without the round_seconds column."""
+  with open(os.path.join(output_dir, 'metrics.csv'), newline='') as f:
+    rows = list(csv.reader(f))
+  timing = rows[0].index('round_seconds')
+  return [row[:timing] + row[timing + 1:] for row in rows]
 
 
 def run_train(*args: str) -> subprocess.CompletedProcess:
@@ -133,6 +145,107 @@ class KillAndResumeTest(fixtures.FashionMnistSliceTestCase):
 
   def assert_one_line_error(self, result, *expected_words):
     fixtures.assert_one_line_error(self, result, *expected_words)
+
+
+class StopAndResumeTest(fixtures.FashionMnistSliceTestCase):
+  """SIGTERM, and a --workers worker killed: one line, a checkpoint, resume.
+
+  The runs checkpoint only when stopped (--checkpoint_every=0).
+  """
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp(prefix='stop_and_resume_')
+    cls.whole = os.path.join(cls.root, 'whole')
+    subprocess.run(cls.run_args(cls.whole), check=True, timeout=600,
+                   env=cls.env(), stdin=subprocess.DEVNULL,
+                   capture_output=True)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root)
+    super().tearDownClass()
+
+  @classmethod
+  def run_args(cls, output_dir: str, *extra: str) -> list[str]:
+    return [sys.executable, TRAIN, '--noprogress', f'--data_dir={cls.data_dir}',
+            '--total_clients=6', '--clients_per_round=2', '--total_rounds=3',
+            '--eval_every=1', '--checkpoint_every=0', '--tensorboard_dir=',
+            f'--output_dir={output_dir}', *extra]
+
+  @staticmethod
+  def env() -> dict[str, str]:
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+
+  def start_and_wait_for_round_1(self, output_dir: str, *extra: str):
+    """Starts a run; returns it and its workers once round 1's row exists."""
+    process = subprocess.Popen(
+        self.run_args(output_dir, *extra), env=self.env(),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    metrics_path = os.path.join(output_dir, 'metrics.csv')
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+      if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+          if len(f.read().splitlines()) >= 2:
+            break
+      time.sleep(0.05)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    return process, workers
+
+  def resume_and_compare(self, output_dir: str):
+    resumed = subprocess.run(self.run_args(output_dir, '--resume'),
+                             timeout=600, env=self.env(),
+                             stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True)
+    self.assertEqual(resumed.returncode, 0, resumed.stderr)
+    self.assertEqual(metrics_without_timing(output_dir),
+                     metrics_without_timing(self.whole))
+
+  def test_sigterm_saves_a_checkpoint_and_resume_gives_the_same_run(self):
+    stopped = os.path.join(self.create_tempdir().full_path, 'stopped')
+    process, workers = self.start_and_wait_for_round_1(stopped)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=600)
+    self.assertEqual(process.returncode, 143, stderr)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    self.assertLen(lines, 1, stderr)
+    self.assertRegex(lines[0], r'^train\.py: stopped by SIGTERM after round '
+                     r'[12]; checkpoint saved; continue with --resume$')
+    psutil.wait_procs(workers, timeout=30)
+    self.assertFalse(any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
+                         for w in workers), 'a worker outlived the run')
+    self.assertNotEmpty(os.listdir(os.path.join(stopped, 'checkpoints')))
+    self.assertFalse(os.path.exists(os.path.join(stopped, 'summary.json')))
+    self.resume_and_compare(stopped)
+
+  def test_lost_remote_worker_is_named_and_resume_on_a_local_one(self):
+    outside, address = execution_test.start_plain_worker()
+    try:
+      lost = os.path.join(self.create_tempdir().full_path, 'lost')
+      process, _ = self.start_and_wait_for_round_1(
+          lost, f'--workers={address}', '--worker_timeout_seconds=3')
+      outside.kill()
+      _, stderr = process.communicate(timeout=600)
+    finally:
+      outside.kill()
+      outside.wait()
+    self.assertEqual(process.returncode, 1, stderr)
+    self.assertNotIn('Traceback', stderr)
+    # TFF's compiler for split clients notes Grappler fallbacks at INFO level
+    # (absl's 'I<date>' lines) in any run with --workers; the error is one
+    # line of its own.
+    lines = [line for line in stderr.splitlines()
+             if line.strip() and not re.match(r'I\d{4} ', line)]
+    self.assertLen(lines, 1, stderr)
+    self.assertRegex(
+        lines[0], f'^train\\.py: error: TFF worker {address} did not '
+        r'answer for \d+ s during round [23] .*; checkpoint of round [12] '
+        r'saved; continue with --resume$')
+    # The same run, resumed on a worker of its own.
+    self.resume_and_compare(lost)
 
 
 class TrainBadInputTest(tf.test.TestCase):

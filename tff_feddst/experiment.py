@@ -49,6 +49,9 @@ SPARSITY_DISTRIBUTIONS = sparsity_distribution_lib.NUM_ACTIVE_DISTRIBUTIONS
 SCHEDULES = ('paper', 'reference')
 RESULT_FILES = ('metrics.csv', 'flags.txt', 'global_model.npz',
                 'summary.json')
+# Settings that say where the rounds run, not what they compute: a resumed
+# run may change them (e.g. replace a lost --workers worker by local ones).
+EXECUTION_SETTINGS = ('num_local_workers', 'workers')
 
 # Every method runs through the same FedDST process; a method fixes the
 # settings that define it (see `ExperimentConfig.resolved`).
@@ -867,8 +870,9 @@ def check_resumable(config: ExperimentConfig, output_dir: str) -> None:
 
   Raises:
     ConfigError: If there is no run there, it finished already, its
-      flags.txt differs from `config` (naming the first differing flag), or
-      it has no checkpoint to continue from.
+      flags.txt differs from `config` (naming the first differing flag) in
+      anything but `EXECUTION_SETTINGS`, or it has no checkpoint to continue
+      from.
   """
   flags_path = os.path.join(output_dir, 'flags.txt')
   if not os.path.isfile(flags_path):
@@ -877,9 +881,14 @@ def check_resumable(config: ExperimentConfig, output_dir: str) -> None:
   if os.path.exists(os.path.join(output_dir, 'summary.json')):
     raise ConfigError(f'--resume: the run in {output_dir} already finished '
                       '(summary.json exists); nothing to resume.')
+  execution_prefixes = tuple(f'--{name}=' for name in EXECUTION_SETTINGS)
+
+  def computing(lines):
+    return [line for line in lines if not line.startswith(execution_prefixes)]
+
   with open(flags_path) as f:
-    saved = [line.strip() for line in f if line.strip()]
-  wanted = config.to_flag_lines()
+    saved = computing(line.strip() for line in f if line.strip())
+  wanted = computing(config.to_flag_lines())
   if saved != wanted:
     differing = sorted(set(saved) ^ set(wanted))
     raise ConfigError(
@@ -917,8 +926,18 @@ def check_has_checkpoint(config: ExperimentConfig, output_dir: str) -> None:
 def run_experiment(config: ExperimentConfig, output_dir: str, *,
                    resume: bool = False,
                    progress: bool = False,
-                   on_round_end: Optional[Callable[[dict], None]] = None):
+                   on_round_end: Optional[Callable[[dict], None]] = None,
+                   check_interrupt: Optional[Callable[[], None]] = None,
+                   worker_timeout_seconds: Optional[float] = None):
   """Runs a whole experiment and writes its outputs to `output_dir`.
+
+  A run stopped from outside (`interruptions.Interrupted`: a stop request
+  raised by `check_interrupt`, a lost TFF worker; or KeyboardInterrupt)
+  abandons the round in progress, saves a checkpoint of the last completed
+  round in `output_dir/checkpoints` (whatever `checkpoint_every` says), ends
+  its own workers and re-raises, with the exception's `completed_round` and
+  `checkpoint_path` set; `resume=True` then continues exactly. An owned
+  worker that dies is restarted and its call re-run (`execution`).
 
   Args:
     config: The settings.
@@ -928,6 +947,11 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
       its newest usable checkpoint.
     progress: Show a progress bar on stderr.
     on_round_end: Called with each metrics row.
+    check_interrupt: Called between rounds and while a TFF call runs; what
+      it raises (e.g. `interruptions.StopRequested`) stops the run as above.
+    worker_timeout_seconds: How long a worker given by `--workers` may go
+      without answering before the run stops with
+      `execution.WorkerLostError`; None: `execution`'s default (60 s).
 
   Returns:
     The list of metrics rows (dicts keyed by `METRICS_COLUMNS`).
@@ -936,7 +960,12 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
     ConfigError: For a bad setting, or a used or unwritable output or
       TensorBoard directory.
     data.DataFileError: For missing or corrupt data files.
+    interruptions.Interrupted: If the run was stopped from outside.
   """
+  if worker_timeout_seconds is not None and not (
+      0 < worker_timeout_seconds < math.inf):
+    raise ConfigError(f'--worker_timeout_seconds={worker_timeout_seconds} is '
+                      'invalid: expected a number of seconds > 0.')
   config.validate()
   config = config.resolved()
   if resume:
@@ -956,6 +985,7 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
   from tff_feddst import evaluation
   from tff_feddst import execution
   from tff_feddst import fed_dst
+  from tff_feddst import interruptions
   from tff_feddst import models
   from tff_feddst import payload_validation
   from tff_feddst import prunefl
@@ -1022,6 +1052,22 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
     bar = tqdm.tqdm(total=config.total_rounds, unit='round', dynamic_ncols=True)
 
   tensorboard = None
+  # The last completed round: (round, state, cumulative bytes).
+  completed = []
+
+  def before_round(round_num: int) -> None:
+    if check_interrupt is not None:
+      check_interrupt()
+    execution.describe_activity(f'round {round_num}')
+
+  def keep_completed(round_num: int, state, cumulative: dict) -> None:
+    completed[:] = [(round_num, state, cumulative)]
+
+  def check_interrupt_during_calls() -> None:
+    # Until the loop has a state to checkpoint (round 0's), a stop waits for
+    # it, so a stopped run always leaves a checkpoint to resume from.
+    if completed:
+      check_interrupt()
 
   def after_round(row):
     if tensorboard is not None:
@@ -1041,11 +1087,17 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
       if tensorboard_dir:
         tensorboard = stack.enter_context(tensorboard_logging.TensorBoardWriter(
             tensorboard_dir, initial_model.layout))
+      worker_settings = dict(check_interrupt=(
+          check_interrupt_during_calls if check_interrupt else None))
       if config.num_local_workers or config.worker_addresses:
+        if worker_timeout_seconds is not None:
+          worker_settings['worker_timeout_seconds'] = worker_timeout_seconds
         stack.enter_context(execution.distributed_execution_context(
-            config.num_local_workers, config.worker_addresses))
+            config.num_local_workers, config.worker_addresses,
+            **worker_settings))
       else:
-        stack.enter_context(execution.local_execution_context())
+        stack.enter_context(execution.local_execution_context(
+            **worker_settings))
       element_spec = training_loop.client_datasets(
           federated_data, federated_data.client_ids[:1],
           config.client_batch_size, config.seed, 0)[0].element_spec
@@ -1097,13 +1149,24 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
               _num_dense_parameters(initial_model), download_encoding),
           on_round_end=after_round,
           on_model_weights=(tensorboard.write_model
-                            if tensorboard is not None else None))
+                            if tensorboard is not None else None),
+          on_round_start=before_round,
+          on_round_state=keep_completed)
       save_model_weights(os.path.join(output_dir, 'global_model.npz'),
                          process.get_model_weights(state))
       write_summary(os.path.join(output_dir, 'summary.json'), config, rows,
                     stop_reason)
   except checkpoints.CheckpointError as error:
     raise ConfigError(f'--resume: {error}') from error
+  except (interruptions.Interrupted, KeyboardInterrupt) as error:
+    if completed:
+      round_num, state, cumulative = completed[-1]
+      path = checkpoints.save_checkpoint(
+          os.path.join(output_dir, 'checkpoints'), round_num, state,
+          cumulative['upload'], cumulative['download'])
+      if isinstance(error, interruptions.Interrupted):
+        error.completed_round, error.checkpoint_path = round_num, path
+    raise
   finally:
     if bar is not None:
       bar.close()

@@ -228,7 +228,10 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  resume: bool = False,
                  on_round_end: Optional[Callable[[dict], None]] = None,
                  on_model_weights: Optional[Callable[
-                     [int, tff.learning.models.ModelWeights], None]] = None):
+                     [int, tff.learning.models.ModelWeights], None]] = None,
+                 on_round_start: Optional[Callable[[int], None]] = None,
+                 on_round_state: Optional[Callable[
+                     [int, Any, dict], None]] = None):
   """Runs up to `total_rounds` rounds, one metrics.csv row per round.
 
   With an upload budget, a round runs only if the cumulative upload after it
@@ -275,6 +278,14 @@ def run_training(process: tff.learning.templates.LearningProcess,
       `process.get_model_weights(state)`, e.g. for TensorBoard; the weights
       are then fetched every round, outside `round_seconds` on rounds
       without evaluation.
+    on_round_start: Called with the round number before each round (e.g. to
+      check for a stop request, or to name the round in messages).
+    on_round_state: Called with the number of the last completed round, its
+      state and the cumulative bytes `{'upload': int, 'download': int}`:
+      once before the first round (round 0 and the initial state, or the
+      resumed checkpoint's), then after each round's row and checkpoint. A
+      caller that is stopped mid-round checkpoints the last one it got
+      (`experiment.run_experiment` does).
 
   Returns:
     `(final_state, rows, stop_reason)`, where `stop_reason` is
@@ -302,6 +313,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
       cumulative = {'upload': latest.upload_bytes_cumulative,
                     'download': latest.download_bytes_cumulative}
     rows = truncate_metrics(metrics_path, first_round - 1)
+  if on_round_state is not None:
+    on_round_state(first_round - 1, state, dict(cumulative))
   with open(metrics_path, 'a' if resume else 'x',
             newline='') as metrics_file:
     writer = csv.DictWriter(metrics_file, fieldnames=METRICS_COLUMNS)
@@ -317,6 +330,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
           cumulative['upload'] + next_bound > upload_budget_bytes):
         stop_reason = 'upload_budget'
         break
+      if on_round_start is not None:
+        on_round_start(round_num)
       start = time.perf_counter()
       sampled = sample_clients(federated_data.client_ids, clients_per_round,
                                seed, round_num)
@@ -359,4 +374,6 @@ def run_training(process: tff.learning.templates.LearningProcess,
         on_model_weights(round_num, weights)
       if on_round_end is not None:
         on_round_end(row)
+      if on_round_state is not None:
+        on_round_state(round_num, state, dict(cumulative))
   return state, rows, stop_reason
