@@ -22,6 +22,8 @@ import grpc
 import portpicker
 import tensorflow_federated as tff
 
+from tff_feddst import worker_isolation
+
 # Deterministic kernels in the workers we start (see `worker_environment`).
 DETERMINISM_ENV = 'TF_DETERMINISTIC_OPS'
 
@@ -76,7 +78,11 @@ def _die_with_parent() -> None:
 
 
 def _grpc_stub(address: str) -> tff.framework.RemoteExecutorGrpcStub:
-  """Returns a TFF executor stub on a gRPC channel to `address` (host:port)."""
+  """Returns a TFF executor stub on a gRPC channel to `address`.
+
+  Args:
+    address: host:port, or `unix:<path>` for a Unix socket.
+  """
   channel = grpc.insecure_channel(
       address,
       options=[('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
@@ -94,11 +100,19 @@ def _wait_until_ready(stub, is_alive, what: str,
 
 
 class LocalWorker:
-  """A TFF `worker_binary` process on 127.0.0.1 that this process owns.
+  """A TFF `worker_binary` process that this process owns.
+
+  The worker runs in a network namespace of its own where the platform allows
+  (`worker_isolation`), so no other host can reach it; else on 127.0.0.1 and
+  every other interface, with a warning.
 
   Attributes:
-    port: The gRPC port the worker serves on.
-    process: The `subprocess.Popen` of the worker.
+    port: The gRPC port the worker serves on (inside its namespace, if any).
+    process: The `subprocess.Popen` to watch and stop: it exits when the
+      worker does (the worker itself, or its forwarder when isolated).
+    worker_pid: PID of the `worker_binary` process.
+    target: gRPC target the stub connects to (`unix:<path>` or host:port).
+    is_isolated: Whether the worker is unreachable from the network.
     stub: The executor stub connected to it.
   """
 
@@ -114,15 +128,18 @@ class LocalWorker:
       RuntimeError: If the worker does not become ready in time.
     """
     self.port = port or portpicker.pick_unused_port()
-    self.process = subprocess.Popen(
+    self._started = worker_isolation.start(
         [worker_binary_path(), f'--port={self.port}',
          f'--max_concurrent_computation_calls={max_concurrent_computation_calls}',
          f'--grpc_max_message_length_megabytes={_GRPC_MAX_MESSAGE_BYTES >> 20}'],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-        env=worker_environment())
+        port=self.port, env=worker_environment(),
+        preexec_fn=_die_with_parent, timeout_seconds=_STARTUP_TIMEOUT_SECONDS)
+    self.process = self._started.process
+    self.worker_pid = self._started.worker_pid
+    self.target = self._started.target
+    self.is_isolated = self._started.is_isolated
     atexit.register(self.stop)
-    self.stub = _grpc_stub(f'127.0.0.1:{self.port}')
+    self.stub = _grpc_stub(self.target)
     try:
       _wait_until_ready(self.stub, lambda: self.process.poll() is None,
                         f'TFF worker {worker_binary_path()} on port {self.port}')
@@ -139,6 +156,7 @@ class LocalWorker:
       except subprocess.TimeoutExpired:
         self.process.kill()
         self.process.wait()
+    self._started.remove_socket_dir()
 
 
 class RemoteWorker:
@@ -162,6 +180,7 @@ class RemoteWorker:
     host, _, port = address.rpartition(':')
     if not host or not port.isdigit():
       raise ValueError(f'Worker address {address!r} is not host:port.')
+    worker_isolation.warn_if_not_loopback(host, address)
     self.address = address
     self.stub = _grpc_stub(address)
     _wait_until_ready(self.stub, lambda: True, f'TFF worker at {address}',
