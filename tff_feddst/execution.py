@@ -251,7 +251,7 @@ def distributed_execution_context(
   also on error or Ctrl-C); workers given by address are left running.
 
   Args:
-    num_local_workers: Workers to start on 127.0.0.1.
+    num_local_workers: Owned workers to start here (`LocalWorker`).
     worker_addresses: host:port of workers started elsewhere.
 
   Yields:

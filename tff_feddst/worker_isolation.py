@@ -84,7 +84,7 @@ class StartedWorker:
   socket_dir: Optional[str] = None
 
   def remove_socket_dir(self) -> None:
-    """Removes the socket directory (the forwarder normally does). Idempotent."""
+    """Removes the socket directory (the forwarder also does). Idempotent."""
     if self.socket_dir is not None:
       shutil.rmtree(self.socket_dir, ignore_errors=True)
 
@@ -123,7 +123,8 @@ def start(worker_command: Sequence[str], port: int, env: dict[str, str],
       'TFF worker on port %d listens on ALL network interfaces without '
       'authentication: any host that reaches this machine\'s port %d can run '
       'code as this user (no user namespace for isolation here: %s); '
-      'firewall the port or enable user namespaces (README, Workers).',
+      'firewall the port or enable user namespaces (README, "Workers and '
+      'the network").',
       port, port, _unavailable_reason)
   process = subprocess.Popen(
       list(worker_command), stdin=subprocess.DEVNULL,
@@ -242,7 +243,8 @@ def warn_if_not_loopback(host: str, address: str) -> None:
         'authentication or encryption, so anyone who reaches that port can '
         'run code on its host and read the model; reach it through an SSH '
         'tunnel instead (ssh -N -L 8000:localhost:PORT HOST, then '
-        '--workers=127.0.0.1:8000; README, Workers).', address)
+        '--workers=127.0.0.1:8000; README, "Remote workers, safely").',
+        address)
 
 
 # Everything below runs in the forwarder process (standard library only).
