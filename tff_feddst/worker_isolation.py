@@ -150,12 +150,16 @@ def _start_isolated(worker_command: Sequence[str], port: int,
   """Starts the forwarder and waits for its one-line report."""
   socket_dir = _private_socket_dir()
   socket_path = os.path.join(socket_dir, _SOCKET_NAME)
-  # -I -S: the standard library only, whatever PYTHONPATH says; fast start.
-  process = subprocess.Popen(
-      [sys.executable, '-I', '-S', os.path.abspath(__file__), socket_path,
-       str(port), str(os.getpid()), '--', *worker_command],
-      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-      stderr=subprocess.DEVNULL, preexec_fn=preexec_fn, env=env)
+  try:
+    # -I -S: the standard library only, whatever PYTHONPATH says; fast start.
+    process = subprocess.Popen(
+        [sys.executable, '-I', '-S', os.path.abspath(__file__), socket_path,
+         str(port), str(os.getpid()), '--', *worker_command],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, preexec_fn=preexec_fn, env=env)
+  except BaseException:
+    os.rmdir(socket_dir)
+    raise
   try:
     report = _read_report(process, timeout_seconds)
   except BaseException:
