@@ -1,7 +1,9 @@
 """Tests for tff_feddst.execution: owned workers, nothing left behind."""
 
+import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -75,6 +77,43 @@ def start_plain_worker() -> tuple[subprocess.Popen, str]:
   return process, f'127.0.0.1:{port}'
 
 
+def non_loopback_address() -> str:
+  """An IPv4 address of this machine off loopback, else 127.0.0.1.
+
+  Preferably the address of the default route's interface (a UDP connect only
+  picks the route; it sends nothing), else one the host name resolves to.
+  """
+  candidates = []
+  with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    try:
+      probe.connect(('198.51.100.1', 9))
+      candidates.append(probe.getsockname()[0])
+    except OSError:
+      pass
+  try:
+    candidates += socket.gethostbyname_ex(socket.gethostname())[2]
+  except OSError:
+    pass
+  for address in candidates:
+    if not ipaddress.ip_address(address).is_loopback:
+      return address
+  return '127.0.0.1'
+
+
+def start_unowned_worker(port: int) -> subprocess.Popen:
+  """A plain worker_binary on every interface, as one started elsewhere."""
+  return subprocess.Popen(
+      [execution.worker_binary_path(), f'--port={port}'],
+      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+      preexec_fn=execution._die_with_parent)  # pylint: disable=protected-access
+
+
+def is_gone(pid: int) -> bool:
+  return not psutil.pid_exists(pid) or (
+      psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+
+
 class ExecutionTest(tf.test.TestCase):
 
   def test_context_runs_computations_and_ends_its_worker(self):
@@ -85,6 +124,25 @@ class ExecutionTest(tf.test.TestCase):
     self.assertIsNotNone(worker.process.poll())
     self.assertFalse(psutil.pid_exists(pid) and
                      psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+
+  def test_owned_worker_is_not_reachable_from_the_network(self):
+    with execution.local_execution_context() as worker:
+      if not worker.is_isolated:
+        self.skipTest('No user namespaces here: the worker runs unisolated.')
+      self.assertEqual(add_one(41), 42)
+      # Its port exists only in its own network namespace: neither this
+      # machine's network address nor even its loopback leads to it.
+      for host in (non_loopback_address(), '127.0.0.1'):
+        with self.assertRaises(ConnectionRefusedError, msg=host):
+          socket.create_connection((host, worker.port), timeout=10).close()
+      self.assertEqual(add_one(1), 2)
+      socket_dir = os.path.dirname(worker.target[len('unix:'):])
+      self.assertEqual(os.stat(socket_dir).st_mode & 0o777, 0o700)
+      pids = (worker.process.pid, worker.worker_pid)
+    self.assertTrue(is_gone(pids[0]))
+    # The worker is the forwarder's child; the forwarder waited for it.
+    self.assertTrue(is_gone(pids[1]))
+    self.assertFalse(os.path.exists(socket_dir))
 
   def test_previous_context_is_back_after_the_block(self):
     before = tff.framework.get_context_stack().current
@@ -140,14 +198,38 @@ class DistributedExecutionTest(tf.test.TestCase):
     self.assertLen(set(pids), 2)
 
   def test_workers_given_by_address_are_used_and_left_running(self):
-    outside = execution.LocalWorker()
+    port = portpicker.pick_unused_port()
+    outside = start_unowned_worker(port)
     try:
-      with execution.distributed_execution_context(
-          worker_addresses=[f'127.0.0.1:{outside.port}']):
-        self.assertEqual(add_one(1), 2)
-      self.assertIsNone(outside.process.poll())
+      with self.assertNoLogs(level='WARNING'):  # Loopback: no warning.
+        with execution.distributed_execution_context(
+            worker_addresses=[f'127.0.0.1:{port}']):
+          self.assertEqual(add_one(1), 2)
+      self.assertIsNone(outside.poll())
     finally:
-      outside.stop()
+      outside.terminate()
+      outside.wait()
+
+  def test_non_loopback_worker_address_is_warned_about(self):
+    address = non_loopback_address()
+    if address == '127.0.0.1':
+      self.skipTest('This machine has no address off loopback.')
+    port = portpicker.pick_unused_port()
+    outside = start_unowned_worker(port)
+    try:
+      with self.assertLogs(level='WARNING') as logs:
+        worker = execution.RemoteWorker(f'{address}:{port}')
+      self.assertLen(logs.output, 1)
+      self.assertIn(f'Worker {address}:{port} is not a loopback address',
+                    logs.output[0])
+      self.assertIn('SSH tunnel', logs.output[0])
+      with execution.distributed_execution_context(
+          worker_addresses=[f'{address}:{port}']):
+        self.assertEqual(add_one(1), 2)  # A warning, not a refusal.
+      del worker
+    finally:
+      outside.terminate()
+      outside.wait()
 
   def test_bad_requests_raise(self):
     with self.assertRaisesRegex(ValueError, 'at least one worker'):
@@ -164,7 +246,7 @@ class SupervisedContextTest(tf.test.TestCase):
 
   def test_owned_worker_killed_mid_call_is_restarted_and_call_rerun(self):
     with execution.local_execution_context() as worker:
-      first_pid, port = worker.process.pid, worker.port
+      first_pid, port = worker.worker_pid, worker.port
       done = threading.Event()
       killer = when_busy(first_pid, sigkill(first_pid), done)
       with self.assertLogs(level='WARNING') as logs:
@@ -172,22 +254,22 @@ class SupervisedContextTest(tf.test.TestCase):
       done.set()
       killer.join()
       self.assertEqual(result, SLOW_COUNT)
-      self.assertNotEqual(worker.process.pid, first_pid)
+      self.assertNotEqual(worker.worker_pid, first_pid)
       self.assertEqual(add_one(1), 2)  # The new worker serves on.
     self.assertLen(logs.output, 1)
-    self.assertIn(f'127.0.0.1:{port} died (killed by SIGKILL)',
+    self.assertIn(f'on local port {port} died (killed by SIGKILL)',
                   logs.output[0])
     self.assertIn('restart 1 of 3', logs.output[0])
     self.assertIsNotNone(worker.process.poll())
 
   def test_owned_worker_dying_beyond_the_restart_limit_is_lost(self):
     with execution.local_execution_context(max_restarts=0) as worker:
-      pid = worker.process.pid
+      pid = worker.worker_pid
       done = threading.Event()
       killer = when_busy(pid, sigkill(pid), done)
       with self.assertRaisesRegex(
           execution.WorkerLostError,
-          f'127.0.0.1:{worker.port} died during a TFF call '
+          f'on local port {worker.port} died during a TFF call '
           r'\(killed by SIGKILL\)'):
         count_to(SLOW_COUNT)
       done.set()

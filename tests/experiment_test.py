@@ -256,8 +256,9 @@ class ExperimentTest(tf.test.TestCase):
     config, whole = self.whole_two_rounds()
 
     def workers():
-      return {p.pid for p in psutil.Process().children()
-              if 'worker_binary' in ' '.join(p.cmdline())}
+      # The worker_binary processes themselves (not their forwarders).
+      return {p.pid for p in psutil.Process().children(recursive=True)
+              if p.cmdline()[:1] and p.cmdline()[0].endswith('worker_binary')}
 
     before = workers()  # The test session's own worker.
     done = threading.Event()

@@ -32,6 +32,7 @@ import portpicker
 import tensorflow_federated as tff
 
 from tff_feddst import interruptions
+from tff_feddst import worker_isolation
 
 # Deterministic kernels in the workers we start (see `worker_environment`).
 DETERMINISM_ENV = 'TF_DETERMINISTIC_OPS'
@@ -138,7 +139,11 @@ def _die_with_parent() -> None:
 
 
 def _grpc_stub(address: str) -> tff.framework.RemoteExecutorGrpcStub:
-  """Returns a TFF executor stub on a gRPC channel to `address` (host:port)."""
+  """Returns a TFF executor stub on a gRPC channel to `address`.
+
+  Args:
+    address: host:port, or `unix:<path>` for a Unix socket.
+  """
   channel = grpc.insecure_channel(
       address,
       options=[('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
@@ -156,11 +161,19 @@ def _wait_until_ready(stub, is_alive, what: str,
 
 
 class LocalWorker:
-  """A TFF `worker_binary` process on 127.0.0.1 that this process owns.
+  """A TFF `worker_binary` process that this process owns.
+
+  The worker runs in a network namespace of its own where the platform allows
+  (`worker_isolation`), so no other host can reach it; else on 127.0.0.1 and
+  every other interface, with a warning.
 
   Attributes:
-    port: The gRPC port the worker serves on.
-    process: The `subprocess.Popen` of the worker.
+    port: The gRPC port the worker serves on (inside its namespace, if any).
+    process: The `subprocess.Popen` to watch and stop: it exits when the
+      worker does (the worker itself, or its forwarder when isolated).
+    worker_pid: PID of the `worker_binary` process.
+    target: gRPC target the stub connects to (`unix:<path>` or host:port).
+    is_isolated: Whether the worker is unreachable from the network.
     stub: The executor stub connected to it.
   """
 
@@ -177,15 +190,18 @@ class LocalWorker:
     """
     self.port = port or portpicker.pick_unused_port()
     self.max_concurrent_computation_calls = max_concurrent_computation_calls
-    self.process = subprocess.Popen(
+    self._started = worker_isolation.start(
         [worker_binary_path(), f'--port={self.port}',
          f'--max_concurrent_computation_calls={max_concurrent_computation_calls}',
          f'--grpc_max_message_length_megabytes={_GRPC_MAX_MESSAGE_BYTES >> 20}'],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-        env=worker_environment())
+        port=self.port, env=worker_environment(),
+        preexec_fn=_die_with_parent, timeout_seconds=_STARTUP_TIMEOUT_SECONDS)
+    self.process = self._started.process
+    self.worker_pid = self._started.worker_pid
+    self.target = self._started.target
+    self.is_isolated = self._started.is_isolated
     atexit.register(self.stop)
-    self.stub = _grpc_stub(f'127.0.0.1:{self.port}')
+    self.stub = _grpc_stub(self.target)
     try:
       _wait_until_ready(self.stub, lambda: self.process.poll() is None,
                         f'TFF worker {worker_binary_path()} on port {self.port}')
@@ -202,6 +218,7 @@ class LocalWorker:
       except subprocess.TimeoutExpired:
         self.process.kill()
         self.process.wait()
+    self._started.remove_socket_dir()
 
   def restart(self) -> None:
     """Replaces the worker process (e.g. a dead one) with a fresh one.
@@ -244,6 +261,7 @@ class RemoteWorker:
     host, _, port = address.rpartition(':')
     if not host or not port.isdigit():
       raise ValueError(f'Worker address {address!r} is not host:port.')
+    worker_isolation.warn_if_not_loopback(host, address)
     self.address = address
     self.stub = _grpc_stub(address)
     _wait_until_ready(self.stub, lambda: True, f'TFF worker at {address}',
@@ -315,8 +333,13 @@ class _AbandonedCallError(grpc.RpcError):
 
 
 def _address_of(worker) -> str:
-  """host:port of a `LocalWorker` or `RemoteWorker`."""
-  return getattr(worker, 'address', None) or f'127.0.0.1:{worker.port}'
+  """The gRPC target of a `LocalWorker` (its `target`) or `RemoteWorker`."""
+  return getattr(worker, 'address', None) or worker.target
+
+
+def _name_of(worker) -> str:
+  """How messages name a worker: a remote one's host:port, else its port."""
+  return getattr(worker, 'address', None) or f'on local port {worker.port}'
 
 
 class _AbandonableStub(tff.framework.RemoteExecutorStub):
@@ -535,7 +558,7 @@ class SupervisedContext(tff.framework.SyncContext):
       try:
         return self._invoke_watched(comp, arg)
       except _WorkerDied as died:
-        address = _address_of(died.worker)
+        address = _name_of(died.worker)
         if restarts == self._max_restarts:
           again = f' again after {restarts} restarts' if restarts else ''
           raise WorkerLostError(
@@ -699,7 +722,7 @@ def distributed_execution_context(
   `WorkerLostError`.
 
   Args:
-    num_local_workers: Workers to start on 127.0.0.1.
+    num_local_workers: Owned workers to start here (`LocalWorker`).
     worker_addresses: host:port of workers started elsewhere.
     max_restarts: Restarts of owned workers allowed within one TFF call.
     worker_timeout_seconds: How long a worker given by address may go without
