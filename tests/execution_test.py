@@ -157,18 +157,17 @@ class ExecutionTest(tf.test.TestCase):
         _ = 1 / 0
     self.assertIsNotNone(worker.process.poll())
 
-  def test_worker_runs_deterministic_kernels(self):
-    # Without TF_DETERMINISTIC_OPS the worker's oneDNN kernels split work by
-    # the threads free at run time, and identical seeds diverge under load.
-    # It is the worker's alone: this process traces the graphs without it.
+  def test_worker_runs_one_intra_op_thread_per_kernel(self):
+    # With more, oneDNN splits kernels by the threads free at run time, and
+    # identical seeds diverge under load.
     worker = execution.LocalWorker()
     try:
-      with open(f'/proc/{worker.process.pid}/environ', 'rb') as f:
+      with open(f'/proc/{worker.worker_pid}/environ', 'rb') as f:
         environment = f.read().split(b'\0')
     finally:
       worker.stop()
-    expected = os.environ.get('TF_DETERMINISTIC_OPS', '1')  # Caller's wins.
-    self.assertIn(f'TF_DETERMINISTIC_OPS={expected}'.encode(), environment)
+    expected = os.environ.get('TF_NUM_INTRAOP_THREADS', '1')  # Caller's wins.
+    self.assertIn(f'TF_NUM_INTRAOP_THREADS={expected}'.encode(), environment)
 
   def test_stop_is_idempotent(self):
     worker = execution.LocalWorker()
