@@ -22,12 +22,18 @@ import grpc
 import portpicker
 import tensorflow_federated as tff
 
+from tff_feddst import errors
+
 # Deterministic kernels in the workers we start (see `worker_environment`).
 DETERMINISM_ENV = 'TF_DETERMINISTIC_OPS'
 
 _PR_SET_PDEATHSIG = 1
 _STARTUP_TIMEOUT_SECONDS = 60.0
 _GRPC_MAX_MESSAGE_BYTES = 2_000_000_000
+
+
+class WorkerError(errors.RunError):
+  """A TFF worker could not be started or reached; one line, what to do."""
 
 
 def _release_default_context() -> None:
@@ -84,12 +90,29 @@ def _grpc_stub(address: str) -> tff.framework.RemoteExecutorGrpcStub:
   return tff.framework.RemoteExecutorGrpcStub(channel)
 
 
-def _wait_until_ready(stub, is_alive, what: str,
+def _wait_until_ready(stub, exit_code, what: str, fix: str,
                       timeout_seconds: float = _STARTUP_TIMEOUT_SECONDS) -> None:
+  """Waits until `stub` answers.
+
+  Args:
+    stub: The worker's executor stub.
+    exit_code: Returns the worker process's exit code, or None while it runs
+      (or when it is not ours).
+    what: Names the worker, e.g. 'TFF worker at host:port'.
+    fix: What the user can do about it.
+
+  Raises:
+    WorkerError: If the worker exits or does not answer in time.
+  """
   deadline = time.monotonic() + timeout_seconds
   while not stub.is_ready:
-    if not is_alive() or time.monotonic() > deadline:
-      raise RuntimeError(f'{what} did not answer within {timeout_seconds:g} s.')
+    code = exit_code()
+    if code is not None:
+      raise WorkerError(f'{what} exited at start-up (exit code {code}); '
+                        f'{fix}')
+    if time.monotonic() > deadline:
+      raise WorkerError(f'{what} did not answer within {timeout_seconds:g} s; '
+                        f'{fix}')
     time.sleep(0.05)
 
 
@@ -111,22 +134,35 @@ class LocalWorker:
       max_concurrent_computation_calls: Passed to the worker; <= 0 is no limit.
 
     Raises:
-      RuntimeError: If the worker does not become ready in time.
+      WorkerError: If the worker cannot be started, exits, or does not
+        become ready in time.
     """
     self.port = port or portpicker.pick_unused_port()
-    self.process = subprocess.Popen(
-        [worker_binary_path(), f'--port={self.port}',
-         f'--max_concurrent_computation_calls={max_concurrent_computation_calls}',
-         f'--grpc_max_message_length_megabytes={_GRPC_MAX_MESSAGE_BYTES >> 20}'],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-        env=worker_environment())
+    try:
+      self.process = subprocess.Popen(
+          [worker_binary_path(), f'--port={self.port}',
+           '--max_concurrent_computation_calls='
+           f'{max_concurrent_computation_calls}',
+           '--grpc_max_message_length_megabytes='
+           f'{_GRPC_MAX_MESSAGE_BYTES >> 20}'],
+          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+          stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+          env=worker_environment())
+    except OSError as error:
+      raise WorkerError(
+          f'cannot start the TFF worker {worker_binary_path()}: '
+          f'{error.strerror or error}; check the tensorflow-federated '
+          'install (see README).') from None
     atexit.register(self.stop)
     self.stub = _grpc_stub(f'127.0.0.1:{self.port}')
     try:
-      _wait_until_ready(self.stub, lambda: self.process.poll() is None,
-                        f'TFF worker {worker_binary_path()} on port {self.port}')
-    except RuntimeError:
+      _wait_until_ready(
+          self.stub, self.process.poll,
+          f'the local TFF worker on port {self.port}',
+          'check that the worker starts on this machine '
+          f'({worker_binary_path()} --port={self.port}), or retry when the '
+          'machine is less loaded.')
+    except WorkerError:
       self.stop()
       raise
 
@@ -157,15 +193,15 @@ class RemoteWorker:
 
     Raises:
       ValueError: If `address` is not host:port.
-      RuntimeError: If nothing answers there in time.
+      WorkerError: If nothing answers there in time.
     """
     host, _, port = address.rpartition(':')
     if not host or not port.isdigit():
       raise ValueError(f'Worker address {address!r} is not host:port.')
     self.address = address
     self.stub = _grpc_stub(address)
-    _wait_until_ready(self.stub, lambda: True, f'TFF worker at {address}',
-                      timeout_seconds=10.0)
+    _wait_until_ready(self.stub, lambda: None, f'TFF worker at {address}',
+                      'start it or fix --workers.', timeout_seconds=10.0)
 
   def stop(self) -> None:
     """Leaves the worker running: it belongs to whoever started it."""
@@ -209,6 +245,9 @@ def local_execution_context(
 
   Yields:
     The `LocalWorker` in use.
+
+  Raises:
+    WorkerError: If the worker cannot be started.
   """
   worker = LocalWorker(
       max_concurrent_computation_calls=max_concurrent_computation_calls)
@@ -240,6 +279,7 @@ def distributed_execution_context(
 
   Raises:
     ValueError: If no worker is asked for, or an address is malformed.
+    WorkerError: If a worker cannot be started or reached.
   """
   if num_local_workers < 0 or num_local_workers + len(worker_addresses) < 1:
     raise ValueError('A distributed context needs at least one worker; got '
