@@ -16,6 +16,7 @@ from absl import flags
 from tff_feddst import errors
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C.
+EXIT_TERMINATED = 143  # 128 + SIGTERM.
 
 
 def one_line_flags_parser(argv: list[str]) -> list[str]:
@@ -85,10 +86,29 @@ def reporting_errors(main: Callable[[list[str]], None]
   return wrapped
 
 
+def _exit_now(code: int) -> None:
+  """Exits at once, skipping interpreter teardown.
+
+  A round cut short by a signal leaves TFF's executor threads running in
+  C++; tearing the interpreter down under them aborts the process
+  ('FATAL: exception not rethrown', SIGABRT) after the message was printed.
+  The run's files are closed and synced by then, and the workers this
+  process owns were stopped when their context closed (and die with it).
+  """
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run(main)` with one-line flag and run-time errors."""
   from absl import app  # pylint: disable=g-import-not-at-top
   try:
-    app.run(reporting_errors(main), flags_parser=one_line_flags_parser)
-  except KeyboardInterrupt:  # While parsing flags, before main.
-    interrupted(_program(sys.argv))
+    try:
+      app.run(reporting_errors(main), flags_parser=one_line_flags_parser)
+    except KeyboardInterrupt:  # While parsing flags, before main.
+      interrupted(_program(sys.argv))
+  except SystemExit as exit_request:
+    if exit_request.code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+      _exit_now(exit_request.code)
+    raise

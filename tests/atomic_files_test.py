@@ -63,6 +63,14 @@ class WriteFileTest(tf.test.TestCase):
     self.assertEqual(self.read(), b'old\n')
     self.assertEqual(os.listdir(self.directory), ['summary.json'])
 
+  def test_a_disk_full_in_mid_content_leaves_the_old_file(self):
+    atomic_files.write_bytes(self.path, b'old')
+    with mock.patch.object(os, 'write', _disk_full_after(4)):
+      with self.assertRaisesRegex(atomic_files.WriteError, 'Errno 28'):
+        atomic_files.write_bytes(self.path, b'0123456789')
+    self.assertEqual(self.read(), b'old')
+    self.assertEqual(os.listdir(self.directory), ['summary.json'])
+
   def test_a_failed_first_write_leaves_nothing(self):
     with mock.patch.object(os, 'fsync',
                            side_effect=OSError(errno.EIO, 'I/O error')):

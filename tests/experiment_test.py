@@ -557,7 +557,16 @@ class AtomicOutputsTest(fixtures.FashionMnistSliceTestCase):
           return real_append(file, path, record)
       return mock.patch.object(atomic_files, 'append_record', append)
 
-    # In round 1: nothing was kept, and the directory is as it was (empty).
+    # Ctrl-C in round 1: nothing was kept, the directory is as it was.
+    with mock.patch.object(atomic_files, 'append_record',
+                           side_effect=KeyboardInterrupt), self.assertRaises(
+                               KeyboardInterrupt) as raised:
+      experiment.run_experiment(self.config, output_dir)
+    self.assertEqual(str(raised.exception),
+                     'nothing was kept (no round had finished)')
+    self.assertEqual(os.listdir(output_dir), [])
+
+    # A full disk in round 1: the same.
     with fill_disk_at_row(1, 0), self.assertRaises(
         experiment.OutputError) as raised:
       experiment.run_experiment(self.config, output_dir)
@@ -619,14 +628,15 @@ class AtomicOutputsTest(fixtures.FashionMnistSliceTestCase):
     # The disk fills while the model is written: no model, no summary; the
     # next resume writes both from the last round's checkpoint.
     full = copy_without('full_at_model', 'summary.json', 'global_model.npz')
-    real_savez = np.savez
+    real_write_bytes = atomic_files.write_bytes
 
-    def savez(file, **arrays):
-      if 'global_model.npz' in getattr(file, 'name', ''):
-        file.write(b'PK\x03\x04')
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-      return real_savez(file, **arrays)
-    with mock.patch.object(np, 'savez', savez), self.assertRaisesRegex(
+    def write_bytes(path, content, **kwargs):
+      if not path.endswith('global_model.npz'):
+        return real_write_bytes(path, content, **kwargs)
+      with mock.patch.object(os, 'write', _disk_full_after(1000)):
+        return real_write_bytes(path, content, **kwargs)
+    with mock.patch.object(atomic_files, 'write_bytes',
+                           write_bytes), self.assertRaisesRegex(
         experiment.OutputError,
         '^writing .*global_model.npz failed: .Errno 28. No space left on '
         'device; free space and rerun with --resume$'):

@@ -205,10 +205,32 @@ def write_file(path: str, write: Callable[[BinaryIO], None], *,
   write_file_at(path, write_at, exclusive=exclusive)
 
 
+def _write_all(fd: int, content: bytes) -> None:
+  view = memoryview(content)
+  while view:
+    view = view[os.write(fd, view):]
+
+
+def write_bytes(path: str, content: bytes, *,
+                exclusive: bool = False) -> None:
+  """Atomically writes `content` to `path`; see `write_file`.
+
+  Serialize into memory first (e.g. `np.savez` into `io.BytesIO`): a
+  serializer interrupted by a failed write can leave objects behind that
+  complain when collected.
+  """
+  def write_at(temporary: str) -> None:
+    fd = os.open(temporary, os.O_WRONLY | os.O_TRUNC)
+    try:
+      _write_all(fd, content)
+    finally:
+      os.close(fd)
+  write_file_at(path, write_at, exclusive=exclusive)
+
+
 def write_text(path: str, text: str, *, exclusive: bool = False) -> None:
   """Atomically writes `text` (UTF-8) to `path`; see `write_file`."""
-  content = text.encode('utf-8')
-  write_file(path, lambda f: f.write(content), exclusive=exclusive)
+  write_bytes(path, text.encode('utf-8'), exclusive=exclusive)
 
 
 def append_record(file: BinaryIO, path: str, record: bytes) -> None:
@@ -230,10 +252,7 @@ def append_record(file: BinaryIO, path: str, record: bytes) -> None:
   fd = file.fileno()
   size = os.fstat(fd).st_size
   try:
-    view = memoryview(record)
-    while view:
-      written = os.write(fd, view)
-      view = view[written:]
+    _write_all(fd, record)
     os.fsync(fd)
   except OSError as error:
     with contextlib.suppress(OSError):

@@ -12,6 +12,7 @@ the process.
 """
 
 import glob
+import io
 import logging
 import os
 import re
@@ -85,7 +86,9 @@ def save_checkpoint(directory: str, round_num: int, state: Any,
   arrays['download_bytes_cumulative'] = np.asarray(download_bytes_cumulative,
                                                    np.int64)
   path = checkpoint_path(directory, round_num)
-  atomic_files.write_file(path, lambda f: np.savez(f, **arrays))
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  atomic_files.write_bytes(path, buffer.getvalue())
   for _, old in list_checkpoints(directory)[keep:]:
     os.remove(old)
   return path

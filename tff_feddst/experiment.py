@@ -26,6 +26,7 @@ only summary.json is missing, by writing it).
 import contextlib
 import dataclasses
 import errno
+import io
 import json
 import logging
 import math
@@ -647,8 +648,9 @@ def save_model_weights(path: str, weights, *, exclusive: bool = True) -> None:
             for i, v in enumerate(weights.trainable)}
   arrays.update({f'non_trainable_{i}': np.asarray(v)
                  for i, v in enumerate(weights.non_trainable)})
-  atomic_files.write_file(path, lambda f: np.savez(f, **arrays),
-                          exclusive=exclusive)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  atomic_files.write_bytes(path, buffer.getvalue(), exclusive=exclusive)
 
 
 def _is_complete_npz(path: str) -> bool:
@@ -1044,12 +1046,15 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
                     stop_reason)
   except BaseException as error:
     is_kept = resume or rounds_done_here > 0
-    if not is_kept:
-      new_files.remove()
+    removed = [] if is_kept else new_files.remove()
     if isinstance(error, KeyboardInterrupt):
-      raise KeyboardInterrupt(
-          'rerun with --resume to continue from the last checkpoint'
-          if is_kept else 'nothing was kept (no round had finished)') from None
+      if is_kept:
+        what_now = 'rerun with --resume to continue from the last checkpoint'
+      elif removed:
+        what_now = 'nothing was kept (no round had finished)'
+      else:
+        what_now = 'nothing was written'
+      raise KeyboardInterrupt(what_now) from None
     if isinstance(error, checkpoints.CheckpointError):
       raise ConfigError(f'--resume: {error}') from error
     if isinstance(error, training_loop.MetricsFileError):
@@ -1081,19 +1086,27 @@ class _NewFiles:
       self._before[directory] = (set(os.listdir(directory))
                                  if os.path.isdir(directory) else None)
 
-  def remove(self) -> None:
-    """Removes what was added since construction; errors are logged."""
+  def remove(self) -> list[str]:
+    """Removes what was added since construction; errors are logged.
+
+    Returns:
+      The paths removed (directories with their content).
+    """
+    removed = []
+
     def log(unused_function, path, unused_exc_info):
       logging.warning('Could not remove %s after the failed start.', path)
     for directory, before in self._before.items():
       if before is None:
         if os.path.lexists(directory):
           shutil.rmtree(directory, onerror=log)
+          removed.append(directory)
         continue
       if not os.path.isdir(directory):
         continue
       for name in sorted(set(os.listdir(directory)) - before):
         path = os.path.join(directory, name)
+        removed.append(path)
         if os.path.isdir(path) and not os.path.islink(path):
           shutil.rmtree(path, onerror=log)
         else:
@@ -1101,6 +1114,7 @@ class _NewFiles:
             os.remove(path)
           except OSError:
             log(None, path, None)
+    return removed
 
 
 def _remove_temporaries(output_dir: str) -> None:

@@ -267,7 +267,7 @@ def truncate_event_files(logdir: str, last_round: int,
       except OSError as error:
         raise atomic_files.WriteError(path, error) from error
       continue
-    logging.info('%s: keeping %d of %d events (rounds up to %d).', path,
+    logging.debug('%s: keeping %d of %d events (rounds up to %d).', path,
                  len(kept), len(records), last_round)
 
     def write(temporary, kept=kept):
