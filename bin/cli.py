@@ -1,10 +1,22 @@
-"""Command-line plumbing shared by the bin/ scripts."""
+"""Command-line plumbing shared by the bin/ scripts.
+
+`run(main)` is `absl.app.run(main)` where every failure a user can act on
+ends in one stderr line and no traceback: a bad flag or a
+`tff_feddst.errors.RunError` (a worker that cannot be reached, an output
+that cannot be written) or another OSError is `<program>: error: <what>`,
+exit code 1; Ctrl-C is `<program>: interrupted[; <what now>]`, exit code 130.
+"""
 
 import os
 import sys
 from typing import Callable
 
 from absl import flags
+
+from tff_feddst import errors
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C.
+EXIT_TERMINATED = 143  # 128 + SIGTERM.
 
 
 def one_line_flags_parser(argv: list[str]) -> list[str]:
@@ -28,7 +40,75 @@ def one_line_flags_parser(argv: list[str]) -> list[str]:
     sys.exit(f'{program}: error: {message}')
 
 
+def _one_line(error: BaseException) -> str:
+  return ' '.join(str(error).split())
+
+
+def _program(argv: list[str]) -> str:
+  return os.path.basename(argv[0]) if argv else 'bin'
+
+
+def interrupted(program: str, what_now: str = '') -> None:
+  """Reports Ctrl-C in one stderr line and exits with code 130.
+
+  Args:
+    program: The script name.
+    what_now: What the user can do (e.g. resume), or ''.
+  """
+  message = f'{program}: interrupted'
+  if what_now:
+    message += f'; {_one_line(what_now)}'
+  print(message, file=sys.stderr, flush=True)
+  sys.exit(EXIT_INTERRUPTED)
+
+
+def reporting_errors(main: Callable[[list[str]], None]
+                     ) -> Callable[[list[str]], None]:
+  """Wraps `main` so that run-time failures end in one stderr line.
+
+  `errors.RunError` and OSError: `<program>: error: <message>`, exit code 1;
+  KeyboardInterrupt: `interrupted` (see `interrupted`), exit code 130. Other
+  exceptions are bugs and keep their traceback.
+
+  Args:
+    main: The script's `main(argv)`.
+
+  Returns:
+    The wrapped `main`.
+  """
+  def wrapped(argv: list[str]) -> None:
+    try:
+      return main(argv)
+    except KeyboardInterrupt as interrupt:
+      interrupted(_program(argv), str(interrupt))
+    except (errors.RunError, OSError) as error:
+      sys.exit(f'{_program(argv)}: error: {_one_line(error)}')
+  return wrapped
+
+
+def _exit_now(code: int) -> None:
+  """Exits at once, skipping interpreter teardown.
+
+  A round cut short by a signal leaves TFF's executor threads running in
+  C++; tearing the interpreter down under them aborts the process
+  ('FATAL: exception not rethrown', SIGABRT) after the message was printed.
+  The run's files are closed and synced by then, and the workers this
+  process owns were stopped when their context closed (and die with it).
+  """
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-  """`absl.app.run(main)` with the one-line flag error parser."""
+  """`absl.app.run(main)` with one-line flag and run-time errors."""
   from absl import app  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=one_line_flags_parser)
+  try:
+    try:
+      app.run(reporting_errors(main), flags_parser=one_line_flags_parser)
+    except KeyboardInterrupt:  # While parsing flags, before main.
+      interrupted(_program(sys.argv))
+  except SystemExit as exit_request:
+    if exit_request.code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+      _exit_now(exit_request.code)
+    raise

@@ -37,6 +37,17 @@ flags.DEFINE_float('target_accuracy', None, 'Report the upload spent until '
 FLAGS = flags.FLAGS
 
 
+def _what_now(run_dir: str, is_resumable: bool, fix: str) -> str:
+  """How to go on after the run in `run_dir` stopped with an error."""
+  first = f'{fix}, then ' if fix else ''
+  if is_resumable:
+    return (f'{first}finish that run with bin/train.py '
+            f'--flagfile={run_dir}/flags.txt --output_dir={run_dir} --resume, '
+            'or rerun compare.py with a new --output_dir')
+  return (f'nothing of that run was kept; {first}rerun compare.py with a '
+          'new --output_dir')
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'compare.py: error: unexpected arguments {argv[1:]}.')
@@ -71,9 +82,15 @@ def main(argv):
       config.validate()
     for config in configs:
       print(f'== {config.method}', flush=True)
-      experiment.run_experiment(
-          config, os.path.join(FLAGS.output_dir, config.method),
-          progress=FLAGS.progress)
+      run_dir = os.path.join(FLAGS.output_dir, config.method)
+      try:
+        experiment.run_experiment(config, run_dir, progress=FLAGS.progress)
+      except KeyboardInterrupt:
+        cli.interrupted('compare.py', _what_now(
+            run_dir, os.path.exists(os.path.join(run_dir, 'flags.txt')), ''))
+      except experiment.OutputError as error:
+        sys.exit(f'compare.py: error: {error.problem}; '
+                 f'{_what_now(run_dir, error.is_resumable, error.fix)}')
   except (experiment.ConfigError, data.DataFileError) as error:
     sys.exit(f'compare.py: error: {error}')
   run_dirs = [os.path.join(FLAGS.output_dir, m) for m in FLAGS.methods]

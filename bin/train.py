@@ -4,8 +4,10 @@
       --output_dir=runs/quick
 
 Every flag maps one-to-one onto `tff_feddst.experiment.ExperimentConfig`.
-Writes output_dir/{flags.txt, metrics.csv, global_model.npz}. Bad input ends
-with a one-line error naming the flag or file, exit code 1, nothing written.
+Writes output_dir/{flags.txt, metrics.csv, global_model.npz, summary.json},
+each atomically. Bad input ends with a one-line error naming the flag or
+file, exit code 1, nothing written; so does a failure at run time (a worker
+that cannot be reached, a full disk), saying whether to rerun with --resume.
 
 SIGTERM or SIGINT (Ctrl-C) abandons the round in progress (a round is one
 TFF call, which cannot be paused and can be long), saves a checkpoint of the

@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -12,12 +13,15 @@ import tempfile
 import threading
 import typing
 from typing import Optional
+from unittest import mock
 
 import numpy as np
 import psutil
 import tensorflow as tf
+import tqdm
 
 from tests import execution_test
+from tff_feddst import atomic_files
 from tff_feddst import data
 from tff_feddst import experiment
 from tff_feddst import interruptions
@@ -662,6 +666,180 @@ class GrowingSparsityExperimentTest(fixtures.FashionMnistSliceTestCase):
     # Dense methods drop it with the sparsity.
     self.assertIsNone(small_config(self.data_dir, initial_sparsity=0.5,
                                    method='fedavg').resolved().initial_sparsity)
+
+
+def _disk_full_after(num_bytes: int):
+  """An `os.write` that writes `num_bytes` in all, then fails with ENOSPC."""
+  real_write = os.write
+  left = [num_bytes]
+
+  def write(fd, data):
+    if left[0] <= 0:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    written = real_write(fd, bytes(data)[:left[0]])
+    left[0] -= written
+    return written
+  return write
+
+
+def _files(directory: str) -> list[str]:
+  """Every file under `directory`, relative to it, sorted."""
+  return sorted(os.path.relpath(os.path.join(root, name), directory)
+                for root, _, names in os.walk(directory) for name in names)
+
+
+class AtomicOutputsTest(fixtures.FashionMnistSliceTestCase):
+  """A full disk or a kill at any moment: resume finishes the same run."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp(prefix='atomic_outputs_')
+    cls.config = small_config(cls.data_dir, total_rounds=3, eval_every=2,
+                              checkpoint_every=1)
+    cls.whole = os.path.join(cls.root, 'whole')
+    experiment.run_experiment(cls.config, cls.whole)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root)
+    super().tearDownClass()
+
+  def assert_same_run(self, output_dir: str) -> None:
+    """Asserts `output_dir` holds the results of `self.whole`."""
+    def metrics(directory):
+      with open(os.path.join(directory, 'metrics.csv'), newline='') as f:
+        rows = list(csv.reader(f))
+      timing = rows[0].index('round_seconds')
+      return [row[:timing] + row[timing + 1:] for row in rows]
+    self.assertEqual(metrics(output_dir), metrics(self.whole))
+    weights, expected = (
+        experiment.load_model_weights(os.path.join(d, 'global_model.npz'))
+        for d in (output_dir, self.whole))
+    tf.nest.map_structure(self.assertAllEqual, weights, expected)
+    summaries = []
+    for directory in (output_dir, self.whole):
+      with open(os.path.join(directory, 'summary.json')) as f:
+        summaries.append(json.load(f))
+        del summaries[-1]['seconds']
+    self.assertEqual(summaries[0], summaries[1])
+    self.assertFalse([name for name in _files(output_dir)
+                      if atomic_files.is_temporary(os.path.basename(name))])
+
+  def test_disk_full_then_resume_gives_the_uninterrupted_run(self):
+    output_dir = os.path.join(self.root, 'disk_full')
+    os.makedirs(output_dir)
+    real_append = atomic_files.append_record
+
+    def fill_disk_at_row(row_num, bytes_that_fit):
+      calls = []
+
+      def append(file, path, record):
+        calls.append(path)
+        if len(calls) != row_num:
+          return real_append(file, path, record)
+        with mock.patch.object(os, 'write', _disk_full_after(bytes_that_fit)):
+          return real_append(file, path, record)
+      return mock.patch.object(atomic_files, 'append_record', append)
+
+    # Ctrl-C in round 1: nothing was kept, the directory is as it was.
+    with mock.patch.object(atomic_files, 'append_record',
+                           side_effect=KeyboardInterrupt), self.assertRaises(
+                               KeyboardInterrupt) as raised:
+      experiment.run_experiment(self.config, output_dir)
+    self.assertEqual(str(raised.exception),
+                     'nothing was kept (no round had finished)')
+    self.assertEqual(os.listdir(output_dir), [])
+
+    # A full disk in round 1: the same.
+    with fill_disk_at_row(1, 0), self.assertRaises(
+        experiment.OutputError) as raised:
+      experiment.run_experiment(self.config, output_dir)
+    self.assertEqual(
+        str(raised.exception),
+        f'writing {output_dir}/metrics.csv failed: [Errno 28] No space left '
+        'on device; nothing was kept: free space and rerun')
+    self.assertEqual(os.listdir(output_dir), [])
+
+    # The same directory again; the disk fills in round 3's row, 5 bytes in.
+    with fill_disk_at_row(3, 5), self.assertRaises(
+        experiment.OutputError) as raised:
+      experiment.run_experiment(self.config, output_dir)
+    self.assertEqual(
+        str(raised.exception),
+        f'writing {output_dir}/metrics.csv failed: [Errno 28] No space left '
+        'on device; free space and rerun with --resume')
+    with open(os.path.join(output_dir, 'metrics.csv'), newline='') as f:
+      lines = f.read().splitlines(keepends=True)
+    self.assertEqual([line[:2] for line in lines], ['ro', '1,', '2,'])
+    self.assertTrue(all(line.endswith('\r\n') for line in lines))
+    self.assertFalse(os.path.exists(os.path.join(output_dir, 'summary.json')))
+
+    with mock.patch.object(tqdm, 'tqdm', wraps=tqdm.tqdm) as bar:
+      rows = experiment.run_experiment(self.config, output_dir, resume=True,
+                                       progress=True)
+    self.assertEqual(bar.call_args.kwargs['initial'], 2)  # Resumed at 3.
+    self.assertEqual([row['round'] for row in rows], [1, 2, 3])
+    self.assert_same_run(output_dir)
+    # TensorBoard: round 3 logged once, as in the uninterrupted run.
+    scalars, expected = (
+        tensorboard_logging.read_scalars(os.path.join(d, 'tensorboard'))
+        for d in (output_dir, self.whole))
+    del scalars['time/round_seconds'], expected['time/round_seconds']
+    self.assertEqual(scalars, expected)
+
+  def test_kill_or_disk_full_in_the_final_writes_resumes_to_the_end(self):
+    def copy_without(name, *removed):
+      copy = os.path.join(self.root, name)
+      shutil.copytree(self.whole, copy)
+      for path in removed:
+        os.remove(os.path.join(copy, path))
+      return copy
+
+    # Killed between the model and the summary, with temporary files of
+    # killed writers around: resume only writes summary.json.
+    killed = copy_without('killed_before_summary', 'summary.json')
+    for leftover in ('.summary.json.tmp-0a1b2c', 'metrics.csv.tmp',
+                     'checkpoints/.ckpt-000003.npz.tmp-3d4e5f'):
+      with open(os.path.join(killed, leftover), 'w') as f:
+        f.write('torn')
+    with mock.patch.object(experiment, 'load_federated_data') as load:
+      experiment.run_experiment(self.config, killed, resume=True)
+    load.assert_not_called()
+    self.assert_same_run(killed)
+    with self.assertRaisesRegex(experiment.ConfigError, 'already finished'):
+      experiment.run_experiment(self.config, killed, resume=True)
+
+    # The disk fills while the model is written: no model, no summary; the
+    # next resume writes both from the last round's checkpoint.
+    full = copy_without('full_at_model', 'summary.json', 'global_model.npz')
+    real_write_bytes = atomic_files.write_bytes
+
+    def write_bytes(path, content, **kwargs):
+      if not path.endswith('global_model.npz'):
+        return real_write_bytes(path, content, **kwargs)
+      with mock.patch.object(os, 'write', _disk_full_after(1000)):
+        return real_write_bytes(path, content, **kwargs)
+    with mock.patch.object(atomic_files, 'write_bytes',
+                           write_bytes), self.assertRaisesRegex(
+        experiment.OutputError,
+        '^writing .*global_model.npz failed: .Errno 28. No space left on '
+        'device; free space and rerun with --resume$'):
+      experiment.run_experiment(self.config, full, resume=True)
+    self.assertFalse(os.path.exists(os.path.join(full, 'global_model.npz')))
+    self.assertFalse(os.path.exists(os.path.join(full, 'summary.json')))
+    experiment.run_experiment(self.config, full, resume=True)
+    self.assert_same_run(full)
+
+    # A model torn by an older, non-atomic writer is recomputed.
+    torn = copy_without('torn_model', 'summary.json')
+    model_path = os.path.join(torn, 'global_model.npz')
+    with open(model_path, 'rb') as f:
+      content = f.read()
+    with open(model_path, 'wb') as f:
+      f.write(content[:len(content) // 2])
+    experiment.run_experiment(self.config, torn, resume=True)
+    self.assert_same_run(torn)
 
 
 if __name__ == '__main__':

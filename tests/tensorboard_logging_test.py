@@ -1,5 +1,6 @@
 """Tests for tff_feddst.tensorboard_logging: event files read back."""
 
+import collections
 import glob
 import os
 import types
@@ -109,6 +110,66 @@ class TensorBoardWriterTest(tf.test.TestCase):
   def test_read_scalars_without_event_files_raises(self):
     with self.assertRaisesRegex(FileNotFoundError, 'no TensorBoard event'):
       tensorboard_logging.read_scalars(self.create_tempdir().full_path)
+
+  def test_resume_keeps_one_event_per_tag_and_step(self):
+    # A run logged rounds 3 and 4 (round 4 evaluated), was killed in
+    # mid-record, and resumes from its round-2 checkpoint: rounds 3 and 4
+    # are recomputed, here with other values, and logged again.
+    with tensorboard_logging.TensorBoardWriter(self.logdir, _LAYOUT) as writer:
+      writer.write_metrics(_row(3))
+      writer.write_model(3, _weights(conv_active=5, dense_active=3))
+      writer.write_metrics(_row(4, test_accuracy=0.5))
+      writer.write_model(4, _weights(conv_active=6, dense_active=3))
+    killed_file = sorted(glob.glob(os.path.join(self.logdir, 'events.*')))[-1]
+    with open(killed_file, 'ab') as f:
+      f.write(b'\x40\x00\x00\x00\x00\x00\x00\x00\x12\x34')  # Torn.
+    kept_rows = [_row(1), _row(2, test_accuracy=0.75)]
+    with tensorboard_logging.TensorBoardWriter(self.logdir, _LAYOUT) as writer:
+      writer.resume_after(kept_rows)
+      for round_num, accuracy in ((3, None), (4, 0.875)):
+        row = _row(round_num, test_accuracy=accuracy)
+        row['train_loss'] = 10.0 + round_num
+        writer.write_metrics(row)
+        writer.write_model(round_num,
+                           _weights(conv_active=round_num, dense_active=1))
+
+    accumulator = event_accumulator.EventAccumulator(
+        self.logdir, size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+
+    def values(tag):
+      return [(event.step, float(tf.make_ndarray(event.tensor_proto)))
+              for event in accumulator.Tensors(tag)]
+
+    self.assertEqual(values('train/loss'),
+                     [(1, 2.0), (2, 1.0), (3, 13.0), (4, 14.0)])
+    self.assertEqual(values('accuracy/test'), [(2, 0.75), (4, 0.875)])
+    self.assertEqual(values('accuracy_by_upload/test'),
+                     [(2000, 0.75), (4000, 0.875)])
+    self.assertEqual(values('density/0_conv_2x2x1x2'),
+                     [(1, 0.25), (2, 0.5), (3, 0.375), (4, 0.5)])
+    self.assertEqual([e.step for e in accumulator.Tensors(
+        'weights/1_dense_4x3')], [1, 2, 3, 4])
+    # The raw records too: exactly one value per (tag, step), in every file.
+    seen = collections.Counter()
+    for path in glob.glob(os.path.join(self.logdir, 'events.*')):
+      for event in tf.compat.v1.train.summary_iterator(path):
+        for value in event.summary.value:
+          seen[value.tag, event.step] += 1
+    # Per round 8 scalars (rows without rejected_clients) and 2 densities
+    # and 2 histograms; 3 accuracy tags on the 2 evaluated rounds.
+    self.assertLen(seen, 4 * (8 + 4) + 2 * 3)
+    self.assertEqual(set(seen.values()), {1})
+    self.assertEqual(os.listdir(self.logdir),
+                     [os.path.basename(p) for p in glob.glob(
+                         os.path.join(self.logdir, 'events.*'))])
+
+  def test_resume_after_a_write_is_refused(self):
+    writer = tensorboard_logging.TensorBoardWriter(self.logdir, _LAYOUT)
+    writer.write_metrics(_row(3))
+    with self.assertRaises(ValueError):
+      writer.resume_after([_row(1)])
+    writer.close()
 
   def test_layer_densities(self):
     self.assertEqual(

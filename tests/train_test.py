@@ -248,6 +248,24 @@ class StopAndResumeTest(fixtures.FashionMnistSliceTestCase):
     self.resume_and_compare(lost)
 
 
+class TrainRunTimeErrorTest(fixtures.FashionMnistSliceTestCase):
+  """Failures at run time: one line, exit code 1, the directory reusable."""
+
+  def test_unreachable_worker_is_one_line_and_writes_nothing(self):
+    root = self.create_tempdir().full_path
+    output_dir = os.path.join(root, 'never')
+    tensorboard_dir = os.path.join(root, 'tensorboard')
+    result = run_train(
+        f'--data_dir={self.data_dir}', '--total_clients=6',
+        '--clients_per_round=2', '--total_rounds=1',
+        '--workers=127.0.0.1:1', f'--output_dir={output_dir}',
+        f'--tensorboard_dir={tensorboard_dir}')
+    fixtures.assert_one_line_error(
+        self, result, 'train.py: error: TFF worker at 127.0.0.1:1 did not '
+        'answer within 10 s; start it or fix --workers.')
+    self.assertEqual(os.listdir(root), [])
+
+
 class TrainBadInputTest(tf.test.TestCase):
   """Each bad input: exit code 1, one line on stderr, no traceback."""
 

@@ -64,6 +64,35 @@ class TruncateMetricsTest(tf.test.TestCase):
     self.assertEqual(records[1]['train_loss'], '0.25')
     self.assertEqual(training_loop.truncate_metrics(path, 2), rows)
 
+  def write_rows(self, path: str, last_line: str) -> None:
+    with open(path, 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(training_loop.METRICS_COLUMNS)
+      for round_num in (1, 2, 3):
+        writer.writerow([round_num, '', '', 0.25, 0.8, 4, 100, 50,
+                         100 * round_num, 50 * round_num, 1.5, 3, 3, 0])
+      f.write(last_line)
+
+  def test_a_row_torn_by_a_kill_is_dropped(self):
+    path = os.path.join(self.create_tempdir().full_path, 'metrics.csv')
+    # A kill while round 12's row was written: its first characters, '1',
+    # would pass for round 1 if the line were parsed.
+    for torn in ('1', '12,,,0.25,0.8,4,100,50,1200,600,1.5,3,3,0\r',
+                 '12,,,0.25,0.8\r\n'):
+      self.write_rows(path, torn)
+      rows = training_loop.truncate_metrics(path, 12)
+      self.assertEqual([row['round'] for row in rows], [1, 2, 3], torn)
+      with open(path, newline='') as f:
+        self.assertLen(f.read().splitlines(), 4)
+      self.assertEqual(os.listdir(os.path.dirname(path)), ['metrics.csv'])
+
+  def test_a_damaged_row_before_the_last_is_an_error(self):
+    path = os.path.join(self.create_tempdir().full_path, 'metrics.csv')
+    self.write_rows(path, '4,x\r\n5,,,0.25,0.8,4,100,50,500,250,1.5,3,3,0\r\n')
+    with self.assertRaisesRegex(training_loop.MetricsFileError,
+                                'metrics.csv: line 5 is damaged'):
+      training_loop.truncate_metrics(path, 5)
+
 
 if __name__ == '__main__':
   tf.test.main()

@@ -4,14 +4,15 @@ A checkpoint holds every leaf of the process state (global weights and
 masks, server optimizer buffers, the client-work round counter), the round
 number and the cumulative byte counts. Client sampling and shuffling are
 seeded per round, so no random-generator state is needed to continue
-exactly. Files are written to a temporary name, flushed to disk and renamed,
-so a kill at any moment leaves either the old or the new checkpoint, never a
-torn one; the newest `keep` are kept. Loading tries the newest first and falls
+exactly. Files are written with `atomic_files` (a temporary name, flushed
+to disk, renamed), so a kill or a full disk at any moment leaves either the
+old or the new checkpoint, never a torn one; the newest `keep` are kept. Loading tries the newest first and falls
 back to older ones (with a warning) when a file is unreadable or does not fit
 the process.
 """
 
 import glob
+import io
 import logging
 import os
 import re
@@ -19,6 +20,8 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
+
+from tff_feddst import atomic_files
 
 _NAME = re.compile(r'ckpt-(\d{6})\.npz$')
 
@@ -66,8 +69,15 @@ def save_checkpoint(directory: str, round_num: int, state: Any,
 
   Returns:
     The checkpoint's path.
+
+  Raises:
+    atomic_files.WriteError: If the checkpoint cannot be written (e.g. a
+      full disk); the older checkpoints are then left as they were.
   """
-  os.makedirs(directory, exist_ok=True)
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as error:
+    raise atomic_files.WriteError(directory, error) from error
   arrays = {f'leaf_{i}': np.asarray(leaf)
             for i, leaf in enumerate(tf.nest.flatten(state))}
   arrays['round_num'] = np.asarray(round_num, np.int64)
@@ -76,17 +86,9 @@ def save_checkpoint(directory: str, round_num: int, state: Any,
   arrays['download_bytes_cumulative'] = np.asarray(download_bytes_cumulative,
                                                    np.int64)
   path = checkpoint_path(directory, round_num)
-  temporary = path + '.tmp'
-  with open(temporary, 'wb') as f:
-    np.savez(f, **arrays)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(temporary, path)
-  directory_fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(directory_fd)
-  finally:
-    os.close(directory_fd)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  atomic_files.write_bytes(path, buffer.getvalue())
   for _, old in list_checkpoints(directory)[keep:]:
     os.remove(old)
   return path

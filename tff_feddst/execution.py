@@ -31,6 +31,7 @@ import grpc
 import portpicker
 import tensorflow_federated as tff
 
+from tff_feddst import errors
 from tff_feddst import interruptions
 from tff_feddst import worker_isolation
 
@@ -44,6 +45,10 @@ _GRPC_MAX_MESSAGE_BYTES = 2_000_000_000
 # owned may go without answering before the run stops.
 DEFAULT_MAX_RESTARTS = 3
 DEFAULT_WORKER_TIMEOUT_SECONDS = 60.0
+
+
+class WorkerError(errors.RunError):
+  """A TFF worker could not be started or reached; one line, what to do."""
 
 
 def _release_default_context() -> None:
@@ -148,12 +153,29 @@ def _grpc_stub(address: str) -> tff.framework.RemoteExecutorGrpcStub:
   return tff.framework.RemoteExecutorGrpcStub(channel)
 
 
-def _wait_until_ready(stub, is_alive, what: str,
+def _wait_until_ready(stub, exit_code, what: str, fix: str,
                       timeout_seconds: float = _STARTUP_TIMEOUT_SECONDS) -> None:
+  """Waits until `stub` answers.
+
+  Args:
+    stub: The worker's executor stub.
+    exit_code: Returns the worker process's exit code, or None while it runs
+      (or when it is not ours).
+    what: Names the worker, e.g. 'TFF worker at host:port'.
+    fix: What the user can do about it.
+
+  Raises:
+    WorkerError: If the worker exits or does not answer in time.
+  """
   deadline = time.monotonic() + timeout_seconds
   while not stub.is_ready:
-    if not is_alive() or time.monotonic() > deadline:
-      raise RuntimeError(f'{what} did not answer within {timeout_seconds:g} s.')
+    code = exit_code()
+    if code is not None:
+      raise WorkerError(f'{what} exited at start-up (exit code {code}); '
+                        f'{fix}')
+    if time.monotonic() > deadline:
+      raise WorkerError(f'{what} did not answer within {timeout_seconds:g} s; '
+                        f'{fix}')
     time.sleep(0.05)
 
 
@@ -183,16 +205,30 @@ class LocalWorker:
       max_concurrent_computation_calls: Passed to the worker; <= 0 is no limit.
 
     Raises:
-      RuntimeError: If the worker does not become ready in time.
+      WorkerError: If the worker cannot be started, exits, or does not
+        become ready in time.
     """
     self.port = port or portpicker.pick_unused_port()
     self.max_concurrent_computation_calls = max_concurrent_computation_calls
-    self._started = worker_isolation.start(
-        [worker_binary_path(), f'--port={self.port}',
-         f'--max_concurrent_computation_calls={max_concurrent_computation_calls}',
-         f'--grpc_max_message_length_megabytes={_GRPC_MAX_MESSAGE_BYTES >> 20}'],
-        port=self.port, env=worker_environment(),
-        preexec_fn=_die_with_parent, timeout_seconds=_STARTUP_TIMEOUT_SECONDS)
+    try:
+      self._started = worker_isolation.start(
+          [worker_binary_path(), f'--port={self.port}',
+           '--max_concurrent_computation_calls='
+           f'{max_concurrent_computation_calls}',
+           '--grpc_max_message_length_megabytes='
+           f'{_GRPC_MAX_MESSAGE_BYTES >> 20}'],
+          port=self.port, env=worker_environment(),
+          preexec_fn=_die_with_parent,
+          timeout_seconds=_STARTUP_TIMEOUT_SECONDS)
+    except OSError as error:
+      raise WorkerError(
+          f'cannot start the TFF worker {worker_binary_path()}: '
+          f'{error.strerror or error}; check the tensorflow-federated '
+          'install (see README).') from None
+    except RuntimeError as error:  # The worker exited or never listened.
+      raise WorkerError(
+          f'{error} Check that the worker starts on this machine '
+          f'({worker_binary_path()} --port={self.port}).') from None
     self.process = self._started.process
     self.worker_pid = self._started.worker_pid
     self.target = self._started.target
@@ -200,9 +236,13 @@ class LocalWorker:
     atexit.register(self.stop)
     self.stub = _grpc_stub(self.target)
     try:
-      _wait_until_ready(self.stub, lambda: self.process.poll() is None,
-                        f'TFF worker {worker_binary_path()} on port {self.port}')
-    except RuntimeError:
+      _wait_until_ready(
+          self.stub, self.process.poll,
+          f'the local TFF worker on port {self.port}',
+          'check that the worker starts on this machine '
+          f'({worker_binary_path()} --port={self.port}), or retry when the '
+          'machine is less loaded.')
+    except WorkerError:
       self.stop()
       raise
 
@@ -253,7 +293,7 @@ class RemoteWorker:
 
     Raises:
       ValueError: If `address` is not host:port.
-      RuntimeError: If nothing answers there in time.
+      WorkerError: If nothing answers there in time.
     """
     host, _, port = address.rpartition(':')
     if not host or not port.isdigit():
@@ -261,8 +301,8 @@ class RemoteWorker:
     worker_isolation.warn_if_not_loopback(host, address)
     self.address = address
     self.stub = _grpc_stub(address)
-    _wait_until_ready(self.stub, lambda: True, f'TFF worker at {address}',
-                      timeout_seconds=10.0)
+    _wait_until_ready(self.stub, lambda: None, f'TFF worker at {address}',
+                      'start it or fix --workers.', timeout_seconds=10.0)
 
   def stop(self) -> None:
     """Leaves the worker running: it belongs to whoever started it."""
@@ -682,6 +722,9 @@ def local_execution_context(
 
   Yields:
     The `LocalWorker` in use.
+
+  Raises:
+    WorkerError: If the worker cannot be started.
   """
   worker = LocalWorker(
       max_concurrent_computation_calls=max_concurrent_computation_calls)
@@ -732,6 +775,7 @@ def distributed_execution_context(
 
   Raises:
     ValueError: If no worker is asked for, or an address is malformed.
+    WorkerError: If a worker cannot be started or reached.
   """
   if num_local_workers < 0 or num_local_workers + len(worker_addresses) < 1:
     raise ValueError('A distributed context needs at least one worker; got '

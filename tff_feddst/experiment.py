@@ -13,25 +13,37 @@ under an owned TFF execution context and writes, in `output_dir`:
   tensorboard/      TensorBoard event files (`tensorboard_logging`), unless
                     `tensorboard_dir` puts them elsewhere or is ''
 
-Nothing is written until the config and the data have been checked, and an
-`output_dir` that already holds results is refused.
+Nothing is written until the config and the data have been checked, the
+workers answer and the process is built, and an `output_dir` that already
+holds results is refused. Every file is written atomically (`atomic_files`):
+a kill or a full disk leaves each file old or new, never torn. If a fresh run
+fails before its first round is done, what it wrote is removed again, so the
+directory can be reused. summary.json, written last, marks a finished run;
+`resume=True` finishes any other run (from its newest checkpoint, or, when
+only summary.json is missing, by writing it).
 """
 
 import contextlib
 import dataclasses
+import errno
+import io
 import ipaddress
 import json
+import logging
 import math
 import numbers
 import os
 import re
+import shutil
 import tempfile
 import typing
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from tff_feddst import atomic_files
 from tff_feddst import data as data_lib
+from tff_feddst import errors
 from tff_feddst import sparsity_distribution as sparsity_distribution_lib
 
 # Data set -> the paper's model for it (LEAF's CNN for EMNIST).
@@ -107,6 +119,47 @@ def usable_cpu_count() -> int:
 
 class ConfigError(ValueError):
   """A bad experiment setting; the message is one line naming the flag."""
+
+
+class OutputError(errors.RunError):
+  """An output file could not be written; says how to go on.
+
+  Attributes:
+    problem: What failed, e.g. 'writing runs/x/metrics.csv failed: [Errno
+      28] No space left on device'.
+    fix: What to do about it, e.g. 'free space'.
+    is_resumable: Whether the run's output directory was kept, so that
+      `resume=True` continues it; otherwise nothing of the run was kept.
+    output_dir: The run's output directory.
+  """
+
+  def __init__(self, problem: str, fix: str, is_resumable: bool,
+               output_dir: str):
+    self.problem = problem
+    self.fix = fix
+    self.is_resumable = is_resumable
+    self.output_dir = output_dir
+    super().__init__(problem, fix, is_resumable, output_dir)
+
+  def __str__(self) -> str:
+    if self.is_resumable:
+      return f'{self.problem}; {self.fix} and rerun with --resume'
+    return f'{self.problem}; nothing was kept: {self.fix} and rerun'
+
+  @classmethod
+  def from_os_error(cls, error: OSError, is_resumable: bool,
+                    output_dir: str) -> 'OutputError':
+    """Words an OSError of a write, with the fix its errno calls for."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+      fix = 'free space'
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+      fix = 'make it writable'
+    else:
+      fix = 'fix that'
+    problem = (str(error) if isinstance(error, atomic_files.WriteError)
+               else f'writing {error.filename or output_dir} failed: '
+               f'[Errno {error.errno}] {error.strerror}')
+    return cls(problem, fix, is_resumable, output_dir)
 
 
 @dataclasses.dataclass
@@ -715,14 +768,37 @@ def build_num_active_by_round(config: ExperimentConfig, layout
       config.sparsity_distribution, bias_sizes=layout.layer_bias_sizes)
 
 
-def save_model_weights(path: str, weights) -> None:
-  """Saves `ModelWeights` as an .npz of `trainable_i`/`non_trainable_i`."""
+def save_model_weights(path: str, weights, *, exclusive: bool = True) -> None:
+  """Saves `ModelWeights` as an .npz of `trainable_i`/`non_trainable_i`.
+
+  Args:
+    path: The .npz path.
+    weights: The `ModelWeights`.
+    exclusive: Refuse to replace an existing file (FileExistsError).
+
+  Raises:
+    FileExistsError: With `exclusive`, if `path` exists.
+    atomic_files.WriteError: If the file cannot be written; nothing (or the
+      old file) is left at `path` then.
+  """
   arrays = {f'trainable_{i}': np.asarray(v)
             for i, v in enumerate(weights.trainable)}
   arrays.update({f'non_trainable_{i}': np.asarray(v)
                  for i, v in enumerate(weights.non_trainable)})
-  with open(path, 'xb') as f:
-    np.savez(f, **arrays)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  atomic_files.write_bytes(path, buffer.getvalue(), exclusive=exclusive)
+
+
+def _is_complete_npz(path: str) -> bool:
+  """Whether `path` is an .npz whose arrays all read back."""
+  try:
+    with np.load(path) as archive:
+      for name in archive.files:
+        archive[name]  # pylint: disable=pointless-statement
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
 
 
 def load_model_weights(path: str):
@@ -748,7 +824,14 @@ def _num_dense_parameters(initial_model) -> int:
 
 def write_summary(path: str, config: ExperimentConfig, rows: list,
                   stop_reason: str) -> None:
-  """Writes where and why a run stopped, and its headline figures."""
+  """Writes where and why a run stopped, and its headline figures.
+
+  The file is created atomically and exclusively: it marks a finished run.
+
+  Raises:
+    FileExistsError: If `path` exists.
+    atomic_files.WriteError: If it cannot be written.
+  """
   evaluated = [r for r in rows if r['test_accuracy'] is not None]
   summary = {
       'method': config.method,
@@ -767,9 +850,8 @@ def write_summary(path: str, config: ExperimentConfig, rows: list,
                             if evaluated else None,
       'seconds': sum(r['round_seconds'] for r in rows),
   }
-  with open(path, 'x') as f:
-    json.dump(summary, f, indent=2)
-    f.write('\n')
+  atomic_files.write_text(path, json.dumps(summary, indent=2) + '\n',
+                          exclusive=True)
 
 
 def build_client_config(config: ExperimentConfig, initial_model):
@@ -961,6 +1043,13 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
       TensorBoard directory.
     data.DataFileError: For missing or corrupt data files.
     interruptions.Interrupted: If the run was stopped from outside.
+    execution.WorkerError: If a TFF worker cannot be started or reached
+      (nothing is written then).
+    OutputError: If an output file cannot be written (a full disk, no
+      permission): each file is left whole, and the run either resumes
+      (`OutputError.is_resumable`) or was removed.
+    KeyboardInterrupt: On Ctrl-C, with a message that says whether the run
+      can be resumed.
   """
   if worker_timeout_seconds is not None and not (
       0 < worker_timeout_seconds < math.inf):
@@ -976,6 +1065,13 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
   tensorboard_dir = config.effective_tensorboard_dir(output_dir)
   if tensorboard_dir:
     check_writable_dir(tensorboard_dir, 'tensorboard_dir')
+  if resume:
+    try:
+      rows = _finish_done_run(config, output_dir)
+    except atomic_files.WriteError as error:
+      raise OutputError.from_os_error(error, True, output_dir) from error
+    if rows is not None:
+      return rows
   federated_data = load_federated_data(config)
 
   # TF/TFF imports are deferred so that bad flags fail fast.
@@ -1036,21 +1132,9 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
         'run.')
   evaluator = evaluation.Evaluator(model_fn, federated_data)
 
-  os.makedirs(output_dir, exist_ok=True)
-  if not resume:
-    with open(os.path.join(output_dir, 'flags.txt'), 'x') as f:
-      f.write('\n'.join(config.to_flag_lines()) + '\n')
-    if initial_pruning is not None:
-      with open(os.path.join(output_dir, 'prunefl_initial_pruning.json'),
-                'x') as f:
-        json.dump(initial_pruning, f, indent=2)
-        f.write('\n')
-
+  new_files = None if resume else _NewFiles((output_dir, tensorboard_dir))
+  rounds_done_here = 0
   bar = None
-  if progress:
-    import tqdm
-    bar = tqdm.tqdm(total=config.total_rounds, unit='round', dynamic_ncols=True)
-
   tensorboard = None
   # The last completed round: (round, state, cumulative bytes).
   completed = []
@@ -1069,7 +1153,19 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
     if completed:
       check_interrupt()
 
+  def on_start(rows_done):
+    nonlocal bar
+    if resume and tensorboard is not None:
+      tensorboard.resume_after(rows_done)
+    if progress:
+      import tqdm
+      bar = tqdm.tqdm(total=config.total_rounds, unit='round',
+                      dynamic_ncols=True,
+                      initial=rows_done[-1]['round'] if rows_done else 0)
+
   def after_round(row):
+    nonlocal rounds_done_here
+    rounds_done_here += 1
     if tensorboard is not None:
       tensorboard.write_metrics(row)
     if bar is not None:
@@ -1084,9 +1180,8 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
 
   try:
     with contextlib.ExitStack() as stack:
-      if tensorboard_dir:
-        tensorboard = stack.enter_context(tensorboard_logging.TensorBoardWriter(
-            tensorboard_dir, initial_model.layout))
+      # Workers first: a worker that cannot be started or reached fails the
+      # run before anything is written.
       worker_settings = dict(check_interrupt=(
           check_interrupt_during_calls if check_interrupt else None))
       if config.num_local_workers or config.worker_addresses:
@@ -1130,6 +1225,12 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
             payload_checks=payload_validation.default_checks(
                 client_config.readjust_rule, config.min_votes,
                 config.max_payload_norm))
+
+      # The run can start: from here on, files are written.
+      _write_start_files(config, output_dir, initial_pruning, resume)
+      if tensorboard_dir:
+        tensorboard = stack.enter_context(tensorboard_logging.TensorBoardWriter(
+            tensorboard_dir, initial_model.layout))
       state, rows, stop_reason = training_loop.run_training(
           process, federated_data, evaluator,
           total_rounds=config.total_rounds,
@@ -1147,27 +1248,170 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
           client_download_bytes=encoding.max_payload_num_bytes(
               initial_model.layout.kernel_sizes, initial_model.num_active,
               _num_dense_parameters(initial_model), download_encoding),
+          on_start=on_start,
           on_round_end=after_round,
           on_model_weights=(tensorboard.write_model
                             if tensorboard is not None else None),
           on_round_start=before_round,
           on_round_state=keep_completed)
+      # The model first, the summary last: summary.json marks a finished
+      # run. A resumed run rewrites the model of its own last round.
       save_model_weights(os.path.join(output_dir, 'global_model.npz'),
-                         process.get_model_weights(state))
+                         process.get_model_weights(state),
+                         exclusive=not resume)
       write_summary(os.path.join(output_dir, 'summary.json'), config, rows,
                     stop_reason)
-  except checkpoints.CheckpointError as error:
-    raise ConfigError(f'--resume: {error}') from error
-  except (interruptions.Interrupted, KeyboardInterrupt) as error:
-    if completed:
+  except BaseException as error:
+    # A run stopped from outside keeps its last completed round (round 0's
+    # state included, so a stop during set-up is resumable too); any other
+    # failure before a round finished removes what this run wrote.
+    is_stop = isinstance(error, (interruptions.Interrupted, KeyboardInterrupt))
+    is_kept = resume or rounds_done_here > 0 or (
+        bool(completed) and isinstance(error, interruptions.Interrupted))
+    if is_stop and is_kept and completed:
       round_num, state, cumulative = completed[-1]
       path = checkpoints.save_checkpoint(
           os.path.join(output_dir, 'checkpoints'), round_num, state,
           cumulative['upload'], cumulative['download'])
       if isinstance(error, interruptions.Interrupted):
         error.completed_round, error.checkpoint_path = round_num, path
+    removed = [] if is_kept else new_files.remove()
+    if isinstance(error, KeyboardInterrupt):
+      if is_kept:
+        what_now = 'rerun with --resume to continue from the last checkpoint'
+      elif removed:
+        what_now = 'nothing was kept (no round had finished)'
+      else:
+        what_now = 'nothing was written'
+      raise KeyboardInterrupt(what_now) from None
+    if isinstance(error, checkpoints.CheckpointError):
+      raise ConfigError(f'--resume: {error}') from error
+    if isinstance(error, training_loop.MetricsFileError):
+      raise ConfigError(f'--resume: {error}; fix or remove that line') from error
+    if isinstance(error, FileExistsError):
+      raise ConfigError(
+          f'--output_dir={output_dir} already holds results '
+          f'({error.filename}); choose a new directory.') from error
+    if isinstance(error, atomic_files.WriteError):
+      raise OutputError.from_os_error(error, is_kept, output_dir) from error
     raise
   finally:
     if bar is not None:
       bar.close()
+  return rows
+
+
+class _NewFiles:
+  """Remembers what exists in some directories, to remove what is added.
+
+  A fresh run that fails before its first round is done removes the files
+  and directories it created (only those), so that its output directory can
+  be used again.
+  """
+
+  def __init__(self, directories):
+    self._before = {}
+    for directory in {d for d in directories if d}:
+      self._before[directory] = (set(os.listdir(directory))
+                                 if os.path.isdir(directory) else None)
+
+  def remove(self) -> list[str]:
+    """Removes what was added since construction; errors are logged.
+
+    Returns:
+      The paths removed (directories with their content).
+    """
+    removed = []
+
+    def log(unused_function, path, unused_exc_info):
+      logging.warning('Could not remove %s after the failed start.', path)
+    for directory, before in self._before.items():
+      if before is None:
+        if os.path.lexists(directory):
+          shutil.rmtree(directory, onerror=log)
+          removed.append(directory)
+        continue
+      if not os.path.isdir(directory):
+        continue
+      for name in sorted(set(os.listdir(directory)) - before):
+        path = os.path.join(directory, name)
+        removed.append(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path, onerror=log)
+        else:
+          try:
+            os.remove(path)
+          except OSError:
+            log(None, path, None)
+    return removed
+
+
+def _remove_temporaries(output_dir: str) -> None:
+  """Removes the temporary files that killed writers left in a run."""
+  for directory in (output_dir, os.path.join(output_dir, 'checkpoints')):
+    for path in atomic_files.remove_temporaries(directory):
+      logging.info('Removed %s, left by a killed writer.', path)
+
+
+def _write_start_files(config: ExperimentConfig, output_dir: str,
+                       initial_pruning: Optional[dict], resume: bool) -> None:
+  """Creates output_dir, flags.txt and PruneFL's record (if missing).
+
+  Leftover temporary files of a killed writer are removed first.
+
+  Raises:
+    FileExistsError: If a fresh run finds flags.txt.
+    atomic_files.WriteError: If a file cannot be written.
+  """
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+  except OSError as error:
+    raise atomic_files.WriteError(output_dir, error) from error
+  _remove_temporaries(output_dir)
+  if not resume:
+    atomic_files.write_text(os.path.join(output_dir, 'flags.txt'),
+                            '\n'.join(config.to_flag_lines()) + '\n',
+                            exclusive=True)
+  pruning_path = os.path.join(output_dir, 'prunefl_initial_pruning.json')
+  if initial_pruning is not None and not os.path.exists(pruning_path):
+    atomic_files.write_text(pruning_path,
+                            json.dumps(initial_pruning, indent=2) + '\n',
+                            exclusive=True)
+
+
+def _finish_done_run(config: ExperimentConfig,
+                     output_dir: str) -> Optional[list]:
+  """Resumes a run whose rounds are all done: writes its summary.json.
+
+  global_model.npz is written (atomically) only after the last round, so if
+  it is there and whole, only the summary is missing.
+
+  Args:
+    config: The resolved settings (checked against flags.txt).
+    output_dir: The run's output directory.
+
+  Returns:
+    The metrics rows, or None if the rounds are not all done (then the run
+    resumes from its checkpoint).
+  """
+  model_path = os.path.join(output_dir, 'global_model.npz')
+  if not os.path.exists(model_path):
+    return None
+  if not _is_complete_npz(model_path):
+    # Only a writer that was not atomic can have left this.
+    logging.warning('%s is damaged; recomputing it from the checkpoint.',
+                    model_path)
+    os.remove(model_path)
+    return None
+  from tff_feddst import training_loop
+  _remove_temporaries(output_dir)
+  rows = training_loop.truncate_metrics(
+      os.path.join(output_dir, 'metrics.csv'), config.total_rounds)
+  if not rows:
+    return None
+  # A run stops early only at the upload budget.
+  stop_reason = ('total_rounds' if rows[-1]['round'] == config.total_rounds
+                 else 'upload_budget')
+  write_summary(os.path.join(output_dir, 'summary.json'), config, rows,
+                stop_reason)
   return rows

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_feddst import atomic_files
 from tff_feddst import checkpoints
 from tff_feddst import data as data_lib
 from tff_feddst import evaluation
@@ -81,8 +82,56 @@ def _parse_metric(column: str, text: Optional[str]):
   return int(text)
 
 
+class MetricsFileError(ValueError):
+  """metrics.csv is damaged before its last line (not just a torn row)."""
+
+
+def _read_metrics(metrics_path: str) -> tuple[list[str], list[tuple[
+    str, dict]]]:
+  """Reads metrics.csv as its header and `(line, record)` pairs.
+
+  Rows are appended whole (`atomic_files.append_record`), so only the last
+  line can be torn, by a kill in mid-write: a last line with no newline, or
+  one that does not parse, is dropped.
+
+  Raises:
+    MetricsFileError: If a line before the last does not parse.
+  """
+  with open(metrics_path, newline='') as f:
+    lines = f.read().splitlines(keepends=True)
+  if lines and not lines[-1].endswith('\n'):
+    logging.warning('%s: dropping the torn last line %r.', metrics_path,
+                    lines[-1])
+    lines.pop()
+  if not lines:
+    return [], []
+  header = next(csv.reader(lines[:1]), [])
+  if 'round' not in header:
+    raise MetricsFileError(f'{metrics_path}: line 1 is not a metrics header.')
+  records = []
+  for number, line in enumerate(lines[1:], start=2):
+    fields = next(csv.reader([line]), [])
+    record = dict(zip(header, fields))
+    try:
+      if len(fields) != len(header):
+        raise ValueError(f'{len(fields)} fields, the header has {len(header)}')
+      for column in METRICS_COLUMNS:
+        _parse_metric(column, record.get(column))
+    except ValueError as error:
+      if number == len(lines):
+        logging.warning('%s: dropping the torn last line %r (%s).',
+                        metrics_path, line, error)
+        break
+      raise MetricsFileError(f'{metrics_path}: line {number} is damaged '
+                             f'({error}).') from error
+    records.append((line, record))
+  return header, records
+
+
 def truncate_metrics(metrics_path: str, last_round: int) -> list[dict]:
   """Keeps metrics.csv rows up to `last_round` (atomically) and returns them.
+
+  A torn last row (a kill in mid-write) is dropped too.
 
   Args:
     metrics_path: An existing metrics file, or a path with none yet (then an
@@ -91,13 +140,15 @@ def truncate_metrics(metrics_path: str, last_round: int) -> list[dict]:
 
   Returns:
     The kept rows, parsed like `metrics_row`'s output.
+
+  Raises:
+    MetricsFileError: If the file is damaged before its last line.
+    atomic_files.WriteError: If the file cannot be rewritten.
   """
   kept_lines, rows = [], []
   if os.path.exists(metrics_path):
-    with open(metrics_path, newline='') as f:
-      lines = f.read().splitlines(keepends=True)
-    header = next(csv.reader(lines[:1]), [])
-    for line, record in zip(lines[1:], csv.DictReader(lines)):
+    header, records = _read_metrics(metrics_path)
+    for line, record in records:
       if int(record['round']) <= last_round:
         if header != list(METRICS_COLUMNS):
           # A file written before a column was added (or reordered): the
@@ -107,13 +158,8 @@ def truncate_metrics(metrics_path: str, last_round: int) -> list[dict]:
         kept_lines.append(line)
         rows.append({column: _parse_metric(column, record.get(column, ''))
                      for column in METRICS_COLUMNS})
-  temporary = metrics_path + '.tmp'
-  with open(temporary, 'w', newline='') as f:
-    csv.writer(f).writerow(METRICS_COLUMNS)
-    f.writelines(kept_lines)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(temporary, metrics_path)
+  atomic_files.write_text(metrics_path,
+                          _csv_line(METRICS_COLUMNS) + ''.join(kept_lines))
   return rows
 
 
@@ -226,6 +272,7 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  checkpoint_dir: Optional[str] = None,
                  checkpoint_every: int = 0,
                  resume: bool = False,
+                 on_start: Optional[Callable[[list[dict]], None]] = None,
                  on_round_end: Optional[Callable[[dict], None]] = None,
                  on_model_weights: Optional[Callable[
                      [int, tff.learning.models.ModelWeights], None]] = None,
@@ -238,7 +285,11 @@ def run_training(process: tff.learning.templates.LearningProcess,
   stays within the budget, so runs compared at one budget never exceed it.
 
   The metrics file is created exclusively (an existing file is never
-  overwritten) and flushed after every row. Evaluation runs every
+  overwritten) and atomically; each row is appended whole and synced to disk
+  (a failed write leaves the file as it was). A round is committed by its
+  checkpoint, which is written after everything else of the round (the row
+  and the callbacks), so a run resumed after a kill at any moment recomputes
+  whatever the checkpoint does not cover. Evaluation runs every
   `eval_every` rounds and after the last round (the last of `total_rounds`,
   or the last the budget allows); other rows leave the accuracy columns
   empty.
@@ -272,9 +323,13 @@ def run_training(process: tff.learning.templates.LearningProcess,
     resume: Continue from the newest usable checkpoint in `checkpoint_dir`
       (or from round 1 if there is none): metrics.csv rows after that round
       are dropped and recomputed (identically, timing aside), then appended.
-    on_round_end: Called with each row after it is written (progress).
+    on_start: Called once before the first round runs, with the rows of the
+      rounds already done (those kept on resume, else none), e.g. to drop
+      logs of the rounds that will be recomputed.
+    on_round_end: Called with each row after it is written and before the
+      round's checkpoint (progress, logs).
     on_model_weights: Called after every round (after `metrics.csv` has its
-      row) with the round number and the global
+      row, before the checkpoint) with the round number and the global
       `process.get_model_weights(state)`, e.g. for TensorBoard; the weights
       are then fetched every round, outside `round_seconds` on rounds
       without evaluation.
@@ -293,6 +348,10 @@ def run_training(process: tff.learning.templates.LearningProcess,
 
   Raises:
     ValueError: If a budget is given without `round_upload_bytes`.
+    MetricsFileError: On resume, if metrics.csv is damaged before its last
+      line.
+    atomic_files.WriteError: If metrics.csv or a checkpoint cannot be
+      written (the files are then left whole; resume continues).
   """
   if upload_budget_bytes is not None and not round_upload_bytes:
     raise ValueError('round_upload_bytes is required with a budget.')
@@ -313,14 +372,14 @@ def run_training(process: tff.learning.templates.LearningProcess,
       cumulative = {'upload': latest.upload_bytes_cumulative,
                     'download': latest.download_bytes_cumulative}
     rows = truncate_metrics(metrics_path, first_round - 1)
+  else:
+    atomic_files.write_text(metrics_path, _csv_line(METRICS_COLUMNS),
+                            exclusive=True)
   if on_round_state is not None:
     on_round_state(first_round - 1, state, dict(cumulative))
-  with open(metrics_path, 'a' if resume else 'x',
-            newline='') as metrics_file:
-    writer = csv.DictWriter(metrics_file, fieldnames=METRICS_COLUMNS)
-    if not resume:
-      writer.writeheader()
-      metrics_file.flush()
+  if on_start is not None:
+    on_start(list(rows))
+  with open(metrics_path, 'ab') as metrics_file:
     # The bound of the round about to run: computed once per round (for
     # PruneFL it reads the global mask), after the round before it.
     next_bound = (round_bound(first_round, state)
@@ -360,20 +419,22 @@ def run_training(process: tff.learning.templates.LearningProcess,
           time.perf_counter() - start, clients_sampled=len(sampled),
           dropped_download_bytes=(len(sampled) - len(reporting)) *
           client_download_bytes)
-      writer.writerow({k: _format(v) for k, v in row.items()})
-      metrics_file.flush()
-      os.fsync(metrics_file.fileno())
+      atomic_files.append_record(
+          metrics_file, metrics_path,
+          _csv_line([_format(row[column])
+                     for column in METRICS_COLUMNS]).encode('utf-8'))
       rows.append(row)
-      if checkpoint_every and (round_num % checkpoint_every == 0 or is_last):
-        checkpoints.save_checkpoint(checkpoint_dir, round_num, state,
-                                    cumulative['upload'],
-                                    cumulative['download'])
       if on_model_weights is not None:
         if weights is None:  # Fetched outside the round's timing.
           weights = process.get_model_weights(state)
         on_model_weights(round_num, weights)
       if on_round_end is not None:
         on_round_end(row)
+      # Last: a checkpoint says the round is done, and all of it is on disk.
+      if checkpoint_every and (round_num % checkpoint_every == 0 or is_last):
+        checkpoints.save_checkpoint(checkpoint_dir, round_num, state,
+                                    cumulative['upload'],
+                                    cumulative['download'])
       if on_round_state is not None:
         on_round_state(round_num, state, dict(cumulative))
   return state, rows, stop_reason
