@@ -497,9 +497,19 @@ class _WorkerDied(Exception):
     super().__init__(how)
 
 
-def _describe_exit(returncode: int) -> str:
+def _describe_exit(returncode: int, is_isolated: bool = False) -> str:
+  """How a worker ended, from its process's return code.
+
+  An isolated worker's process is its forwarder, which exits with 128 + N
+  when the worker was killed by signal N (as a shell does).
+  """
+  if is_isolated and returncode > 128:
+    returncode = 128 - returncode
   if returncode < 0:
-    return f'killed by {signal.Signals(-returncode).name}'
+    try:
+      return f'killed by {signal.Signals(-returncode).name}'
+    except ValueError:
+      return f'killed by signal {-returncode}'
   return f'exit code {returncode}'
 
 
@@ -647,7 +657,8 @@ class SupervisedContext(tff.framework.SyncContext):
       if isinstance(worker, LocalWorker):
         returncode = worker.process.poll()
         if returncode is not None:
-          raise _WorkerDied(worker, _describe_exit(returncode))
+          raise _WorkerDied(worker, _describe_exit(returncode,
+                                                   worker.is_isolated))
       else:
         address = _address_of(worker)
         silent = self._probes[address].silent_seconds()
