@@ -6,21 +6,8 @@ from unittest import mock
 
 import tensorflow as tf
 
+from tests import fixtures
 from tff_feddst import atomic_files
-
-
-def _disk_full_after(num_bytes: int):
-  """An `os.write` that writes `num_bytes` in all, then fails with ENOSPC."""
-  real_write = os.write
-  left = [num_bytes]
-
-  def write(fd, data):
-    if left[0] <= 0:
-      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    written = real_write(fd, bytes(data)[:left[0]])
-    left[0] -= written
-    return written
-  return write
 
 
 class WriteFileTest(tf.test.TestCase):
@@ -65,7 +52,7 @@ class WriteFileTest(tf.test.TestCase):
 
   def test_a_disk_full_in_mid_content_leaves_the_old_file(self):
     atomic_files.write_bytes(self.path, b'old')
-    with mock.patch.object(os, 'write', _disk_full_after(4)):
+    with mock.patch.object(os, 'write', fixtures.disk_full_after(4)):
       with self.assertRaisesRegex(atomic_files.WriteError, 'Errno 28'):
         atomic_files.write_bytes(self.path, b'0123456789')
     self.assertEqual(self.read(), b'old')
@@ -108,7 +95,7 @@ class AppendRecordTest(tf.test.TestCase):
     with open(path, 'ab') as f:
       atomic_files.append_record(f, path, b'2,0.25\r\n')
       # Only 3 of the next record's 8 bytes fit.
-      with mock.patch.object(os, 'write', _disk_full_after(3)):
+      with mock.patch.object(os, 'write', fixtures.disk_full_after(3)):
         with self.assertRaisesRegex(atomic_files.WriteError,
                                     'metrics.csv failed: .Errno 28.'):
           atomic_files.append_record(f, path, b'3,0.125\r\n')

@@ -2,7 +2,6 @@
 
 import csv
 import dataclasses
-import errno
 import json
 import math
 import os
@@ -671,20 +670,6 @@ class GrowingSparsityExperimentTest(fixtures.FashionMnistSliceTestCase):
                                    method='fedavg').resolved().initial_sparsity)
 
 
-def _disk_full_after(num_bytes: int):
-  """An `os.write` that writes `num_bytes` in all, then fails with ENOSPC."""
-  real_write = os.write
-  left = [num_bytes]
-
-  def write(fd, data):
-    if left[0] <= 0:
-      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    written = real_write(fd, bytes(data)[:left[0]])
-    left[0] -= written
-    return written
-  return write
-
-
 def _files(directory: str) -> list[str]:
   """Every file under `directory`, relative to it, sorted."""
   return sorted(os.path.relpath(os.path.join(root, name), directory)
@@ -741,7 +726,7 @@ class AtomicOutputsTest(fixtures.FashionMnistSliceTestCase):
         calls.append(path)
         if len(calls) != row_num:
           return real_append(file, path, record)
-        with mock.patch.object(os, 'write', _disk_full_after(bytes_that_fit)):
+        with mock.patch.object(os, 'write', fixtures.disk_full_after(bytes_that_fit)):
           return real_append(file, path, record)
       return mock.patch.object(atomic_files, 'append_record', append)
 
@@ -821,7 +806,7 @@ class AtomicOutputsTest(fixtures.FashionMnistSliceTestCase):
     def write_bytes(path, content, **kwargs):
       if not path.endswith('global_model.npz'):
         return real_write_bytes(path, content, **kwargs)
-      with mock.patch.object(os, 'write', _disk_full_after(1000)):
+      with mock.patch.object(os, 'write', fixtures.disk_full_after(1000)):
         return real_write_bytes(path, content, **kwargs)
     with mock.patch.object(atomic_files, 'write_bytes',
                            write_bytes), self.assertRaisesRegex(

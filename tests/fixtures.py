@@ -1,5 +1,6 @@
 """Test fixtures shared by several test files (not tests themselves)."""
 
+import errno
 import os
 import shutil
 import subprocess
@@ -8,6 +9,20 @@ import tempfile
 import tensorflow as tf
 
 from tff_feddst import data
+
+
+def disk_full_after(num_bytes: int):
+  """An `os.write` that writes `num_bytes` in all, then fails with ENOSPC."""
+  real_write = os.write
+  left = [num_bytes]
+
+  def write(fd, data):
+    if left[0] <= 0:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    written = real_write(fd, bytes(data)[:left[0]])
+    left[0] -= written
+    return written
+  return write
 
 
 def write_fashion_mnist_slice(directory: str, num_train: int = 1200,
