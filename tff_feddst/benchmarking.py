@@ -313,7 +313,7 @@ def run_benchmark(config: BenchmarkConfig,
   records = []
   with execution.local_execution_context(
       config.max_concurrent_computation_calls) as worker:
-    watch = _Stopwatch(worker.process.pid)
+    watch = _Stopwatch(worker.worker_pid)
     start = time.perf_counter()
     traces_before_build = client_work.update_trace_count()
     process = fed_dst.build_fed_dst(
