@@ -7,7 +7,6 @@ import socket
 import subprocess
 import threading
 import time
-from unittest import mock
 
 import numpy as np
 import portpicker
@@ -185,16 +184,12 @@ class DistributedExecutionTest(tf.test.TestCase):
       state, metrics = fed_dst_test.run_rounds(process, 2)
       return process.get_model_weights(state), metrics
 
-    # Eigen kernels in these workers: with the default oneDNN ones a split
-    # run has rarely differed in the last bits (README, "Reproducibility");
-    # this test is about the split itself: exact sums merge to the same bits.
-    with mock.patch.dict(os.environ, {'TF_ENABLE_ONEDNN_OPTS': '0'}):
-      with execution.local_execution_context():
-        single_weights, single_metrics = two_rounds()
-      with execution.distributed_execution_context(
-          num_local_workers=2) as workers:
-        weights, metrics = two_rounds()
-        pids = [w.process.pid for w in workers]
+    with execution.local_execution_context():
+      single_weights, single_metrics = two_rounds()
+    with execution.distributed_execution_context(
+        num_local_workers=2) as workers:
+      weights, metrics = two_rounds()
+      pids = [w.process.pid for w in workers]
     tf.nest.map_structure(self.assertAllEqual, metrics, single_metrics)
     tf.nest.map_structure(self.assertAllEqual, weights, single_weights)
     for worker in workers:

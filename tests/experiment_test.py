@@ -214,13 +214,10 @@ class ExperimentTest(tf.test.TestCase):
     # the groupings would round differently, exact sums agree bit for bit.
     config = small_config(self.data_dir, total_rounds=2, eval_every=1,
                           clients_per_round=4, tensorboard_dir='')
-    # Eigen kernels in the workers, as in execution_test's split test: this
-    # checks the split (exact sums), not oneDNN's rare last-bit differences.
-    with mock.patch.dict(os.environ, {'TF_ENABLE_ONEDNN_OPTS': '0'}):
-      single = experiment.run_experiment(config, os.path.join(root, 'one'))
-      split = experiment.run_experiment(
-          dataclasses.replace(config, num_local_workers=2),
-          os.path.join(root, 'two'))
+    single = experiment.run_experiment(config, os.path.join(root, 'one'))
+    split = experiment.run_experiment(
+        dataclasses.replace(config, num_local_workers=2),
+        os.path.join(root, 'two'))
     drop_time = lambda rows: [{k: v for k, v in r.items()
                                if k != 'round_seconds'} for r in rows]
     self.assertEqual(drop_time(split), drop_time(single))
