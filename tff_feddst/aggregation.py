@@ -337,6 +337,12 @@ def zero_sums(kernel_shapes: Sequence[Sequence[int]],
               num_active: Sequence[int] = ()):
   """The aggregate of no clients, of the type `payload_encoding` needs.
 
+  Args:
+    kernel_shapes: Shape of each prunable kernel.
+    dense_shapes: Shape of each dense parameter tensor, in payload order.
+    payload_encoding: The upload encoding.
+    num_active: Values per kernel (needed when masks may be left out).
+
   Returns:
     A `CompactAggregate` when the encoding may leave masks out, else a
     `SparseAggregate`; all sums 0.

@@ -428,7 +428,6 @@ def encode_weights(model_or_weights: Any, layout: models.ModelLayout,
       include_masks=include_masks)
 
 
-
 def federated_weighted_mean(values, weights):
   """A weighted mean of float32 client scalars, the same for any order.
 
@@ -465,6 +464,7 @@ def federated_weighted_mean(values, weights):
 
   return tff.federated_aggregate(tff.federated_zip((values, weights)),
                                  zero(), accumulate, merge, report)
+
 
 def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
                       num_active: Sequence[int], schedule: Any,
