@@ -146,7 +146,8 @@ def _private_socket_dir() -> str:
 
 def _start_isolated(worker_command: Sequence[str], port: int,
                     env: dict[str, str], preexec_fn: Callable[[], None],
-                    timeout_seconds: float) -> StartedWorker:
+                    timeout_seconds: float,
+                    retry_silent_exit: bool = True) -> StartedWorker:
   """Starts the forwarder and waits for its one-line report."""
   socket_dir = _private_socket_dir()
   socket_path = os.path.join(socket_dir, _SOCKET_NAME)
@@ -177,6 +178,11 @@ def _start_isolated(worker_command: Sequence[str], port: int,
   shutil.rmtree(socket_dir, ignore_errors=True)
   if kind == _UNAVAILABLE:
     raise IsolationUnavailable(detail)
+  if not report and retry_silent_exit:
+    # The forwarder ended without a word (seen once, in CI's 1-vs-2-worker
+    # test; cause not found): start it once more before giving up.
+    return _start_isolated(worker_command, port, env, preexec_fn,
+                           timeout_seconds, retry_silent_exit=False)
   raise RuntimeError(
       f'TFF worker {worker_command[0]} (port {port}, in its own network '
       f'namespace) {detail or "exited before it listened"}.')
