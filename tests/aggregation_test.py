@@ -220,9 +220,6 @@ class CodedPayloadAggregationTest(tf.test.TestCase):
       aggregation.SparseSumFactory([(4,)], payload_encoding=RICE)
 
 
-if __name__ == '__main__':
-  tf.test.main()
-
 
 # Hostile uploads: each is dropped and counted, and the honest clients A, B
 # and C of the hand example above are aggregated exactly as without it.
@@ -402,3 +399,7 @@ class HostileCodedPayloadTest(tf.test.TestCase):
     self.assertAllClose(expanded.weighted_kernel_sums[0], [7., 14., 36., 0.])
     self.assertEqual(int(output.measurements['rejected_nonfinite']), 1)
     self.assertEqual(int(output.measurements['num_clients']), 3)
+
+
+if __name__ == '__main__':
+  tf.test.main()

@@ -827,9 +827,6 @@ class AtomicOutputsTest(fixtures.FashionMnistSliceTestCase):
     self.assert_same_run(torn)
 
 
-if __name__ == '__main__':
-  tf.test.main()
-
 
 class DropoutTest(tf.test.TestCase):
 
@@ -841,3 +838,7 @@ class DropoutTest(tf.test.TestCase):
     self.assertEqual(reporting, sorted(reporting, key=int))
     self.assertBetween(len(reporting), 120, 180)  # About 150 of 200.
     self.assertEqual(training_loop.drop_out(sampled, 0.0, 3, 2), sampled)
+
+
+if __name__ == '__main__':
+  tf.test.main()
