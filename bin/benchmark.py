@@ -7,7 +7,7 @@
 
 Prints seconds per round of each path and their ratio, examples per second,
 peak RSS, the plain loop's time by phase and a clients-per-round sweep
-(`tff_feddst/benchmarking.py` says what each number is). Timings are noisy on a
+(`tff_feddst/benchmarks/benchmarking.py` says what each number is). Timings are noisy on a
 shared machine; compare the ratios, which are measured in one process.
 """
 
@@ -22,9 +22,9 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 
 import cli  # pylint: disable=g-bad-import-order
 
-from tff_feddst import benchmarking
-from tff_feddst import data
-from tff_feddst import experiment
+from tff_feddst.benchmarks import benchmarking
+from tff_feddst.data import data
+from tff_feddst.running import experiment
 
 _DEFAULTS = benchmarking.BenchmarkConfig()
 _CHOICES = experiment.setting_choices()

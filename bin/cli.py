@@ -2,7 +2,7 @@
 
 `run(main)` is `absl.app.run(main)` where every failure a user can act on
 ends in one stderr line and no traceback: a bad flag or a
-`tff_feddst.errors.RunError` (a worker that cannot be reached, an output
+`tff_feddst.running.errors.RunError` (a worker that cannot be reached, an output
 that cannot be written) or another OSError is `<program>: error: <what>`,
 exit code 1; Ctrl-C is `<program>: interrupted[; <what now>]`, exit code 130.
 """
@@ -13,7 +13,7 @@ from typing import Callable
 
 from absl import flags
 
-from tff_feddst import errors
+from tff_feddst.running import errors
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C.
 EXIT_TERMINATED = 143  # 128 + SIGTERM.

@@ -25,9 +25,9 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import cli  # pylint: disable=g-bad-import-order
 
 import experiment_flags  # pylint: disable=g-bad-import-order
-from tff_feddst import comparison
-from tff_feddst import data
-from tff_feddst import experiment
+from tff_feddst.data import data
+from tff_feddst.outputs import comparison
+from tff_feddst.running import experiment
 
 flags.DEFINE_list('methods', ['fedavg', 'fedavgm', 'randommask', 'feddst'],
                   f'Methods to run, from: {", ".join(experiment.METHODS)}.')
@@ -98,7 +98,7 @@ def main(argv):
                for d in run_dirs]
   comparison.write_summary_table(summaries, table_paths[0], table_paths[1],
                                  target_accuracy=FLAGS.target_accuracy)
-  from tff_feddst import plotting  # pylint: disable=g-import-not-at-top
+  from tff_feddst.outputs import plotting  # pylint: disable=g-import-not-at-top
   plotting.plot_runs(run_dirs, os.path.join(FLAGS.output_dir, 'accuracy'),
                      title=f'{base.dataset}, {base.data_distribution} split, '
                      f'sparse methods at S={base.target_sparsity}')

@@ -10,7 +10,7 @@ import dataclasses
 
 from absl import flags
 
-from tff_feddst import experiment
+from tff_feddst.running import experiment
 
 _DEFAULTS = experiment.ExperimentConfig()
 _CHOICES = experiment.setting_choices()

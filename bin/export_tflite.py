@@ -8,7 +8,7 @@ With --checkpoint (a run's output directory or its global_model.npz), the
 model and client hyper-parameters come from the run's flags.txt; without it,
 the seeded initial model of the given settings is exported. Writes
 training.tflite, inference.tflite, inference_sparse.tflite and metadata.json
-(see `tff_feddst.tflite_export`). Bad input ends with a one-line error naming
+(see `tff_feddst.ondevice.tflite_export`). Bad input ends with a one-line error naming
 the file or flag, exit code 1, nothing written; existing files are never
 overwritten.
 """
@@ -25,7 +25,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import cli  # pylint: disable=g-bad-import-order
 from absl import logging
 
-from tff_feddst import experiment
+from tff_feddst.running import experiment
 
 _DEFAULTS = experiment.ExperimentConfig()
 _CHOICES = experiment.setting_choices()
@@ -94,8 +94,8 @@ def main(argv):
   # TF/TFF are imported only once the flags are known to be usable.
   # Importing `execution` releases TFF's import-time default context at
   # exit, which would otherwise print an ignored exception to stderr.
-  from tff_feddst import execution  # pylint: disable=g-import-not-at-top,unused-import
-  from tff_feddst import tflite_export  # pylint: disable=g-import-not-at-top
+  from tff_feddst.ondevice import tflite_export  # pylint: disable=g-import-not-at-top
+  from tff_feddst.running import execution  # pylint: disable=g-import-not-at-top,unused-import
   try:
     if FLAGS.checkpoint:
       result = tflite_export.export_checkpoint(FLAGS.checkpoint, FLAGS.output)

@@ -15,8 +15,8 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 
 import cli  # pylint: disable=g-bad-import-order
 
-from tff_feddst import comparison
-from tff_feddst import plotting
+from tff_feddst.outputs import comparison
+from tff_feddst.outputs import plotting
 
 flags.DEFINE_list('run_dirs', None, 'Output directories of bin/train.py runs.')
 flags.DEFINE_list('labels', None, 'Legend labels, one per run (default: the '

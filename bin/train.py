@@ -3,7 +3,7 @@
   python bin/train.py --flagfile=configs/fashion_mnist_quick.cfg \
       --output_dir=runs/quick
 
-Every flag maps one-to-one onto `tff_feddst.experiment.ExperimentConfig`.
+Every flag maps one-to-one onto `tff_feddst.running.experiment.ExperimentConfig`.
 Writes output_dir/{flags.txt, metrics.csv, global_model.npz, summary.json},
 each atomically. Bad input ends with a one-line error naming the flag or
 file, exit code 1, nothing written; so does a failure at run time (a worker
@@ -32,9 +32,9 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import cli  # pylint: disable=g-bad-import-order
 
 import experiment_flags  # pylint: disable=g-bad-import-order
-from tff_feddst import data
-from tff_feddst import experiment
-from tff_feddst import interruptions
+from tff_feddst.data import data
+from tff_feddst.running import experiment
+from tff_feddst.running import interruptions
 
 
 flags.DEFINE_bool('resume', False, 'Continue the unfinished run in '

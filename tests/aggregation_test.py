@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.aggregation: sums of sparse payloads, by hand."""
+"""Tests for tff_feddst.process.aggregation: sums of sparse payloads, by hand."""
 
 import collections
 
@@ -7,9 +7,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import aggregation
-from tff_feddst import encoding
-from tff_feddst import payload_validation
+from tff_feddst.process import aggregation
+from tff_feddst.process import encoding
+from tff_feddst.process import payload_validation
 
 # Three clients, one prunable kernel of 4 positions (2 active each), one bias.
 #   client  weight  mask        kernel values      bias

@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.atomic_files: old or new file, never a torn one."""
+"""Tests for tff_feddst.outputs.atomic_files: old or new file, never a torn one."""
 
 import errno
 import os
@@ -7,7 +7,7 @@ from unittest import mock
 import tensorflow as tf
 
 from tests import fixtures
-from tff_feddst import atomic_files
+from tff_feddst.outputs import atomic_files
 
 
 class WriteFileTest(tf.test.TestCase):

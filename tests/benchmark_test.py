@@ -1,4 +1,4 @@
-"""Tests for bin/benchmark.py and tff_feddst.benchmarking on a tiny config."""
+"""Tests for bin/benchmark.py and tff_feddst.benchmarks.benchmarking on a tiny config."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 
 import tensorflow as tf
 
-from tff_feddst import benchmarking
+from tff_feddst.benchmarks import benchmarking
 from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

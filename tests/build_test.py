@@ -9,6 +9,7 @@ deps are exactly the local modules and third-party packages it imports.
 import ast
 import glob
 import os
+import re
 import sys
 
 import tensorflow as tf
@@ -63,7 +64,8 @@ def expected_deps(path: str) -> set[str]:
     if isinstance(node, ast.Import):
       names = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module:
-      if node.module == 'tff_feddst':
+      if node.module.split('.')[0] == 'tff_feddst':
+        # Targets are named after the module file, unique across packages.
         deps.update(f':{alias.name}' for alias in node.names)
         continue
       if node.module == 'tests':
@@ -103,7 +105,32 @@ class BuildFileTest(tf.test.TestCase):
         self.assertEqual(set(target.get('deps', [])), expected_deps(path))
 
   def test_every_module_has_a_library(self):
-    self.check_files('tff_feddst/*.py', 'py_library')
+    self.check_files('tff_feddst/*/*.py', 'py_library')
+
+  def test_modules_live_in_subpackages_with_unique_names(self):
+    self.assertEqual(
+        [os.path.basename(p)
+         for p in glob.glob(os.path.join(ROOT, 'tff_feddst', '*.py'))],
+        ['__init__.py'])
+    names = [os.path.basename(p) for p in glob.glob(
+        os.path.join(ROOT, 'tff_feddst', '*', '*.py'))]
+    names = [n for n in names if n != '__init__.py']
+    self.assertCountEqual(names, set(names))
+
+  def test_readme_layout_lists_every_module(self):
+    with open(os.path.join(ROOT, 'README.md')) as f:
+      readme = f.read()
+    layout = readme[readme.index('## Layout'):]
+    layout = layout[:layout.index('```', layout.index('```') + 3)]
+    listed = set(re.findall(r'^\s*([a-z_]+\.py)\b', layout, re.MULTILINE))
+    listed_packages = set(re.findall(r'^\s*([a-z_]+)/', layout, re.MULTILINE))
+    for path in glob.glob(os.path.join(ROOT, 'tff_feddst', '*', '*.py')):
+      package, name = path.split(os.sep)[-2:]
+      if name == '__init__.py':
+        continue
+      with self.subTest(module=f'{package}/{name}'):
+        self.assertIn(package, listed_packages)
+        self.assertIn(name, listed)
 
   def test_every_test_has_a_py_test(self):
     self.check_files('tests/*_test.py', 'py_test')

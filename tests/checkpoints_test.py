@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.checkpoints: atomic save, keep-N, fallback."""
+"""Tests for tff_feddst.outputs.checkpoints: atomic save, keep-N, fallback."""
 
 import collections
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import checkpoints
+from tff_feddst.outputs import checkpoints
 
 
 def make_state(value: float):

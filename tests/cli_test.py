@@ -8,7 +8,7 @@ import sys
 
 import tensorflow as tf
 
-from tff_feddst import errors
+from tff_feddst.running import errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'bin'))

@@ -1,14 +1,14 @@
-"""Tests for tff_feddst.client_work: masked local SGD and readjustment."""
+"""Tests for tff_feddst.process.client_work: masked local SGD and readjustment."""
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import client_work
-from tff_feddst import encoding
-from tff_feddst import fed_dst
-from tff_feddst import models
-from tff_feddst import pruning
+from tff_feddst.methods import fed_dst
+from tff_feddst.networks import models
+from tff_feddst.networks import pruning
+from tff_feddst.process import client_work
+from tff_feddst.process import encoding
 
 
 def softmax_regression() -> tf.keras.Model:

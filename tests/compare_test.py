@@ -17,7 +17,7 @@ import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
 import experiment_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from absl import flags  # pylint: disable=g-import-not-at-top,g-bad-import-order
-from tff_feddst import experiment  # pylint: disable=g-import-not-at-top
+from tff_feddst.running import experiment  # pylint: disable=g-import-not-at-top
 
 
 class CompareTest(fixtures.FashionMnistSliceTestCase):

@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.comparison: run summaries from metrics files."""
+"""Tests for tff_feddst.outputs.comparison: run summaries from metrics files."""
 
 import csv
 import json
@@ -6,8 +6,8 @@ import os
 
 import tensorflow as tf
 
-from tff_feddst import comparison
-from tff_feddst import training_loop
+from tff_feddst.outputs import comparison
+from tff_feddst.running import training_loop
 
 
 def write_run(run_dir: str, accuracies, upload_per_round: int,

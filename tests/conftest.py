@@ -25,7 +25,7 @@ import pytest
 
 # One intra-op thread, as `run_experiment` sets it, before any test runs
 # TensorFlow.
-from tff_feddst import execution  # pylint: disable=g-import-not-at-top
+from tff_feddst.running import execution  # pylint: disable=g-import-not-at-top
 assert execution.use_bit_exact_kernels()
 
 
@@ -39,7 +39,7 @@ def tff_context():
   """Installs the owned local TFF context for the whole session."""
   from absl import flags
   flags.FLAGS.mark_as_parsed()
-  from tff_feddst import execution
+  from tff_feddst.running import execution
   with execution.local_execution_context() as worker:
     yield worker
   leftovers = _worker_children()

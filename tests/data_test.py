@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.data: file readers, loaders, partitions, datasets."""
+"""Tests for tff_feddst.data.data: file readers, loaders, partitions, datasets."""
 
 import collections
 import gzip
@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import data
+from tff_feddst.data import data
 
 _REAL_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 

@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.encoding: bit packing, payload round trip, bytes."""
+"""Tests for tff_feddst.process.encoding: bit packing, payload round trip, bytes."""
 
 import math
 
@@ -6,9 +6,9 @@ from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import encoding
-from tff_feddst import models
-from tff_feddst import sparsity_distribution
+from tff_feddst.networks import models
+from tff_feddst.process import encoding
+from tff_feddst.sparse import sparsity_distribution
 
 
 class EncodingTest(tf.test.TestCase):

@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.exact_sum: sums independent of order and grouping."""
+"""Tests for tff_feddst.sparse.exact_sum: sums independent of order and grouping."""
 
 import collections
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import exact_sum
+from tff_feddst.sparse import exact_sum
 
 
 def _float32_sum(values):

@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.execution: owned workers, nothing left behind."""
+"""Tests for tff_feddst.running.execution: owned workers, nothing left behind."""
 
 import ipaddress
 import os
@@ -15,8 +15,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests import fed_dst_test
-from tff_feddst import execution
-from tff_feddst import interruptions
+from tff_feddst.running import execution
+from tff_feddst.running import interruptions
 
 
 @tff.tensorflow.computation(np.int32)

@@ -20,13 +20,13 @@ import tensorflow as tf
 import tqdm
 
 from tests import execution_test
-from tff_feddst import atomic_files
-from tff_feddst import data
-from tff_feddst import experiment
-from tff_feddst import interruptions
-from tff_feddst import models
-from tff_feddst import tensorboard_logging
-from tff_feddst import training_loop
+from tff_feddst.data import data
+from tff_feddst.networks import models
+from tff_feddst.outputs import atomic_files
+from tff_feddst.outputs import tensorboard_logging
+from tff_feddst.running import experiment
+from tff_feddst.running import interruptions
+from tff_feddst.running import training_loop
 from tests import fixtures
 
 def small_config(data_dir: str, **overrides) -> experiment.ExperimentConfig:
@@ -343,10 +343,10 @@ class ExperimentTest(tf.test.TestCase):
         experiment.check_worker_addresses(workers)
 
   def test_choices_are_the_library_constants(self):
-    from tff_feddst import client_work  # pylint: disable=g-import-not-at-top
-    from tff_feddst import fed_dst  # pylint: disable=g-import-not-at-top
-    from tff_feddst import schedules  # pylint: disable=g-import-not-at-top
-    from tff_feddst import sparsity_distribution  # pylint: disable=g-import-not-at-top
+    from tff_feddst.methods import fed_dst  # pylint: disable=g-import-not-at-top
+    from tff_feddst.process import client_work  # pylint: disable=g-import-not-at-top
+    from tff_feddst.sparse import schedules  # pylint: disable=g-import-not-at-top
+    from tff_feddst.sparse import sparsity_distribution  # pylint: disable=g-import-not-at-top
     choices = experiment.setting_choices()
     self.assertEqual(choices['grow_score'], client_work.GROW_SCORES)
     self.assertEqual(choices['readjust_rule'], client_work.READJUST_RULES)

@@ -14,10 +14,10 @@ import tensorflow as tf
 
 from tests import fixtures
 
-from tff_feddst import experiment
-from tff_feddst import fed_dst
-from tff_feddst import models
-from tff_feddst import tflite_export
+from tff_feddst.methods import fed_dst
+from tff_feddst.networks import models
+from tff_feddst.ondevice import tflite_export
+from tff_feddst.running import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT = os.path.join(ROOT, 'bin', 'export_tflite.py')

@@ -3,12 +3,12 @@
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import client_work
-from tff_feddst import encoding
-from tff_feddst import fed_dst
-from tff_feddst import models
-from tff_feddst import schedules
-from tff_feddst import sparsity_distribution
+from tff_feddst.methods import fed_dst
+from tff_feddst.networks import models
+from tff_feddst.process import client_work
+from tff_feddst.process import encoding
+from tff_feddst.sparse import schedules
+from tff_feddst.sparse import sparsity_distribution
 
 NUM_CLIENTS = 3
 

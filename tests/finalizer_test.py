@@ -1,12 +1,12 @@
-"""Tests for tff_feddst.finalizer: averaging, momentum, re-prune, by hand."""
+"""Tests for tff_feddst.process.finalizer: averaging, momentum, re-prune, by hand."""
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import aggregation
-from tff_feddst import finalizer
-from tff_feddst import models
+from tff_feddst.networks import models
+from tff_feddst.process import aggregation
+from tff_feddst.process import finalizer
 
 # One prunable kernel of 4 positions (2 active) and one bias; in
 # ModelWeights: trainable [kernel, bias], non_trainable [mask].

@@ -8,7 +8,7 @@ import tempfile
 
 import tensorflow as tf
 
-from tff_feddst import data
+from tff_feddst.data import data
 
 
 def disk_full_after(num_bytes: int):

@@ -1,11 +1,11 @@
-"""Tests for tff_feddst.interruptions: stop signals become stop requests."""
+"""Tests for tff_feddst.running.interruptions: stop signals become stop requests."""
 
 import os
 import signal
 
 from absl.testing import absltest
 
-from tff_feddst import interruptions
+from tff_feddst.running import interruptions
 
 
 class SignalWatchTest(absltest.TestCase):

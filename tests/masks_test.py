@@ -1,10 +1,10 @@
-"""Tests for tff_feddst.masks."""
+"""Tests for tff_feddst.sparse.masks."""
 
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import masks
+from tff_feddst.sparse import masks
 
 # A 4x4 kernel, flat (row-major) indices:
 #    0: 0.9   1: -0.1   2: 0.0   3: 0.5

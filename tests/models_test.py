@@ -1,10 +1,10 @@
-"""Tests for tff_feddst.models: architectures, layout, seeding."""
+"""Tests for tff_feddst.networks.models: architectures, layout, seeding."""
 
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import models
-from tff_feddst import pruning
+from tff_feddst.networks import models
+from tff_feddst.networks import pruning
 
 
 class ModelsTest(tf.test.TestCase):

@@ -86,7 +86,7 @@ class NotebookTest(fixtures.FashionMnistSliceTestCase):
     for name in ('accuracy.png', 'densities.png', 'global_model.npz'):
       self.assertTrue(os.path.isfile(os.path.join(output_dir, name)), name)
     self.assertTrue(any('accuracy/test' in text for text in texts))
-    if os.path.exists(os.path.join(ROOT, 'tff_feddst', 'tflite_export.py')):
+    if os.path.exists(os.path.join(ROOT, 'tff_feddst', 'ondevice', 'tflite_export.py')):
       self.assertTrue(os.path.isfile(
           os.path.join(output_dir, 'tflite', 'training.tflite')))
     self.assertIn('No TFF worker process is running.', texts[-1])

@@ -1,16 +1,16 @@
-"""Tests for tff_feddst.payload_validation: checks of client payloads."""
+"""Tests for tff_feddst.process.payload_validation: checks of client payloads."""
 
 import math
 
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import client_work
-from tff_feddst import encoding
-from tff_feddst import fed_dst
-from tff_feddst import models
-from tff_feddst import payload_validation
-from tff_feddst import schedules
+from tff_feddst.methods import fed_dst
+from tff_feddst.networks import models
+from tff_feddst.process import client_work
+from tff_feddst.process import encoding
+from tff_feddst.process import payload_validation
+from tff_feddst.sparse import schedules
 
 # One kernel of 4 positions with 2 values, one bias (the hand example of
 # aggregation_test): mask [0,1,1,0], values 4, 6, bias 2.

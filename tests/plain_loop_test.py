@@ -1,14 +1,14 @@
-"""Tests for tff_feddst.plain_loop: the plain TF rounds equal the TFF ones."""
+"""Tests for tff_feddst.benchmarks.plain_loop: the plain TF rounds equal the TFF ones."""
 
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import client_work
-from tff_feddst import encoding
-from tff_feddst import fed_dst
-from tff_feddst import models
-from tff_feddst import plain_loop
-from tff_feddst import schedules
+from tff_feddst.benchmarks import plain_loop
+from tff_feddst.methods import fed_dst
+from tff_feddst.networks import models
+from tff_feddst.process import client_work
+from tff_feddst.process import encoding
+from tff_feddst.sparse import schedules
 
 NUM_ROUNDS = 3
 

@@ -1,12 +1,12 @@
-"""Tests for tff_feddst.plotting: figures from fixture metrics files."""
+"""Tests for tff_feddst.outputs.plotting: figures from fixture metrics files."""
 
 import os
 
 import tensorflow as tf
 
 from tests import comparison_test
-from tff_feddst import comparison
-from tff_feddst import plotting
+from tff_feddst.outputs import comparison
+from tff_feddst.outputs import plotting
 
 
 class PlottingTest(tf.test.TestCase):

@@ -8,12 +8,12 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import client_work
-from tff_feddst import encoding
-from tff_feddst import experiment
-from tff_feddst import fed_dst
-from tff_feddst import models
-from tff_feddst import prunefl
+from tff_feddst.methods import fed_dst
+from tff_feddst.methods import prunefl
+from tff_feddst.networks import models
+from tff_feddst.process import client_work
+from tff_feddst.process import encoding
+from tff_feddst.running import experiment
 from tests import fed_dst_test
 from tests import fixtures
 

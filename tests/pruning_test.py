@@ -1,9 +1,9 @@
-"""Tests for tff_feddst.pruning: TF-MOT wrappers driven only by FedDST."""
+"""Tests for tff_feddst.networks.pruning: TF-MOT wrappers driven only by FedDST."""
 
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import pruning
+from tff_feddst.networks import pruning
 
 
 def _tiny_model() -> tf.keras.Model:

@@ -1,11 +1,11 @@
-"""Tests for tff_feddst.schedules."""
+"""Tests for tff_feddst.sparse.schedules."""
 
 import math
 
 from absl.testing import parameterized
 import tensorflow as tf
 
-from tff_feddst import schedules
+from tff_feddst.sparse import schedules
 
 
 class ReadjustmentScheduleTest(tf.test.TestCase, parameterized.TestCase):

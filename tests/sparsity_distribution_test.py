@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.sparsity_distribution."""
+"""Tests for tff_feddst.sparse.sparsity_distribution."""
 
 import math
 
@@ -6,7 +6,7 @@ from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import sparsity_distribution
+from tff_feddst.sparse import sparsity_distribution
 
 # The paper's MNIST net in Keras shapes (models.py `MNISTNet`).
 MNIST_KERNELS = [(5, 5, 1, 10), (5, 5, 10, 20), (5120, 50), (50, 10)]

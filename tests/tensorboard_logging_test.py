@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.tensorboard_logging: event files read back."""
+"""Tests for tff_feddst.outputs.tensorboard_logging: event files read back."""
 
 import collections
 import glob
@@ -9,8 +9,8 @@ import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 import tensorflow as tf
 
-from tff_feddst import models
-from tff_feddst import tensorboard_logging
+from tff_feddst.networks import models
+from tff_feddst.outputs import tensorboard_logging
 
 # Two prunable layers: a 2x2x1x2 conv kernel (8 weights) and a 4x3 dense
 # kernel (12 weights), each followed by its bias.

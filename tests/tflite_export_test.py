@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.tflite_export: TFLite client parity with the TF client.
+"""Tests for tff_feddst.ondevice.tflite_export: TFLite client parity with the TF client.
 
 Each class converts once in setUpClass and runs everything that calls a Keras
 model there too (a Keras model built before a TFF computation is traced in
@@ -12,14 +12,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import aggregation
-from tff_feddst import client_work
-from tff_feddst import encoding
-from tff_feddst import experiment
-from tff_feddst import fed_dst
-from tff_feddst import finalizer
-from tff_feddst import models
-from tff_feddst import tflite_export
+from tff_feddst.methods import fed_dst
+from tff_feddst.networks import models
+from tff_feddst.ondevice import tflite_export
+from tff_feddst.process import aggregation
+from tff_feddst.process import client_work
+from tff_feddst.process import encoding
+from tff_feddst.process import finalizer
+from tff_feddst.running import experiment
 
 PARITY_ATOL = 1e-5
 NUM_STEPS_BEFORE_READJUST = 5

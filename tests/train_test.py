@@ -18,7 +18,7 @@ from absl.testing import parameterized
 import psutil
 import tensorflow as tf
 
-from tff_feddst import experiment
+from tff_feddst.running import experiment
 from tests import execution_test
 from tests import fixtures
 

@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.training_loop: metrics rows and metrics.csv."""
+"""Tests for tff_feddst.running.training_loop: metrics rows and metrics.csv."""
 
 import collections
 import csv
@@ -6,7 +6,7 @@ import os
 
 import tensorflow as tf
 
-from tff_feddst import training_loop
+from tff_feddst.running import training_loop
 
 
 def round_metrics(num_clients=3, rejected_clients=None):

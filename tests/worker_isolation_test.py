@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.worker_isolation: private workers, relay, fallback."""
+"""Tests for tff_feddst.running.worker_isolation: private workers, relay, fallback."""
 
 import os
 import shutil
@@ -13,8 +13,8 @@ import portpicker
 import psutil
 import tensorflow as tf
 
-from tff_feddst import execution
-from tff_feddst import worker_isolation
+from tff_feddst.running import execution
+from tff_feddst.running import worker_isolation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ while True:
 # (parent-death signal), prints what started, then waits to be killed.
 OWNER = '''
 import ctypes, os, signal, sys
-from tff_feddst import worker_isolation
+from tff_feddst.running import worker_isolation
 def die_with_parent():
   ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 port = int(sys.argv[2])

@@ -41,10 +41,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from tff_feddst import atomic_files
-from tff_feddst import data as data_lib
-from tff_feddst import errors
-from tff_feddst import sparsity_distribution as sparsity_distribution_lib
+from tff_feddst.data import data as data_lib
+from tff_feddst.outputs import atomic_files
+from tff_feddst.running import errors
+from tff_feddst.sparse import sparsity_distribution as sparsity_distribution_lib
 
 # Data set -> the paper's model for it (LEAF's CNN for EMNIST).
 DATASET_MODELS = {
@@ -90,10 +90,10 @@ def setting_choices() -> dict[str, tuple[str, ...]]:
     of values (`model` may also be None: the data set's model).
   """
   # pylint: disable=g-import-not-at-top
-  from tff_feddst import encoding
-  from tff_feddst import masks
-  from tff_feddst import models
-  from tff_feddst import schedules
+  from tff_feddst.networks import models
+  from tff_feddst.process import encoding
+  from tff_feddst.sparse import masks
+  from tff_feddst.sparse import schedules
   # pylint: enable=g-import-not-at-top
   return {
       'dataset': tuple(DATASET_MODELS),
@@ -213,7 +213,7 @@ class ExperimentConfig:
   upload_budget_bytes: Optional[int] = None
   dropout_rate: float = 0.0
   checkpoint_every: int = 10
-  # PruneFL (--method=prunefl; see tff_feddst/prunefl.py).
+  # PruneFL (--method=prunefl; see tff_feddst/methods/prunefl.py).
   prunefl_initial_rounds: int = 5
   prunefl_initial_steps: int = 50
   prunefl_reconfigure_every: int = 5
@@ -282,7 +282,7 @@ class ExperimentConfig:
       ConfigError: For an unknown encoding, a download that leaves masks
         out, or the value dtype conflict above.
     """
-    from tff_feddst import encoding  # Imports TF; keep module import light.
+    from tff_feddst.process import encoding  # Imports TF; keep module import light.
     parsed = []
     for flag in ('upload_encoding', 'download_encoding'):
       name = getattr(self, flag)
@@ -677,7 +677,7 @@ def check_model_fits_data(model_name: str, dataset: data_lib.Dataset) -> None:
       the images' or it has fewer outputs than the data has classes (a
       mismatch would otherwise fail deep inside Keras).
   """
-  from tff_feddst import models  # pylint: disable=g-import-not-at-top
+  from tff_feddst.networks import models  # pylint: disable=g-import-not-at-top
   model = models.MODEL_BUILDERS[model_name](seed=0)
   input_shape = tuple(model.input_shape[1:])
   num_outputs = model.output_shape[-1]
@@ -730,7 +730,7 @@ def load_federated_data(config: ExperimentConfig) -> data_lib.FederatedData:
 
 def build_schedule(config: ExperimentConfig):
   """Returns the configured readjustment schedule."""
-  from tff_feddst import schedules
+  from tff_feddst.sparse import schedules
   schedule_class = (schedules.ReferenceReadjustmentSchedule
                     if config.readjustment_schedule == 'reference'
                     else schedules.ReadjustmentSchedule)
@@ -758,8 +758,8 @@ def build_num_active_by_round(config: ExperimentConfig, layout
   """
   if not config.is_growing_sparsity:
     return None
-  from tff_feddst import schedules
-  from tff_feddst import sparsity_distribution
+  from tff_feddst.sparse import schedules
+  from tff_feddst.sparse import sparsity_distribution
   sparsity_schedule = schedules.SparsitySchedule(
       config.effective_initial_sparsity, config.target_sparsity,
       config.effective_annealing_end_round)
@@ -865,8 +865,8 @@ def build_client_config(config: ExperimentConfig, initial_model):
   Returns:
     The `client_work.ClientConfig`.
   """
-  from tff_feddst import client_work
-  from tff_feddst import sparsity_distribution
+  from tff_feddst.process import client_work
+  from tff_feddst.sparse import sparsity_distribution
   keep_after_prune = ()
   if config.readjust_rule == 'reference':
     # The authors' clients prune to S + (1 - S) * alpha, then regrow to S.
@@ -911,8 +911,8 @@ def _prunefl_initial_stage(config: ExperimentConfig, model_fn, initial_model,
   Raises:
     ConfigError: If --prunefl_layer_times does not fit the model.
   """
-  from tff_feddst import prunefl
-  from tff_feddst import training_loop
+  from tff_feddst.methods import prunefl
+  from tff_feddst.running import training_loop
   layout = initial_model.layout
   try:
     prunefl_config = prunefl.PruneflConfig(
@@ -991,7 +991,7 @@ def check_has_checkpoint(config: ExperimentConfig, output_dir: str) -> None:
   Raises:
     ConfigError: One line naming --resume and what to do instead.
   """
-  from tff_feddst import checkpoints  # pylint: disable=g-import-not-at-top
+  from tff_feddst.outputs import checkpoints  # pylint: disable=g-import-not-at-top
   if checkpoints.list_checkpoints(os.path.join(output_dir, 'checkpoints')):
     return
   if config.checkpoint_every == 0:
@@ -1075,18 +1075,18 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
   federated_data = load_federated_data(config)
 
   # TF/TFF imports are deferred so that bad flags fail fast.
-  from tff_feddst import aggregation
-  from tff_feddst import checkpoints
-  from tff_feddst import encoding
-  from tff_feddst import evaluation
-  from tff_feddst import execution
-  from tff_feddst import fed_dst
-  from tff_feddst import interruptions
-  from tff_feddst import models
-  from tff_feddst import payload_validation
-  from tff_feddst import prunefl
-  from tff_feddst import tensorboard_logging
-  from tff_feddst import training_loop
+  from tff_feddst.methods import fed_dst
+  from tff_feddst.methods import prunefl
+  from tff_feddst.networks import models
+  from tff_feddst.outputs import checkpoints
+  from tff_feddst.outputs import tensorboard_logging
+  from tff_feddst.process import aggregation
+  from tff_feddst.process import encoding
+  from tff_feddst.process import payload_validation
+  from tff_feddst.running import evaluation
+  from tff_feddst.running import execution
+  from tff_feddst.running import interruptions
+  from tff_feddst.running import training_loop
 
   execution.use_bit_exact_kernels()
   model_fn = models.get_model_fn(config.model_name, seed=config.seed)
@@ -1403,7 +1403,7 @@ def _finish_done_run(config: ExperimentConfig,
                     model_path)
     os.remove(model_path)
     return None
-  from tff_feddst import training_loop
+  from tff_feddst.running import training_loop
   _remove_temporaries(output_dir)
   rows = training_loop.truncate_metrics(
       os.path.join(output_dir, 'metrics.csv'), config.total_rounds)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import atomic_files
+from tff_feddst.outputs import atomic_files
 
 _NAME = re.compile(r'ckpt-(\d{6})\.npz$')
 

@@ -70,13 +70,13 @@ from tensorflow.lite.python import schema_py_generated
 from tensorflow.lite.tools import flatbuffer_utils
 import tensorflow_federated as tff
 
-from tff_feddst import client_work
-from tff_feddst import distributor
-from tff_feddst import encoding
-from tff_feddst import experiment
-from tff_feddst import fed_dst
-from tff_feddst import models
-from tff_feddst import pruning
+from tff_feddst.methods import fed_dst
+from tff_feddst.networks import models
+from tff_feddst.networks import pruning
+from tff_feddst.process import client_work
+from tff_feddst.process import distributor
+from tff_feddst.process import encoding
+from tff_feddst.running import experiment
 
 TRAINING_SIGNATURES = ('train', 'infer', 'get_weights', 'set_weights',
                        'readjust', 'save', 'restore')

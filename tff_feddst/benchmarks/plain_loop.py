@@ -25,15 +25,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import aggregation
-from tff_feddst import client_work
-from tff_feddst import distributor
-from tff_feddst import encoding
-from tff_feddst import exact_sum
-from tff_feddst import fed_dst
-from tff_feddst import finalizer
-from tff_feddst import models
-from tff_feddst import payload_validation
+from tff_feddst.methods import fed_dst
+from tff_feddst.networks import models
+from tff_feddst.process import aggregation
+from tff_feddst.process import client_work
+from tff_feddst.process import distributor
+from tff_feddst.process import encoding
+from tff_feddst.process import finalizer
+from tff_feddst.process import payload_validation
+from tff_feddst.sparse import exact_sum
 
 # Phase names, in round order.
 BROADCAST = 'broadcast'

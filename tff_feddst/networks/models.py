@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import pruning
+from tff_feddst.networks import pruning
 
 ModelFn = Callable[[], tf.keras.Model]
 

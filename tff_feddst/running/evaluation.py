@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import data as data_lib
-from tff_feddst import models
+from tff_feddst.data import data as data_lib
+from tff_feddst.networks import models
 
 
 class EvalResult(NamedTuple):

@@ -75,7 +75,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import encoding
+from tff_feddst.process import encoding
 
 REJECTION_KINDS = ('shape', 'weight', 'nonfinite', 'mask_code', 'mask_count',
                    'norm')

@@ -38,16 +38,16 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import aggregation
-from tff_feddst import client_work
-from tff_feddst import distributor
-from tff_feddst import encoding
-from tff_feddst import finalizer
-from tff_feddst import masks as mask_lib
-from tff_feddst import models
-from tff_feddst import payload_validation
-from tff_feddst import pruning
-from tff_feddst import sparsity_distribution
+from tff_feddst.networks import models
+from tff_feddst.networks import pruning
+from tff_feddst.process import aggregation
+from tff_feddst.process import client_work
+from tff_feddst.process import distributor
+from tff_feddst.process import encoding
+from tff_feddst.process import finalizer
+from tff_feddst.process import payload_validation
+from tff_feddst.sparse import masks as mask_lib
+from tff_feddst.sparse import sparsity_distribution
 
 INITIAL_MASKS = mask_lib.INITIAL_MASKS
 

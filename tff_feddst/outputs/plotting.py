@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use('Agg')  # Files only; no display needed.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from tff_feddst import comparison
+from tff_feddst.outputs import comparison
 
 
 def plot_runs(run_dirs: Sequence[str], output_prefix: str,

@@ -54,9 +54,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import aggregation
-from tff_feddst import masks as mask_lib
-from tff_feddst import models
+from tff_feddst.networks import models
+from tff_feddst.process import aggregation
+from tff_feddst.sparse import masks as mask_lib
 
 
 class FinalizerState(NamedTuple):

@@ -35,10 +35,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import encoding
-from tff_feddst import exact_sum
-from tff_feddst import masks as mask_lib
-from tff_feddst import models
+from tff_feddst.networks import models
+from tff_feddst.process import encoding
+from tff_feddst.sparse import exact_sum
+from tff_feddst.sparse import masks as mask_lib
 
 GROW_SCORES = mask_lib.GROW_SCORES
 READJUST_RULES = mask_lib.READJUST_RULES

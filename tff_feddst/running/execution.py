@@ -31,9 +31,9 @@ import grpc
 import portpicker
 import tensorflow_federated as tff
 
-from tff_feddst import errors
-from tff_feddst import interruptions
-from tff_feddst import worker_isolation
+from tff_feddst.running import errors
+from tff_feddst.running import interruptions
+from tff_feddst.running import worker_isolation
 
 # One thread per kernel (see `worker_environment`, `use_bit_exact_kernels`).
 INTRA_OP_THREADS_ENV = 'TF_NUM_INTRAOP_THREADS'
@@ -121,7 +121,7 @@ def use_bit_exact_kernels() -> bool:
     logging.warning(
         'TensorFlow ran before tff_feddst could give it one intra-op '
         'thread: evaluation in this process may differ in the last bits '
-        'under load. Call tff_feddst.execution.use_bit_exact_kernels() (or '
+        'under load. Call tff_feddst.running.execution.use_bit_exact_kernels() (or '
         'set %s=1) before any other TensorFlow work for bit-exact results.',
         INTRA_OP_THREADS_ENV)
     return False

@@ -42,9 +42,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import encoding
-from tff_feddst import exact_sum
-from tff_feddst import payload_validation
+from tff_feddst.process import encoding
+from tff_feddst.process import payload_validation
+from tff_feddst.sparse import exact_sum
 
 WEIGHT_BYTES = 4  # The float32 example count sent with each payload.
 

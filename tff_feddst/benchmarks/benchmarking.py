@@ -39,18 +39,18 @@ import numpy as np
 import psutil
 import tensorflow as tf
 
-from tff_feddst import aggregation
-from tff_feddst import client_work
-from tff_feddst import data as data_lib
-from tff_feddst import encoding
-from tff_feddst import evaluation
-from tff_feddst import execution
-from tff_feddst import experiment
-from tff_feddst import fed_dst
-from tff_feddst import models
-from tff_feddst import plain_loop
-from tff_feddst import schedules
-from tff_feddst import training_loop
+from tff_feddst.benchmarks import plain_loop
+from tff_feddst.data import data as data_lib
+from tff_feddst.methods import fed_dst
+from tff_feddst.networks import models
+from tff_feddst.process import aggregation
+from tff_feddst.process import client_work
+from tff_feddst.process import encoding
+from tff_feddst.running import evaluation
+from tff_feddst.running import execution
+from tff_feddst.running import experiment
+from tff_feddst.running import training_loop
+from tff_feddst.sparse import schedules
 
 
 @dataclasses.dataclass(frozen=True)

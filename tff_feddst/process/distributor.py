@@ -21,9 +21,9 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import client_work
-from tff_feddst import encoding
-from tff_feddst import models
+from tff_feddst.networks import models
+from tff_feddst.process import client_work
+from tff_feddst.process import encoding
 
 
 def decode_model_weights(payload: encoding.Payload,

@@ -17,10 +17,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst import atomic_files
-from tff_feddst import checkpoints
-from tff_feddst import data as data_lib
-from tff_feddst import evaluation
+from tff_feddst.data import data as data_lib
+from tff_feddst.outputs import atomic_files
+from tff_feddst.outputs import checkpoints
+from tff_feddst.running import evaluation
 
 METRICS_COLUMNS = (
     'round', 'test_accuracy', 'client_test_accuracy', 'train_loss',

@@ -28,8 +28,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tff_feddst import atomic_files
-from tff_feddst import models
+from tff_feddst.networks import models
+from tff_feddst.outputs import atomic_files
 
 _EVENT_FILE_PATTERN = 'events.out.tfevents.*'
 # Temporary files of `truncate_event_files`: their names must not contain
