@@ -23,7 +23,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import cli  # pylint: disable=g-bad-import-order
 
 from tff_feddst.benchmarks import benchmarking
-from tff_feddst.data import data
+from tff_feddst.data import file_formats
 from tff_feddst.running import experiment
 
 _DEFAULTS = benchmarking.BenchmarkConfig()
@@ -125,7 +125,7 @@ def main(argv):
       result = benchmarking.measure_message_bytes(config, log=log)
     else:
       result = benchmarking.run_benchmark(config, log=log)
-  except data.DataFileError as error:
+  except file_formats.DataFileError as error:
     sys.exit(f'benchmark.py: error: {error}')
   if FLAGS.message_bytes_only:
     print('\n'.join(benchmarking.format_message_bytes(result)))

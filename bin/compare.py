@@ -25,7 +25,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import cli  # pylint: disable=g-bad-import-order
 
 import experiment_flags  # pylint: disable=g-bad-import-order
-from tff_feddst.data import data
+from tff_feddst.data import file_formats
 from tff_feddst.outputs import comparison
 from tff_feddst.running import experiment
 
@@ -91,7 +91,7 @@ def main(argv):
       except experiment.OutputError as error:
         sys.exit(f'compare.py: error: {error.problem}; '
                  f'{_what_now(run_dir, error.is_resumable, error.fix)}')
-  except (experiment.ConfigError, data.DataFileError) as error:
+  except (experiment.ConfigError, file_formats.DataFileError) as error:
     sys.exit(f'compare.py: error: {error}')
   run_dirs = [os.path.join(FLAGS.output_dir, m) for m in FLAGS.methods]
   summaries = [comparison.summarize_run(d, target_accuracy=FLAGS.target_accuracy)

@@ -32,7 +32,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import cli  # pylint: disable=g-bad-import-order
 
 import experiment_flags  # pylint: disable=g-bad-import-order
-from tff_feddst.data import data
+from tff_feddst.data import file_formats
 from tff_feddst.running import experiment
 from tff_feddst.running import interruptions
 
@@ -87,7 +87,7 @@ def main(argv):
           resume=FLAGS.resume, progress=FLAGS.progress,
           check_interrupt=watch.check,
           worker_timeout_seconds=FLAGS.worker_timeout_seconds)
-  except (experiment.ConfigError, data.DataFileError) as error:
+  except (experiment.ConfigError, file_formats.DataFileError) as error:
     sys.exit(f'train.py: error: {error}')
   except interruptions.StopRequested as stop:
     print(_stop_message(stop), file=sys.stderr)

@@ -20,13 +20,16 @@ import tensorflow as tf
 import tqdm
 
 from tests import execution_test
-from tff_feddst.data import data
+from tff_feddst.data import datasets
+from tff_feddst.data import file_formats
+from tff_feddst.data import partitions
 from tff_feddst.networks import models
 from tff_feddst.outputs import atomic_files
 from tff_feddst.outputs import tensorboard_logging
 from tff_feddst.running import experiment
 from tff_feddst.running import interruptions
 from tff_feddst.running import training_loop
+from tests import data_files
 from tests import fixtures
 
 def small_config(data_dir: str, **overrides) -> experiment.ExperimentConfig:
@@ -355,8 +358,9 @@ class ExperimentTest(tf.test.TestCase):
     self.assertEqual(choices['sparsity_distribution'],
                      sparsity_distribution.NUM_ACTIVE_DISTRIBUTIONS)
     self.assertCountEqual(choices['model'], models.MODEL_BUILDERS)
-    self.assertCountEqual(choices['dataset'], data.DATASET_NAMES)
-    self.assertCountEqual(choices['data_distribution'], data.DISTRIBUTIONS)
+    self.assertCountEqual(choices['dataset'], datasets.DATASET_NAMES)
+    self.assertCountEqual(choices['data_distribution'],
+                          partitions.DISTRIBUTIONS)
     defaults = experiment.ExperimentConfig()
     for name, accepted in choices.items():
       self.assertIn(getattr(defaults, name) or accepted[0], accepted, name)
@@ -531,8 +535,8 @@ class NewDataSetsTest(tf.test.TestCase):
   def test_emnist_natural_split_and_too_many_writers(self):
     directory = self.create_tempdir().full_path
     pixels = np.full((2, 28, 28), 0.5, np.float32)
-    data.write_emnist_sqlite(
-        os.path.join(directory, data.EMNIST_FILE),
+    data_files.write_emnist_sqlite(
+        os.path.join(directory, file_formats.EMNIST_FILE),
         train={f'w{i}': (pixels, [i, 61]) for i in range(3)},
         test={f'w{i}': (pixels[:1], [i]) for i in range(3)})
     config = experiment.ExperimentConfig(

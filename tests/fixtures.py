@@ -8,7 +8,9 @@ import tempfile
 
 import tensorflow as tf
 
-from tff_feddst.data import data
+from tff_feddst.data import datasets
+from tff_feddst.data import file_formats
+from tests import data_files
 
 
 def disk_full_after(num_bytes: int):
@@ -37,8 +39,9 @@ def write_fashion_mnist_slice(directory: str, num_train: int = 1200,
   for prefix, count in (('train', num_train), ('t10k', num_test)):
     for kind in ('images-idx3', 'labels-idx1'):
       name = f'{prefix}-{kind}-ubyte.gz'
-      array = data.read_idx(os.path.join(data.DEFAULT_FASHION_MNIST_DIR, name))
-      data.write_idx(os.path.join(directory, name), array[:count])
+      array = file_formats.read_idx(
+          os.path.join(datasets.DEFAULT_FASHION_MNIST_DIR, name))
+      data_files.write_idx(os.path.join(directory, name), array[:count])
 
 
 class FashionMnistSliceTestCase(tf.test.TestCase):

@@ -40,7 +40,8 @@ import psutil
 import tensorflow as tf
 
 from tff_feddst.benchmarks import plain_loop
-from tff_feddst.data import data as data_lib
+from tff_feddst.data import datasets
+from tff_feddst.data import federated
 from tff_feddst.methods import fed_dst
 from tff_feddst.networks import models
 from tff_feddst.process import aggregation
@@ -58,7 +59,7 @@ class BenchmarkConfig:
   """What to benchmark.
 
   Attributes:
-    dataset: 'fashion_mnist', 'mnist' or 'cifar10' (`data.load_dataset`).
+    dataset: 'fashion_mnist', 'mnist' or 'cifar10' (`datasets.load_dataset`).
     data_dir: Directory of the data files (None: the default location).
     model: Model name (`models.get_model_fn`).
     total_clients: Clients the training set is split over (iid).
@@ -215,8 +216,8 @@ class _Setup:
   """Data, model, schedule and client settings shared by both paths."""
 
   def __init__(self, config: BenchmarkConfig):
-    dataset = data_lib.load_dataset(config.dataset, config.data_dir)
-    self.federated_data = data_lib.build_federated_data(
+    dataset = datasets.load_dataset(config.dataset, config.data_dir)
+    self.federated_data = federated.build_federated_data(
         dataset, 'iid', config.total_clients, config.seed,
         examples_per_client=config.examples_per_client)
     model_name = config.model

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst.data import data as data_lib
+from tff_feddst.data import federated
 from tff_feddst.networks import models
 
 
@@ -27,7 +27,7 @@ class Evaluator:
   """Evaluates `ModelWeights` on the global and the client-local test sets."""
 
   def __init__(self, model_fn: models.ModelFn,
-               federated_data: data_lib.FederatedData,
+               federated_data: federated.FederatedData,
                batch_size: int = 1000):
     """Builds the evaluation model and gathers the test sets.
 

@@ -41,7 +41,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from tff_feddst.data import data as data_lib
+from tff_feddst.data import datasets
+from tff_feddst.data import federated
+from tff_feddst.data import partitions
 from tff_feddst.outputs import atomic_files
 from tff_feddst.running import errors
 from tff_feddst.sparse import sparsity_distribution as sparsity_distribution_lib
@@ -55,8 +57,8 @@ DATASET_MODELS = {
     'emnist': 'emnist_conv2',
 }
 # 'natural' (each client is one of the data's own clients) needs a data set
-# listed in `data.NATURAL_DATASET_NAMES`.
-DISTRIBUTIONS = data_lib.DISTRIBUTIONS
+# listed in `datasets.NATURAL_DATASET_NAMES`.
+DISTRIBUTIONS = partitions.DISTRIBUTIONS
 SPARSITY_DISTRIBUTIONS = sparsity_distribution_lib.NUM_ACTIVE_DISTRIBUTIONS
 SCHEDULES = ('paper', 'reference')
 RESULT_FILES = ('metrics.csv', 'flags.txt', 'global_model.npz',
@@ -388,11 +390,11 @@ class ExperimentConfig:
     require(self.data_dir != '', 'data_dir',
             'a directory, or unset (the data set\'s default location)')
     require(self.data_distribution != 'natural' or
-            self.dataset in data_lib.NATURAL_DATASET_NAMES,
+            self.dataset in datasets.NATURAL_DATASET_NAMES,
             'data_distribution',
             f'iid, dirichlet or pathological for --dataset={self.dataset} '
             '(natural needs a data set whose clients come with it: '
-            f'{", ".join(data_lib.NATURAL_DATASET_NAMES)})')
+            f'{", ".join(datasets.NATURAL_DATASET_NAMES)})')
     require(self.total_clients >= 1, 'total_clients', 'an integer >= 1')
     # Below about 1e-4 every class already goes to one client, and numpy's
     # Dirichlet sampler slows to a halt (1e-30 never returns).
@@ -665,7 +667,7 @@ def check_output_dir(output_dir: str) -> None:
           'choose a new directory, nothing was changed.')
 
 
-def check_model_fits_data(model_name: str, dataset: data_lib.Dataset) -> None:
+def check_model_fits_data(model_name: str, dataset: datasets.Dataset) -> None:
   """Checks that a model takes the data set's images and has its classes.
 
   Args:
@@ -690,7 +692,7 @@ def check_model_fits_data(model_name: str, dataset: data_lib.Dataset) -> None:
         f'{DATASET_MODELS[dataset.name]} (unset --model picks it).')
 
 
-def load_federated_data(config: ExperimentConfig) -> data_lib.FederatedData:
+def load_federated_data(config: ExperimentConfig) -> federated.FederatedData:
   """Loads and partitions the configured data set.
 
   Args:
@@ -700,23 +702,23 @@ def load_federated_data(config: ExperimentConfig) -> data_lib.FederatedData:
     The `FederatedData`.
 
   Raises:
-    data.DataFileError: For missing or corrupt data files.
+    file_formats.DataFileError: For missing or corrupt data files.
     ConfigError: If the split cannot be made with these settings, or an
       explicit --model does not fit the data.
   """
-  dataset = data_lib.load_dataset(config.dataset, config.data_dir)
+  dataset = datasets.load_dataset(config.dataset, config.data_dir)
   if config.model is not None:
     check_model_fits_data(config.model, dataset)
   if config.data_distribution == 'natural':
     try:
-      return data_lib.build_federated_data(
+      return federated.build_federated_data(
           dataset, 'natural', config.total_clients, config.seed)
     except ValueError as error:
       raise ConfigError(
           f'--total_clients={config.total_clients} is invalid for the natural '
           f'split of {config.dataset}: {error}.') from error
   try:
-    return data_lib.build_federated_data(
+    return federated.build_federated_data(
         dataset, config.data_distribution, config.total_clients, config.seed,
         beta=config.dirichlet_beta,
         classes_per_client=config.classes_per_client,
@@ -892,7 +894,7 @@ def build_client_config(config: ExperimentConfig, initial_model):
 
 
 def _prunefl_initial_stage(config: ExperimentConfig, model_fn, initial_model,
-                           federated_data: data_lib.FederatedData,
+                           federated_data: federated.FederatedData,
                            client_config):
   """PruneFL's settings and its initial pruning on one seeded client.
 
@@ -1041,7 +1043,7 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
   Raises:
     ConfigError: For a bad setting, or a used or unwritable output or
       TensorBoard directory.
-    data.DataFileError: For missing or corrupt data files.
+    file_formats.DataFileError: For missing or corrupt data files.
     interruptions.Interrupted: If the run was stopped from outside.
     execution.WorkerError: If a TFF worker cannot be started or reached
       (nothing is written then).

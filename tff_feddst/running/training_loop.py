@@ -17,7 +17,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_feddst.data import data as data_lib
+from tff_feddst.data import federated
+from tff_feddst.data import pipelines
 from tff_feddst.outputs import atomic_files
 from tff_feddst.outputs import checkpoints
 from tff_feddst.running import evaluation
@@ -174,7 +175,7 @@ def _shuffle_seed(seed: int, round_num: int, client_position: int) -> int:
       [seed, round_num, client_position]).generate_state(1)[0])
 
 
-def client_datasets(federated_data: data_lib.FederatedData,
+def client_datasets(federated_data: federated.FederatedData,
                     client_ids: Sequence[str], batch_size: int, seed: int,
                     round_num: int) -> list[tf.data.Dataset]:
   """Builds the sampled clients' shuffled, batched training datasets.
@@ -193,7 +194,7 @@ def client_datasets(federated_data: data_lib.FederatedData,
   for client_id in client_ids:
     x, y = federated_data.train_arrays(client_id)
     position = federated_data.client_ids.index(client_id)
-    datasets.append(data_lib.make_client_dataset(
+    datasets.append(pipelines.make_client_dataset(
         x, y, batch_size, shuffle_seed=_shuffle_seed(seed, round_num, position)))
   return datasets
 
@@ -255,7 +256,7 @@ def metrics_row(round_num: int, round_metrics, eval_result: Optional[
 
 
 def run_training(process: tff.learning.templates.LearningProcess,
-                 federated_data: data_lib.FederatedData,
+                 federated_data: federated.FederatedData,
                  evaluator: evaluation.Evaluator,
                  *,
                  total_rounds: int,
