@@ -9,6 +9,7 @@ import tensorflow_federated as tff
 
 from tff_feddst.process import aggregation
 from tff_feddst.process import encoding
+from tff_feddst.process import mask_codes
 from tff_feddst.process import payload_validation
 
 # Three clients, one prunable kernel of 4 positions (2 active each), one bias.
@@ -228,7 +229,7 @@ def hostile(values=None, bits=None, packed_masks=None, dense=None):
   bias 2)."""
   honest = client_payloads()[1]
   if bits is not None:
-    packed_masks = encoding.pack_bits(np.array(bits, np.float32)).numpy()
+    packed_masks = mask_codes.pack_bits(np.array(bits, np.float32)).numpy()
   return encoding.SparsePayload(
       values=(np.array(values, np.float32),) if values is not None
       else honest.values,

@@ -9,6 +9,7 @@ from tff_feddst.networks import models
 from tff_feddst.networks import pruning
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
+from tff_feddst.sparse import schedules
 
 
 def softmax_regression() -> tf.keras.Model:
@@ -236,6 +237,158 @@ class ClientConfigTest(tf.test.TestCase):
       client_work.ClientConfig(grow_score='random')
     with self.assertRaisesRegex(ValueError, 'momentum'):
       client_work.ClientConfig(momentum=1.0)
+
+
+def dense_classifier(num_inputs: int, num_classes: int) -> tf.keras.Model:
+  return tf.keras.Sequential([
+      tf.keras.layers.InputLayer(input_shape=(num_inputs,)),
+      pruning.wrap_layer(tf.keras.layers.Dense(
+          num_classes, kernel_initializer='zeros', bias_initializer='zeros')),
+  ])
+
+
+def numpy_data_gradients(kernel, bias, mask, batches, lr, momentum, wd):
+  """Dense kernel gradients of the data loss at each step (independent numpy).
+
+  The same optimizer as `numpy_client_update`, without FedProx; returns
+  dW = x^T (softmax(xW + b) - onehot) / B of every step, at every position
+  (inactive ones included), before that step's update.
+  """
+  num_classes = kernel.shape[1]
+  kernel_buffer, bias_buffer = np.zeros_like(kernel), np.zeros_like(bias)
+  gradients = []
+  for x, y in batches:
+    logits = x @ kernel + bias
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    delta = (probabilities - np.eye(num_classes)[y]) / len(y)
+    gradients.append(x.T @ delta)
+    kernel_grad = (x.T @ delta + wd * kernel) * mask
+    bias_grad = delta.sum(0) + wd * bias
+    kernel_buffer = momentum * kernel_buffer + kernel_grad
+    bias_buffer = momentum * bias_buffer + bias_grad
+    kernel = (kernel - lr * kernel_buffer) * mask
+    bias = bias - lr * bias_buffer
+  return gradients
+
+
+class CosineAnnealingInUpdateTest(tf.test.TestCase):
+  """`update` regrows as many weights per round as the cosine schedule says.
+
+  One 10x2 kernel with 10 of 20 positions active, alpha = 0.8, T_end = 5, a
+  readjustment every round. alpha_t = 0.4 * (1 + cos(pi t / 5)):
+    t=1: 0.4 * 1.80902 = 0.72361, x 10 = 7.24 -> 7
+    t=2: 0.4 * 1.30902 = 0.52361, x 10 = 5.24 -> 5
+    t=3: 0.4 * 0.69098 = 0.27639, x 10 = 2.76 -> 3
+    t=4: 0.4 * 0.19098 = 0.07639, x 10 = 0.76 -> 1
+    t=5: t = T_end: 0, no readjustment; t=6: after T_end: 0.
+  (k never reaches its cap, min(10 active, 10 inactive).)
+  """
+
+  def test_regrown_per_round_follow_the_cosine(self):
+    schedule = schedules.ReadjustmentSchedule(
+        drop_fraction=0.8, rounds_between_readjustments=1, end_round=5,
+        annealing='cosine')
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(8, 10)).astype(np.float32)
+    y = rng.integers(0, 2, size=8).astype(np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    mask = np.zeros(20, np.float32)
+    mask[rng.choice(20, 10, replace=False)] = 1.0
+    mask = mask.reshape(10, 2)
+    kernel = rng.normal(size=(10, 2)).astype(np.float32) * mask
+    model = dense_classifier(10, 2)
+    weights, layout = initial_weights_of(model, kernel,
+                                         np.zeros(2, np.float32), mask)
+    trainer = client_work.ClientTrainer(
+        model, layout, [10], client_work.ClientConfig(
+            learning_rate=0.1, num_epochs=2, readjust_after_epochs=1))
+    regrown = []
+    for round_num in range(1, 7):
+      instructions = client_work.RoundInstructions(
+          should_readjust=schedule.should_readjust(round_num),
+          drop_fraction=schedule.drop_fraction_at(round_num))
+      payload, _, stats = trainer.update(weights, dataset, instructions)
+      (kernel,), (new_mask,), _ = encoding.decode(payload, [(10, 2)])
+      new_mask = new_mask.numpy()
+      newly_active = int(np.sum((new_mask == 1) & (mask == 0)))
+      self.assertEqual(int(stats.num_regrown), newly_active)
+      self.assertEqual(int(np.sum(new_mask)), 10)
+      self.assertTrue(np.all(kernel.numpy()[new_mask == 0] == 0))
+      regrown.append(newly_active)
+      # The next round starts from this client's upload (a one-client
+      # federation, without the server's re-prune).
+      weights.trainable[layout.kernel_indices[0]] = kernel.numpy()
+      weights.non_trainable[layout.mask_indices[0]] = new_mask
+      mask = new_mask
+    self.assertEqual(regrown, [7, 5, 3, 1, 0, 0])
+
+
+class GrowScoreInUpdateTest(tf.test.TestCase):
+  """`update` regrows the inactive positions its grow score ranks first.
+
+  A 4x3 kernel with 6 of 12 positions active, 3 minibatches of 4, two epochs,
+  readjusting after the first (step 3) with drop fraction 0.5: k = 3. The
+  pruned positions were active, so the regrown ones are the 3 initially
+  inactive positions of largest |score|, whichever are pruned: the sum of the
+  data-loss gradients of steps 1-3 ('accumulated') or that of step 3
+  ('last_batch'), computed here in numpy.
+  """
+
+  def setUp(self):
+    super().setUp()
+    rng = np.random.default_rng(21)
+    self.x = rng.normal(size=(12, 4)).astype(np.float32)
+    self.y = rng.integers(0, 3, size=12).astype(np.int32)
+    mask = np.zeros(12, np.float32)
+    mask[[0, 2, 4, 7, 9, 10]] = 1.0
+    self.mask = mask.reshape(4, 3)
+    self.kernel = rng.normal(size=(4, 3)).astype(np.float32) * self.mask
+    self.bias = np.array([0.1, -0.1, 0.0], np.float32)
+
+  def expected_regrown(self, grow_score: str) -> set[int]:
+    batches = [(self.x[i:i + 4].astype(np.float64), self.y[i:i + 4])
+               for i in (0, 4, 8)]
+    gradients = numpy_data_gradients(
+        self.kernel.astype(np.float64), self.bias.astype(np.float64),
+        self.mask, batches, lr=0.1, momentum=0.9, wd=0.01)
+    score = (np.sum(gradients, axis=0) if grow_score == 'accumulated'
+             else gradients[-1])
+    candidates = np.flatnonzero(self.mask.reshape(-1) == 0)
+    ranked = candidates[np.argsort(-np.abs(score.reshape(-1)[candidates]),
+                                   kind='stable')]
+    magnitudes = np.abs(score.reshape(-1)[ranked])
+    # No near-tie at the cut, so float32 training ranks the same way.
+    self.assertGreater(magnitudes[2] - magnitudes[3], 1e-4)
+    return set(ranked[:3].tolist())
+
+  def regrown_by_update(self, grow_score: str) -> set[int]:
+    model = dense_classifier(4, 3)
+    weights, layout = initial_weights_of(model, self.kernel, self.bias,
+                                         self.mask)
+    trainer = client_work.ClientTrainer(
+        model, layout, [6], client_work.ClientConfig(
+            learning_rate=0.1, momentum=0.9, weight_decay=0.01,
+            num_epochs=2, readjust_after_epochs=1, grow_score=grow_score))
+    dataset = tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(4)
+    payload, _, stats = trainer.update(
+        weights, dataset, client_work.RoundInstructions(
+            should_readjust=tf.constant(True),
+            drop_fraction=tf.constant(0.5)))
+    _, (new_mask,), _ = encoding.decode(payload, [(4, 3)])
+    grown = np.flatnonzero((new_mask.numpy().reshape(-1) == 1) &
+                           (self.mask.reshape(-1) == 0))
+    self.assertEqual(int(stats.num_regrown), 3)
+    return set(grown.tolist())
+
+  def test_each_grow_score_regrows_its_top_ranked_positions(self):
+    expected = {name: self.expected_regrown(name)
+                for name in client_work.GROW_SCORES}
+    # The modes disagree on this data, so each is told apart.
+    self.assertNotEqual(expected['accumulated'], expected['last_batch'])
+    for name in client_work.GROW_SCORES:
+      with self.subTest(grow_score=name):
+        self.assertEqual(self.regrown_by_update(name), expected[name])
 
 
 if __name__ == '__main__':

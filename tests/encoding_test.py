@@ -1,4 +1,4 @@
-"""Tests for tff_feddst.process.encoding: bit packing, payload round trip, bytes."""
+"""Tests for tff_feddst.process.encoding: payload round trip, bytes."""
 
 import math
 
@@ -8,22 +8,12 @@ import tensorflow as tf
 
 from tff_feddst.networks import models
 from tff_feddst.process import encoding
+from tff_feddst.process import mask_codes
 from tff_feddst.sparse import sparsity_distribution
+from tests import mask_code_reference
 
 
 class EncodingTest(tf.test.TestCase):
-
-  def test_pack_bits_by_hand(self):
-    # 1,0,1,1,0,0,0,0 -> 0b10110000 = 176; then 1 + seven padding zeros = 128.
-    packed = encoding.pack_bits(tf.constant([1, 0, 1, 1, 0, 0, 0, 0, 1.0]))
-    self.assertAllEqual(packed, [176, 128])
-    self.assertEqual(packed.dtype, tf.uint8)
-
-  def test_unpack_inverts_pack(self):
-    bits = (np.random.default_rng(0).random(1001) < 0.3).astype(np.float32)
-    packed = encoding.pack_bits(tf.constant(bits))
-    self.assertEqual(packed.shape, (126,))  # ceil(1001 / 8).
-    self.assertAllEqual(encoding.unpack_bits(packed, 1001), bits)
 
   def test_encode_decode_round_trip(self):
     rng = np.random.default_rng(1)
@@ -133,135 +123,6 @@ class EncodingTest(tf.test.TestCase):
       encoding.encode([kernel], [np.ones((2, 2), np.float32)], [], [3])
 
 
-def reference_rice_bits(mask: np.ndarray, layer: encoding.RiceLayer
-                        ) -> list[int]:
-  """An independent, plain-Python Rice coder (see the module docstring)."""
-  coded = np.flatnonzero(mask < 0.5 if layer.invert else mask > 0.5)
-  count_field = [int(b) for b in format(len(coded), f'0{layer.count_bits}b')]
-  quotients, remainders = [], []
-  previous = -1
-  for position in coded:
-    gap = int(position) - previous - 1
-    previous = int(position)
-    quotients += [1] * (gap >> layer.k) + [0]
-    if layer.k:
-      remainders += [int(b) for b in format(gap % 2**layer.k, f'0{layer.k}b')]
-  return count_field + quotients + remainders
-
-
-def random_mask(rng, size: int, ones: int) -> np.ndarray:
-  mask = np.zeros(size, np.float32)
-  mask[rng.choice(size, ones, replace=False)] = 1.0
-  return mask
-
-
-class RiceCodeTest(parameterized.TestCase, tf.test.TestCase):
-
-  def test_hand_example(self):
-    # 16 positions, ones at 2, 3, 9 (3 active: not inverted), k = 1.
-    # Count 3 in w = 2 bits: 11. Gaps 2, 0, 5 -> quotients 1, 0, 2 in
-    # unary: 10 0 110; remainders 0, 0, 1 in 1 bit each: 0 0 1.
-    layer = encoding.rice_layer(16, 3, k=1)
-    self.assertEqual((layer.count_bits, layer.invert), (2, False))
-    mask = np.zeros(16, np.float32)
-    mask[[2, 3, 9]] = 1.0
-    bits, length = encoding.rice_encode_layer(tf.constant(mask), layer)
-    self.assertEqual(int(length), 11)
-    self.assertAllEqual(bits[:11], [1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 1])
-    self.assertAllEqual(bits[11:], np.zeros(layer.capacity_bits - 11))
-    decoded, decoded_length = encoding.rice_decode_layer(bits, layer)
-    self.assertAllEqual(decoded, mask)
-    self.assertEqual(int(decoded_length), 11)
-
-  def test_hand_example_dense_layer_codes_its_zeros(self):
-    # 8 positions, 6 active: the zeros (at 1 and 6) are coded. Up to 8 of
-    # them: w = 4. p = 2/8 picks k = 1 (expected bits 4, 3.29, 3.46 for
-    # k = 0, 1, 2). Count 0010; gaps 1, 4 -> quotients 0, 2: 0 110;
-    # remainders 1, 0.
-    layer = encoding.rice_layer(8, 6)
-    self.assertEqual((layer.invert, layer.count_bits, layer.k), (True, 4, 1))
-    mask = np.array([1, 0, 1, 1, 1, 1, 0, 1], np.float32)
-    bits, length = encoding.rice_encode_layer(tf.constant(mask), layer)
-    self.assertEqual(int(length), 10)
-    self.assertAllEqual(bits[:10], [0, 0, 1, 0, 0, 1, 1, 0, 1, 0])
-    self.assertAllEqual(encoding.rice_decode_layer(bits, layer)[0], mask)
-
-  def test_hand_example_fully_dense_layer_costs_only_its_count(self):
-    layer = encoding.rice_layer(5, 5)
-    bits, length = encoding.rice_encode_layer(tf.ones([5]), layer)
-    self.assertEqual(int(length), layer.count_bits)  # Count 0 of zeros.
-    self.assertAllEqual(encoding.rice_decode_layer(bits, layer)[0],
-                        np.ones(5))
-
-  def test_rice_parameter(self):
-    # Density 0.2: k = 2 (3.69 bits a gap, against 3.78 at k=1, 4.20 at k=3).
-    self.assertEqual(encoding.rice_parameter(256000, 51245), 2)
-    self.assertEqual(encoding.rice_parameter(1000, 500), 0)
-    self.assertEqual(encoding.rice_parameter(1000, 0), 0)
-    self.assertEqual(encoding.rice_parameter(2**20, 16), 15)
-
-  @parameterized.named_parameters(
-      ('sparse', 5000, 396, 396), ('mnist_dense_layer', 256000, 51245, 51245),
-      ('dense_layer', 250, 208, 208), ('full', 500, 500, 500),
-      ('empty', 64, 0, 0), ('fewer_ones_than_capacity', 300, 40, 25),
-      ('inverted_fewer_ones', 300, 200, 120), ('one_position', 1, 1, 1))
-  def test_round_trip_and_reference_bits(self, size, num_active, ones):
-    layer = encoding.rice_layer(size, num_active)
-    mask = random_mask(np.random.default_rng(size + ones), size, ones)
-    bits, length = encoding.rice_encode_layer(tf.constant(mask), layer)
-    expected = reference_rice_bits(mask, layer)
-    self.assertEqual(int(length), len(expected))
-    self.assertAllEqual(bits[:len(expected)], expected)
-    self.assertLessEqual(len(expected), layer.capacity_bits)
-    decoded, decoded_length = encoding.rice_decode_layer(bits, layer)
-    self.assertAllEqual(decoded, mask)
-    self.assertEqual(int(decoded_length), len(expected))
-
-  def test_longest_code_fits_the_capacity(self):
-    # Every coded position at the end gives the largest quotients.
-    for size, num_active in ((100, 10), (100, 80), (37, 37), (64, 1)):
-      layer = encoding.rice_layer(size, num_active)
-      mask = np.zeros(size, np.float32)
-      if layer.invert:
-        mask[:] = 1.0
-        mask[size - layer.max_count:] = 0.0
-      else:
-        mask[size - num_active:] = 1.0
-      bits, length = encoding.rice_encode_layer(tf.constant(mask), layer)
-      self.assertLessEqual(int(length), layer.capacity_bits)
-      self.assertAllEqual(encoding.rice_decode_layer(bits, layer)[0], mask)
-
-  def test_layers_are_concatenated_without_padding(self):
-    rng = np.random.default_rng(7)
-    shapes, num_active = [(5, 5, 1, 10), (40, 30), (7,)], [200, 240, 7]
-    masks = [random_mask(rng, math.prod(s), n).reshape(s)
-             for s, n in zip(shapes, num_active)]
-    # The last layer is dense: kept in the code only with dense masks.
-    code, num_bits = encoding.encode_masks(masks, num_active, 'rice',
-                                           omit_dense_masks=False)
-    expected = []
-    for mask, n in zip(masks, num_active):
-      expected += reference_rice_bits(mask.reshape(-1),
-                                      encoding.rice_layer(mask.size, n))
-    self.assertEqual(int(num_bits), len(expected))
-    omitted_bits = len(reference_rice_bits(masks[2].reshape(-1),
-                                           encoding.rice_layer(7, 7)))
-    self.assertEqual(
-        int(encoding.encode_masks(masks, num_active, 'rice')[1]),
-        len(expected) - omitted_bits)
-    capacity = encoding.mask_code_capacity_bits(
-        [m.size for m in masks], num_active, 'rice', omit_dense_masks=False)
-    self.assertEqual(code.shape, (encoding.num_packed_bytes(capacity),))
-    unpacked = encoding.unpack_bits(code, capacity)
-    self.assertAllEqual(unpacked[:len(expected)], expected)
-    self.assertAllEqual(unpacked[len(expected):],
-                        np.zeros(capacity - len(expected)))
-    for got, mask in zip(
-        encoding.decode_masks(code, shapes, num_active, 'rice',
-                              omit_dense_masks=False), masks):
-      self.assertAllEqual(got, mask)
-
-
 class PayloadEncodingTest(parameterized.TestCase, tf.test.TestCase):
 
   def setUp(self):
@@ -270,8 +131,9 @@ class PayloadEncodingTest(parameterized.TestCase, tf.test.TestCase):
     # The last layer is dense (80 of 80 active): it carries no mask.
     self.shapes = [(5, 5, 1, 10), (60, 20), (20, 4)]
     self.num_active = [208, 240, 80]
-    self.masks = [random_mask(rng, math.prod(s), n).reshape(s)
-                  for s, n in zip(self.shapes, self.num_active)]
+    self.masks = [
+        mask_code_reference.random_mask(rng, math.prod(s), n).reshape(s)
+        for s, n in zip(self.shapes, self.num_active)]
     self.kernels = [rng.normal(size=s).astype(np.float32) * m
                     for s, m in zip(self.shapes, self.masks)]
     self.dense = [rng.normal(size=(10,)).astype(np.float32)]
@@ -303,9 +165,9 @@ class PayloadEncodingTest(parameterized.TestCase, tf.test.TestCase):
     if payload_encoding.mask_code == 'bitmap':
       mask_bits = sum(m.size for m, _ in coded)
     else:
-      mask_bits = sum(len(reference_rice_bits(
-          m.reshape(-1), encoding.rice_layer(m.size, n))) for m, n in coded)
-    mask_bytes = encoding.num_packed_bytes(mask_bits)
+      mask_bits = sum(len(mask_code_reference.reference_rice_bits(
+          m.reshape(-1), mask_codes.rice_layer(m.size, n))) for m, n in coded)
+    mask_bytes = mask_codes.num_packed_bytes(mask_bits)
     if not payload_encoding.is_bitmap_payload:
       mask_bytes += encoding.MASK_CODE_LENGTH_BYTES
       self.assertEqual(int(payload.mask_code_bits), mask_bits)
@@ -329,7 +191,7 @@ class PayloadEncodingTest(parameterized.TestCase, tf.test.TestCase):
     # Masks hold 100 and 50 of the capacities 208 and 240; the dense layer
     # stays full.
     ones = [100, 50, 80]
-    masks = [random_mask(rng, math.prod(s), n).reshape(s)
+    masks = [mask_code_reference.random_mask(rng, math.prod(s), n).reshape(s)
              for s, n in zip(self.shapes, ones)]
     kernels = [k * m for k, m in zip(self.kernels, masks)]
     payload = encoding.encode_payload(kernels, masks, self.dense,
@@ -353,10 +215,10 @@ class PayloadEncodingTest(parameterized.TestCase, tf.test.TestCase):
       self.assertEqual(analytic, value_bytes + 182 + 40)
     else:
       analytic = value_bytes + 40 + encoding.MASK_CODE_LENGTH_BYTES + (
-          encoding.num_packed_bytes(sum(len(reference_rice_bits(
-              m.reshape(-1), encoding.rice_layer(m.size, n)))
-                                        for m, n in zip(masks[:2],
-                                                        self.num_active))))
+          mask_codes.num_packed_bytes(sum(
+              len(mask_code_reference.reference_rice_bits(
+                  m.reshape(-1), mask_codes.rice_layer(m.size, n)))
+              for m, n in zip(masks[:2], self.num_active))))
     self.assertEqual(measured, analytic)
     # Without the masks, every value tensor counts at its capacity.
     self.assertEqual(int(encoding.payload_num_bytes(payload)),
@@ -366,7 +228,7 @@ class PayloadEncodingTest(parameterized.TestCase, tf.test.TestCase):
     payload_encoding = encoding.PayloadEncoding.parse(
         'float16+rice+changed_masks_only')
     rng = np.random.default_rng(10)
-    masks = [random_mask(rng, math.prod(s), n).reshape(s)
+    masks = [mask_code_reference.random_mask(rng, math.prod(s), n).reshape(s)
              for s, n in zip(self.shapes, [100, 50, 80])]
     payload = encoding.encode_payload(
         [k * m for k, m in zip(self.kernels, masks)], masks, self.dense,
@@ -482,9 +344,9 @@ class InformationBoundTest(tf.test.TestCase):
     num_active = sparsity_distribution.compute_layer_num_active(
         layout.kernel_shapes, 0.8, 'erk')
     rng = np.random.default_rng(4)
-    masks = [random_mask(rng, math.prod(s), n).reshape(s)
+    masks = [mask_code_reference.random_mask(rng, math.prod(s), n).reshape(s)
              for s, n in zip(layout.kernel_shapes, num_active)]
-    _, rice_bits = encoding.encode_masks(masks, num_active, 'rice')
+    _, rice_bits = mask_codes.encode_masks(masks, num_active, 'rice')
     bound = encoding.information_bound_bits(
         layout.kernel_sizes, num_active, 0, per_layer=True)
     # Random masks: within 3 % of the per-layer bound, 26 % below the bitmap.

@@ -9,6 +9,7 @@ from tff_feddst.methods import fed_dst
 from tff_feddst.networks import models
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
+from tff_feddst.process import mask_codes
 from tff_feddst.process import payload_validation
 from tff_feddst.sparse import schedules
 
@@ -101,8 +102,8 @@ def rice_fixture():
   masks = [np.zeros(40, np.float32), np.zeros(10, np.float32)]
   masks[0][[0, 3, 11, 12, 30, 39]] = 1
   masks[1][[0, 1, 2, 4, 5, 7, 9]] = 1
-  code, bits = encoding.encode_masks([tf.constant(m) for m in masks],
-                                     num_active, 'rice')
+  code, bits = mask_codes.encode_masks([tf.constant(m) for m in masks],
+                                       num_active, 'rice')
   return kernel_shapes, num_active, masks, code.numpy(), int(bits)
 
 

@@ -48,7 +48,7 @@ TFLite has one; the rest runs on the Flex delegate (Android:
                kernels, nor the fused cross-entropy with its gradient;
   readjust     AddV2, Floor, Mul on float64 (`masks.num_to_readjust` rounds
                in float64; TFLite has no float64 arithmetic);
-  set_weights  BitwiseAnd (`encoding.unpack_bits`; no builtin bitwise AND);
+  set_weights  BitwiseAnd (`mask_codes.unpack_bits`; no builtin bitwise AND);
   get_weights  EnsureShape (`encoding.encode`); with float16 uploads also Pad
                (TFLite's PAD has no float16 kernel);
   save/restore Save, Restore: checkpoint file I/O.
@@ -76,6 +76,7 @@ from tff_feddst.networks import pruning
 from tff_feddst.process import client_work
 from tff_feddst.process import distributor
 from tff_feddst.process import encoding
+from tff_feddst.process import mask_codes
 from tff_feddst.running import experiment
 
 TRAINING_SIGNATURES = ('train', 'infer', 'get_weights', 'set_weights',
@@ -189,7 +190,7 @@ def broadcast_specs(model: tf.keras.Model, layout: models.ModelLayout,
            for l, count in enumerate(num_active)]
   # Dense layers (capacity == size) carry no mask bits (`encoding`).
   specs.append(tf.TensorSpec(
-      (encoding.num_packed_bytes(encoding.num_mask_bits(
+      (mask_codes.num_packed_bytes(mask_codes.num_mask_bits(
           layout.kernel_sizes, num_active)),), tf.uint8,
       name=PACKED_MASKS_NAME))
   specs += [tf.TensorSpec(v.shape, tf.float32, name=dense_name(j))

@@ -43,6 +43,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_feddst.process import encoding
+from tff_feddst.process import mask_codes
 from tff_feddst.process import payload_validation
 from tff_feddst.sparse import exact_sum
 
@@ -210,9 +211,9 @@ def _add_valid(aggregate, payload: encoding.Payload, weight: tf.Tensor,
     def with_masks():
       decoded = masks
       if decoded is None:
-        decoded = encoding.decode_masks(payload.mask_code, kernel_shapes,
-                                        num_active, payload_encoding.mask_code,
-                                        payload_encoding.omit_dense_masks)
+        decoded = mask_codes.decode_masks(
+            payload.mask_code, kernel_shapes, num_active,
+            payload_encoding.mask_code, payload_encoding.omit_dense_masks)
       kernels = encoding.scatter_values(payload.values, decoded)
       return (_add_positional(aggregate.with_masks, kernels, decoded, weight),
               aggregate.global_mask_value_sums,

@@ -76,6 +76,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_feddst.process import encoding
+from tff_feddst.process import mask_codes
 
 REJECTION_KINDS = ('shape', 'weight', 'nonfinite', 'mask_code', 'mask_count',
                    'norm')
@@ -210,15 +211,15 @@ def payload_spec(kernel_shapes: Sequence[Sequence[int]],
   if payload_encoding.is_bitmap_payload:
     return encoding.SparsePayload(
         values=values,
-        packed_masks=tf.TensorSpec([encoding.num_packed_bytes(
-            encoding.num_mask_bits(sizes, num_active, omit_dense_masks))],
+        packed_masks=tf.TensorSpec([mask_codes.num_packed_bytes(
+            mask_codes.num_mask_bits(sizes, num_active, omit_dense_masks))],
                                    tf.uint8),
         dense=dense)
-  capacity = encoding.mask_code_capacity_bits(
+  capacity = mask_codes.mask_code_capacity_bits(
       sizes, num_active, payload_encoding.mask_code, omit_dense_masks)
   return encoding.CodedPayload(
       values=values,
-      mask_code=tf.TensorSpec([encoding.num_packed_bytes(capacity)],
+      mask_code=tf.TensorSpec([mask_codes.num_packed_bytes(capacity)],
                               tf.uint8),
       mask_code_bits=tf.TensorSpec([], tf.int32),
       dense=dense)
@@ -346,11 +347,11 @@ def padding_is_zero(values: Sequence[tf.Tensor], counts: tf.Tensor
   return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
 
 
-def _rice_layer_is_valid(bits: tf.Tensor, layer: encoding.RiceLayer
+def _rice_layer_is_valid(bits: tf.Tensor, layer: mask_codes.RiceLayer
                          ) -> tuple[tf.Tensor, tf.Tensor]:
   """Checks one layer's Rice code without any out-of-range indexing.
 
-  Mirrors `encoding.rice_decode_layer`, with clipped indices and int64
+  Mirrors `mask_codes.rice_decode_layer`, with clipped indices and int64
   position arithmetic, so that garbage cannot crash it.
 
   Args:
@@ -406,13 +407,13 @@ def rice_code_is_valid(mask_code: tf.Tensor, mask_code_bits: tf.Tensor,
     bool scalar: every coded layer's code is valid (see
     `_rice_layer_is_valid`) and their total length equals `mask_code_bits`.
   """
-  carried = encoding.carries_mask(kernel_sizes, num_active, omit_dense_masks)
-  layers = [encoding.rice_layer(int(n), int(a))
+  carried = mask_codes.carries_mask(kernel_sizes, num_active, omit_dense_masks)
+  layers = [mask_codes.rice_layer(int(n), int(a))
             for n, a, has_mask in zip(kernel_sizes, num_active, carried)
             if has_mask]
   capacity = sum(layer.capacity_bits for layer in layers)
   longest = max([layer.capacity_bits for layer in layers], default=0)
-  bits = tf.cast(encoding.unpack_bits(mask_code, capacity), tf.int32)
+  bits = tf.cast(mask_codes.unpack_bits(mask_code, capacity), tf.int32)
   bits = tf.pad(bits, [[0, longest]])
   offset = tf.constant(0, tf.int32)
   flags = []
@@ -433,7 +434,7 @@ def mask_code_is_valid(payload: encoding.CodedPayload,
   """Whether a `CodedPayload` carrying masks has a decodable mask code."""
   omit_dense_masks = payload_encoding.omit_dense_masks
   if payload_encoding.mask_code == 'bitmap':
-    return tf.equal(payload.mask_code_bits, encoding.num_mask_bits(
+    return tf.equal(payload.mask_code_bits, mask_codes.num_mask_bits(
         kernel_sizes, num_active, omit_dense_masks))
   # Dense layers (capacity == size) are not in the code when omitted.
   return rice_code_is_valid(payload.mask_code, payload.mask_code_bits,
@@ -498,7 +499,7 @@ def check_content(payload: encoding.Payload, weight: tf.Tensor,
   sizes = [int(math.prod(shape)) for shape in kernel_shapes]
 
   def decode():
-    return encoding.decode_masks(
+    return mask_codes.decode_masks(
         payload.mask_code, kernel_shapes, num_active,
         payload_encoding.mask_code, payload_encoding.omit_dense_masks)
 
@@ -508,9 +509,9 @@ def check_content(payload: encoding.Payload, weight: tf.Tensor,
   if payload_encoding.is_bitmap_payload:
     code_ok = tf.constant(True)
     has_masks = tf.constant(True)
-    masks = encoding.decode_masks(payload.packed_masks, kernel_shapes,
-                                  num_active, 'bitmap',
-                                  payload_encoding.omit_dense_masks)
+    masks = mask_codes.decode_masks(payload.packed_masks, kernel_shapes,
+                                    num_active, 'bitmap',
+                                    payload_encoding.omit_dense_masks)
     counts = mask_counts(masks)
   else:
     if payload_encoding.masks_only_when_changed:
