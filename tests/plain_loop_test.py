@@ -8,7 +8,9 @@ from tff_feddst.methods import fed_dst
 from tff_feddst.networks import models
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
+from tff_feddst.process import payload_validation
 from tff_feddst.sparse import schedules
+from tff_feddst.sparse import sparsity_distribution
 
 NUM_ROUNDS = 3
 
@@ -27,8 +29,12 @@ def client_datasets(round_num: int) -> list[tf.data.Dataset]:
   return datasets
 
 
-def build_both(upload_encoding=None, download_encoding=None):
-  """The TFF process and the plain loop for the same settings."""
+def build_both(upload_encoding=None, download_encoding=None, **settings):
+  """The TFF process and the plain loop for the same settings.
+
+  `settings` are further keyword arguments of both (`min_votes`,
+  `remember_old`, `num_active_by_round`, `payload_checks`).
+  """
   model_fn = models.get_model_fn('mnist_net', seed=0)
   initial = fed_dst.build_initial_model(model_fn, 0.8, 'erk', seed=0)
   # Readjust in rounds 1 and 3.
@@ -38,20 +44,27 @@ def build_both(upload_encoding=None, download_encoding=None):
   config = client_work.ClientConfig(num_epochs=2, learning_rate=0.02)
   element_spec = client_datasets(0)[0].element_spec
   # The plain loop first: it traces its Keras model before TFF does.
+  if settings.get('num_active_by_round') == 'growing':
+    # From S = 0.8 to 0.9 over rounds 1-3 (ERK), row 0 the initial counts.
+    settings['num_active_by_round'] = sparsity_distribution.num_active_by_round(
+        initial.layout.kernel_shapes, [0.8, 0.85, 0.9, 0.9], 'erk')
   plain = plain_loop.PlainFedDst(
       model_fn, initial, element_spec, schedule, config,
       server_momentum=0.5, upload_encoding=upload_encoding,
-      download_encoding=download_encoding)
+      download_encoding=download_encoding, **settings)
   process = fed_dst.build_fed_dst(
       model_fn, initial, element_spec, schedule, config, server_momentum=0.5,
-      upload_encoding=upload_encoding, download_encoding=download_encoding)
+      upload_encoding=upload_encoding, download_encoding=download_encoding,
+      **settings)
   return process, plain, initial
 
 
 class PlainLoopEqualsTffTest(tf.test.TestCase):
 
-  def assert_same_rounds(self, upload_encoding=None, download_encoding=None):
-    process, plain, initial = build_both(upload_encoding, download_encoding)
+  def assert_same_rounds(self, upload_encoding=None, download_encoding=None,
+                         **settings):
+    process, plain, initial = build_both(upload_encoding, download_encoding,
+                                         **settings)
     tff_state, plain_state = process.initialize(), plain.initialize()
     traces = client_work.update_trace_count()
     for round_num in range(1, NUM_ROUNDS + 1):
@@ -70,6 +83,10 @@ class PlainLoopEqualsTffTest(tf.test.TestCase):
                        output.metrics['client_work']['num_regrown'])
       self.assertEqual(metrics['mask_changed_positions'],
                        output.metrics['finalizer']['mask_changed_positions'])
+      self.assertEqual(metrics['rejected_clients'],
+                       output.metrics['aggregator']['rejected_clients'])
+      self.assertAllClose(metrics['sparsity'],
+                          output.metrics['finalizer']['sparsity'])
       self.assertAllClose(metrics['train_loss'],
                           output.metrics['client_work']['train_loss'])
     tff_weights = process.get_model_weights(tff_state)
@@ -77,8 +94,10 @@ class PlainLoopEqualsTffTest(tf.test.TestCase):
     for index in initial.layout.mask_indices:
       self.assertAllEqual(tff_weights.non_trainable[index],
                           plain_weights.non_trainable[index])
-    # Same ops; the TFF worker and this process may sum in other orders,
-    # and float16 values may then round to neighbouring float16 numbers.
+    # Same ops, but local training runs in the TFF worker in one and in
+    # this process in the other: last-bit differences (measured: up to 5e-8
+    # after 3 rounds), and float16 values may then round to neighbouring
+    # float16 numbers.
     float16 = any(e is not None and e.value_dtype == 'float16'
                   for e in (upload_encoding, download_encoding))
     atol, rtol = (1e-5, 1e-3) if float16 else (1e-6, 0)
@@ -97,6 +116,31 @@ class PlainLoopEqualsTffTest(tf.test.TestCase):
         encoding.PayloadEncoding.parse('float16+rice+changed_masks_only'),
         encoding.PayloadEncoding.parse('float16+rice'))
     self.assertGreater(metrics['mask_changed_positions'], 0)
+
+  def test_remember_old_min_votes_and_norm_bound(self):
+    # min_votes=2 of 2 clients: only positions both hold are eligible, so
+    # layers may end sparser (checks 'at_most'); every upload is within the
+    # norm bound.
+    metrics = self.assert_same_rounds(
+        remember_old=True, min_votes=2,
+        payload_checks=payload_validation.default_checks(
+            min_votes=2, max_norm=1e4))
+    self.assertEqual(metrics['rejected_clients'], 0)
+
+  def test_growing_sparsity_is_refused(self):
+    # Not reproduced to the tolerance above (plain_loop module docstring).
+    with self.assertRaisesRegex(ValueError,
+                                '^PlainFedDst does not reproduce '
+                                'num_active_by_round'):
+      build_both(num_active_by_round='growing')
+
+  def test_rejected_uploads(self):
+    # A norm bound no model meets: every upload is rejected, and both keep
+    # the initial model (re-pruned to the round's counts, a no-op here).
+    metrics = self.assert_same_rounds(
+        payload_checks=payload_validation.PayloadChecks(max_norm=1e-3))
+    self.assertEqual(metrics['rejected_clients'], 2)
+    self.assertEqual(metrics['mask_changed_positions'], 0)
 
 
 if __name__ == '__main__':

@@ -5,14 +5,18 @@ import json
 import math
 import os
 
+from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tff_feddst.methods import fed_dst
 from tff_feddst.methods import prunefl
 from tff_feddst.networks import models
 from tff_feddst.process import client_work
+from tff_feddst.process import aggregation
 from tff_feddst.process import encoding
+from tff_feddst.process import payload_validation
 from tff_feddst.running import experiment
 from tests import fed_dst_test
 from tests import fixtures
@@ -139,6 +143,119 @@ class ClientImportanceTest(tf.test.TestCase):
       self.assertAllEqual(importance, tf.zeros_like(importance))
 
 
+# Three PruneFL clients, one kernel of 4 positions (capacity 4, the global
+# mask has 2 ones), one bias; importance z per position, flag 1.
+#   client  weight  mask        kernel values    bias  importance
+#   A       1       [1,1,0,0]   [1, 2, 0, 0]     1     [1, 0, 2, 0]
+#   B       3       [1,1,0,0]   [4, 6, 0, 0]     2     [0, 1, 0, 1]
+#   C       2       [1,1,0,0]   [3, 9, 0, 0]     4     [2, 2, 0, 0]
+UPLOAD_MASK = [1., 1., 0., 0.]
+UPLOAD_KERNELS = [[1., 2., 0., 0.], [4., 6., 0., 0.], [3., 9., 0., 0.]]
+UPLOAD_BIASES = [[1.], [2.], [4.]]
+UPLOAD_IMPORTANCE = [[1., 0., 2., 0.], [0., 1., 0., 1.], [2., 2., 0., 0.]]
+UPLOAD_WEIGHTS = [1., 3., 2.]
+
+
+def prunefl_payload(kernel, mask=UPLOAD_MASK, bias=(2.,)):
+  return encoding.encode([np.array(kernel, np.float32)],
+                         [np.array(mask, np.float32)],
+                         [np.array(bias, np.float32)], [4],
+                         omit_dense_masks=False)
+
+
+def prunefl_upload(client, payload=None, importance=None, flag=1):
+  return prunefl.PruneflUpload(
+      payload=payload or prunefl_payload(UPLOAD_KERNELS[client],
+                                         bias=UPLOAD_BIASES[client]),
+      importance=(np.array(importance or UPLOAD_IMPORTANCE[client],
+                           np.float32),),
+      has_importance=np.int32(flag))
+
+
+def type_of(value):
+  """The TFF type of a structure of arrays (or eager tensors)."""
+  return tff.types.tensorflow_to_type(tf.nest.map_structure(
+      lambda t: tf.TensorSpec(np.shape(t), tf.as_dtype(np.asarray(t).dtype)),
+      value))
+
+
+class PruneflUploadValidationTest(tf.test.TestCase, parameterized.TestCase):
+  """Malformed PruneFL uploads are dropped and counted as FedDST's are."""
+
+  def aggregate(self, uploads, weights):
+    process = prunefl.build_aggregator_factory(
+        [(4,)], prunefl.full_capacity_encoding(), [2]).create(
+            type_of(prunefl_upload(0)), tff.TensorType(np.float32))
+    return process.next(process.initialize(), uploads, weights)
+
+  def assert_honest_sums(self, aggregate):
+    # Kernel: 1*[1,2] + 3*[4,6] + 2*[3,9] = [19, 38]; bias 1 + 6 + 8 = 15.
+    self.assertAllClose(aggregate.sums.weighted_kernel_sums[0],
+                        [19., 38., 0., 0.])
+    self.assertAllClose(aggregate.sums.weighted_dense_sums[0], [15.])
+    self.assertEqual(aggregate.sums.num_clients, 3)
+    # Importance: 1*[1,0,2,0] + 3*[0,1,0,1] + 2*[2,2,0,0] = [5, 7, 2, 3].
+    self.assertAllClose(aggregate.extra.importance_sums[0], [5., 7., 2., 3.])
+    self.assertAllClose(aggregate.extra.importance_weight, 6.)
+
+  def test_honest_uploads_are_summed(self):
+    output = self.aggregate([prunefl_upload(c) for c in range(3)],
+                            UPLOAD_WEIGHTS)
+    self.assert_honest_sums(output.result)
+    self.assertEqual(output.measurements['rejected_clients'], 0)
+    # Per client: 2 values (8 B) + bitmap (1 B) + bias (4 B) + weight (4 B)
+    # + flag (4 B) + importance (16 B) = 37 B.
+    self.assertEqual(output.measurements['upload_bytes'], 3 * 37)
+
+  @parameterized.named_parameters(
+      ('nan_value', dict(payload=prunefl_payload([np.nan, 6., 0., 0.])), 3.,
+       'nonfinite'),
+      ('mask_count_too_high', dict(payload=prunefl_payload(
+          [4., 6., 5., 0.], mask=[1., 1., 1., 0.])), 3., 'mask_count'),
+      ('mask_count_too_low', dict(payload=prunefl_payload(
+          [4., 0., 0., 0.], mask=[1., 0., 0., 0.])), 3., 'mask_count'),
+      ('weight_zero', {}, 0., 'weight'),
+      ('weight_nan', {}, np.nan, 'weight'),
+  )
+  def test_malformed_payload_is_rejected_as_for_feddst(self, parts, weight,
+                                                       kind):
+    upload = prunefl_upload(1, **parts)
+    honest = [prunefl_upload(c) for c in range(3)]
+    output = self.aggregate([honest[0], upload] + honest[1:],
+                            [UPLOAD_WEIGHTS[0], weight] + UPLOAD_WEIGHTS[1:])
+    self.assert_honest_sums(output.result)
+    self.assertEqual(output.measurements['rejected_clients'], 1)
+    self.assertEqual(output.measurements[f'rejected_{kind}'], 1)
+    # FedDST's aggregator (capacity 4, target 2 ones) rejects the same
+    # payload for the same reason.
+    feddst = aggregation.SparseSumFactory(
+        [(4,)], [4], prunefl.full_capacity_encoding(),
+        payload_validation.PayloadChecks(num_active_by_round=[[2]])).create(
+                type_of(upload.payload), tff.TensorType(np.float32))
+    feddst_output = feddst.next(
+        feddst.initialize(), [honest[0].payload, upload.payload],
+        [UPLOAD_WEIGHTS[0], weight])
+    for name in ['rejected_clients'] + [
+        f'rejected_{k}' for k in payload_validation.REJECTION_KINDS]:
+      self.assertEqual(feddst_output.measurements[name],
+                       output.measurements[name], name)
+
+  @parameterized.named_parameters(
+      ('nan_importance', dict(importance=[0., np.nan, 0., 1.]), 'nonfinite'),
+      ('inf_importance', dict(importance=[0., 1., np.inf, 1.]), 'nonfinite'),
+      ('importance_too_long', dict(importance=[0., 1., 0., 1., 0.]), 'shape'),
+      ('flag_not_0_or_1', dict(flag=2), 'shape'),
+  )
+  def test_malformed_importance_is_rejected(self, parts, kind):
+    honest = [prunefl_upload(c) for c in range(3)]
+    output = self.aggregate(
+        [honest[0], prunefl_upload(1, **parts)] + honest[1:],
+        [UPLOAD_WEIGHTS[0], 3.] + UPLOAD_WEIGHTS[1:])
+    self.assert_honest_sums(output.result)
+    self.assertEqual(output.measurements['rejected_clients'], 1)
+    self.assertEqual(output.measurements[f'rejected_{kind}'], 1)
+
+
 class InitialPruningTest(tf.test.TestCase):
 
   def test_prunes_gradually_and_is_seeded(self):
@@ -191,10 +308,11 @@ class PruneflProcessTest(tf.test.TestCase):
         client_work.ClientConfig(learning_rate=0.02),
         prunefl.PruneflConfig(reconfigure_every=2))
     state = cls.process.initialize()
-    cls.metrics, cls.weights = [], []
+    cls.metrics, cls.weights, cls.states = [], [], []
     for round_num in range(3):
       output = cls.process.next(state, learnable_client_data(round_num))
       state = output.state
+      cls.states.append(state)
       cls.metrics.append(output.metrics)
       cls.weights.append(cls.process.get_model_weights(state))
 
@@ -253,6 +371,23 @@ class PruneflProcessTest(tf.test.TestCase):
                  for m in self.metrics]
     self.assertEqual(downloads[2], NUM_CLIENTS * (
         client_bytes(after, False) - 8))
+
+  def test_upload_checks_follow_the_global_mask(self):
+    # Every honest upload passed, in rounds before and after the mask moved.
+    for metrics in self.metrics:
+      self.assertEqual(metrics['aggregator']['rejected_clients'], 0)
+      self.assertEqual(metrics['finalizer']['num_clients_aggregated'],
+                       NUM_CLIENTS)
+    # The aggregator's targets are the counts of the new global mask.
+    for state, metrics in zip(self.states, self.metrics):
+      self.assertAllEqual(state.aggregator,
+                          metrics['finalizer']['layer_num_active'])
+    self.assertNotEqual(list(self.states[0].aggregator),
+                        list(self.states[1].aggregator))
+    # set_model_weights sets them from the weights it is given.
+    reset = self.process.set_model_weights(self.states[2],
+                                           self.initial.weights)
+    self.assertAllEqual(reset.aggregator, self.initial.num_active)
 
   def test_loss_decreases(self):
     losses = [float(m['client_work']['train_loss']) for m in self.metrics]

@@ -175,9 +175,14 @@ def build_fed_dst(model_fn: models.ModelFn,
   """
   layout = initial_model.layout
   num_active = initial_model.num_active
-  if num_active_by_round is not None:
-    num_active_by_round = _checked_growing_table(
-        num_active_by_round, initial_model, client_config)
+  settings = resolve_round_settings(
+      initial_model, client_config, min_votes=min_votes,
+      upload_encoding=upload_encoding, download_encoding=download_encoding,
+      num_active_by_round=num_active_by_round, payload_checks=payload_checks)
+  upload_encoding = settings.upload_encoding
+  download_encoding = settings.download_encoding
+  num_active_by_round = settings.num_active_by_round
+  payload_checks = settings.payload_checks
   initial_trainable = [np.asarray(v) for v in initial_model.weights.trainable]
   initial_non_trainable = [
       np.asarray(v) for v in initial_model.weights.non_trainable]
@@ -191,26 +196,10 @@ def build_fed_dst(model_fn: models.ModelFn,
   model_weights_type = initial_model_weights_fn.type_signature.result
   data_type = tff.SequenceType(tff.types.tensorflow_to_type(data_element_spec))
 
-  upload_encoding = client_work.resolve_upload_encoding(client_config,
-                                                        upload_encoding)
-  if num_active_by_round is not None:
-    upload_encoding = _with_shrinking_dense_masks(
-        upload_encoding, layout, num_active_by_round)
-    download_encoding = _with_shrinking_dense_masks(
-        download_encoding or encoding.PayloadEncoding(), layout,
-        num_active_by_round)
   work = client_work.build_client_work(
       model_fn, layout, num_active, schedule, client_config,
       model_weights_type, data_type, upload_encoding=upload_encoding)
   result_type = work.next.type_signature.result.result.member
-  # Growing sparsity: clients of round t hold the global counts after round
-  # t - 1, which is the validator's row t - 1 (row r checks round r + 1).
-  if payload_checks is None:
-    payload_checks = payload_validation.default_checks(
-        client_config.readjust_rule, min_votes)
-  if num_active_by_round is not None:
-    payload_checks = dataclasses.replace(
-        payload_checks, num_active_by_round=num_active_by_round)
   aggregator = aggregation.SparseSumFactory(
       layout.kernel_shapes, num_active, upload_encoding,
       payload_checks=payload_checks).create(
@@ -231,6 +220,66 @@ def build_fed_dst(model_fn: models.ModelFn,
         remember_old=remember_old, num_active_by_round=num_active_by_round)
   return tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
+
+
+class RoundSettings(NamedTuple):
+  """The settings of a FedDST round as the process's parts use them.
+
+  Attributes:
+    upload_encoding: The clients' upload encoding.
+    download_encoding: The broadcast encoding.
+    payload_checks: What the aggregator requires of an upload.
+    num_active_by_round: The checked int32 count table, or None.
+  """
+  upload_encoding: encoding.PayloadEncoding
+  download_encoding: encoding.PayloadEncoding
+  payload_checks: payload_validation.PayloadChecks
+  num_active_by_round: Optional[np.ndarray]
+
+
+def resolve_round_settings(
+    initial_model: InitialModel, client_config: client_work.ClientConfig,
+    *,
+    min_votes: int = 0,
+    upload_encoding: Optional[encoding.PayloadEncoding] = None,
+    download_encoding: Optional[encoding.PayloadEncoding] = None,
+    num_active_by_round: Optional[np.ndarray] = None,
+    payload_checks: Optional[payload_validation.PayloadChecks] = None
+) -> RoundSettings:
+  """Fills in and checks what `build_fed_dst` passes to its parts.
+
+  `build_fed_dst` and the plain-TF loop (`plain_loop.PlainFedDst`) both
+  call it, so they encode, check and count alike. Arguments as for
+  `build_fed_dst`.
+
+  Returns:
+    The `RoundSettings`.
+
+  Raises:
+    ValueError: As `build_fed_dst`.
+  """
+  layout = initial_model.layout
+  if num_active_by_round is not None:
+    num_active_by_round = _checked_growing_table(
+        num_active_by_round, initial_model, client_config)
+  upload_encoding = client_work.resolve_upload_encoding(client_config,
+                                                        upload_encoding)
+  download_encoding = download_encoding or encoding.PayloadEncoding()
+  if num_active_by_round is not None:
+    upload_encoding = _with_shrinking_dense_masks(
+        upload_encoding, layout, num_active_by_round)
+    download_encoding = _with_shrinking_dense_masks(
+        download_encoding, layout, num_active_by_round)
+  if payload_checks is None:
+    payload_checks = payload_validation.default_checks(
+        client_config.readjust_rule, min_votes)
+  # Growing sparsity: clients of round t hold the global counts after round
+  # t - 1, which is the validator's row t - 1 (row r checks round r + 1).
+  if num_active_by_round is not None:
+    payload_checks = dataclasses.replace(
+        payload_checks, num_active_by_round=num_active_by_round)
+  return RoundSettings(upload_encoding, download_encoding, payload_checks,
+                       num_active_by_round)
 
 
 def _expanding_finalizer(layout: models.ModelLayout,

@@ -40,10 +40,15 @@ What this module implements (`select_masks`, used by both stages):
    rounds (t % reconfigure_every == 0) each client also uploads, for every
    prunable position, z_c = (sum over its local steps of the minibatch
    gradient)^2, charged 4 bytes a position on those rounds only; every upload
-   carries a 4-byte int32 telling whether it is there. The aggregator sums
-   n_c * z_c beside the usual sparse sums; the finalizer averages the weights
-   over the (shared) mask as FedAvg does, then, if importance arrived, runs
-   the rule with the averaged weights' magnitudes. Otherwise the mask is kept.
+   carries a 4-byte int32 telling whether it is there. The shared aggregator
+   (`aggregation.SparseSumFactory`) checks every upload as it does FedDST's
+   (shapes, weight, finite values, mask code, each layer's mask count equal
+   to the global mask's, optional norm bound; the importance must have the
+   kernels' shapes and be finite) and sums n_c * z_c beside the usual sparse
+   sums (`ImportanceExtension`); the shared finalizer averages the weights
+   over the (shared) mask as FedAvg does, then PruneFL's rule
+   (`importance_mask_rule`), if importance arrived, runs `select_masks`
+   with the averaged weights' magnitudes. Otherwise the mask is kept.
 
 Where this differs from the PruneFL paper and its official code:
 - Clients here are stateless and only K of C take part in a round, so the
@@ -84,295 +89,35 @@ Where it differs from the FedDST authors' PruneFL script (bibikar/feddst
 
 import collections
 import dataclasses
-import logging
-import math
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_feddst.methods import prunefl_masks
 from tff_feddst.networks import models
 from tff_feddst.process import aggregation
 from tff_feddst.process import client_work
 from tff_feddst.process import distributor
 from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
-from tff_feddst.sparse import exact_sum
-from tff_feddst.sparse import masks as mask_lib
+from tff_feddst.process import payload_validation
 
 # Bytes of `PruneflUpload.has_importance` (int32), sent with every upload.
 IMPORTANCE_FLAG_BYTES = 4
 # Bytes per position of the uploaded importance (float32).
 IMPORTANCE_VALUE_BYTES = 4
-# Mixed into the run seed to pick the initial-pruning client.
-_INITIAL_CLIENT_SALT = 0x7072_756E  # b'prun'.
 
-
-@dataclasses.dataclass(frozen=True)
-class PruneflConfig:
-  """Settings of PruneFL's two pruning stages.
-
-  Attributes:
-    initial_rounds: Reconfigurations during initial pruning, >= 0 (0: start
-      federated training from the dense model).
-    initial_steps: Local SGD steps before each initial reconfiguration, >= 1.
-    reconfigure_every: Federated rounds t with t % reconfigure_every == 0
-      reconfigure the mask, >= 1.
-    round_cost: c, the fixed time of a round, as a fraction (> 0) of the
-      time of all prunable parameters of the dense model. Larger: denser.
-    max_remove_fraction: f in [0, 1]: share of each layer's active weights
-      (the smallest) that a reconfiguration may remove.
-    layer_times: Per-parameter time of each prunable layer (any positive
-      unit), or empty for 'uniform' (every position costs the same).
-  """
-  initial_rounds: int = 5
-  initial_steps: int = 50
-  reconfigure_every: int = 5
-  round_cost: float = 0.14
-  max_remove_fraction: float = 0.3
-  layer_times: tuple[float, ...] = ()
-
-  def __post_init__(self):
-    if self.initial_rounds < 0:
-      raise ValueError(f'initial_rounds must be >= 0, got '
-                       f'{self.initial_rounds}.')
-    if self.initial_steps < 1:
-      raise ValueError(f'initial_steps must be >= 1, got '
-                       f'{self.initial_steps}.')
-    if self.reconfigure_every < 1:
-      raise ValueError(f'reconfigure_every must be >= 1, got '
-                       f'{self.reconfigure_every}.')
-    if not self.round_cost > 0:
-      raise ValueError(f'round_cost must be > 0, got {self.round_cost}.')
-    if not 0 <= self.max_remove_fraction <= 1:
-      raise ValueError(f'max_remove_fraction must be in [0, 1], got '
-                       f'{self.max_remove_fraction}.')
-    if any(not t > 0 for t in self.layer_times):
-      raise ValueError(f'layer_times must be > 0, got {self.layer_times}.')
-
-  def times_for(self, num_layers: int) -> tuple[float, ...]:
-    """Per-parameter time of each of `num_layers` prunable layers.
-
-    Raises:
-      ValueError: If `layer_times` is set for another number of layers.
-    """
-    if not self.layer_times:
-      return (1.0,) * num_layers
-    if len(self.layer_times) != num_layers:
-      raise ValueError(f'layer_times has {len(self.layer_times)} values but '
-                       f'the model has {num_layers} prunable layers.')
-    return tuple(float(t) for t in self.layer_times)
-
-
-def parse_layer_times(text: str) -> tuple[float, ...]:
-  """Reads 'uniform' (or '') as () and 'a,b,...' as positive floats.
-
-  Raises:
-    ValueError: For anything else.
-  """
-  if text.strip() in ('', 'uniform'):
-    return ()
-  try:
-    times = tuple(float(part) for part in text.split(','))
-  except ValueError:
-    raise ValueError(f'not a comma-separated list of numbers: {text!r}') from None
-  if any(not (t > 0 and math.isfinite(t)) for t in times):
-    raise ValueError(f'every time must be a finite number > 0: {text!r}')
-  return times
-
-
-class MaskSelection(NamedTuple):
-  """Outcome of `select_masks`.
-
-  Attributes:
-    masks: The next masks (float32 0/1, kernel shapes).
-    num_kept: int32, positions kept without competing (active minus
-      removable).
-    num_added: int32, candidates the objective took in (inactive or
-      removable).
-    objective: float64, sum z / (c + sum t) of the chosen masks.
-  """
-  masks: list
-  num_kept: tf.Tensor
-  num_added: tf.Tensor
-  objective: tf.Tensor
-
-
-def select_masks(weights: Sequence[tf.Tensor], masks: Sequence[tf.Tensor],
-                 importances: Sequence[tf.Tensor],
-                 layer_times: Sequence[float], round_cost: float,
-                 max_remove_fraction: float) -> MaskSelection:
-  """PruneFL's reconfiguration: the masks of most importance per unit time.
-
-  See the module docstring for the rule.
-
-  Args:
-    weights: Prunable kernels (magnitudes pick the removable weights).
-    masks: Their current 0/1 masks.
-    importances: Non-negative importance z of every position, kernel shapes.
-    layer_times: Per-parameter time t_l of each layer, > 0.
-    round_cost: Fixed round time c relative to sum_l n_l t_l, > 0.
-    max_remove_fraction: Share of each layer's active weights that may be
-      removed (the smallest |w|: floor(f * active)).
-
-  Returns:
-    A `MaskSelection`.
-  """
-  sizes = [int(np.prod(w.shape)) for w in weights]
-  fixed_time = round_cost * sum(n * t for n, t in zip(sizes, layer_times))
-  kept, flat_ratio, flat_importance, flat_time = [], [], [], []
-  kept_importance = tf.constant(0.0, tf.float64)
-  kept_time = tf.constant(fixed_time, tf.float64)
-  for weight, mask, importance, time, size in zip(
-      weights, masks, importances, layer_times, sizes):
-    mask = tf.cast(mask, tf.float32)
-    num_removable = tf.cast(tf.floor(
-        max_remove_fraction * tf.reduce_sum(mask)), tf.int32)
-    removable = mask_lib.prune_by_magnitude(weight, mask, num_removable)
-    kept_mask = mask * (1.0 - removable)
-    kept.append(kept_mask)
-    importance = tf.reshape(tf.cast(importance, tf.float64), [-1])
-    kept_flat = tf.reshape(tf.cast(kept_mask, tf.float64), [-1])
-    kept_importance += tf.reduce_sum(kept_flat * importance)
-    kept_time += time * tf.reduce_sum(kept_flat)
-    # Candidates rank by z / t; kept positions get -1 (never added).
-    flat_ratio.append(tf.where(kept_flat > 0, tf.constant(-1.0, tf.float64),
-                                importance / time))
-    flat_importance.append(importance)
-    flat_time.append(tf.fill([size], tf.constant(time, tf.float64)))
-  ratio = tf.concat(flat_ratio, axis=0)
-  order = tf.argsort(ratio, direction='DESCENDING', stable=True)
-  sorted_ratio = tf.gather(ratio, order)
-  sorted_importance = tf.gather(tf.concat(flat_importance, axis=0), order)
-  sorted_time = tf.gather(tf.concat(flat_time, axis=0), order)
-  # Objective before each candidate: (N + z of earlier ones) / (D + t ...).
-  numerator = kept_importance + tf.cumsum(sorted_importance, exclusive=True)
-  denominator = kept_time + tf.cumsum(sorted_time, exclusive=True)
-  improves = tf.logical_and(sorted_ratio >= 0,
-                            sorted_ratio * denominator > numerator)
-  num_added = tf.reduce_sum(tf.math.cumprod(tf.cast(improves, tf.int32)))
-  added = tf.scatter_nd(order[:num_added, tf.newaxis],
-                        tf.ones([num_added], tf.float32), [sum(sizes)])
-  new_masks = []
-  offset = 0
-  for kept_mask, size in zip(kept, sizes):
-    grown = tf.reshape(added[offset:offset + size], kept_mask.shape)
-    new_masks.append(kept_mask + grown)
-    offset += size
-  total_importance = kept_importance + tf.reduce_sum(
-      sorted_importance[:num_added])
-  total_time = kept_time + tf.reduce_sum(sorted_time[:num_added])
-  return MaskSelection(
-      masks=new_masks,
-      num_kept=tf.cast(tf.add_n([tf.reduce_sum(k) for k in kept]), tf.int32),
-      num_added=num_added,
-      objective=total_importance / total_time)
-
-
-# ---------------------------------------------------------------------------
-# Initial pruning on one client.
-
-
-def choose_initial_client(client_ids: Sequence[str], seed: int) -> str:
-  """The client that runs initial pruning: a seeded uniform choice."""
-  rng = np.random.default_rng([seed, _INITIAL_CLIENT_SALT])
-  return client_ids[int(rng.integers(len(client_ids)))]
-
-
-class InitialPruningResult(NamedTuple):
-  """Outcome of `run_initial_pruning`.
-
-  Attributes:
-    weights: `ModelWeights` (numpy) of the trained, pruned model, TF-MOT
-      bookkeeping as in the initial model.
-    layer_num_active: Active weights per layer at the end.
-    densities: Overall density after each reconfiguration.
-  """
-  weights: tff.learning.models.ModelWeights
-  layer_num_active: tuple[int, ...]
-  densities: tuple[float, ...]
-
-
-def run_initial_pruning(model_fn: models.ModelFn,
-                        initial_weights: tff.learning.models.ModelWeights,
-                        layout: models.ModelLayout,
-                        dataset: tf.data.Dataset,
-                        client_config: client_work.ClientConfig,
-                        config: PruneflConfig) -> InitialPruningResult:
-  """PruneFL's initial pruning on one client's data (plain TF).
-
-  The model trains with masked SGD (the client's learning rate, momentum and
-  weight decay; no proximal term) for `config.initial_rounds` blocks of
-  `config.initial_steps` steps over `dataset` repeated; after each block the
-  importance z = sum over its steps of the squared minibatch gradient picks
-  the next masks with `select_masks`. Weights leaving the mask become 0.
-
-  Args:
-    model_fn: Builds the wrapped Keras model.
-    initial_weights: The starting `ModelWeights` (usually all-ones masks).
-    layout: The model's `ModelLayout`.
-    dataset: The chosen client's batched `(x, y)` training data.
-    client_config: Local training hyper-parameters.
-    config: PruneFL settings.
-
-  Returns:
-    The `InitialPruningResult`.
-  """
-  layer_times = config.times_for(layout.num_prunable)
-  trainer = client_work.ClientTrainer(
-      model_fn(), layout, layout.kernel_sizes,
-      dataclasses.replace(client_config, grow_score='last_batch', prox_mu=0.0))
-  trainer.set_weights(initial_weights)
-  importances = [tf.Variable(tf.zeros_like(k), trainable=False)
-                 for k in trainer.kernels]
-
-  # Both functions are free of tensor-dependent Python control flow, so
-  # they do not rely on AutoGraph (which was seen disabled in a process
-  # that had run TFF computations before).
-  @tf.function(autograph=False)
-  def train_one_step(iterator):
-    x, y = iterator.get_next()
-    trainer.train_step(x, y, True)
-    for importance, gradient in zip(importances, trainer.grow_scores):
-      importance.assign_add(tf.square(gradient))
-
-  @tf.function(autograph=False)
-  def reconfigure():
-    selection = select_masks(trainer.kernels, trainer.masks, importances,
-                             layer_times, config.round_cost,
-                             config.max_remove_fraction)
-    for position, (kernel, mask, new_mask) in enumerate(
-        zip(trainer.kernels, trainer.masks, selection.masks)):
-      new_mask = tf.cast(new_mask, mask.dtype)
-      mask.assign(new_mask)
-      kernel.assign(kernel * new_mask)
-      momentum = trainer.momenta[layout.kernel_indices[position]]
-      momentum.assign(momentum * new_mask)
-      importances[position].assign(tf.zeros_like(importances[position]))
-
-  iterator = iter(dataset.repeat())
-  densities = []
-  total = float(sum(layout.kernel_sizes))
-  for block in range(config.initial_rounds):
-    for _ in range(config.initial_steps):
-      train_one_step(iterator)
-    reconfigure()
-    densities.append(sum(float(tf.reduce_sum(m)) for m in trainer.masks)
-                     / total)
-    logging.info('PruneFL initial pruning %d/%d: density %.4f', block + 1,
-                 config.initial_rounds, densities[-1])
-  non_trainable = [v.numpy() for v in trainer.model.non_trainable_variables]
-  for index in layout.bookkeeping_indices:
-    non_trainable[index] = np.asarray(initial_weights.non_trainable[index])
-  weights = tff.learning.models.ModelWeights(
-      trainable=[v.numpy() for v in trainer.model.trainable_variables],
-      non_trainable=non_trainable)
-  return InitialPruningResult(
-      weights=weights,
-      layer_num_active=tuple(int(np.sum(non_trainable[i]))
-                             for i in layout.mask_indices),
-      densities=tuple(densities))
+# The mask rule and the initial stage live in `prunefl_masks`; their names
+# stay reachable here, where the method is built.
+PruneflConfig = prunefl_masks.PruneflConfig
+parse_layer_times = prunefl_masks.parse_layer_times
+MaskSelection = prunefl_masks.MaskSelection
+select_masks = prunefl_masks.select_masks
+choose_initial_client = prunefl_masks.choose_initial_client
+InitialPruningResult = prunefl_masks.InitialPruningResult
+run_initial_pruning = prunefl_masks.run_initial_pruning
 
 
 # ---------------------------------------------------------------------------
@@ -392,27 +137,6 @@ class PruneflUpload(NamedTuple):
   payload: encoding.Payload
   importance: tuple
   has_importance: tf.Tensor
-
-
-def upload_num_bytes(upload: PruneflUpload,
-                     masks: Sequence[tf.Tensor]) -> tf.Tensor:
-  """Bytes of an upload without the example count.
-
-  Args:
-    upload: The `PruneflUpload`.
-    masks: The masks its payload decodes to (values are charged for their
-      ones only, not for the padding up to the layer's size).
-
-  Returns:
-    int64: payload bytes + the 4-byte flag + 4 bytes per prunable position
-    when the importance is present.
-  """
-  importance_positions = sum(
-      int(np.prod(t.shape)) for t in upload.importance)
-  return (encoding.payload_num_bytes(upload.payload, masks)
-          + IMPORTANCE_FLAG_BYTES
-          + tf.cast(upload.has_importance, tf.int64) *
-          IMPORTANCE_VALUE_BYTES * importance_positions)
 
 
 def max_upload_num_bytes(kernel_sizes: Sequence[int],
@@ -592,134 +316,6 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
 
 
 # ---------------------------------------------------------------------------
-# Aggregation: sparse sums plus example-weighted importance.
-
-
-class PruneflAggregate(NamedTuple):
-  """Sums over a round's clients.
-
-  Attributes:
-    sums: The `aggregation.SparseAggregate` of the payloads (its
-      `upload_bytes` includes flags and importance).
-    importance_sums: Per kernel, sum_c n_c * z_c.
-    importance_weight: sum of n_c over the clients that sent importance.
-  """
-  sums: aggregation.SparseAggregate
-  importance_sums: tuple
-  importance_weight: tf.Tensor
-
-
-class ImportanceSumFactory(tff.aggregators.WeightedAggregationFactory):
-  """Aggregates `PruneflUpload`s: `aggregation`'s sparse sums plus importance.
-
-  `create(upload_type, weight_type)` returns an `AggregationProcess`:
-    initialize: `( -> <>@SERVER)`
-    next: `(<<>@SERVER, PruneflUpload@CLIENTS, float32@CLIENTS> ->
-      <state=<>@SERVER, result=PruneflAggregate@SERVER,
-      measurements=<upload_bytes=int64, num_clients=int32>@SERVER>)`
-  """
-
-  def __init__(self, kernel_shapes: Sequence[Sequence[int]],
-               payload_encoding: encoding.PayloadEncoding):
-    """Creates the factory.
-
-    Args:
-      kernel_shapes: Shape of each prunable kernel.
-      payload_encoding: The clients' payload encoding (payload capacity is
-        each kernel's full size).
-
-    Raises:
-      ValueError: For an encoding that may leave masks out.
-    """
-    if payload_encoding.masks_only_when_changed:
-      raise ValueError('PruneFL uploads always carry their masks: '
-                       'masks_only_when_changed is not supported.')
-    self._kernel_shapes = tuple(tuple(s) for s in kernel_shapes)
-    self._encoding = payload_encoding
-
-  def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
-    kernel_shapes = self._kernel_shapes
-    sizes = [int(np.prod(s)) for s in kernel_shapes]
-    payload_encoding = self._encoding
-    dense_shapes = tuple(tuple(t.shape) for t in
-                         tff.structure.flatten(value_type.payload.dense))
-
-    def float_zero():
-      return PruneflAggregate(
-          sums=aggregation.zero_aggregate(kernel_shapes, dense_shapes),
-          importance_sums=tuple(tf.zeros(s, tf.float32)
-                                for s in kernel_shapes),
-          importance_weight=tf.constant(0.0, tf.float32))
-
-    def contribution(upload, weight):
-      """One client's terms of the sums (float32), as if added to zero."""
-      weight = tf.cast(weight, tf.float32)
-      zero = float_zero()
-      sums = aggregation.accumulate_payload(
-          zero.sums, upload.payload, weight, kernel_shapes, sizes,
-          payload_encoding)
-      # Bytes are counted here: values on the mask's ones only, the flag,
-      # and the importance when present.
-      _, masks, _ = encoding.decode_payload(upload.payload, kernel_shapes,
-                                            sizes, payload_encoding)
-      sums = sums._replace(
-          upload_bytes=upload_num_bytes(upload, masks) +
-          aggregation.WEIGHT_BYTES)
-      reported = weight * tf.cast(upload.has_importance, tf.float32)
-      return PruneflAggregate(
-          sums=sums,
-          importance_sums=tuple(reported * z for z in upload.importance),
-          importance_weight=reported)
-
-    # Sums in `exact_sum` form: the same bits for any client order or split
-    # over workers.
-    @tff.tensorflow.computation
-    def zero_fn():
-      return exact_sum.to_exact(float_zero())
-
-    exact_type = zero_fn.type_signature.result
-
-    @tff.tensorflow.computation(exact_type, (value_type, weight_type))
-    def accumulate(exact_aggregate, upload_and_weight):
-      return exact_sum.add(exact_aggregate,
-                           exact_sum.to_exact(contribution(*upload_and_weight)))
-
-    @tff.tensorflow.computation(exact_type, exact_type)
-    def merge(first, second):
-      return exact_sum.add(first, second)
-
-    @tff.tensorflow.computation(exact_type)
-    def report(exact_aggregate):
-      return exact_sum.from_exact(float_zero(), exact_aggregate)
-
-    aggregate_type = report.type_signature.result
-
-    @tff.tensorflow.computation(aggregate_type)
-    def measure(aggregate):
-      return collections.OrderedDict(
-          upload_bytes=aggregate.sums.upload_bytes,
-          num_clients=aggregate.sums.num_clients)
-
-    @tff.federated_computation
-    def init_fn():
-      return tff.federated_value((), tff.SERVER)
-
-    @tff.federated_computation(
-        init_fn.type_signature.result,
-        tff.types.FederatedType(value_type, tff.CLIENTS),
-        tff.types.FederatedType(weight_type, tff.CLIENTS))
-    def next_fn(state, upload, weight):
-      aggregate = tff.federated_aggregate(
-          tff.federated_zip((upload, weight)), zero_fn(), accumulate, merge,
-          report)
-      return tff.templates.MeasuredProcessOutput(
-          state=state, result=aggregate,
-          measurements=tff.federated_map(measure, aggregate))
-
-    return tff.templates.AggregationProcess(init_fn, next_fn)
-
-
-# ---------------------------------------------------------------------------
 # Broadcast.
 
 
@@ -735,121 +331,207 @@ def full_capacity_encoding(
                              omit_dense_masks=False)
 
 
+
 # ---------------------------------------------------------------------------
-# Finalizer: FedAvg on the mask, then the PruneFL rule on reconfiguration.
+# Aggregation: the shared sparse sums, plus example-weighted importance.
 
 
-def build_finalizer(layout: models.ModelLayout, config: PruneflConfig,
-                    model_weights_type: tff.Type, aggregate_type: tff.Type,
-                    server_learning_rate: float = 1.0,
-                    server_momentum: float = 0.0
-                    ) -> tff.learning.templates.FinalizerProcess:
-  """Builds PruneFL's `FinalizerProcess`.
+class ImportanceSums(NamedTuple):
+  """PruneFL's sums beside the sparse ones (`aggregation.ExtendedAggregate`).
 
-  Weights are averaged over the clients holding each position
-  (`finalizer.apply_aggregate`; all hold the global mask, so the mask stays);
-  when some client sent importance, `select_masks` gives the next masks and
-  weights and momentum buffers are zeroed off them.
+  Attributes:
+    importance_sums: Per kernel, sum_c n_c * z_c over the accepted clients.
+    importance_weight: sum of n_c over the accepted clients that sent
+      importance (0: nobody did, the mask stays).
+  """
+  importance_sums: tuple
+  importance_weight: tf.Tensor
 
-  Type signatures:
-    initialize: `( -> <buffers>@SERVER)`
-    next: `(<<buffers>@SERVER, ModelWeights@SERVER, PruneflAggregate@SERVER>
-      -> <state=<buffers>@SERVER, result=ModelWeights@SERVER,
-      measurements=<mask_changed_positions, sparsity, layer_num_active,
-      num_clients_aggregated, reconfigured, num_kept, num_added,
-      objective>@SERVER>)`
+
+class ImportanceExtension(aggregation.UploadExtension):
+  """The importance a `PruneflUpload` carries beside its payload.
+
+  Checked like the payload (a failure rejects the whole upload): the
+  importance tensors must have the kernels' shapes ('shape', with the
+  payload's shape check), `has_importance` must be 0 or 1 ('shape': a
+  malformed flag) and every importance value finite ('nonfinite').
+  Accepted uploads add n_c * z_c when `has_importance` is 1, and are
+  charged the flag plus, then, 4 bytes a position.
+  """
+
+  def __init__(self, kernel_shapes: Sequence[Sequence[int]]):
+    self._kernel_shapes = tuple(tuple(int(d) for d in s)
+                                for s in kernel_shapes)
+
+  def spec(self, payload_spec: encoding.Payload) -> 'PruneflUpload':
+    return PruneflUpload(
+        payload=payload_spec,
+        importance=tuple(tf.TensorSpec(s, tf.float32)
+                         for s in self._kernel_shapes),
+        has_importance=tf.TensorSpec([], tf.int32))
+
+  def zero(self) -> ImportanceSums:
+    return ImportanceSums(
+        importance_sums=tuple(tf.zeros(s, tf.float32)
+                              for s in self._kernel_shapes),
+        importance_weight=tf.constant(0.0, tf.float32))
+
+  def checks(self, upload: 'PruneflUpload') -> list[tuple[str, tf.Tensor]]:
+    flag = upload.has_importance
+    return [('shape', tf.logical_or(tf.equal(flag, 0), tf.equal(flag, 1))),
+            ('nonfinite', payload_validation.all_finite(
+                list(upload.importance)))]
+
+  def add(self, extra_sums: ImportanceSums, upload: 'PruneflUpload',
+          weight: tf.Tensor) -> ImportanceSums:
+    reported = weight * tf.cast(upload.has_importance, tf.float32)
+    return ImportanceSums(
+        importance_sums=tuple(
+            total + reported * z
+            for total, z in zip(extra_sums.importance_sums,
+                                upload.importance)),
+        importance_weight=extra_sums.importance_weight + reported)
+
+  def num_bytes(self, upload: 'PruneflUpload') -> tf.Tensor:
+    sent = tf.cast(tf.not_equal(upload.has_importance, 0), tf.int64)
+    positions = tf.add_n([tf.size(z, out_type=tf.int64)
+                          for z in upload.importance])
+    return (IMPORTANCE_FLAG_BYTES +
+            sent * IMPORTANCE_VALUE_BYTES * positions)
+
+
+# ---------------------------------------------------------------------------
+# The server's mask rule, plugged into the shared finalizer.
+
+
+def build_aggregator_factory(
+    kernel_shapes: Sequence[Sequence[int]],
+    upload_encoding: encoding.PayloadEncoding,
+    initial_targets: Sequence[int],
+    payload_checks: Optional[payload_validation.PayloadChecks] = None
+) -> aggregation.SparseSumFactory:
+  """PruneFL's aggregator: the shared sparse sums with every check.
+
+  Args:
+    kernel_shapes: Shape of each prunable kernel (each one's full size is
+      the payload capacity).
+    upload_encoding: The clients' (full-capacity) encoding.
+    initial_targets: Ones per layer of the first round's global mask; an
+      upload's masks must have exactly these (then the counts of each new
+      global mask, written into the state by the process).
+    payload_checks: See `build_prunefl`.
+
+  Returns:
+    The `aggregation.SparseSumFactory`, whose `create(PruneflUpload type,
+    float32)` process sums into an `aggregation.ExtendedAggregate` with
+    `ImportanceSums`.
+  """
+  kernel_sizes = [int(np.prod(s)) for s in kernel_shapes]
+  return aggregation.SparseSumFactory(
+      kernel_shapes, kernel_sizes, upload_encoding,
+      payload_checks or payload_validation.PayloadChecks(),
+      initial_targets=initial_targets,
+      extension=ImportanceExtension(kernel_shapes))
+
+
+def importance_mask_rule(layout: models.ModelLayout,
+                         config: PruneflConfig) -> finalizer.MaskRule:
+  """PruneFL's `finalizer.MaskRule`: `select_masks` when importance arrived.
+
+  On a round whose aggregate holds importance (`importance_weight` > 0)
+  the next masks are `select_masks` of the averaged kernels, the round's
+  global masks and the summed importance; otherwise the global masks stay.
 
   Args:
     layout: The model's `ModelLayout`.
     config: PruneFL settings.
-    model_weights_type: TFF type of the (unplaced) `ModelWeights`.
-    aggregate_type: TFF type of the (unplaced) `PruneflAggregate`.
-    server_learning_rate: Server step size, > 0.
-    server_momentum: Server momentum in [0, 1).
 
   Returns:
-    A `tff.learning.templates.FinalizerProcess`.
+    The rule; its measurements are `reconfigured`, `num_kept`, `num_added`
+    and `objective` (zeros on rounds that keep the mask).
 
   Raises:
-    ValueError: For bad server settings or layer times.
+    ValueError: For layer times that do not fit the model.
   """
-  if server_learning_rate <= 0:
-    raise ValueError(
-        f'server_learning_rate must be > 0, got {server_learning_rate}.')
-  if not 0 <= server_momentum < 1:
-    raise ValueError(f'server_momentum must be in [0, 1), got {server_momentum}.')
   layer_times = config.times_for(layout.num_prunable)
-  trainable_specs = [(t.shape, t.dtype) for t in model_weights_type.trainable]
 
-  @tff.tensorflow.computation
-  def initial_buffers():
-    return tuple(tf.zeros(shape, dtype) for shape, dtype in trainable_specs)
-
-  buffers_type = initial_buffers.type_signature.result
-
-  @tff.tensorflow.computation(buffers_type, model_weights_type, aggregate_type)
-  def server_update(buffers, weights, aggregate):
-    def averaged():
-      new_buffers, new_weights, _ = finalizer.apply_aggregate(
-          buffers, weights, aggregate.sums, layout, layout.kernel_sizes,
-          server_learning_rate, server_momentum)
-      return (tuple(new_buffers), tuple(new_weights.trainable),
-              tuple(new_weights.non_trainable))
-
-    def unchanged():
-      return (tuple(tf.identity(b) for b in buffers),
-              tuple(tf.identity(t) for t in weights.trainable),
-              tuple(tf.identity(t) for t in weights.non_trainable))
-
-    new_buffers, trainable, non_trainable = tf.cond(
-        aggregate.sums.total_weight > 0, averaged, unchanged)
-    trainable, non_trainable = list(trainable), list(non_trainable)
-    new_buffers = list(new_buffers)
-    old_masks = [tf.cast(non_trainable[i], tf.float32)
-                 for i in layout.mask_indices]
-    should_reconfigure = aggregate.importance_weight > 0
+  def rule(weights, global_masks, aggregate) -> finalizer.MaskRuleResult:
+    importance = aggregate.extra
+    should_reconfigure = importance.importance_weight > 0
 
     def select():
       selection = select_masks(
-          [trainable[i] for i in layout.kernel_indices], old_masks,
-          aggregate.importance_sums, layer_times, config.round_cost,
-          config.max_remove_fraction)
+          [weights.trainable[i] for i in layout.kernel_indices],
+          global_masks, importance.importance_sums, layer_times,
+          config.round_cost, config.max_remove_fraction)
       return (tuple(selection.masks), selection.num_kept,
               selection.num_added, selection.objective)
 
     def keep():
-      return (tuple(tf.identity(m) for m in old_masks),
+      return (tuple(tf.identity(m) for m in global_masks),
               tf.constant(0, tf.int32), tf.constant(0, tf.int32),
               tf.constant(0.0, tf.float64))
 
     new_masks, num_kept, num_added, objective = tf.cond(
         should_reconfigure, select, keep)
-    changed = tf.constant(0, tf.int32)
-    for position, (kernel_index, mask_index) in enumerate(
-        zip(layout.kernel_indices, layout.mask_indices)):
-      new_mask = new_masks[position]
-      changed += tf.math.count_nonzero(
-          tf.not_equal(new_mask, old_masks[position]), dtype=tf.int32)
-      trainable[kernel_index] = trainable[kernel_index] * new_mask
-      new_buffers[kernel_index] = new_buffers[kernel_index] * new_mask
-      non_trainable[mask_index] = tf.cast(
-          new_mask, model_weights_type.non_trainable[mask_index].dtype)
-    new_weights = tff.learning.models.ModelWeights(
-        trainable=trainable, non_trainable=non_trainable)
-    measurements = collections.OrderedDict(
-        mask_changed_positions=changed,
-        sparsity=finalizer.global_sparsity(new_weights, layout),
-        layer_num_active=tuple(tf.cast(tf.reduce_sum(m), tf.int32)
-                               for m in new_masks),
-        num_clients_aggregated=aggregate.sums.num_clients,
-        reconfigured=should_reconfigure,
-        num_kept=num_kept,
-        num_added=num_added,
-        objective=objective)
-    return tuple(new_buffers), new_weights, measurements
+    return finalizer.MaskRuleResult(
+        masks=list(new_masks),
+        measurements=collections.OrderedDict(
+            reconfigured=should_reconfigure, num_kept=num_kept,
+            num_added=num_added, objective=objective))
 
-  return finalizer.finalizer_on_server(initial_buffers, server_update,
-                                       model_weights_type, aggregate_type)
+  return rule
+
+
+def _mask_counts(weights, layout: models.ModelLayout) -> tf.Tensor:
+  """int32 [layers]: the ones of each mask of `weights`."""
+  return tf.stack([tf.cast(tf.reduce_sum(tf.cast(
+      weights.non_trainable[i], tf.float32)), tf.int32)
+                   for i in layout.mask_indices])
+
+
+def _with_mask_count_targets(
+    process: tff.learning.templates.LearningProcess,
+    layout: models.ModelLayout) -> tff.learning.templates.LearningProcess:
+  """`process` with the aggregator's targets set to the global mask's counts.
+
+  PruneFL's aggregator checks each upload's mask counts against targets kept
+  in its state (`SparseSumFactory(initial_targets=...)`): after every round
+  (and in `set_model_weights`) they become the counts of the new global
+  mask, which the clients of the next round receive.
+  """
+  state_type, data_type = process.next.type_signature.parameter
+  weights_type = process.get_model_weights.type_signature.result
+
+  @tff.tensorflow.computation(weights_type)
+  def mask_counts(weights):
+    return _mask_counts(weights, layout)
+
+  @tff.federated_computation(state_type, data_type)
+  def next_fn(state, client_data):
+    output = process.next(state, client_data)
+    new_state = output.state
+    new_weights = new_state.global_model_weights
+    return tff.learning.templates.LearningProcessOutput(
+        state=tff.federated_zip(tff.learning.templates.LearningAlgorithmState(
+            global_model_weights=new_weights,
+            distributor=new_state.distributor,
+            client_work=new_state.client_work,
+            aggregator=tff.federated_map(mask_counts, new_weights),
+            finalizer=new_state.finalizer)),
+        metrics=output.metrics)
+
+  @tff.tensorflow.computation(process.set_model_weights.type_signature
+                              .parameter[0], weights_type)
+  def set_model_weights(state, weights):
+    return tff.learning.templates.LearningAlgorithmState(
+        global_model_weights=weights, distributor=state.distributor,
+        client_work=state.client_work,
+        aggregator=_mask_counts(weights, layout), finalizer=state.finalizer)
+
+  return tff.learning.templates.LearningProcess(
+      process.initialize, next_fn, process.get_model_weights,
+      set_model_weights)
 
 
 def build_prunefl(model_fn: models.ModelFn,
@@ -862,13 +544,19 @@ def build_prunefl(model_fn: models.ModelFn,
                   server_learning_rate: float = 1.0,
                   server_momentum: float = 0.0,
                   upload_encoding: Optional[encoding.PayloadEncoding] = None,
-                  download_encoding: Optional[encoding.PayloadEncoding] = None
+                  download_encoding: Optional[encoding.PayloadEncoding] = None,
+                  payload_checks: Optional[
+                      payload_validation.PayloadChecks] = None
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the PruneFL `LearningProcess` (federated stage).
 
-  Composed like `fed_dst.build_fed_dst`: the sparse broadcast at full
-  capacity, PruneFL client work, `ImportanceSumFactory`, PruneFL finalizer.
-  Payloads hold up to each kernel's full size (the mask size changes).
+  Composed like `fed_dst.build_fed_dst`, from the same parts: the sparse
+  broadcast at full capacity, PruneFL client work, the shared
+  `aggregation.SparseSumFactory` (every upload checked, importance summed
+  by `ImportanceExtension`) and the shared finalizer with PruneFL's
+  `importance_mask_rule`. Payloads hold up to each kernel's full size (the
+  mask size changes); each layer's mask must have as many ones as the
+  global mask the client received (the aggregator's targets follow it).
 
   Type signatures:
     initialize: `( -> LearningAlgorithmState@SERVER)`
@@ -890,15 +578,21 @@ def build_prunefl(model_fn: models.ModelFn,
       (`full_capacity_encoding`).
     download_encoding: Broadcast encoding (None: float32, bitmap masks);
       every layer's mask is sent.
+    payload_checks: What an upload must satisfy to be aggregated (None:
+      `payload_validation.PayloadChecks()`: exact mask counts, no norm
+      bound); invalid uploads are dropped and counted in the aggregator's
+      `rejected_clients`. A per-round target table is not accepted (the
+      targets follow the global mask).
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
 
   Raises:
-    ValueError: For conflicting encodings, or layer times that do not fit
-      the model.
+    ValueError: For conflicting encodings, an encoding that may leave masks
+      out, a per-round target table, or layer times that do not fit the
+      model.
   """
-  config.times_for(layout.num_prunable)
+  mask_rule = importance_mask_rule(layout, config)
   initial_trainable = [np.asarray(v) for v in initial_weights.trainable]
   initial_non_trainable = [np.asarray(v)
                            for v in initial_weights.non_trainable]
@@ -914,21 +608,24 @@ def build_prunefl(model_fn: models.ModelFn,
   upload_encoding = full_capacity_encoding(
       client_work.resolve_upload_encoding(client_config, upload_encoding))
   download_encoding = full_capacity_encoding(download_encoding)
-  aggregator_factory = ImportanceSumFactory(layout.kernel_shapes,
-                                            upload_encoding)
   work = build_client_work(model_fn, layout, config.reconfigure_every,
                            client_config, model_weights_type, data_type,
                            upload_encoding)
   result_type = work.next.type_signature.result.result.member
-  aggregator = aggregator_factory.create(result_type.update,
-                                         result_type.update_weight)
+  initial_targets = [int(np.sum(initial_non_trainable[i]))
+                     for i in layout.mask_indices]
+  aggregator = build_aggregator_factory(
+      layout.kernel_shapes, upload_encoding, initial_targets,
+      payload_checks).create(result_type.update, result_type.update_weight)
   aggregate_type = aggregator.next.type_signature.result.result.member
   # Capacity = every kernel's size: PruneFL's mask size changes.
   broadcast = distributor.build_sparse_broadcast(
       layout, layout.kernel_sizes, model_weights_type, download_encoding)
-  server_finalizer = build_finalizer(
-      layout, config, model_weights_type, aggregate_type,
+  server_finalizer = finalizer.build_finalizer(
+      layout, layout.kernel_sizes, model_weights_type, aggregate_type,
       server_learning_rate=server_learning_rate,
-      server_momentum=server_momentum)
-  return tff.learning.templates.compose_learning_process(
-      initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
+      server_momentum=server_momentum, mask_rule=mask_rule)
+  return _with_mask_count_targets(
+      tff.learning.templates.compose_learning_process(
+          initial_model_weights_fn, broadcast, work, aggregator,
+          server_finalizer), layout)

@@ -32,7 +32,15 @@ invalid payload adds nothing but its bytes and one count in `rejected`
 client value with unknown dimensions, so a payload of a wrong length reaches
 the checks instead of failing the round's type check, and its state is the
 round counter (int32), which selects the row of a per-round target table
-(`payload_validation.PayloadChecks.num_active_by_round`).
+(`payload_validation.PayloadChecks.num_active_by_round`), or, with
+`initial_targets`, the targets themselves (int32 [layers]), which the
+process owning the aggregator replaces between rounds.
+
+A method that uploads more than the sparse payload (PruneFL's importance)
+plugs in an `UploadExtension`: its extra tensors are shape-checked with the
+payload, checked for content (`UploadExtension.checks`) with the same
+rejection kinds, summed beside the sparse sums (an `ExtendedAggregate`) and
+charged in `upload_bytes`.
 """
 
 import collections
@@ -92,6 +100,52 @@ def zero_aggregate(kernel_shapes: Sequence[Sequence[int]],
 
 
 _zero_aggregate = zero_aggregate  # The earlier private name, still used.
+
+
+class ExtendedAggregate(NamedTuple):
+  """Sums of uploads that carry more than a payload (`UploadExtension`).
+
+  Attributes:
+    sums: The `SparseAggregate` of the payloads (`upload_bytes` includes the
+      extra tensors).
+    extra: The extension's own sums (`UploadExtension.zero`'s structure).
+  """
+  sums: SparseAggregate
+  extra: Any
+
+
+class UploadExtension:
+  """What a method uploads beside its payload, and how the server sums it.
+
+  The client value is a structure holding the payload (`payload_of`) and
+  extra tensors. Subclasses define the five methods below; each receives
+  the upload with the static shapes of `spec` (it passed the shape check).
+  """
+
+  def payload_of(self, upload: Any) -> encoding.Payload:
+    """The sparse payload inside `upload` (also used on TFF types)."""
+    return upload.payload
+
+  def spec(self, payload_spec: encoding.Payload) -> Any:
+    """The expected upload as `tf.TensorSpec`s, given the payload's."""
+    raise NotImplementedError
+
+  def zero(self) -> Any:
+    """The extension's sums of no clients (float32 or integer tensors)."""
+    raise NotImplementedError
+
+  def checks(self, upload: Any) -> list[tuple[str, tf.Tensor]]:
+    """`(kind, passed)` pairs (kinds from `REJECTION_KINDS`) on the extras."""
+    raise NotImplementedError
+
+  def add(self, extra_sums: Any, upload: Any, weight: tf.Tensor) -> Any:
+    """`extra_sums` plus an accepted client's terms (weight: float32)."""
+    raise NotImplementedError
+
+  def num_bytes(self, upload: Any) -> tf.Tensor:
+    """int64 bytes of the extras as received (also for rejected uploads,
+    so it must not trust their content)."""
+    raise NotImplementedError
 
 
 class CompactAggregate(NamedTuple):
@@ -161,12 +215,16 @@ def _totals_of(aggregate) -> SparseAggregate:
   """The `SparseAggregate` holding the totals of either aggregate type."""
   if isinstance(aggregate, CompactAggregate):
     return aggregate.with_masks
+  if isinstance(aggregate, ExtendedAggregate):
+    return aggregate.sums
   return aggregate
 
 
 def _with_totals(aggregate, totals: SparseAggregate):
   if isinstance(aggregate, CompactAggregate):
     return aggregate._replace(with_masks=totals)
+  if isinstance(aggregate, ExtendedAggregate):
+    return aggregate._replace(sums=totals)
   return totals
 
 
@@ -276,14 +334,17 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
                            encoding.PayloadEncoding] = None,
                        checks: Optional[
                            payload_validation.PayloadChecks] = None,
-                       targets: Optional[tf.Tensor] = None):
+                       targets: Optional[tf.Tensor] = None,
+                       extension: Optional[UploadExtension] = None):
   """Validates one client's payload, then decodes it into the running sums.
 
   Args:
-    aggregate: The sums so far: a `CompactAggregate` when the encoding
-      may leave masks out, else a `SparseAggregate`.
-    payload: The client's `SparsePayload` or `CodedPayload`; with `checks`,
-      its dimensions may be unknown statically (checked at run time).
+    aggregate: The sums so far: an `ExtendedAggregate` with `extension`, a
+      `CompactAggregate` when the encoding may leave masks out, else a
+      `SparseAggregate`.
+    payload: The client's `SparsePayload` or `CodedPayload` (with
+      `extension`: its whole upload); with `checks`, its dimensions may be
+      unknown statically (checked at run time).
     weight: Its float32 example count.
     kernel_shapes: Shape of each prunable kernel.
     num_active: Values per kernel (needed for `CodedPayload`s, and for
@@ -291,51 +352,75 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
     payload_encoding: The upload encoding; None is the default
       `PayloadEncoding()` (`SparsePayload`s).
     checks: The `payload_validation.PayloadChecks` to apply; None adds the
-      payload unchecked (only for payloads known to be valid).
+      payload unchecked (only for payloads known to be valid; not with an
+      extension).
     targets: int32 [layers], this round's target nnz per layer (None:
       `num_active`).
+    extension: What the upload carries beside the payload (None: nothing).
 
   Returns:
     The updated aggregate, of the type of `aggregate`: the payload's sums
     added if it passed every check, else only its bytes and a rejection.
+
+  Raises:
+    ValueError: For an extension without checks.
   """
   payload_encoding = payload_encoding or encoding.PayloadEncoding()
   weight = tf.cast(weight, tf.float32)
   if checks is None:
+    if extension is not None:
+      raise ValueError('uploads with an extension are always checked.')
     return _add_valid(aggregate, payload, weight, kernel_shapes, num_active,
                       payload_encoding)
-  num_active = tuple(num_active) or _value_lengths(payload.values)
+  upload = payload
+  payload_of = extension.payload_of if extension else (lambda u: u)
+  num_active = tuple(num_active) or _value_lengths(payload_of(upload).values)
   dense_shapes = [total.shape.as_list() for total in
                   _totals_of(aggregate).weighted_dense_sums]
   spec = payload_validation.payload_spec(kernel_shapes, num_active,
                                          dense_shapes, payload_encoding)
-  payload = tf.nest.map_structure(tf.convert_to_tensor, payload)
-  num_bytes = received_num_bytes(payload)
+  if extension:
+    spec = extension.spec(spec)
+  upload = tf.nest.map_structure(tf.convert_to_tensor, upload)
+  num_bytes = received_num_bytes(payload_of(upload))
+  if extension:
+    num_bytes += extension.num_bytes(upload)
 
   def rejected(code):
     return _add_rejection(aggregate, code, num_bytes)
 
+  def accepted(static, content):
+    sums = _add_valid(_totals_of(aggregate) if extension else aggregate,
+                      payload_of(static), weight, kernel_shapes, num_active,
+                      payload_encoding, content.masks, content.has_masks)
+    if not extension:
+      return sums
+    sums = sums._replace(upload_bytes=sums.upload_bytes +
+                         extension.num_bytes(static))
+    return ExtendedAggregate(
+        sums=sums, extra=extension.add(aggregate.extra, static, weight))
+
   def checked():
-    static = payload_validation.with_static_shapes(payload, spec)
+    static = payload_validation.with_static_shapes(upload, spec)
     content = payload_validation.check_content(
-        static, weight, kernel_shapes, num_active, payload_encoding, checks,
-        targets)
+        payload_of(static), weight, kernel_shapes, num_active,
+        payload_encoding, checks, targets,
+        extension.checks(static) if extension else ())
     return tf.cond(
         tf.equal(content.rejection, payload_validation.ACCEPTED),
-        lambda: _add_valid(aggregate, static, weight, kernel_shapes,
-                           num_active, payload_encoding, content.masks,
-                           content.has_masks),
+        lambda: accepted(static, content),
         lambda: rejected(content.rejection))
 
   shape_code = payload_validation.rejection_code('shape')
-  return tf.cond(payload_validation.shapes_match(payload, spec), checked,
+  return tf.cond(payload_validation.shapes_match(upload, spec), checked,
                  lambda: rejected(tf.constant(shape_code, tf.int32)))
 
 
 def zero_sums(kernel_shapes: Sequence[Sequence[int]],
               dense_shapes: Sequence[Sequence[int]],
               payload_encoding: encoding.PayloadEncoding,
-              num_active: Sequence[int] = ()):
+              num_active: Sequence[int] = (),
+              extension: Optional[UploadExtension] = None):
   """The aggregate of no clients, of the type `payload_encoding` needs.
 
   Args:
@@ -343,11 +428,21 @@ def zero_sums(kernel_shapes: Sequence[Sequence[int]],
     dense_shapes: Shape of each dense parameter tensor, in payload order.
     payload_encoding: The upload encoding.
     num_active: Values per kernel (needed when masks may be left out).
+    extension: The uploads' `UploadExtension`, if any.
 
   Returns:
-    A `CompactAggregate` when the encoding may leave masks out, else a
-    `SparseAggregate`; all sums 0.
+    An `ExtendedAggregate` with an extension; else a `CompactAggregate` when
+    the encoding may leave masks out, else a `SparseAggregate`; all sums 0.
+
+  Raises:
+    ValueError: For an extension with an encoding that may leave masks out.
   """
+  if extension is not None:
+    if payload_encoding.masks_only_when_changed:
+      raise ValueError('uploads with an extension always carry their masks: '
+                       'masks_only_when_changed is not supported.')
+    return ExtendedAggregate(sums=zero_aggregate(kernel_shapes, dense_shapes),
+                             extra=extension.zero())
   if payload_encoding.masks_only_when_changed:
     return zero_compact_aggregate(kernel_shapes, dense_shapes, num_active)
   return zero_aggregate(kernel_shapes, dense_shapes)
@@ -359,7 +454,8 @@ def add_exactly(exact_aggregate, payload: encoding.Payload,
                 num_active: Sequence[int],
                 payload_encoding: encoding.PayloadEncoding,
                 checks: Optional[payload_validation.PayloadChecks] = None,
-                targets: Optional[tf.Tensor] = None):
+                targets: Optional[tf.Tensor] = None,
+                extension: Optional[UploadExtension] = None):
   """`accumulate_payload` into sums kept in `exact_sum` form.
 
   The client's contribution (its checked, decoded payload times its weight,
@@ -379,14 +475,16 @@ def add_exactly(exact_aggregate, payload: encoding.Payload,
     payload_encoding: The upload encoding.
     checks: See `accumulate_payload`.
     targets: See `accumulate_payload`.
+    extension: See `accumulate_payload`.
 
   Returns:
     The updated exact sums.
   """
   contribution = accumulate_payload(
-      zero_sums(kernel_shapes, dense_shapes, payload_encoding, num_active),
+      zero_sums(kernel_shapes, dense_shapes, payload_encoding, num_active,
+                extension),
       payload, weight, kernel_shapes, num_active, payload_encoding, checks,
-      targets)
+      targets, extension)
   return exact_sum.add(exact_aggregate, exact_sum.to_exact(contribution))
 
 
@@ -437,29 +535,37 @@ def measurements_of(aggregate) -> collections.OrderedDict:
 
 
 class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
-  """Aggregation factory for FedDST's sparse payloads.
+  """Aggregation factory for sparse payloads (FedDST's, and every method's).
 
   `create(payload_type, weight_type)` returns an `AggregationProcess`:
-    initialize: `( -> int32@SERVER)` (the round counter, 0)
+    initialize: `( -> int32@SERVER)` (the round counter, 0; with
+      `initial_targets`: int32[layers], those targets)
     next: `(<int32@SERVER, Payload?@CLIENTS, float32@CLIENTS> ->
       <state=int32@SERVER, result=Aggregate@SERVER,
       measurements=<upload_bytes=int64, num_clients=int32,
       rejected_clients=int32, rejected_<kind>=int32...>@SERVER>)`
-  where Payload? is `payload_type` (a `SparsePayload` or `CodedPayload`)
-  with every dimension unknown (`payload_validation.relaxed_type`), so a
-  client value of `payload_type` is assignable to it and one of other
-  lengths is rejected at run time, and Aggregate is a `SparseAggregate`, or
-  a `CompactAggregate` when the encoding may leave masks out (the finalizer
-  then expands it with `expand_aggregate`). `next` increments the state;
-  with a per-round target table the state's row is broadcast to the
-  clients' accumulate.
+  where Payload? is `payload_type` (a `SparsePayload` or `CodedPayload`, or
+  with an `UploadExtension` the upload holding one) with every dimension
+  unknown (`payload_validation.relaxed_type`), so a client value of
+  `payload_type` is assignable to it and one of other lengths is rejected
+  at run time, and Aggregate is a `SparseAggregate`, a `CompactAggregate`
+  when the encoding may leave masks out (the finalizer then expands it
+  with `expand_aggregate`), or an `ExtendedAggregate` with an extension.
+  `next` increments the round counter; with a per-round target table the
+  state's row is broadcast to the clients' accumulate. With
+  `initial_targets` the state is broadcast as the targets and `next` leaves
+  it unchanged: the process that owns the aggregator writes the next
+  round's targets into it (PruneFL: its global mask's counts).
   """
 
   def __init__(self, kernel_shapes: Sequence[Sequence[int]],
                num_active: Sequence[int] = (),
                payload_encoding: Optional[encoding.PayloadEncoding] = None,
                payload_checks: Optional[
-                   payload_validation.PayloadChecks] = None):
+                   payload_validation.PayloadChecks] = None,
+               *,
+               initial_targets: Optional[Sequence[int]] = None,
+               extension: Optional[UploadExtension] = None):
     """Creates the factory.
 
     Args:
@@ -470,24 +576,71 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         `PayloadEncoding()`).
       payload_checks: What a payload must satisfy to be aggregated (None:
         `payload_validation.PayloadChecks()`, exact nnz, no norm bound).
+      initial_targets: Per-layer target nnz of the first round, kept in the
+        state (see the class docstring); None: the targets come from
+        `num_active` or the checks' per-round table.
+      extension: What uploads carry beside the payload (None: nothing).
 
     Raises:
-      ValueError: If `num_active` is missing for a `CodedPayload` encoding.
+      ValueError: If `num_active` is missing for a `CodedPayload` encoding,
+        or `initial_targets` is combined with a per-round table.
     """
     self._kernel_shapes = tuple(tuple(s) for s in kernel_shapes)
     self._num_active = tuple(int(n) for n in num_active)
     self._encoding = payload_encoding or encoding.PayloadEncoding()
     self._checks = payload_checks or payload_validation.PayloadChecks()
+    self._initial_targets = (None if initial_targets is None else
+                             tuple(int(n) for n in initial_targets))
+    self._extension = extension
     if (not self._encoding.is_bitmap_payload and
         len(self._num_active) != len(self._kernel_shapes)):
       raise ValueError(f'encoding {self._encoding.name} needs num_active '
                        'for every kernel.')
+    if self._initial_targets is not None and self._checks.has_round_targets:
+      raise ValueError('initial_targets and a per-round target table '
+                       '(num_active_by_round) exclude each other.')
+
+  def _state_computations(self, table: np.ndarray):
+    """`(first_state, next_state, round_targets)` TF computations."""
+    initial_targets = self._initial_targets
+    if initial_targets is not None:
+      @tff.tensorflow.computation
+      def first_state():
+        return tf.constant(initial_targets, tf.int32)
+
+      state_type = first_state.type_signature.result
+
+      @tff.tensorflow.computation(state_type)
+      def next_state(targets):
+        return tf.identity(targets)
+
+      @tff.tensorflow.computation(state_type)
+      def round_targets(targets):
+        return tf.identity(targets)
+
+      return first_state, next_state, round_targets
+
+    @tff.tensorflow.computation
+    def first_round():
+      return tf.constant(0, tf.int32)
+
+    @tff.tensorflow.computation(np.int32)
+    def next_round(round_index):
+      return round_index + 1
+
+    @tff.tensorflow.computation(np.int32)
+    def table_row(round_index):
+      rows = tf.constant(table, tf.int32)
+      return rows[tf.minimum(round_index, len(table) - 1)]
+
+    return first_round, next_round, table_row
 
   def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
     """Builds the process for clients' values of `value_type`.
 
     Args:
-      value_type: TFF type of one client's payload, with static shapes.
+      value_type: TFF type of one client's payload (or upload), with static
+        shapes.
       weight_type: TFF type of its weight (float32).
 
     Returns:
@@ -500,22 +653,28 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     kernel_shapes = self._kernel_shapes
     payload_encoding = self._encoding
     checks = self._checks
+    extension = self._extension
+    payload_type = extension.payload_of(value_type) if extension else value_type
     dense_shapes = tuple(
-        tuple(t.shape) for t in tff.structure.flatten(value_type.dense))
+        tuple(t.shape) for t in tff.structure.flatten(payload_type.dense))
     num_active = self._num_active or tuple(
-        int(t.shape[0]) for t in tff.structure.flatten(value_type.values))
+        int(t.shape[0]) for t in tff.structure.flatten(payload_type.values))
     spec = payload_validation.payload_spec(kernel_shapes, num_active,
                                            dense_shapes, payload_encoding)
+    if extension:
+      spec = extension.spec(spec)
     if not tff.types.tensorflow_to_type(spec).is_assignable_from(value_type):
       raise ValueError(f'value_type {value_type} is not the payload of '
                        f'kernels {kernel_shapes} with {num_active} values '
                        f'in encoding {payload_encoding.name}.')
     relaxed_value_type = payload_validation.relaxed_type(spec)
     table = checks.targets_table(num_active)
+    has_targets = (checks.has_round_targets or
+                   self._initial_targets is not None)
 
     def float_zero():
       return zero_sums(kernel_shapes, dense_shapes, payload_encoding,
-                       num_active)
+                       num_active, extension)
 
     # Running sums are kept in `exact_sum` form (`add_exactly`), so the
     # result is the same for any client order and split over workers.
@@ -529,9 +688,9 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     def add_client(exact_aggregate, payload, weight, targets=None):
       return add_exactly(exact_aggregate, payload, weight, kernel_shapes,
                          dense_shapes, num_active, payload_encoding, checks,
-                         targets)
+                         targets, extension)
 
-    if checks.has_round_targets:
+    if has_targets:
       @tff.tensorflow.computation(
           exact_type, (relaxed_value_type, weight_type, targets_type))
       def accumulate(exact_aggregate, client_value):
@@ -556,29 +715,18 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     def measure(aggregate):
       return measurements_of(aggregate)
 
-    @tff.tensorflow.computation
-    def first_round():
-      return tf.constant(0, tf.int32)
-
-    @tff.tensorflow.computation(np.int32)
-    def next_round(round_index):
-      return round_index + 1
-
-    @tff.tensorflow.computation(np.int32)
-    def round_targets(round_index):
-      rows = tf.constant(table, tf.int32)
-      return rows[tf.minimum(round_index, len(table) - 1)]
+    first_state, next_state, round_targets = self._state_computations(table)
 
     @tff.federated_computation
     def init_fn():
-      return tff.federated_eval(first_round, tff.SERVER)
+      return tff.federated_eval(first_state, tff.SERVER)
 
     @tff.federated_computation(
         init_fn.type_signature.result,
         tff.types.FederatedType(relaxed_value_type, tff.CLIENTS),
         tff.types.FederatedType(weight_type, tff.CLIENTS))
     def next_fn(state, payload, weight):
-      if checks.has_round_targets:
+      if has_targets:
         targets = tff.federated_broadcast(
             tff.federated_map(round_targets, state))
         client_values = tff.federated_zip((payload, weight, targets))
@@ -587,7 +735,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       aggregate = tff.federated_aggregate(client_values, zero_fn(),
                                           accumulate, merge, report)
       return tff.templates.MeasuredProcessOutput(
-          state=tff.federated_map(next_round, state), result=aggregate,
+          state=tff.federated_map(next_state, state), result=aggregate,
           measurements=tff.federated_map(measure, aggregate))
 
     return tff.templates.AggregationProcess(init_fn, next_fn)

@@ -45,10 +45,18 @@ Growing sparsity: with `num_active_by_round`, round t keeps row min(t, last)
 of that table per layer (`sparsity_distribution.num_active_by_round`); the
 state counts completed rounds for this (and is checkpointed with the rest of
 the process state).
+
+A method with its own mask rule (PruneFL's importance-based
+reconfiguration) plugs it in as `mask_rule`: after the averaging step above,
+the rule sees the averaged weights, the round's global masks and the whole
+aggregate (an `aggregation.ExtendedAggregate` carries the method's extra
+sums) and returns the next masks; weights and momentum buffers are zeroed
+off them, and `mask_changed_positions` counts changes against the round's
+global masks.
 """
 
 import collections
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -68,6 +76,68 @@ class FinalizerState(NamedTuple):
   """
   buffers: tuple
   round_num: tf.Tensor
+
+
+class MaskRuleResult(NamedTuple):
+  """What a method's mask rule decides.
+
+  Attributes:
+    masks: The next masks, float32 0/1, one per prunable kernel.
+    measurements: `OrderedDict` of the rule's own measurements (added after
+      the finalizer's).
+  """
+  masks: list
+  measurements: collections.OrderedDict
+
+
+# (averaged ModelWeights, the round's global masks (float32), the aggregate)
+# -> MaskRuleResult; traced inside the finalizer's TF computation.
+MaskRule = Callable[[Any, Sequence[tf.Tensor], Any], MaskRuleResult]
+
+
+def sums_of(aggregate) -> aggregation.SparseAggregate:
+  """The `SparseAggregate` of a round's aggregate (also inside an
+  `aggregation.ExtendedAggregate`)."""
+  if isinstance(aggregate, aggregation.ExtendedAggregate):
+    return aggregate.sums
+  return aggregate
+
+
+def apply_mask_rule(mask_rule: MaskRule, global_weights, buffers,
+                    averaged_weights, aggregate, layout: models.ModelLayout):
+  """Replaces the averaged model's masks by a method's own rule's.
+
+  Args:
+    mask_rule: The method's `MaskRule`.
+    global_weights: The round's global `ModelWeights` (its masks are what
+      the rule starts from and what changes are counted against).
+    buffers: Server momentum buffers after the averaging step.
+    averaged_weights: `ModelWeights` after the averaging step.
+    aggregate: The round's aggregate, as the finalizer received it.
+    layout: The model's `ModelLayout`.
+
+  Returns:
+    `(new_buffers, new_weights, mask_changed_positions, rule_measurements)`.
+  """
+  global_masks = [tf.cast(global_weights.non_trainable[i], tf.float32)
+                  for i in layout.mask_indices]
+  result = mask_rule(averaged_weights, global_masks, aggregate)
+  trainable = list(averaged_weights.trainable)
+  non_trainable = list(averaged_weights.non_trainable)
+  new_buffers = list(buffers)
+  changed = tf.constant(0, tf.int32)
+  for position, (kernel_index, mask_index) in enumerate(
+      zip(layout.kernel_indices, layout.mask_indices)):
+    new_mask = result.masks[position]
+    changed += tf.math.count_nonzero(
+        tf.not_equal(new_mask, global_masks[position]), dtype=tf.int32)
+    trainable[kernel_index] = trainable[kernel_index] * new_mask
+    new_buffers[kernel_index] = new_buffers[kernel_index] * new_mask
+    non_trainable[mask_index] = tf.cast(
+        new_mask, global_weights.non_trainable[mask_index].dtype)
+  new_weights = tff.learning.models.ModelWeights(
+      trainable=trainable, non_trainable=non_trainable)
+  return tuple(new_buffers), new_weights, changed, result.measurements
 
 
 def remember_global_weights(aggregate: aggregation.SparseAggregate, weights,
@@ -258,9 +328,10 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
                     server_momentum: float = 0.0,
                     min_votes: int = 0,
                     remember_old: bool = False,
-                    num_active_by_round: Optional[np.ndarray] = None
+                    num_active_by_round: Optional[np.ndarray] = None,
+                    mask_rule: Optional[MaskRule] = None
                     ) -> tff.learning.templates.FinalizerProcess:
-  """Builds FedDST's `FinalizerProcess`.
+  """Builds FedDST's `FinalizerProcess` (or another method's, `mask_rule`).
 
   Type signatures:
     initialize: `( -> FinalizerState(<buffers>, int32)@SERVER)`
@@ -284,6 +355,9 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
     num_active_by_round: Optional int array [T_end + 1, num_layers]: round
       t (1-based) keeps row min(t, T_end) per layer; row 0 describes the
       initial model. None: `num_active` in every round.
+    mask_rule: A method's own rule for the next masks (see the module
+      docstring), run after the averaging step; its measurements follow
+      the finalizer's. None: FedDST's magnitude re-prune.
 
   Returns:
     A `tff.learning.templates.FinalizerProcess`.
@@ -293,6 +367,62 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
       a count table of the wrong shape or with counts outside
       [0, num_active].
   """
+  update = server_update_fn(
+      layout, num_active, server_learning_rate=server_learning_rate,
+      server_momentum=server_momentum, min_votes=min_votes,
+      remember_old=remember_old, num_active_by_round=num_active_by_round,
+      mask_rule=mask_rule)
+  trainable_specs = [(t.shape, t.dtype) for t in model_weights_type.trainable]
+
+  @tff.tensorflow.computation
+  def initial_state():
+    return initial_finalizer_state(trainable_specs)
+
+  state_type = initial_state.type_signature.result
+
+  @tff.tensorflow.computation(state_type, model_weights_type, aggregate_type)
+  def server_update(state, weights, round_aggregate):
+    return update(state, weights, round_aggregate)
+
+  return finalizer_on_server(initial_state, server_update, model_weights_type,
+                             aggregate_type)
+
+
+def initial_finalizer_state(trainable_specs: Sequence[tuple[Any, Any]]
+                            ) -> FinalizerState:
+  """The state before round 1: zero buffers (`(shape, dtype)` each), round 0."""
+  return FinalizerState(
+      buffers=tuple(tf.zeros(shape, dtype) for shape, dtype in trainable_specs),
+      round_num=tf.constant(0, tf.int32))
+
+
+ServerUpdate = Callable[[FinalizerState, Any, Any],
+                        tuple[FinalizerState, Any, collections.OrderedDict]]
+
+
+def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
+                     *,
+                     server_learning_rate: float = 1.0,
+                     server_momentum: float = 0.0,
+                     min_votes: int = 0,
+                     remember_old: bool = False,
+                     num_active_by_round: Optional[np.ndarray] = None,
+                     mask_rule: Optional[MaskRule] = None) -> ServerUpdate:
+  """The finalizer's server step as a plain TF function.
+
+  `build_finalizer` wraps it in a TFF computation; the plain-TF benchmark
+  loop (`plain_loop.PlainFedDst`) calls the same function, so both run the
+  same server step. Arguments as for `build_finalizer`.
+
+  Returns:
+    `update(state, weights, aggregate) -> (new_state, new_weights,
+    measurements)` with a `FinalizerState`, the global `ModelWeights` and the
+    round's aggregate (a `SparseAggregate` or `ExtendedAggregate`; expand a
+    `CompactAggregate` first); measurements as in `build_finalizer`.
+
+  Raises:
+    ValueError: As `build_finalizer`.
+  """
   if server_learning_rate <= 0:
     raise ValueError(
         f'server_learning_rate must be > 0, got {server_learning_rate}.')
@@ -300,16 +430,6 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
     raise ValueError(f'server_momentum must be in [0, 1), got {server_momentum}.')
   count_table = _checked_count_table(num_active, num_active_by_round, layout)
   last_row = count_table.shape[0] - 1
-  trainable_specs = [(t.shape, t.dtype) for t in model_weights_type.trainable]
-
-  @tff.tensorflow.computation
-  def initial_state():
-    return FinalizerState(
-        buffers=tuple(tf.zeros(shape, dtype)
-                      for shape, dtype in trainable_specs),
-        round_num=tf.constant(0, tf.int32))
-
-  state_type = initial_state.type_signature.result
 
   def round_num_active(round_num: tf.Tensor) -> list:
     """Per-layer counts of round `round_num` (Python ints if constant)."""
@@ -319,11 +439,11 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
                     tf.minimum(round_num, last_row))
     return [row[position] for position in range(count_table.shape[1])]
 
-  @tff.tensorflow.computation(state_type, model_weights_type, aggregate_type)
-  def server_update(state, weights, aggregate):
+  def update(state, weights, round_aggregate):
     round_num = state.round_num + 1
     counts = round_num_active(round_num)
     buffers = state.buffers
+    aggregate = sums_of(round_aggregate)
 
     def updated():
       new_buffers, new_weights, changed = apply_aggregate(
@@ -338,6 +458,11 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
 
     new_buffers, new_weights, changed = tf.cond(
         aggregate.total_weight > 0, updated, unchanged)
+    rule_measurements = {}
+    if mask_rule is not None:
+      new_buffers, new_weights, changed, rule_measurements = apply_mask_rule(
+          mask_rule, weights, new_buffers, new_weights, round_aggregate,
+          layout)
     masks = [new_weights.non_trainable[i] for i in layout.mask_indices]
     measurements = collections.OrderedDict(
         mask_changed_positions=changed,
@@ -345,11 +470,11 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
         layer_num_active=tuple(
             tf.cast(tf.reduce_sum(m), tf.int32) for m in masks),
         num_clients_aggregated=aggregate.num_clients)
+    measurements.update(rule_measurements)
     return (FinalizerState(buffers=new_buffers, round_num=round_num),
             new_weights, measurements)
 
-  return finalizer_on_server(initial_state, server_update, model_weights_type,
-                             aggregate_type)
+  return update
 
 
 def finalizer_on_server(initial_state: tff.Computation,

@@ -477,7 +477,9 @@ def check_content(payload: encoding.Payload, weight: tf.Tensor,
                   num_active: Sequence[int],
                   payload_encoding: encoding.PayloadEncoding,
                   checks: PayloadChecks,
-                  targets: Optional[tf.Tensor] = None) -> ContentCheck:
+                  targets: Optional[tf.Tensor] = None,
+                  extra_checks: Sequence[tuple[str, tf.Tensor]] = ()
+                  ) -> ContentCheck:
   """Runs every check but the shape check on a payload of the right shapes.
 
   Args:
@@ -489,6 +491,9 @@ def check_content(payload: encoding.Payload, weight: tf.Tensor,
     payload_encoding: The upload encoding.
     checks: The `PayloadChecks`.
     targets: int32 [layers] target nnz of this round (None: `num_active`).
+    extra_checks: `(kind, passed)` pairs on what the upload carries beside
+      the payload (`aggregation.UploadExtension.checks`); a failure counts
+      under its kind, in `REJECTION_KINDS` order with the payload's own.
 
   Returns:
     The `ContentCheck`.
@@ -535,6 +540,7 @@ def check_content(payload: encoding.Payload, weight: tf.Tensor,
             ('mask_count', count_ok)]
   if checks.norm_bound is not None:
     passed.append(('norm', payload_norm(payload) <= checks.norm_bound))
+  passed += list(extra_checks)
   return ContentCheck(rejection=first_failure(passed), masks=list(masks),
                       has_masks=has_masks)
 
