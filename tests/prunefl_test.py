@@ -16,6 +16,7 @@ from tff_feddst.process import encoding
 from tff_feddst.running import experiment
 from tests import fed_dst_test
 from tests import fixtures
+from tests import process_contract
 
 # Three clients of easy synthetic data, shared with the FedDST process tests.
 NUM_CLIENTS = fed_dst_test.NUM_CLIENTS
@@ -257,6 +258,10 @@ class PruneflProcessTest(tf.test.TestCase):
   def test_loss_decreases(self):
     losses = [float(m['client_work']['train_loss']) for m in self.metrics]
     self.assertLess(losses[-1], losses[0])
+
+  def test_meets_the_measurement_contract(self):
+    process_contract.assert_meets_measurement_contract(
+        self, self.process, self.metrics)
 
 
 class PruneflExperimentTest(fixtures.FashionMnistSliceTestCase):
