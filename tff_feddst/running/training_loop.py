@@ -264,16 +264,16 @@ def run_training(process: tff.learning.templates.LearningProcess,
         time.perf_counter() - round_start,
         clients_sampled=len(clients.sampled_ids),
         dropped_download_bytes=clients.num_dropped * client_download_bytes)
-    _run_sync(releases.release(release_managers_lib.RoundRelease(
+    release = release_managers_lib.RoundRelease(
         row, clients.sampled_ids, clients.client_ids,
-        release_managers_lib.ModelWeightsReference(process, state, weights)),
-                               key=round_num))
+        release_managers_lib.ModelWeightsReference(process, state, weights))
+    _run_sync(releases.release(release, key=round_num))
     rows.append(row)
     # Last: a checkpoint says the round is done, and all of it is on disk.
     if checkpoint_every and (round_num % checkpoint_every == 0 or is_last):
-      _run_sync(state_manager.save(program_state.ProgramState(
-          round_num, state, cumulative['upload'], cumulative['download']),
-                                   version=round_num))
+      completed = program_state.ProgramState(
+          round_num, state, cumulative['upload'], cumulative['download'])
+      _run_sync(state_manager.save(completed, version=round_num))
     if on_round_state is not None:
       on_round_state(round_num, state, dict(cumulative))
   return state, rows, stop_reason
