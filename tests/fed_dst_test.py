@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from tests import process_contract
 from tff_feddst.methods import fed_dst
 from tff_feddst.networks import models
 from tff_feddst.process import client_work
@@ -64,6 +65,10 @@ class FedDstProcessTest(tf.test.TestCase):
   def test_loss_decreases(self):
     losses = [float(m['client_work']['train_loss']) for m in self.metrics]
     self.assertLess(losses[-1], losses[0])
+
+  def test_meets_the_measurement_contract(self):
+    process_contract.assert_meets_measurement_contract(
+        self, self.process, self.metrics)
 
   def test_exact_nnz_per_layer_and_masked_weights_zero(self):
     weights = self.process.get_model_weights(self.state)

@@ -13,13 +13,14 @@ import tensorflow_federated as tff
 from tff_feddst.methods import fed_dst
 from tff_feddst.methods import prunefl
 from tff_feddst.networks import models
-from tff_feddst.process import client_work
 from tff_feddst.process import aggregation
+from tff_feddst.process import client_work
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
 from tff_feddst.running import experiment
 from tests import fed_dst_test
 from tests import fixtures
+from tests import process_contract
 
 # Three clients of easy synthetic data, shared with the FedDST process tests.
 NUM_CLIENTS = fed_dst_test.NUM_CLIENTS
@@ -392,6 +393,10 @@ class PruneflProcessTest(tf.test.TestCase):
   def test_loss_decreases(self):
     losses = [float(m['client_work']['train_loss']) for m in self.metrics]
     self.assertLess(losses[-1], losses[0])
+
+  def test_meets_the_measurement_contract(self):
+    process_contract.assert_meets_measurement_contract(
+        self, self.process, self.metrics)
 
 
 class PruneflExperimentTest(fixtures.FashionMnistSliceTestCase):

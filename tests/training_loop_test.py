@@ -3,9 +3,17 @@
 import collections
 import csv
 import os
+import types
 
+import numpy as np
 import tensorflow as tf
+import tensorflow_federated as tff
 
+from tests import client_sampling_test
+from tff_feddst.outputs import release_managers
+from tff_feddst.running import client_sampling
+from tff_feddst.running import evaluation
+from tff_feddst.running import measurements
 from tff_feddst.running import training_loop
 
 
@@ -92,6 +100,163 @@ class TruncateMetricsTest(tf.test.TestCase):
     with self.assertRaisesRegex(training_loop.MetricsFileError,
                                 'metrics.csv: line 5 is damaged'):
       training_loop.truncate_metrics(path, 5)
+
+
+class _Computation:
+  """A callable with a type signature, as a process's `next` is."""
+
+  def __init__(self, function, result_type: tff.Type):
+    self._function = function
+    self.type_signature = types.SimpleNamespace(result=result_type)
+
+  def __call__(self, *args):
+    return self._function(*args)
+
+
+class StandInProcess:
+  """A process in plain Python: the state counts examples seen so far.
+
+  Each round uploads 100 bytes per reporting client and downloads 10 per
+  client; `next` has a type signature with the measurements it reports
+  (less `drop`, a `(part, key)`).
+  """
+
+  def __init__(self, drop=None):
+    self._drop = drop
+    metrics_type = tff.types.to_type(tf.nest.map_structure(
+        lambda value: np.asarray(value).dtype.type, self._metrics(1.0, 1)))
+    self.next = _Computation(self._next, tff.StructType([
+        ('state', tff.FederatedType(np.float64, tff.SERVER)),
+        ('metrics', tff.FederatedType(metrics_type, tff.SERVER))]))
+
+  def _metrics(self, state: float, num_clients: int):
+    metrics = collections.OrderedDict(
+        distributor=collections.OrderedDict(
+            download_bytes=np.int64(10 * num_clients)),
+        client_work=collections.OrderedDict(
+            train_loss=np.float32(1.0 / (1.0 + state))),
+        aggregator=collections.OrderedDict(
+            upload_bytes=np.int64(100 * num_clients),
+            num_clients=np.int32(num_clients)),
+        finalizer=collections.OrderedDict(
+            sparsity=np.float32(0.5),
+            mask_changed_positions=np.int64(int(state) % 7)))
+    if self._drop is not None:
+      del metrics[self._drop[0]][self._drop[1]]
+    return metrics
+
+  def initialize(self):
+    return np.float64(0.0)
+
+  def _next(self, state, datasets):
+    examples = sum(int(y.shape[0]) for d in datasets for _, y in d)
+    new_state = state + examples + 0.125
+    return types.SimpleNamespace(
+        state=new_state, metrics=self._metrics(new_state, len(datasets)))
+
+  def get_model_weights(self, state):
+    return types.SimpleNamespace(trainable=[np.float64(state)],
+                                 non_trainable=[])
+
+
+class StandInEvaluator:
+
+  def evaluate(self, weights):
+    value = float(weights.trainable[0])
+    return evaluation.EvalResult(value % 1.0, value % 0.5)
+
+
+class RunTrainingTest(tf.test.TestCase):
+  """The loop itself, with a stand-in process on the sampling test's data."""
+
+  def run_loop(self, output_dir, **kwargs):
+    settings = dict(total_rounds=4, clients_per_round=3, batch_size=2,
+                    seed=5, eval_every=2,
+                    metrics_path=os.path.join(output_dir, 'metrics.csv'),
+                    checkpoint_dir=os.path.join(output_dir, 'checkpoints'))
+    settings.update(kwargs)
+    process = settings.pop('process', None) or StandInProcess()
+    return training_loop.run_training(
+        process, client_sampling_test.federated_data(), StandInEvaluator(),
+        **settings)
+
+  def test_client_ids_reach_the_hook_and_every_release_manager(self):
+    hooked, released = [], []
+
+    class Recording(tff.program.ReleaseManager):
+
+      async def release(self, value, key):
+        released.append((key, value))
+
+    _, rows, _ = self.run_loop(
+        self.create_tempdir().full_path, dropout_rate=0.4,
+        on_round_clients=hooked.append, release_managers=[Recording()])
+    data = client_sampling_test.federated_data()
+    for round_num, (clients, (key, value)) in enumerate(
+        zip(hooked, released), start=1):
+      sampled = client_sampling.sample_clients(data.client_ids, 3, 5,
+                                               round_num)
+      self.assertEqual(clients.sampled_ids, tuple(sampled))
+      self.assertEqual(clients.client_ids,
+                       tuple(client_sampling.drop_out(sampled, 0.4, 5,
+                                                      round_num)))
+      self.assertEqual(key, round_num)
+      self.assertIsInstance(value, release_managers.RoundRelease)
+      self.assertEqual((value.sampled_ids, value.client_ids),
+                       (clients.sampled_ids, clients.client_ids))
+      self.assertIs(value.metrics, rows[round_num - 1])
+      self.assertEqual(rows[round_num - 1]['clients_reported'],
+                       len(clients.client_ids))
+    self.assertLen(hooked, 4)
+    self.assertTrue(any(c.num_dropped for c in hooked))
+
+  def test_resume_gives_the_rows_and_state_of_the_uninterrupted_run(self):
+    whole_dir, cut_dir = (self.create_tempdir().full_path for _ in range(2))
+    state, rows, _ = self.run_loop(whole_dir, checkpoint_every=2)
+    # Stopped after round 3, its checkpoint lost: resume from round 2.
+    self.run_loop(cut_dir, total_rounds=3, checkpoint_every=2)
+    os.remove(os.path.join(cut_dir, 'checkpoints', 'ckpt-000003.npz'))
+    kept = []
+    resumed_state, resumed_rows, _ = self.run_loop(
+        cut_dir, checkpoint_every=2, resume=True, on_start=kept.extend)
+    self.assertEqual([r['round'] for r in kept], [1, 2])
+    self.assertEqual(np.float64(resumed_state).tobytes(),
+                     np.float64(state).tobytes())
+
+    def without_timing(table):
+      return [{k: v for k, v in r.items() if k != 'round_seconds'}
+              for r in table]
+    self.assertEqual(without_timing(resumed_rows), without_timing(rows))
+    with open(os.path.join(whole_dir, 'metrics.csv')) as whole, open(
+        os.path.join(cut_dir, 'metrics.csv')) as cut:
+      self.assertEqual(without_timing(list(csv.DictReader(cut))),
+                       without_timing(list(csv.DictReader(whole))))
+
+  def test_budget_stops_before_it_is_exceeded_and_evaluates_the_last(self):
+    bounds = []
+
+    def round_upload_bytes(round_num, state):
+      bounds.append(round_num)
+      return 300  # 3 clients x 100 bytes.
+
+    _, rows, stop_reason = self.run_loop(
+        self.create_tempdir().full_path, eval_every=5,
+        upload_budget_bytes=700, round_upload_bytes=round_upload_bytes)
+    self.assertEqual(stop_reason, 'upload_budget')
+    self.assertEqual([r['upload_bytes_cumulative'] for r in rows], [300, 600])
+    self.assertIsNone(rows[0]['test_accuracy'])
+    self.assertIsNotNone(rows[1]['test_accuracy'])  # The last round.
+    self.assertEqual(bounds, [1, 2, 3])  # Once per round.
+    with self.assertRaisesRegex(ValueError, 'round_upload_bytes is required'):
+      self.run_loop(self.create_tempdir().full_path, upload_budget_bytes=700)
+
+  def test_process_missing_a_measurement_fails_before_writing(self):
+    output_dir = self.create_tempdir().full_path
+    with self.assertRaisesRegex(measurements.MissingMeasurementError,
+                                'finalizer/sparsity'):
+      self.run_loop(output_dir,
+                    process=StandInProcess(drop=('finalizer', 'sparsity')))
+    self.assertEqual(os.listdir(output_dir), [])
 
 
 if __name__ == '__main__':

@@ -94,7 +94,22 @@ def save_checkpoint(directory: str, round_num: int, state: Any,
   return path
 
 
-def _load(path: str, state_structure: Any) -> Checkpoint:
+def load_checkpoint(path: str, state_structure: Any) -> Checkpoint:
+  """Loads one checkpoint file.
+
+  Args:
+    path: A file written by `save_checkpoint`.
+    state_structure: A state of the same process (e.g. from `initialize()`),
+      giving the nest structure and leaf shapes.
+
+  Returns:
+    The checkpoint.
+
+  Raises:
+    Exception: Whatever reading a damaged file raises (`ValueError`,
+      `OSError`, `zipfile.BadZipFile`, ...), or ValueError if it does not
+      fit `state_structure`.
+  """
   template = tf.nest.flatten(state_structure)
   with np.load(path) as archive:
     num_leaves = sum(1 for name in archive.files if name.startswith('leaf_'))
@@ -138,7 +153,7 @@ def load_latest_checkpoint(directory: str,
   problems = []
   for _, path in candidates:
     try:
-      return _load(path, state_structure)
+      return load_checkpoint(path, state_structure)
     except Exception as error:  # pylint: disable=broad-except
       problems.append(f'{path}: {error}')
       logging.warning('Checkpoint %s is unusable (%s); trying an older one.',

@@ -1243,7 +1243,9 @@ def run_experiment(config: ExperimentConfig, output_dir: str, *,
           checkpoint_dir=os.path.join(output_dir, 'checkpoints'),
           checkpoint_every=config.checkpoint_every, resume=resume,
           upload_budget_bytes=config.upload_budget_bytes,
-          round_upload_bytes=round_upload_bytes,
+          round_upload_bytes=(
+              round_upload_bytes if callable(round_upload_bytes) else
+              lambda round_num, state, value=round_upload_bytes: value),
           dropout_rate=config.dropout_rate,
           # At most this (masks that thin, or a shorter Rice code, cost
           # less).
