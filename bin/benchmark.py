@@ -22,61 +22,17 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 
 import cli  # pylint: disable=g-bad-import-order
 
+import experiment_flags  # pylint: disable=g-bad-import-order
 from tff_feddst.benchmarks import benchmarking
 from tff_feddst.data import file_formats
-from tff_feddst.running import experiment
+from tff_feddst.running import settings as settings_lib
 
-_DEFAULTS = benchmarking.BenchmarkConfig()
-_CHOICES = experiment.setting_choices()
-
-flags.DEFINE_enum('dataset', _DEFAULTS.dataset, _CHOICES['dataset'],
-                  'Data set (split iid).')
-flags.DEFINE_string('data_dir', None, 'Directory of the data set files '
-                    '(default: the standard location).')
-flags.DEFINE_enum('model', _DEFAULTS.model, _CHOICES['model'], 'Model.')
-flags.DEFINE_integer('total_clients', _DEFAULTS.total_clients,
-                     'Clients the training set is split over (iid).')
-flags.DEFINE_integer('examples_per_client', None,
-                     'Training examples per client (default: all, evenly).')
-flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round,
-                     'Clients per timed round.')
-flags.DEFINE_float('target_sparsity', _DEFAULTS.target_sparsity,
-                   'Fraction of zeros in prunable kernels.')
-flags.DEFINE_enum('sparsity_distribution', _DEFAULTS.sparsity_distribution,
-                  _CHOICES['sparsity_distribution'], 'Per-layer densities.')
-flags.DEFINE_integer('client_epochs_per_round',
-                     _DEFAULTS.client_epochs_per_round, 'Local epochs E.')
-flags.DEFINE_integer('client_batch_size', _DEFAULTS.client_batch_size,
-                     'Client minibatch size.')
-flags.DEFINE_float('drop_fraction', _DEFAULTS.drop_fraction,
-                   'Readjustment ratio alpha (constant).')
-flags.DEFINE_integer('rounds_between_readjustments',
-                     _DEFAULTS.rounds_between_readjustments,
-                     'R: rounds t with (t-1) % R == 0 readjust.')
-flags.DEFINE_integer('warmup_rounds', _DEFAULTS.warmup_rounds,
-                     'Untimed rounds before the timed ones.')
-flags.DEFINE_integer('timed_rounds', _DEFAULTS.timed_rounds, 'Timed rounds.')
-flags.DEFINE_list('sweep_clients_per_round',
-                  [str(k) for k in _DEFAULTS.sweep_clients_per_round],
-                  'Clients per round of the sweep (empty: no sweep).')
-flags.DEFINE_integer('sweep_rounds', _DEFAULTS.sweep_rounds,
-                     'Timed rounds per sweep point.')
-flags.DEFINE_integer('seed', _DEFAULTS.seed, 'Seed.')
-flags.DEFINE_integer('max_concurrent_computation_calls',
-                     _DEFAULTS.max_concurrent_computation_calls,
-                     'TFF worker concurrency limit (<= 0: none).')
-flags.DEFINE_string('upload_encoding', _DEFAULTS.upload_encoding,
-                    'Upload encoding of both paths: value dtype '
-                    '(float32|float16), mask code (bitmap|rice), optionally '
-                    'changed_masks_only, joined by +.')
-flags.DEFINE_string('download_encoding', _DEFAULTS.download_encoding,
-                    'Broadcast encoding of both paths (value dtype + mask '
-                    'code).')
-flags.DEFINE_list('report_encodings', list(_DEFAULTS.report_encodings),
-                  'Encodings whose upload sizes are reported.')
+# Every training setting, with the benchmark's defaults where they differ,
+# and the timing settings.
+experiment_flags.define_flags(defaults=benchmarking.BENCHMARK_DEFAULTS)
+experiment_flags.define_flags(benchmarking.TimingSettings)
 flags.DEFINE_string('json_output', None,
                     'Also write the full result as JSON here (a new file).')
-
 flags.DEFINE_bool('message_bytes_only', False,
                   'Only measure upload sizes in --report_encodings on a real '
                   'client update after --warmup_rounds + --timed_rounds '
@@ -88,24 +44,8 @@ FLAGS = flags.FLAGS
 def config_from_flags() -> benchmarking.BenchmarkConfig:
   """Turns the flags into a `BenchmarkConfig`."""
   return benchmarking.BenchmarkConfig(
-      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, model=FLAGS.model,
-      total_clients=FLAGS.total_clients,
-      examples_per_client=FLAGS.examples_per_client,
-      clients_per_round=FLAGS.clients_per_round,
-      target_sparsity=FLAGS.target_sparsity,
-      sparsity_distribution=FLAGS.sparsity_distribution,
-      client_epochs_per_round=FLAGS.client_epochs_per_round,
-      client_batch_size=FLAGS.client_batch_size,
-      drop_fraction=FLAGS.drop_fraction,
-      rounds_between_readjustments=FLAGS.rounds_between_readjustments,
-      warmup_rounds=FLAGS.warmup_rounds, timed_rounds=FLAGS.timed_rounds,
-      sweep_clients_per_round=tuple(
-          int(k) for k in FLAGS.sweep_clients_per_round),
-      sweep_rounds=FLAGS.sweep_rounds, seed=FLAGS.seed,
-      max_concurrent_computation_calls=FLAGS.max_concurrent_computation_calls,
-      upload_encoding=FLAGS.upload_encoding,
-      download_encoding=FLAGS.download_encoding,
-      report_encodings=tuple(FLAGS.report_encodings))
+      experiment=experiment_flags.settings_from_flags(),
+      timing=experiment_flags.settings_from_flags(benchmarking.TimingSettings))
 
 
 def main(argv):
@@ -125,7 +65,7 @@ def main(argv):
       result = benchmarking.measure_message_bytes(config, log=log)
     else:
       result = benchmarking.run_benchmark(config, log=log)
-  except file_formats.DataFileError as error:
+  except (file_formats.DataFileError, settings_lib.ConfigError) as error:
     sys.exit(f'benchmark.py: error: {error}')
   if FLAGS.message_bytes_only:
     print('\n'.join(benchmarking.format_message_bytes(result)))

@@ -11,7 +11,6 @@ output_dir/accuracy.{png,svg} plot them. With --upload_budget_bytes every
 method stops at the same upload.
 """
 
-import dataclasses
 import math
 import os
 import sys
@@ -26,11 +25,14 @@ import cli  # pylint: disable=g-bad-import-order
 
 import experiment_flags  # pylint: disable=g-bad-import-order
 from tff_feddst.data import file_formats
+from tff_feddst.methods import registry
 from tff_feddst.outputs import comparison
 from tff_feddst.running import experiment
 
+experiment_flags.define_run_flags()
 flags.DEFINE_list('methods', ['fedavg', 'fedavgm', 'randommask', 'feddst'],
-                  f'Methods to run, from: {", ".join(experiment.METHODS)}.')
+                  'Methods to run, from: '
+                  f'{", ".join(registry.method_names())}.')
 flags.DEFINE_float('target_accuracy', None, 'Report the upload spent until '
                    'test accuracy first reached this.')
 
@@ -53,10 +55,11 @@ def main(argv):
     sys.exit(f'compare.py: error: unexpected arguments {argv[1:]}.')
   if not FLAGS.output_dir:
     sys.exit('compare.py: error: --output_dir is required.')
-  unknown = [m for m in FLAGS.methods if m not in experiment.METHODS]
+  methods = registry.method_names()
+  unknown = [m for m in FLAGS.methods if m not in methods]
   if unknown or not FLAGS.methods:
     sys.exit(f'compare.py: error: --methods={",".join(FLAGS.methods)} is '
-             f'invalid: expected a list from {", ".join(experiment.METHODS)}.')
+             f'invalid: expected a list from {", ".join(methods)}.')
   repeated = [m for m in FLAGS.methods if FLAGS.methods.count(m) > 1]
   if repeated:
     # The second run would find the first one's results in its directory.
@@ -76,7 +79,7 @@ def main(argv):
     sys.exit(f'compare.py: error: --output_dir={FLAGS.output_dir} already '
              f'holds results ({used[0]}); choose a new directory.')
   base = experiment_flags.config_from_flags()
-  configs = [dataclasses.replace(base, method=m) for m in FLAGS.methods]
+  configs = [base.replace(method=m) for m in FLAGS.methods]
   try:
     for config in configs:
       config.validate()
@@ -100,8 +103,9 @@ def main(argv):
                                  target_accuracy=FLAGS.target_accuracy)
   from tff_feddst.outputs import plotting  # pylint: disable=g-import-not-at-top
   plotting.plot_runs(run_dirs, os.path.join(FLAGS.output_dir, 'accuracy'),
-                     title=f'{base.dataset}, {base.data_distribution} split, '
-                     f'sparse methods at S={base.target_sparsity}')
+                     title=f'{base.data.dataset}, '
+                     f'{base.data.data_distribution} split, sparse methods '
+                     f'at S={base.network.target_sparsity}')
   with open(table_paths[1]) as f:
     print(f.read())
 

@@ -25,52 +25,24 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import cli  # pylint: disable=g-bad-import-order
 from absl import logging
 
-from tff_feddst.running import experiment
-
-_DEFAULTS = experiment.ExperimentConfig()
-_CHOICES = experiment.setting_choices()
+import experiment_flags  # pylint: disable=g-bad-import-order
+from tff_feddst.running import settings as settings_lib
 
 flags.DEFINE_string('checkpoint', None, 'A run\'s output directory or its '
                     'global_model.npz (settings from the run\'s flags.txt). '
                     'Unset: export a fresh seeded initialisation.')
 flags.DEFINE_string('output', None, 'Output directory (existing export files '
                     'are refused).')
-# Settings of a fresh export (a checkpoint brings its own).
-flags.DEFINE_enum('dataset', _DEFAULTS.dataset, _CHOICES['dataset'],
-                  'Data set; picks the model when --model is unset.')
-flags.DEFINE_enum('model', None, _CHOICES['model'],
-                  'Model (default: the data set\'s model).')
-flags.DEFINE_float('target_sparsity', _DEFAULTS.target_sparsity,
-                   'Fraction of zeros in prunable kernels, in [0, 1).')
-flags.DEFINE_enum('sparsity_distribution', _DEFAULTS.sparsity_distribution,
-                  _CHOICES['sparsity_distribution'],
-                  'Per-layer densities.')
-flags.DEFINE_enum('initial_mask', _DEFAULTS.initial_mask,
-                  _CHOICES['initial_mask'], 'Initial mask.')
-flags.DEFINE_integer('seed', _DEFAULTS.seed,
-                     'Seed of weights and masks, in [0, 2**32).')
-flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate,
-                   'Client SGD learning rate.')
-flags.DEFINE_float('client_momentum', _DEFAULTS.client_momentum,
-                   'Client SGD momentum.')
-flags.DEFINE_float('client_weight_decay', _DEFAULTS.client_weight_decay,
-                   'Client L2 coefficient.')
-flags.DEFINE_float('prox_mu', _DEFAULTS.prox_mu, 'FedProx mu.')
-flags.DEFINE_enum('grow_score', _DEFAULTS.grow_score, _CHOICES['grow_score'],
-                  'Regrow score.')
-flags.DEFINE_enum('readjust_rule', _DEFAULTS.readjust_rule,
-                  _CHOICES['readjust_rule'], 'Readjustment rule.')
-flags.DEFINE_float('drop_fraction', _DEFAULTS.drop_fraction,
-                   'Readjustment ratio (sets the reference rule\'s counts).')
-flags.DEFINE_enum('upload_value_dtype', _DEFAULTS.upload_value_dtype,
-                  _CHOICES['upload_value_dtype'], 'dtype of uploaded values.')
-
-FLAGS = flags.FLAGS
+# Settings of a fresh export (a checkpoint brings its own): the training
+# flags of the same names.
 SETTING_FLAGS = ('dataset', 'model', 'target_sparsity', 'sparsity_distribution',
                  'initial_mask', 'seed', 'client_learning_rate',
                  'client_momentum', 'client_weight_decay', 'prox_mu',
                  'grow_score', 'readjust_rule', 'drop_fraction',
-                 'upload_value_dtype')
+                 'upload_value_dtype', 'upload_encoding')
+experiment_flags.define_flags(only=SETTING_FLAGS)
+
+FLAGS = flags.FLAGS
 
 
 def main(argv):
@@ -100,10 +72,9 @@ def main(argv):
     if FLAGS.checkpoint:
       result = tflite_export.export_checkpoint(FLAGS.checkpoint, FLAGS.output)
     else:
-      config = experiment.ExperimentConfig(
-          **{name: FLAGS[name].value for name in SETTING_FLAGS})
+      config = experiment_flags.settings_from_flags(only=SETTING_FLAGS)
       result = tflite_export.export_initial(config, FLAGS.output)
-  except (tflite_export.ExportError, experiment.ConfigError) as error:
+  except (tflite_export.ExportError, settings_lib.ConfigError) as error:
     sys.exit(f'{prog}: error: {error}')
   for name, size in result.sizes.items():
     print(f'{result.paths[name]}: {size} bytes')

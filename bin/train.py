@@ -3,7 +3,8 @@
   python bin/train.py --flagfile=configs/fashion_mnist_quick.cfg \
       --output_dir=runs/quick
 
-Every flag maps one-to-one onto `tff_feddst.running.experiment.ExperimentConfig`.
+Every setting flag maps one-to-one onto a field of
+`tff_feddst.running.settings.ExperimentSettings` (bin/experiment_flags.py).
 Writes output_dir/{flags.txt, metrics.csv, global_model.npz, summary.json},
 each atomically. Bad input ends with a one-line error naming the flag or
 file, exit code 1, nothing written; so does a failure at run time (a worker
@@ -37,6 +38,7 @@ from tff_feddst.running import experiment
 from tff_feddst.running import interruptions
 
 
+experiment_flags.define_run_flags()
 flags.DEFINE_bool('resume', False, 'Continue the unfinished run in '
                   '--output_dir (same flags) from its newest checkpoint.')
 flags.DEFINE_float('worker_timeout_seconds', 60.0, 'Stop the run (keeping a '

@@ -65,7 +65,7 @@ class BenchmarkTest(fixtures.FashionMnistSliceTestCase):
     self.assertTrue(result['agreement']['upload_bytes_equal'])
     self.assertIn('mask_positions_differing', result['agreement'])
     self.assertEqual([m['encoding'] for m in result['message_bytes']],
-                     list(benchmarking.BenchmarkConfig().report_encodings))
+                     list(benchmarking.TimingSettings().report_encodings))
     bitmap = result['message_bytes'][0]
     # MNIST net at S = 0.8: the README's 242,413 bytes plus the weight (the
     # dense last layer's 500 positions carry no mask bits).

@@ -17,7 +17,7 @@ import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
 import experiment_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from absl import flags  # pylint: disable=g-import-not-at-top,g-bad-import-order
-from tff_feddst.running import experiment  # pylint: disable=g-import-not-at-top
+from tff_feddst.methods import registry  # pylint: disable=g-import-not-at-top
 
 
 class CompareTest(fixtures.FashionMnistSliceTestCase):
@@ -85,10 +85,10 @@ class ShippedFlagfilesTest(tf.test.TestCase):
         flags.FLAGS(['compare.py',
                      f'--flagfile={os.path.join(config_dir, name)}'])
         base = experiment_flags.config_from_flags()
-        for method in experiment.METHODS:
-          experiment.ExperimentConfig(
-              **{**base.__dict__, 'method': method}).validate()
-        self.assertEqual(base.target_sparsity, flags.FLAGS.target_sparsity)
+        for method in registry.method_names():
+          base.replace(method=method).validate()
+        self.assertEqual(base.network.target_sparsity,
+                         flags.FLAGS.target_sparsity)
 
 
 if __name__ == '__main__':

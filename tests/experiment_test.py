@@ -1,7 +1,6 @@
 """End-to-end: a few rounds on a slice of the real Fashion-MNIST files."""
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -10,6 +9,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import types
 import typing
 from typing import Optional
 from unittest import mock
@@ -19,27 +19,38 @@ import psutil
 import tensorflow as tf
 import tqdm
 
+from tests import data_files
 from tests import execution_test
 from tff_feddst.data import datasets
 from tff_feddst.data import file_formats
 from tff_feddst.data import partitions
+from tff_feddst.methods import feddst_methods
 from tff_feddst.networks import models
 from tff_feddst.outputs import atomic_files
+from tff_feddst.outputs import run_files
 from tff_feddst.outputs import tensorboard_logging
 from tff_feddst.running import experiment
 from tff_feddst.running import interruptions
+from tff_feddst.running import settings as settings_lib
 from tff_feddst.running import training_loop
-from tests import data_files
 from tests import fixtures
 
-def small_config(data_dir: str, **overrides) -> experiment.ExperimentConfig:
+def small_config(data_dir: str,
+                 **overrides) -> settings_lib.ExperimentSettings:
   settings = dict(
       data_dir=data_dir, data_distribution='dirichlet', dirichlet_beta=0.5,
       total_clients=8, clients_per_round=3, total_rounds=3, eval_every=2,
       client_epochs_per_round=1, target_sparsity=0.8, drop_fraction=0.2,
       rounds_between_readjustments=1, annealing='constant', seed=0)
   settings.update(overrides)
-  return experiment.ExperimentConfig(**settings)
+  return settings_lib.ExperimentSettings.from_flat(**settings)
+
+
+def setting_hints() -> dict[str, object]:
+  """`{flag name: type hint}` of every setting."""
+  return {name: typing.get_type_hints(settings_lib.GROUPS[group])[name]
+          for name, (group, _) in
+          settings_lib.ExperimentSettings.setting_fields().items()}
 
 
 def metrics_without_timing(output_dir: str) -> list[list[str]]:
@@ -90,7 +101,7 @@ class ExperimentTest(tf.test.TestCase):
     with open(os.path.join(output_dir, 'flags.txt')) as f:
       flag_lines = f.read().splitlines()
     self.assertIn('--target_sparsity=0.8', flag_lines)
-    weights = experiment.load_model_weights(
+    weights = run_files.load_model_weights(
         os.path.join(output_dir, 'global_model.npz'))
     self.assertLen(weights.trainable, 8)
     # TensorBoard, by default in output_dir/tensorboard: the rows' values.
@@ -182,15 +193,18 @@ class ExperimentTest(tf.test.TestCase):
       with self.assertRaisesRegex(experiment.ConfigError,
                                   f'^--{flag}=[^\n]*expected[^\n]*$'):
         small_config(self.data_dir, **overrides).validate()
-    with self.assertRaisesRegex(experiment.ConfigError,
-                                '--upload_encoding=.*upload_value_dtype'):
-      small_config(self.data_dir, upload_encoding='float32+rice',
-                   upload_value_dtype='float16').validate()
+    # One way to ask for float16 values: --upload_encoding; the old second
+    # way is a one-line error that names the first.
+    for upload_encoding in ('float32+rice', 'rice', 'float16+rice'):
+      with self.assertRaisesRegex(
+          experiment.ConfigError, "^--upload_value_dtype='float16' is "
+          'invalid: expected float32 [^\n]*--upload_encoding=float16[^\n]*$'):
+        small_config(self.data_dir, upload_encoding=upload_encoding,
+                     upload_value_dtype='float16').validate()
 
-  def test_payload_encodings_fold_the_value_dtype_and_keep_dense_masks(self):
+  def test_payload_encodings_name_the_value_dtype_and_keep_dense_masks(self):
     upload, download = small_config(
-        self.data_dir, upload_encoding='rice',
-        upload_value_dtype='float16').payload_encodings()
+        self.data_dir, upload_encoding='float16+rice').payload_encodings()
     self.assertEqual(upload.name, 'float16+rice')
     self.assertEqual(download.name, 'float32+bitmap')
     # Runs that can thin a dense layer send its mask.
@@ -210,7 +224,7 @@ class ExperimentTest(tf.test.TestCase):
     self.assertFalse(os.path.exists(output_dir))
 
   def test_clients_split_over_two_workers_give_the_same_run(self):
-    if experiment.usable_cpu_count() < 2:
+    if settings_lib.usable_cpu_count() < 2:
       self.skipTest('--num_local_workers is at most the CPU count.')
     root = self.create_tempdir().full_path
     # 4 clients: two workers sum 2 + 2, one worker 4 in a row; in float32
@@ -219,7 +233,7 @@ class ExperimentTest(tf.test.TestCase):
                           clients_per_round=4, tensorboard_dir='')
     single = experiment.run_experiment(config, os.path.join(root, 'one'))
     split = experiment.run_experiment(
-        dataclasses.replace(config, num_local_workers=2),
+        config.replace(num_local_workers=2),
         os.path.join(root, 'two'))
     drop_time = lambda rows: [{k: v for k, v in r.items()
                                if k != 'round_seconds'} for r in rows]
@@ -229,7 +243,7 @@ class ExperimentTest(tf.test.TestCase):
     with open(os.path.join(root, 'two', 'global_model.npz'), 'rb') as f:
       self.assertEqual(f.read(), single_model)
 
-  def whole_two_rounds(self) -> tuple[experiment.ExperimentConfig, str]:
+  def whole_two_rounds(self) -> tuple[settings_lib.ExperimentSettings, str]:
     """A small uninterrupted run (made once): its config and output dir."""
     config = small_config(self.data_dir, total_rounds=2, eval_every=1,
                           tensorboard_dir='')
@@ -336,21 +350,21 @@ class ExperimentTest(tf.test.TestCase):
   def test_worker_addresses_accept_names_ipv4_and_ipv6(self):
     for workers in ('localhost:8000', '127.0.0.1:1, 10.0.0.2:65535',
                     '[::1]:8000', 'worker-1.example.org:80', 'node_7:9'):
-      experiment.check_worker_addresses(workers)
+      settings_lib.check_worker_addresses(workers)
       small_config(self.data_dir, workers=workers).validate()
     for workers in ('localhost:65536', 'localhost:-1', 'local host:80',
                     '-a:80', 'a:80:90', '1.2.3:80', '[1.2.3.4]:80',
                     'a:1,,b:2', 'a:+80', 'a:８０'):
       with self.assertRaisesRegex(experiment.ConfigError,
                                   '^--workers=[^\n]*$'):
-        experiment.check_worker_addresses(workers)
+        settings_lib.check_worker_addresses(workers)
 
   def test_choices_are_the_library_constants(self):
     from tff_feddst.methods import fed_dst  # pylint: disable=g-import-not-at-top
     from tff_feddst.process import client_work  # pylint: disable=g-import-not-at-top
     from tff_feddst.sparse import schedules  # pylint: disable=g-import-not-at-top
     from tff_feddst.sparse import sparsity_distribution  # pylint: disable=g-import-not-at-top
-    choices = experiment.setting_choices()
+    choices = settings_lib.setting_choices()
     self.assertEqual(choices['grow_score'], client_work.GROW_SCORES)
     self.assertEqual(choices['readjust_rule'], client_work.READJUST_RULES)
     self.assertEqual(choices['initial_mask'], fed_dst.INITIAL_MASKS)
@@ -359,11 +373,10 @@ class ExperimentTest(tf.test.TestCase):
                      sparsity_distribution.NUM_ACTIVE_DISTRIBUTIONS)
     self.assertCountEqual(choices['model'], models.MODEL_BUILDERS)
     self.assertCountEqual(choices['dataset'], datasets.DATASET_NAMES)
-    self.assertCountEqual(choices['data_distribution'],
-                          partitions.DISTRIBUTIONS)
-    defaults = experiment.ExperimentConfig()
+    self.assertCountEqual(choices['data_distribution'], partitions.DISTRIBUTIONS)
+    defaults = settings_lib.ExperimentSettings().flat()
     for name, accepted in choices.items():
-      self.assertIn(getattr(defaults, name) or accepted[0], accepted, name)
+      self.assertIn(defaults[name] or accepted[0], accepted, name)
       # Without flags (the notebook), validate refuses the same values.
       with self.assertRaisesRegex(experiment.ConfigError,
                                   f"^--{name}='foo' is invalid: expected one "
@@ -371,8 +384,7 @@ class ExperimentTest(tf.test.TestCase):
         small_config(self.data_dir, **{name: 'foo'}).validate()
 
   def test_float_settings_must_be_finite(self):
-    for name, hint in typing.get_type_hints(
-        experiment.ExperimentConfig).items():
+    for name, hint in setting_hints().items():
       if hint not in (float, Optional[float]):
         continue
       for value in (math.inf, -math.inf, math.nan):
@@ -469,7 +481,7 @@ class ExperimentTest(tf.test.TestCase):
         small_config(self.data_dir, total_rounds=1, tensorboard_dir=''),
         output_dir)
     self.assertCountEqual(os.listdir(output_dir),
-                          experiment.RESULT_FILES + ('checkpoints',))
+                          run_files.RESULT_FILES + ('checkpoints',))
     self.assertFalse(os.path.exists(os.path.join(output_dir, 'tensorboard')))
 
   def test_settings_of_the_wrong_type_are_one_line_errors(self):
@@ -480,8 +492,7 @@ class ExperimentTest(tf.test.TestCase):
     }
     for flag, value in cases.items():
       with self.assertRaises(experiment.ConfigError) as raised:
-        dataclasses.replace(small_config(self.data_dir),
-                            **{flag: value}).validate()
+        small_config(self.data_dir).replace(**{flag: value}).validate()
       message = str(raised.exception)
       self.assertStartsWith(message, f'--{flag}={value!r} is invalid: '
                             'expected ')
@@ -507,9 +518,10 @@ class NewDataSetsTest(tf.test.TestCase):
   """CIFAR-100 and EMNIST through the experiment's data path."""
 
   def test_datasets_map_to_the_paper_models(self):
-    self.assertEqual(experiment.DATASET_MODELS['cifar100'], 'cifar100_net')
-    self.assertEqual(experiment.DATASET_MODELS['emnist'], 'emnist_conv2')
-    self.assertEqual(experiment.ExperimentConfig(dataset='emnist').model_name,
+    self.assertEqual(settings_lib.DATASET_MODELS['cifar100'], 'cifar100_net')
+    self.assertEqual(settings_lib.DATASET_MODELS['emnist'], 'emnist_conv2')
+    self.assertEqual(settings_lib.ExperimentSettings.from_flat(
+        dataset='emnist').model_name,
                      'emnist_conv2')
 
   def test_cifar100_dirichlet_split(self):
@@ -520,7 +532,7 @@ class NewDataSetsTest(tf.test.TestCase):
         pickle.dump({b'data': rng.integers(0, 256, (count, 3072), np.uint8),
                      b'fine_labels': list(np.arange(count) % 100),
                      b'coarse_labels': [0] * count}, f)
-    config = experiment.ExperimentConfig(
+    config = settings_lib.ExperimentSettings.from_flat(
         dataset='cifar100', data_dir=folder, total_clients=4,
         clients_per_round=2, dirichlet_beta=0.1)
     config.validate()
@@ -539,7 +551,7 @@ class NewDataSetsTest(tf.test.TestCase):
         os.path.join(directory, file_formats.EMNIST_FILE),
         train={f'w{i}': (pixels, [i, 61]) for i in range(3)},
         test={f'w{i}': (pixels[:1], [i]) for i in range(3)})
-    config = experiment.ExperimentConfig(
+    config = settings_lib.ExperimentSettings.from_flat(
         dataset='emnist', data_dir=directory, data_distribution='natural',
         total_clients=3, clients_per_round=2)
     config.validate()
@@ -554,7 +566,7 @@ class NewDataSetsTest(tf.test.TestCase):
         'natural split of emnist: 5 clients requested but the data has only '
         '3 natural clients'):
       experiment.load_federated_data(
-          dataclasses.replace(config, total_clients=5))
+          config.replace(total_clients=5))
 
 
 class TrainingLoopTest(tf.test.TestCase):
@@ -575,10 +587,11 @@ class TrainingLoopTest(tf.test.TestCase):
 class MethodTest(tf.test.TestCase):
 
   def test_methods_fix_their_defining_settings(self):
-    base = experiment.ExperimentConfig(target_sparsity=0.8, drop_fraction=0.1)
-    resolve = lambda method, **kw: dataclasses.replace(
-        base, method=method, **kw).resolved()
-    self.assertEqual(resolve('feddst'), dataclasses.replace(base))
+    base = settings_lib.ExperimentSettings.from_flat(target_sparsity=0.8,
+                                                     drop_fraction=0.1)
+    resolve = lambda method, **kw: types.SimpleNamespace(**base.replace(
+        method=method, **kw).resolved().flat())
+    self.assertEqual(resolve('feddst'), types.SimpleNamespace(**base.flat()))
     fedavg = resolve('fedavg')
     self.assertEqual((fedavg.target_sparsity, fedavg.drop_fraction,
                       fedavg.server_momentum), (0.0, 0.0, 0.0))
@@ -599,11 +612,12 @@ class MethodTest(tf.test.TestCase):
 
   def test_unknown_method_and_bad_budget_name_the_flag(self):
     with self.assertRaisesRegex(experiment.ConfigError, '--method='):
-      experiment.ExperimentConfig(method='lotteryfl').validate()
+      settings_lib.ExperimentSettings.from_flat(method='lotteryfl').validate()
     for budget in (0, -5):
       with self.assertRaisesRegex(experiment.ConfigError,
                                   '--upload_budget_bytes='):
-        experiment.ExperimentConfig(upload_budget_bytes=budget).validate()
+        settings_lib.ExperimentSettings.from_flat(
+            upload_budget_bytes=budget).validate()
 
 
 class GrowingSparsityExperimentTest(fixtures.FashionMnistSliceTestCase):
@@ -625,7 +639,8 @@ class GrowingSparsityExperimentTest(fixtures.FashionMnistSliceTestCase):
     whole = os.path.join(root, 'whole')
     rows = experiment.run_experiment(config, whole)
     layout = models.model_layout(models.mnist_net())
-    table = experiment.build_num_active_by_round(config.resolved(), layout)
+    table = feddst_methods.build_num_active_by_round(config.resolved(),
+                                                     layout)
     self.assertEqual(table.shape, (3, 4))
     num_positions = sum(layout.kernel_sizes)
     expected = [1 - table[min(t, 2)].sum() / num_positions for t in (1, 2, 3, 4)]
@@ -638,7 +653,7 @@ class GrowingSparsityExperimentTest(fixtures.FashionMnistSliceTestCase):
       flag_lines = f.read().splitlines()
     self.assertIn('--initial_sparsity=0.5', flag_lines)
     self.assertIn('--remember_old=True', flag_lines)
-    weights = experiment.load_model_weights(
+    weights = run_files.load_model_weights(
         os.path.join(whole, 'global_model.npz'))
     self.assertEqual([int(weights.non_trainable[i].sum())
                       for i in layout.mask_indices], list(table[2]))
@@ -668,7 +683,8 @@ class GrowingSparsityExperimentTest(fixtures.FashionMnistSliceTestCase):
                    readjust_rule='reference').validate()
     # Dense methods drop it with the sparsity.
     self.assertIsNone(small_config(self.data_dir, initial_sparsity=0.5,
-                                   method='fedavg').resolved().initial_sparsity)
+                                   method='fedavg').resolved(
+                                   ).network.initial_sparsity)
 
 
 def _files(directory: str) -> list[str]:
@@ -703,7 +719,7 @@ class AtomicOutputsTest(fixtures.FashionMnistSliceTestCase):
       return [row[:timing] + row[timing + 1:] for row in rows]
     self.assertEqual(metrics(output_dir), metrics(self.whole))
     weights, expected = (
-        experiment.load_model_weights(os.path.join(d, 'global_model.npz'))
+        run_files.load_model_weights(os.path.join(d, 'global_model.npz'))
         for d in (output_dir, self.whole))
     tf.nest.map_structure(self.assertAllEqual, weights, expected)
     summaries = []

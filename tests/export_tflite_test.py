@@ -17,7 +17,8 @@ from tests import fixtures
 from tff_feddst.methods import fed_dst
 from tff_feddst.networks import models
 from tff_feddst.ondevice import tflite_export
-from tff_feddst.running import experiment
+from tff_feddst.outputs import run_files
+from tff_feddst.running import settings as settings_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT = os.path.join(ROOT, 'bin', 'export_tflite.py')
@@ -30,22 +31,23 @@ def run_export(*args: str) -> subprocess.CompletedProcess:
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
 
 
-def write_run(run_dir: str, config: experiment.ExperimentConfig,
-              weights_config: experiment.ExperimentConfig) -> None:
+def write_run(run_dir: str, config: settings_lib.ExperimentSettings,
+              weights_config: settings_lib.ExperimentSettings) -> None:
   """A run directory: `config`'s flags.txt, `weights_config`'s initial model."""
   os.makedirs(run_dir)
   with open(os.path.join(run_dir, 'flags.txt'), 'w') as f:
     f.write('\n'.join(config.to_flag_lines()) + '\n')
   initial = fed_dst.build_initial_model(
-      models.get_model_fn(weights_config.model_name, weights_config.seed),
-      weights_config.target_sparsity, weights_config.sparsity_distribution,
-      seed=weights_config.seed)
-  experiment.save_model_weights(os.path.join(run_dir, 'global_model.npz'),
+      models.get_model_fn(weights_config.model_name, weights_config.run.seed),
+      weights_config.network.target_sparsity,
+      weights_config.network.sparsity_distribution,
+      seed=weights_config.run.seed)
+  run_files.save_model_weights(os.path.join(run_dir, 'global_model.npz'),
                                 initial.weights)
 
 
-MNIST_RUN = experiment.ExperimentConfig(dataset='mnist', target_sparsity=0.8,
-                                        seed=3, client_learning_rate=0.02)
+MNIST_RUN = settings_lib.ExperimentSettings.from_flat(
+    dataset='mnist', target_sparsity=0.8, seed=3, client_learning_rate=0.02)
 
 
 class ExportTflitePathsTest(tf.test.TestCase):
@@ -124,7 +126,8 @@ class ExportTfliteBadInputTest(tf.test.TestCase):
       f.write(b'\x00' * 100)
     mismatched_dir = os.path.join(root, 'mismatched')
     write_run(mismatched_dir,
-              experiment.ExperimentConfig(dataset='cifar10', seed=3),
+              settings_lib.ExperimentSettings.from_flat(dataset='cifar10',
+                                                        seed=3),
               MNIST_RUN)
     cases = [
         (missing, missing),

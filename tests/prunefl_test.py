@@ -12,12 +12,14 @@ import tensorflow_federated as tff
 
 from tff_feddst.methods import fed_dst
 from tff_feddst.methods import prunefl
+from tff_feddst.methods import registry
 from tff_feddst.networks import models
 from tff_feddst.process import aggregation
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
 from tff_feddst.running import experiment
+from tff_feddst.running import settings as settings_lib
 from tests import fed_dst_test
 from tests import fixtures
 from tests import process_contract
@@ -409,7 +411,7 @@ class PruneflExperimentTest(fixtures.FashionMnistSliceTestCase):
         prunefl_initial_rounds=2, prunefl_initial_steps=3,
         prunefl_reconfigure_every=2, tensorboard_dir='', seed=0)
     settings.update(overrides)
-    return experiment.ExperimentConfig(**settings)
+    return settings_lib.ExperimentSettings.from_flat(**settings)
 
   def test_run_writes_metrics(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')
@@ -445,9 +447,9 @@ class PruneflExperimentTest(fixtures.FashionMnistSliceTestCase):
 
   def test_method_starts_dense_without_readjustment(self):
     resolved = self.config(target_sparsity=0.8, drop_fraction=0.1).resolved()
-    self.assertEqual((resolved.target_sparsity, resolved.drop_fraction),
-                     (0.0, 0.0))
-    self.assertIn('prunefl', experiment.METHODS)
+    self.assertEqual((resolved.network.target_sparsity,
+                      resolved.readjustment.drop_fraction), (0.0, 0.0))
+    self.assertIn('prunefl', registry.method_names())
 
   def test_bad_prunefl_settings_name_the_flag(self):
     with self.assertRaisesRegex(experiment.ConfigError,

@@ -13,13 +13,15 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_feddst.methods import fed_dst
+from tff_feddst.methods import model_setup
 from tff_feddst.networks import models
 from tff_feddst.ondevice import tflite_export
+from tff_feddst.outputs import run_files
 from tff_feddst.process import aggregation
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
-from tff_feddst.running import experiment
+from tff_feddst.running import settings as settings_lib
 
 PARITY_ATOL = 1e-5
 NUM_STEPS_BEFORE_READJUST = 5
@@ -358,12 +360,12 @@ class Cifar10TrainingModelTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    run_config = experiment.ExperimentConfig(
+    run_config = settings_lib.ExperimentSettings.from_flat(
         dataset='cifar10', target_sparsity=0.8, seed=1, drop_fraction=0.2,
         readjust_rule='reference', grow_score='last_batch',
-        upload_value_dtype='float16')
+        upload_encoding='float16+bitmap')
     model_fn, initial = tflite_export.build_initial_for(run_config)
-    config = experiment.build_client_config(run_config, initial)
+    config = model_setup.build_client_config(run_config, initial)
     cls.config, cls.initial = config, initial
     client = tflite_export.TFLiteClient(model_fn(), initial.layout,
                                         initial.num_active, config)
@@ -411,14 +413,15 @@ class RunFilesTest(tf.test.TestCase):
 
   def write_run(self, flag_lines=None, weights=None):
     run_dir = self.create_tempdir().full_path
-    config = experiment.ExperimentConfig(model='mnist_net', seed=0)
+    config = settings_lib.ExperimentSettings.from_flat(model='mnist_net',
+                                                       seed=0)
     with open(os.path.join(run_dir, 'flags.txt'), 'w') as f:
       f.write('\n'.join(flag_lines or config.to_flag_lines()) + '\n')
     if weights is None:
       _, initial = tflite_export.build_initial_for(config)
       weights = initial.weights
-    experiment.save_model_weights(os.path.join(run_dir, 'global_model.npz'),
-                                  weights)
+    run_files.save_model_weights(os.path.join(run_dir, 'global_model.npz'),
+                                 weights)
     return run_dir
 
   def assert_one_line_error(self, function, *args, names):
@@ -429,7 +432,7 @@ class RunFilesTest(tf.test.TestCase):
     self.assertIn(names, message)
 
   def test_flags_file_round_trip(self):
-    config = experiment.ExperimentConfig(
+    config = settings_lib.ExperimentSettings.from_flat(
         dataset='cifar10', readjust_after_epochs=0.5, examples_per_client=7,
         prox_mu=0.01)
     path = os.path.join(self.create_tempdir().full_path, 'flags.txt')
@@ -463,7 +466,8 @@ class RunFilesTest(tf.test.TestCase):
                                os.path.join(run_dir, 'nope'), names='nope')
 
   def test_bad_checkpoints(self):
-    config = experiment.ExperimentConfig(model='mnist_net', seed=0)
+    config = settings_lib.ExperimentSettings.from_flat(model='mnist_net',
+                                                       seed=0)
     _, initial = tflite_export.build_initial_for(config)
     good = initial.weights
     loaded = tflite_export.load_checkpoint(

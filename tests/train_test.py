@@ -19,6 +19,7 @@ import psutil
 import tensorflow as tf
 
 from tff_feddst.running import experiment
+from tff_feddst.running import settings as settings_lib
 from tests import execution_test
 from tests import fixtures
 
@@ -66,9 +67,10 @@ def main_error(*args: str) -> str:
 
 
 def _float_settings() -> list[str]:
-  return [name for name, hint in
-          typing.get_type_hints(experiment.ExperimentConfig).items()
-          if hint in (float, Optional[float])]
+  return [name for name, (group, _) in
+          settings_lib.ExperimentSettings.setting_fields().items()
+          if typing.get_type_hints(settings_lib.GROUPS[group])[name] in (
+              float, Optional[float])]
 
 
 class TrainMainTest(fixtures.FashionMnistSliceTestCase):
@@ -349,7 +351,7 @@ class TrainRefusesNonsenseTest(tf.test.TestCase, parameterized.TestCase):
     self.assert_refused([arg], f'{arg} is invalid: expected a finite number')
 
   @parameterized.parameters(
-      (name,) for name in experiment.setting_choices())
+      (name,) for name in settings_lib.setting_choices())
   def test_choice_flags_are_enums(self, name):
     self.assert_refused([f'--{name}=foo'],
                         f'flag --{name}=foo: value should be one of')
@@ -374,7 +376,7 @@ class TrainRefusesNonsenseTest(tf.test.TestCase, parameterized.TestCase):
       ('local_workers_negative', ['--num_local_workers=-1'],
        '--num_local_workers=-1'),
       ('local_workers_above_cpus',
-       [f'--num_local_workers={experiment.usable_cpu_count() + 1}'],
+       [f'--num_local_workers={settings_lib.usable_cpu_count() + 1}'],
        '--num_local_workers=', 'CPUs'),
       ('no_clients', ['--total_clients=0'], '--total_clients=0'),
       ('no_rounds', ['--total_rounds=0'], '--total_rounds=0'),
@@ -416,7 +418,7 @@ class TrainRefusesNonsenseTest(tf.test.TestCase, parameterized.TestCase):
     # A run killed in round 2 before its first checkpoint: flags.txt and one
     # metrics row, no checkpoint. --resume would start over at round 1.
     output_dir = self.create_tempdir().full_path
-    config = experiment.ExperimentConfig(
+    config = settings_lib.ExperimentSettings.from_flat(
         data_dir='/nonexistent/fmnist', total_rounds=4,
         checkpoint_every=checkpoint_every)
     files = {'flags.txt': '\n'.join(config.resolved().to_flag_lines()) + '\n',
@@ -439,7 +441,7 @@ class TrainRefusesNonsenseTest(tf.test.TestCase, parameterized.TestCase):
       with open(os.path.join(output_dir, name)) as f:
         self.assertEqual(f.read(), content)
 
-  # One check that fails in ExperimentConfig.validate, one in absl's parser.
+  # One check that fails in ExperimentSettings.validate, one in absl's parser.
   @parameterized.parameters((['--seed=-1'], '--seed=-1'),
                             (['--method=foo'], '--method=foo'))
   def test_bad_flag_through_the_script(self, args, expected):

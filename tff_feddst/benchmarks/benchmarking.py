@@ -40,9 +40,9 @@ import psutil
 import tensorflow as tf
 
 from tff_feddst.benchmarks import plain_loop
-from tff_feddst.data import datasets
-from tff_feddst.data import federated
 from tff_feddst.methods import fed_dst
+from tff_feddst.methods import feddst_methods
+from tff_feddst.methods import model_setup
 from tff_feddst.networks import models
 from tff_feddst.process import aggregation
 from tff_feddst.process import client_work
@@ -50,89 +50,99 @@ from tff_feddst.process import encoding
 from tff_feddst.running import evaluation
 from tff_feddst.running import execution
 from tff_feddst.running import experiment
+from tff_feddst.running import settings as settings_lib
 from tff_feddst.running import training_loop
-from tff_feddst.sparse import schedules
+
+
+# The benchmark's defaults where they differ from a training run's: the
+# paper's MNIST setting, readjusting every other round with a constant ratio
+# (`bin/benchmark.py` uses them as its flag defaults).
+BENCHMARK_DEFAULTS = {
+    'model': 'mnist_net',
+    'data_distribution': 'iid',
+    'clients_per_round': 20,
+    'client_epochs_per_round': 5,
+    'drop_fraction': 0.3,
+    'rounds_between_readjustments': 2,
+    'annealing': 'constant',
+    # Readjust every R rounds for as long as the benchmark runs.
+    'annealing_end_round': 10**6,
+    'upload_encoding': 'float32+bitmap',
+    'download_encoding': 'float32+bitmap',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingSettings:
+  """How the benchmark times rounds (besides the experiment's settings)."""
+  warmup_rounds: int = settings_lib.setting(
+      1, 'Untimed rounds before the timed ones (tracing, first-call costs).')
+  timed_rounds: int = settings_lib.setting(4, 'Timed rounds.')
+  sweep_clients_per_round: tuple[int, ...] = settings_lib.setting(
+      (5, 10, 20, 40), 'Clients per round of the sweep (empty: no sweep).')
+  sweep_rounds: int = settings_lib.setting(
+      2, 'Timed rounds per sweep point (from the initial model).')
+  max_concurrent_computation_calls: int = settings_lib.setting(
+      -1, 'TFF worker concurrency limit (<= 0: none).')
+  report_encodings: tuple[str, ...] = settings_lib.setting(
+      ('float32+bitmap', 'float16+bitmap', 'float32+bitmap+changed_masks_only',
+       'float32+rice', 'float16+rice', 'float32+rice+changed_masks_only',
+       'float16+rice+changed_masks_only'),
+      'Encodings whose upload sizes are reported, measured on a real client '
+      'upload after the timed rounds.')
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig:
-  """What to benchmark.
+  """What to benchmark: an experiment's settings plus timing settings.
+
+  The TFF path runs FedDST (`fed_dst.build_fed_dst`) with the experiment's
+  model, client, readjustment and encoding settings on an iid (by default)
+  split; both paths start from the model training builds
+  (`model_setup.build_model`).
 
   Attributes:
-    dataset: 'fashion_mnist', 'mnist' or 'cifar10' (`datasets.load_dataset`).
-    data_dir: Directory of the data files (None: the default location).
-    model: Model name (`models.get_model_fn`).
-    total_clients: Clients the training set is split over (iid).
-    examples_per_client: Training examples per client (None: all examples,
-      shared out evenly).
-    clients_per_round: Clients per timed round.
-    target_sparsity: Fraction of zeros in prunable kernels.
-    sparsity_distribution: 'uniform', 'er', 'erk' or 'erk_reference'.
-    client_epochs_per_round: Local epochs E.
-    client_batch_size: Client minibatch size.
-    client_learning_rate: Client SGD learning rate.
-    drop_fraction: Readjustment ratio alpha (constant).
-    rounds_between_readjustments: R; rounds t with (t-1) % R == 0 readjust.
-    warmup_rounds: Untimed rounds first (tracing, first-call costs).
-    timed_rounds: Timed rounds after the warm-up.
-    sweep_clients_per_round: Clients per round of the sweep (empty: none).
-    sweep_rounds: Timed rounds per sweep point (from the initial model).
-    seed: Seed of the split, the model, the masks, sampling and shuffling.
-    max_concurrent_computation_calls: TFF worker concurrency (<= 0: none).
-    upload_encoding: `encoding.PayloadEncoding` name of the uploads of both
-      timed paths, e.g. 'float32+bitmap' (the default).
-    download_encoding: Name of the broadcast encoding of both paths.
-    report_encodings: Encodings whose message sizes are reported, measured
-      on a real client upload after the timed rounds.
+    experiment: The run's settings (`benchmark_settings` gives the
+      benchmark's defaults).
+    timing: What to time.
   """
-  dataset: str = 'fashion_mnist'
-  data_dir: Optional[str] = None
-  model: str = 'mnist_net'
-  total_clients: int = 100
-  examples_per_client: Optional[int] = None
-  clients_per_round: int = 20
-  target_sparsity: float = 0.8
-  sparsity_distribution: str = 'erk'
-  client_epochs_per_round: int = 5
-  client_batch_size: int = 32
-  client_learning_rate: float = 0.01
-  drop_fraction: float = 0.3
-  rounds_between_readjustments: int = 2
-  warmup_rounds: int = 1
-  timed_rounds: int = 4
-  sweep_clients_per_round: tuple[int, ...] = (5, 10, 20, 40)
-  sweep_rounds: int = 2
-  seed: int = 0
-  max_concurrent_computation_calls: int = -1
-  upload_encoding: str = 'float32+bitmap'
-  download_encoding: str = 'float32+bitmap'
-  report_encodings: tuple[str, ...] = (
-      'float32+bitmap', 'float16+bitmap', 'float32+bitmap+changed_masks_only',
-      'float32+rice', 'float16+rice', 'float32+rice+changed_masks_only',
-      'float16+rice+changed_masks_only')
+  experiment: settings_lib.ExperimentSettings
+  timing: TimingSettings = dataclasses.field(default_factory=TimingSettings)
 
   def __post_init__(self):
-    if self.warmup_rounds < 0 or self.timed_rounds < 1:
+    timing, run = self.timing, self.experiment.run
+    if timing.warmup_rounds < 0 or timing.timed_rounds < 1:
       raise ValueError('warmup_rounds must be >= 0 and timed_rounds >= 1.')
-    if self.sweep_rounds < 1:
-      raise ValueError(f'sweep_rounds must be >= 1, got {self.sweep_rounds}.')
-    for count in (self.clients_per_round,) + tuple(
-        self.sweep_clients_per_round):
-      if not 1 <= count <= self.total_clients:
+    if timing.sweep_rounds < 1:
+      raise ValueError(f'sweep_rounds must be >= 1, got {timing.sweep_rounds}.')
+    total_clients = self.experiment.data.total_clients
+    for count in (run.clients_per_round,) + tuple(
+        timing.sweep_clients_per_round):
+      if not 1 <= count <= total_clients:
         raise ValueError(f'clients per round must be in [1, total_clients='
-                         f'{self.total_clients}], got {count}.')
-    for name in (self.upload_encoding, self.download_encoding) + tuple(
-        self.report_encodings):
+                         f'{total_clients}], got {count}.')
+    for name in timing.report_encodings:
       encoding.PayloadEncoding.parse(name)  # Raises ValueError if bad.
-    # The settings a training run has too are checked as a run checks them
-    # (finite numbers, seed range, choices, ...): a ConfigError naming the
-    # flag.
-    run_settings = {field.name
-                    for field in dataclasses.fields(experiment.ExperimentConfig)}
-    experiment.ExperimentConfig(**{
-        field.name: getattr(self, field.name)
-        for field in dataclasses.fields(self)
-        if field.name in run_settings}).validate()
+    # As a run checks them: a ConfigError naming the flag.
+    self.experiment.validate()
+
+  def flat(self) -> dict[str, Any]:
+    """Every setting by flag name (the result's `config`)."""
+    return {**self.experiment.flat(), **dataclasses.asdict(self.timing)}
+
+
+def benchmark_settings(**values: Any) -> BenchmarkConfig:
+  """A `BenchmarkConfig` from flag names; unset ones take the benchmark's
+  defaults (`BENCHMARK_DEFAULTS`, else a run's and `TimingSettings`')."""
+  timing_names = {field.name for field in dataclasses.fields(TimingSettings)}
+  experiment_values = {**BENCHMARK_DEFAULTS, **{
+      name: value for name, value in values.items()
+      if name not in timing_names}}
+  return BenchmarkConfig(
+      experiment=settings_lib.ExperimentSettings.from_flat(
+          **experiment_values),
+      timing=TimingSettings(**{name: value for name, value in values.items()
+                               if name in timing_names}))
 
 
 def peak_rss_mb() -> dict[str, float]:
@@ -216,38 +226,34 @@ class _Setup:
   """Data, model, schedule and client settings shared by both paths."""
 
   def __init__(self, config: BenchmarkConfig):
-    dataset = datasets.load_dataset(config.dataset, config.data_dir)
-    self.federated_data = federated.build_federated_data(
-        dataset, 'iid', config.total_clients, config.seed,
-        examples_per_client=config.examples_per_client)
-    model_name = config.model
-    self.model_fn = models.get_model_fn(model_name, seed=config.seed)
-    self.initial = fed_dst.build_initial_model(
-        self.model_fn, config.target_sparsity, config.sparsity_distribution,
-        seed=config.seed)
-    self.schedule = schedules.ReadjustmentSchedule(
-        drop_fraction=config.drop_fraction,
-        rounds_between_readjustments=config.rounds_between_readjustments,
-        end_round=10**6, annealing='constant')
-    self.client_config = client_work.ClientConfig(
-        learning_rate=config.client_learning_rate,
-        num_epochs=config.client_epochs_per_round)
-    self.config = config
+    settings = config.experiment.resolved()
+    self.federated_data = experiment.load_federated_data(settings)
+    # The model training starts from (`model_setup.build_model`).
+    self.model_fn, self.initial = model_setup.build_model(settings)
+    self.schedule = feddst_methods.build_schedule(settings)
+    self.client_config = model_setup.build_client_config(settings,
+                                                         self.initial)
+    self.upload_encoding, self.download_encoding = (
+        settings.payload_encodings())
+    self.settings = settings
+    self.timing = config.timing
+    self.seed = settings.run.seed
+    self.num_epochs = settings.client.client_epochs_per_round
 
   def datasets(self, clients_per_round: int,
                round_num: int) -> list[tf.data.Dataset]:
     sampled = training_loop.sample_clients(
-        self.federated_data.client_ids, clients_per_round, self.config.seed,
+        self.federated_data.client_ids, clients_per_round, self.seed,
         round_num)
     return training_loop.client_datasets(
-        self.federated_data, sampled, self.config.client_batch_size,
-        self.config.seed, round_num)
+        self.federated_data, sampled, self.settings.client.client_batch_size,
+        self.seed, round_num)
 
   def examples_per_round(self, clients_per_round: int, round_num: int) -> int:
     sampled = training_loop.sample_clients(
-        self.federated_data.client_ids, clients_per_round, self.config.seed,
+        self.federated_data.client_ids, clients_per_round, self.seed,
         round_num)
-    return self.config.client_epochs_per_round * sum(
+    return self.num_epochs * sum(
         self.federated_data.num_train_examples(c) for c in sampled)
 
 
@@ -295,142 +301,41 @@ def run_benchmark(config: BenchmarkConfig,
   """
   log = log or (lambda line: None)
   setup = _Setup(config)
-  num_rounds = config.warmup_rounds + config.timed_rounds
   # Keras models are built before the TFF process (see evaluation.py).
   evaluator = evaluation.Evaluator(setup.model_fn, setup.federated_data)
   element_spec = setup.datasets(1, 1)[0].element_spec
-  upload_encoding = encoding.PayloadEncoding.parse(config.upload_encoding)
-  download_encoding = encoding.PayloadEncoding.parse(config.download_encoding)
   traces = {}
   traces_before = client_work.update_trace_count()
   plain = plain_loop.PlainFedDst(
       setup.model_fn, setup.initial, element_spec, setup.schedule,
-      setup.client_config, upload_encoding=upload_encoding,
-      download_encoding=download_encoding)
+      setup.client_config, upload_encoding=setup.upload_encoding,
+      download_encoding=setup.download_encoding)
   traces['plain_build'] = client_work.update_trace_count() - traces_before
-  drain = _drain_fn(config.client_epochs_per_round)
-  readjust = _readjust_fn(plain.trainer)
-
-  records = []
   with execution.local_execution_context(
-      config.max_concurrent_computation_calls) as worker:
+      config.timing.max_concurrent_computation_calls) as worker:
     watch = _Stopwatch(worker.worker_pid)
     start = time.perf_counter()
     traces_before_build = client_work.update_trace_count()
     process = fed_dst.build_fed_dst(
         setup.model_fn, setup.initial, element_spec, setup.schedule,
-        setup.client_config, upload_encoding=upload_encoding,
-        download_encoding=download_encoding)
+        setup.client_config, upload_encoding=setup.upload_encoding,
+        download_encoding=setup.download_encoding)
     build_seconds = time.perf_counter() - start
     traces['tff_build'] = client_work.update_trace_count() - traces_before_build
-    tff_state = process.initialize()
-    plain_state = plain.initialize()
     traces_before_rounds = client_work.update_trace_count()
-    for round_num in range(1, num_rounds + 1):
-      is_timed = round_num > config.warmup_rounds
-      k = config.clients_per_round
-      tff_datasets = setup.datasets(k, round_num)
-      watch.start()
-      tff_output = process.next(tff_state, tff_datasets)
-      tff_seconds, tff_cpu_seconds = watch.stop()
-      tff_python_cpu_seconds = watch.own_cpu()
-      tff_state = tff_output.state
-
-      timer = plain_loop.PhaseTimer()
-      with timer.phase('data_input'):
-        plain_datasets = setup.datasets(k, round_num)
-      watch.start()
-      plain_state, plain_metrics = plain.next(plain_state, plain_datasets,
-                                              timer)
-      plain_seconds, plain_cpu_seconds = watch.stop()
-      should_readjust = plain_metrics['should_readjust']
-      if is_timed:
-        with timer.phase('data_iteration'):
-          for dataset in setup.datasets(k, round_num):
-            drain(dataset).numpy()
-        if should_readjust:
-          drop = plain.instructions(round_num).drop_fraction
-          readjust(drop).numpy()  # Traced outside the timer.
-          with timer.phase('readjust_call'):
-            readjust(drop).numpy()
-        with timer.phase('evaluation'):
-          evaluator.evaluate(plain.get_model_weights(plain_state))
-      round_agreement = compare_weights(
-          process.get_model_weights(tff_state),
-          plain.get_model_weights(plain_state), setup.initial.layout)
-      record = {
-          'round': round_num,
-          'timed': is_timed,
-          'clients': k,
-          'should_readjust': should_readjust,
-          'examples': setup.examples_per_round(k, round_num),
-          'tff_seconds': tff_seconds,
-          'plain_seconds': plain_seconds,
-          'tff_cpu_seconds': tff_cpu_seconds,
-          'tff_python_cpu_seconds': tff_python_cpu_seconds,
-          'plain_cpu_seconds': plain_cpu_seconds,
-          'phases': dict(timer.seconds),
-          'phases_cpu': dict(timer.cpu_seconds),
-          'tff_upload_bytes': int(
-              tff_output.metrics['aggregator']['upload_bytes']),
-          'plain_upload_bytes': plain_metrics['upload_bytes'],
-          'tff_download_bytes': int(
-              tff_output.metrics['distributor']['download_bytes']),
-          'plain_download_bytes': plain_metrics['download_bytes'],
-          'agreement': round_agreement,
-      }
-      records.append(record)
-      log(f'round {round_num}{"" if is_timed else " (warm-up)"}: '
-          f'tff {tff_seconds:.2f} s ({tff_cpu_seconds:.2f} CPU s), plain '
-          f'{plain_seconds:.2f} s ({plain_cpu_seconds:.2f} CPU s)'
-          f'{", readjust" if should_readjust else ""}')
-    agreement = records[-1]['agreement']
-    message_sizes = _message_sizes(setup, plain, plain_state, config)
-
-    sweep = []
-    for k in config.sweep_clients_per_round:
-      tff_state = process.initialize()
-      plain_state = plain.initialize()
-      times = {'tff': [], 'plain': [], 'tff_cpu': [], 'plain_cpu': []}
-      examples = []
-      for round_num in range(1, config.sweep_rounds + 1):
-        tff_datasets = setup.datasets(k, round_num)
-        watch.start()
-        tff_state = process.next(tff_state, tff_datasets).state
-        wall, cpu = watch.stop()
-        times['tff'].append(wall)
-        times['tff_cpu'].append(cpu)
-        plain_datasets = setup.datasets(k, round_num)
-        watch.start()
-        plain_state, _ = plain.next(plain_state, plain_datasets)
-        wall, cpu = watch.stop()
-        times['plain'].append(wall)
-        times['plain_cpu'].append(cpu)
-        examples.append(setup.examples_per_round(k, round_num))
-      point = {
-          'clients_per_round': k,
-          'tff_seconds_per_round': _mean(times['tff']),
-          'plain_seconds_per_round': _mean(times['plain']),
-          'tff_to_plain_ratio': _ratio(_mean(times['tff']),
-                                       _mean(times['plain'])),
-          'tff_cpu_seconds_per_round': _mean(times['tff_cpu']),
-          'plain_cpu_seconds_per_round': _mean(times['plain_cpu']),
-          'tff_to_plain_cpu_ratio': _ratio(_mean(times['tff_cpu']),
-                                           _mean(times['plain_cpu'])),
-          'examples_per_round': _mean(examples),
-      }
-      sweep.append(point)
-      log(f'sweep {k} clients: tff {point["tff_seconds_per_round"]:.2f} s, '
-          f'plain {point["plain_seconds_per_round"]:.2f} s per round')
+    records, plain_state = _timed_rounds(setup, process, plain, evaluator,
+                                         watch, log)
+    message_sizes = _message_sizes(setup, plain, plain_state)
+    sweep = [_sweep_point(setup, process, plain, watch, k, log)
+             for k in config.timing.sweep_clients_per_round]
   # A retrace in either path while rounds run would show here: TFF traces
   # its computations in this process when they are built, never per round.
   traces['during_rounds'] = (
       client_work.update_trace_count() - traces_before_rounds)
   traces['plain_tf_function'] = plain.client_update_tracing_count()
-
   timed = [r for r in records if r['timed']]
   result = {
-      'config': dataclasses.asdict(config),
+      'config': config.flat(),
       'num_active': list(setup.initial.num_active),
       'tff': _path_summary(timed, 'tff'),
       'plain': _path_summary(timed, 'plain'),
@@ -441,7 +346,7 @@ def run_benchmark(config: BenchmarkConfig,
       'traces': traces,
       'message_bytes': message_sizes,
       'agreement': {
-          **agreement,
+          **records[-1]['agreement'],
           'first_round': records[0]['agreement'],
           'upload_bytes_equal': all(
               r['tff_upload_bytes'] == r['plain_upload_bytes']
@@ -456,6 +361,119 @@ def run_benchmark(config: BenchmarkConfig,
       result['plain']['cpu_seconds_per_round'])
   result['peak_rss_mb'] = peak_rss_mb()
   return result
+
+
+def _timed_rounds(setup: _Setup, process, plain: plain_loop.PlainFedDst,
+                  evaluator: evaluation.Evaluator, watch: _Stopwatch,
+                  log: Callable[[str], None]
+                  ) -> tuple[list[dict[str, Any]], plain_loop.PlainState]:
+  """The warm-up and timed rounds, TFF and plain interleaved.
+
+  Returns:
+    `(one record per round, the plain loop's state after the last round)`.
+  """
+  timing = setup.timing
+  drain = _drain_fn(setup.num_epochs)
+  readjust = _readjust_fn(plain.trainer)
+  tff_state = process.initialize()
+  plain_state = plain.initialize()
+  records = []
+  for round_num in range(1, timing.warmup_rounds + timing.timed_rounds + 1):
+    is_timed = round_num > timing.warmup_rounds
+    k = setup.settings.run.clients_per_round
+    tff_datasets = setup.datasets(k, round_num)
+    watch.start()
+    tff_output = process.next(tff_state, tff_datasets)
+    tff_seconds, tff_cpu_seconds = watch.stop()
+    tff_python_cpu_seconds = watch.own_cpu()
+    tff_state = tff_output.state
+
+    timer = plain_loop.PhaseTimer()
+    with timer.phase('data_input'):
+      plain_datasets = setup.datasets(k, round_num)
+    watch.start()
+    plain_state, plain_metrics = plain.next(plain_state, plain_datasets,
+                                            timer)
+    plain_seconds, plain_cpu_seconds = watch.stop()
+    should_readjust = plain_metrics['should_readjust']
+    if is_timed:
+      with timer.phase('data_iteration'):
+        for dataset in setup.datasets(k, round_num):
+          drain(dataset).numpy()
+      if should_readjust:
+        drop = plain.instructions(round_num).drop_fraction
+        readjust(drop).numpy()  # Traced outside the timer.
+        with timer.phase('readjust_call'):
+          readjust(drop).numpy()
+      with timer.phase('evaluation'):
+        evaluator.evaluate(plain.get_model_weights(plain_state))
+    records.append({
+        'round': round_num,
+        'timed': is_timed,
+        'clients': k,
+        'should_readjust': should_readjust,
+        'examples': setup.examples_per_round(k, round_num),
+        'tff_seconds': tff_seconds,
+        'plain_seconds': plain_seconds,
+        'tff_cpu_seconds': tff_cpu_seconds,
+        'tff_python_cpu_seconds': tff_python_cpu_seconds,
+        'plain_cpu_seconds': plain_cpu_seconds,
+        'phases': dict(timer.seconds),
+        'phases_cpu': dict(timer.cpu_seconds),
+        'tff_upload_bytes': int(
+            tff_output.metrics['aggregator']['upload_bytes']),
+        'plain_upload_bytes': plain_metrics['upload_bytes'],
+        'tff_download_bytes': int(
+            tff_output.metrics['distributor']['download_bytes']),
+        'plain_download_bytes': plain_metrics['download_bytes'],
+        'agreement': compare_weights(
+            process.get_model_weights(tff_state),
+            plain.get_model_weights(plain_state), setup.initial.layout),
+    })
+    log(f'round {round_num}{"" if is_timed else " (warm-up)"}: '
+        f'tff {tff_seconds:.2f} s ({tff_cpu_seconds:.2f} CPU s), plain '
+        f'{plain_seconds:.2f} s ({plain_cpu_seconds:.2f} CPU s)'
+        f'{", readjust" if should_readjust else ""}')
+  return records, plain_state
+
+
+def _sweep_point(setup: _Setup, process, plain: plain_loop.PlainFedDst,
+                 watch: _Stopwatch, k: int,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+  """Seconds per round of both paths with `k` clients, from the start."""
+  tff_state = process.initialize()
+  plain_state = plain.initialize()
+  times = {'tff': [], 'plain': [], 'tff_cpu': [], 'plain_cpu': []}
+  examples = []
+  for round_num in range(1, setup.timing.sweep_rounds + 1):
+    tff_datasets = setup.datasets(k, round_num)
+    watch.start()
+    tff_state = process.next(tff_state, tff_datasets).state
+    wall, cpu = watch.stop()
+    times['tff'].append(wall)
+    times['tff_cpu'].append(cpu)
+    plain_datasets = setup.datasets(k, round_num)
+    watch.start()
+    plain_state, _ = plain.next(plain_state, plain_datasets)
+    wall, cpu = watch.stop()
+    times['plain'].append(wall)
+    times['plain_cpu'].append(cpu)
+    examples.append(setup.examples_per_round(k, round_num))
+  point = {
+      'clients_per_round': k,
+      'tff_seconds_per_round': _mean(times['tff']),
+      'plain_seconds_per_round': _mean(times['plain']),
+      'tff_to_plain_ratio': _ratio(_mean(times['tff']),
+                                   _mean(times['plain'])),
+      'tff_cpu_seconds_per_round': _mean(times['tff_cpu']),
+      'plain_cpu_seconds_per_round': _mean(times['plain_cpu']),
+      'tff_to_plain_cpu_ratio': _ratio(_mean(times['tff_cpu']),
+                                       _mean(times['plain_cpu'])),
+      'examples_per_round': _mean(examples),
+  }
+  log(f'sweep {k} clients: tff {point["tff_seconds_per_round"]:.2f} s, '
+      f'plain {point["plain_seconds_per_round"]:.2f} s per round')
+  return point
 
 
 def encoding_sizes(kernels: Sequence[tf.Tensor], masks: Sequence[tf.Tensor],
@@ -520,14 +538,14 @@ def encoding_sizes(kernels: Sequence[tf.Tensor], masks: Sequence[tf.Tensor],
 
 
 def _message_sizes(setup: '_Setup', plain: plain_loop.PlainFedDst,
-                   state: plain_loop.PlainState,
-                   config: BenchmarkConfig) -> list[dict[str, Any]]:
+                   state: plain_loop.PlainState) -> list[dict[str, Any]]:
   """`encoding_sizes` of a real upload: one client readjusting from `state`."""
   round_num = state.round_num + 1
   dataset = setup.datasets(1, round_num)[0]
   instructions = client_work.RoundInstructions(
       should_readjust=tf.constant(True),
-      drop_fraction=tf.constant(config.drop_fraction, tf.float32))
+      drop_fraction=tf.constant(setup.settings.readjustment.drop_fraction,
+                                tf.float32))
   trainer = plain.trainer
   trainer.update(state.weights, dataset, instructions)
   model = trainer.model
@@ -541,7 +559,7 @@ def _message_sizes(setup: '_Setup', plain: plain_loop.PlainFedDst,
               for i in layout.dense_non_trainable_indices])
   return [encoding_sizes(kernels, masks, dense, setup.initial.num_active,
                          encoding.PayloadEncoding.parse(name))
-          for name in config.report_encodings]
+          for name in setup.timing.report_encodings]
 
 
 def _path_summary(timed: list[dict], path: str) -> dict[str, Any]:
@@ -706,7 +724,7 @@ def measure_message_bytes(config: BenchmarkConfig,
   Runs `warmup_rounds + timed_rounds` plain-TF rounds of
   `clients_per_round` clients from the initial model, then one client's
   readjusting update, and measures `encoding_sizes` of its upload in every
-  `config.report_encodings`.
+  `config.timing.report_encodings`.
 
   Args:
     config: What to run.
@@ -721,13 +739,14 @@ def measure_message_bytes(config: BenchmarkConfig,
   plain = plain_loop.PlainFedDst(setup.model_fn, setup.initial, element_spec,
                                  setup.schedule, setup.client_config)
   state = plain.initialize()
-  for round_num in range(1, config.warmup_rounds + config.timed_rounds + 1):
-    state, _ = plain.next(
-        state, setup.datasets(config.clients_per_round, round_num))
+  timing = config.timing
+  for round_num in range(1, timing.warmup_rounds + timing.timed_rounds + 1):
+    state, _ = plain.next(state, setup.datasets(
+        config.experiment.run.clients_per_round, round_num))
     log(f'plain round {round_num} done')
-  return {'config': dataclasses.asdict(config),
+  return {'config': config.flat(),
           'num_active': list(setup.initial.num_active),
-          'message_bytes': _message_sizes(setup, plain, state, config)}
+          'message_bytes': _message_sizes(setup, plain, state)}
 
 
 def write_json(result: dict[str, Any], path: str) -> None:

@@ -61,7 +61,6 @@ import json
 import os
 import shutil
 import tempfile
-import typing
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -71,13 +70,15 @@ from tensorflow.lite.tools import flatbuffer_utils
 import tensorflow_federated as tff
 
 from tff_feddst.methods import fed_dst
+from tff_feddst.methods import model_setup
 from tff_feddst.networks import models
 from tff_feddst.networks import pruning
+from tff_feddst.outputs import run_files
 from tff_feddst.process import client_work
 from tff_feddst.process import distributor
 from tff_feddst.process import encoding
 from tff_feddst.process import mask_codes
-from tff_feddst.running import experiment
+from tff_feddst.running import settings as settings_lib
 
 TRAINING_SIGNATURES = ('train', 'infer', 'get_weights', 'set_weights',
                        'readjust', 'save', 'restore')
@@ -520,31 +521,14 @@ def select_tf_ops(tflite_model: bytes) -> dict[str, tuple[str, ...]]:
 # Runs and checkpoints.
 
 
-def _setting_types() -> dict[str, type]:
-  """`ExperimentConfig` field name -> the type its flag value parses to."""
-  types = {}
-  for name, hint in typing.get_type_hints(experiment.ExperimentConfig).items():
-    options = [a for a in typing.get_args(hint) if a is not type(None)]
-    types[name] = options[0] if options else hint
-  return types
-
-
-def _parse_setting(kind: type, text: str) -> Any:
-  if kind is bool:
-    if text not in ('True', 'False'):
-      raise ValueError(text)
-    return text == 'True'
-  return kind(text)
-
-
-def read_flags_file(path: str) -> experiment.ExperimentConfig:
-  """Reads a run's `flags.txt` (`--name=value` lines) into its config.
+def read_flags_file(path: str) -> settings_lib.ExperimentSettings:
+  """Reads a run's `flags.txt` (`--name=value` lines) into its settings.
 
   Args:
     path: The file.
 
   Returns:
-    The validated `ExperimentConfig`.
+    The validated `ExperimentSettings`.
 
   Raises:
     ExportError: If the file is missing, unreadable, or holds an unknown or
@@ -556,29 +540,15 @@ def read_flags_file(path: str) -> experiment.ExperimentConfig:
   except (OSError, UnicodeDecodeError) as error:
     raise ExportError(f'{path}: cannot read the run settings '
                       f'({error.strerror or error}).') from error
-  types = _setting_types()
-  values = {}
-  for number, line in enumerate(lines, start=1):
-    line = line.strip()
-    if not line or line.startswith('#'):
-      continue
-    name, equals, text = line.partition('=')
-    name = name[2:] if name.startswith('--') else None
-    if not equals or name not in types:
-      raise ExportError(f'{path}:{number}: not a known --name=value setting: '
-                        f'{line[:80]!r}.')
-    kind = types[name]
-    try:
-      values[name] = _parse_setting(kind, text)
-    except ValueError as error:
-      raise ExportError(f'{path}:{number}: --{name}={text!r} is not a '
-                        f'{kind.__name__}.') from error
-  config = experiment.ExperimentConfig(**values)
   try:
-    config.validate()
-  except experiment.ConfigError as error:
+    settings = settings_lib.from_flag_lines(lines)
+  except settings_lib.FlagLineError as error:
+    raise ExportError(f'{path}:{error.line_number}: {error}') from error
+  try:
+    settings.validate()
+  except settings_lib.ConfigError as error:
     raise ExportError(f'{path}: {error}') from error
-  return config
+  return settings
 
 
 def resolve_checkpoint(checkpoint: str) -> tuple[str, str]:
@@ -607,7 +577,7 @@ def load_checkpoint(npz_path: str,
   """Loads a run's global `ModelWeights` and checks them against the model.
 
   Args:
-    npz_path: A `global_model.npz` written by `experiment`.
+    npz_path: A `global_model.npz` written by `run_files`.
     initial: The `InitialModel` built from the run's settings: its weights
       give the expected count, shapes and dtypes, its `num_active` the most
       active positions a mask may hold.
@@ -619,7 +589,7 @@ def load_checkpoint(npz_path: str,
     ExportError: For an unreadable file or weights that do not fit the model.
   """
   try:
-    weights = experiment.load_model_weights(npz_path)
+    weights = run_files.load_model_weights(npz_path)
   except Exception as error:  # np.load raises many kinds on a corrupt file.
     raise ExportError(f'{npz_path}: not a readable weights archive '
                       f'({type(error).__name__}).') from error
@@ -775,21 +745,20 @@ def export(model_name: str, model_fn: models.ModelFn, weights: Any,
                       metadata=metadata)
 
 
-def build_initial_for(config: experiment.ExperimentConfig
+def build_initial_for(settings: settings_lib.ExperimentSettings
                       ) -> tuple[models.ModelFn, fed_dst.InitialModel]:
-  """Builds a run's model function and seeded initial model from its settings.
+  """Builds a run's model function and seeded model at its target sparsity.
 
   Args:
-    config: The run's validated settings.
+    settings: The run's validated settings.
 
   Returns:
-    `(model_fn, initial model)`, as `run_experiment` builds them.
+    `(model_fn, initial model)`, through the call training uses
+    (`model_setup.build_model`), at --target_sparsity (the sparsity of a
+    finished run's weights).
   """
-  model_fn = models.get_model_fn(config.model_name, seed=config.seed)
-  initial = fed_dst.build_initial_model(
-      model_fn, config.target_sparsity, config.sparsity_distribution,
-      seed=config.seed, initial_mask=config.initial_mask)
-  return model_fn, initial
+  return model_setup.build_model(
+      settings, sparsity=settings.network.target_sparsity)
 
 
 def export_checkpoint(checkpoint: str, output_dir: str) -> ExportResult:
@@ -815,11 +784,11 @@ def export_checkpoint(checkpoint: str, output_dir: str) -> ExportResult:
   weights = load_checkpoint(npz_path, initial)
   return export(config.model_name, model_fn, weights, initial.layout,
                 initial.num_active,
-                experiment.build_client_config(config, initial), output_dir,
+                model_setup.build_client_config(config, initial), output_dir,
                 source=os.path.abspath(npz_path))
 
 
-def export_initial(config: experiment.ExperimentConfig,
+def export_initial(config: settings_lib.ExperimentSettings,
                    output_dir: str) -> ExportResult:
   """Exports the seeded initial model a run with `config` would start from.
 
@@ -831,7 +800,7 @@ def export_initial(config: experiment.ExperimentConfig,
     The `ExportResult`.
 
   Raises:
-    experiment.ConfigError: For a bad setting.
+    settings.ConfigError: For a bad setting.
     ExportError: For an existing output file.
   """
   config.validate()
@@ -839,5 +808,5 @@ def export_initial(config: experiment.ExperimentConfig,
   model_fn, initial = build_initial_for(config)
   return export(config.model_name, model_fn, initial.weights, initial.layout,
                 initial.num_active,
-                experiment.build_client_config(config, initial), output_dir,
-                source=f'initialisation (seed {config.seed})')
+                model_setup.build_client_config(config, initial), output_dir,
+                source=f'initialisation (seed {config.run.seed})')

@@ -1,0 +1,188 @@
+"""Tests for tff_feddst.running.settings and bin/experiment_flags.py."""
+
+import dataclasses
+import os
+import sys
+
+from absl import flags
+from absl.testing import flagsaver
+from absl.testing import parameterized
+import tensorflow as tf
+
+from tff_feddst.data import datasets
+from tff_feddst.methods import registry
+from tff_feddst.networks import models
+from tff_feddst.process import encoding
+from tff_feddst.running import settings as settings_lib
+from tff_feddst.sparse import masks
+from tff_feddst.sparse import schedules
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'bin'))
+import experiment_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+experiment_flags.define_run_flags()
+
+# One bad value per group and the flag its one-line error names.
+BAD_GROUP_VALUES = (
+    (settings_lib.DataSettings, 'dirichlet_beta', 0.0),
+    (settings_lib.DataSettings, 'data_dir', ''),
+    (settings_lib.NetworkSettings, 'target_sparsity', 1.0),
+    (settings_lib.NetworkSettings, 'sparsity_distribution', 'foo'),
+    (settings_lib.ClientSettings, 'client_momentum', 1.0),
+    (settings_lib.ClientSettings, 'client_batch_size', 0),
+    (settings_lib.ReadjustmentSettings, 'drop_fraction', 1.5),
+    (settings_lib.ReadjustmentSettings, 'grow_score', 'foo'),
+    (settings_lib.CommunicationSettings, 'upload_encoding', 'float32+gzip'),
+    (settings_lib.CommunicationSettings, 'upload_value_dtype', 'float16'),
+    (settings_lib.ServerSettings, 'server_momentum', -0.1),
+    (settings_lib.ServerSettings, 'max_payload_norm', -1.0),
+    (settings_lib.RunSettings, 'seed', 2**32),
+    (settings_lib.RunSettings, 'eval_every', 0),
+    (settings_lib.RunSettings, 'method', 'foo'),
+    (settings_lib.PruneflSettings, 'prunefl_layer_times', '1,x'),
+    (settings_lib.PruneflSettings, 'prunefl_round_cost', 0.0),
+    (settings_lib.ExecutionSettings, 'workers', 'localhost'),
+    (settings_lib.ExecutionSettings, 'num_local_workers', -1),
+)
+
+
+class GroupValidationTest(parameterized.TestCase):
+
+  def test_every_group_validates_its_defaults(self):
+    for group_class in settings_lib.GROUPS.values():
+      group_class().validate()
+    settings_lib.ExperimentSettings().validate()
+
+  @parameterized.parameters(*BAD_GROUP_VALUES)
+  def test_a_group_refuses_its_bad_values_in_one_line(self, group_class,
+                                                      name, value):
+    group = group_class(**{name: value})
+    with self.assertRaises(settings_lib.ConfigError) as raised:
+      group.validate()
+    message = str(raised.exception)
+    self.assertStartsWith(message, f'--{name}={value!r} is invalid: expected')
+    self.assertNotIn('\n', message)
+    # The whole experiment refuses it the same way.
+    with self.assertRaises(settings_lib.ConfigError) as raised:
+      settings_lib.ExperimentSettings.from_flat(**{name: value}).validate()
+    self.assertEqual(str(raised.exception), message)
+
+  @parameterized.named_parameters(
+      ('clients_over_total', dict(total_clients=4, clients_per_round=5),
+       '--clients_per_round=5 is invalid: expected an integer in [1, '
+       '--total_clients=4]'),
+      ('votes_over_clients', dict(clients_per_round=3, min_votes=4),
+       '--min_votes=4 is invalid: expected an integer in [0, '
+       '--clients_per_round=3]'),
+      ('readjust_after_too_many_epochs',
+       dict(client_epochs_per_round=2, readjust_after_epochs=3.0),
+       '--readjust_after_epochs=3.0 is invalid'),
+      ('growing_with_the_reference_rule',
+       dict(initial_sparsity=0.5, readjust_rule='reference'),
+       '--initial_sparsity=0.5 is invalid with --readjust_rule=reference'),
+      ('growing_past_the_last_round',
+       dict(initial_sparsity=0.5, total_rounds=4, annealing_end_round=5),
+       '--annealing_end_round=5 is invalid with --initial_sparsity=0.5'))
+  def test_rules_across_groups(self, values, message):
+    with self.assertRaises(settings_lib.ConfigError) as raised:
+      settings_lib.ExperimentSettings.from_flat(**values).validate()
+    self.assertStartsWith(str(raised.exception), message)
+
+  def test_choices_come_from_the_implementing_modules(self):
+    choices = settings_lib.setting_choices()
+    self.assertEqual(choices['method'], registry.method_names())
+    self.assertCountEqual(choices['model'], models.MODEL_BUILDERS)
+    self.assertCountEqual(choices['dataset'], datasets.DATASET_NAMES)
+    self.assertEqual(choices['grow_score'], masks.GROW_SCORES)
+    self.assertEqual(choices['annealing'], schedules.ANNEALINGS)
+    self.assertEqual(choices['upload_value_dtype'], encoding.VALUE_DTYPES)
+
+  def test_every_setting_has_help_and_a_unique_flag_name(self):
+    names = []
+    for group_class in settings_lib.GROUPS.values():
+      for field in dataclasses.fields(group_class):
+        self.assertTrue(field.metadata.get('help'), field.name)
+        names.append(field.name)
+    self.assertLen(set(names), len(names))
+    self.assertCountEqual(
+        names, settings_lib.ExperimentSettings.setting_fields())
+
+  def test_flat_names_build_replace_and_refuse_unknown_settings(self):
+    settings = settings_lib.ExperimentSettings.from_flat(
+        dataset='mnist', prox_mu=0.5, prunefl_initial_rounds=2)
+    self.assertEqual(settings.data.dataset, 'mnist')
+    self.assertEqual(settings.client.prox_mu, 0.5)
+    self.assertEqual(settings.prunefl.prunefl_initial_rounds, 2)
+    changed = settings.replace(seed=7)
+    self.assertEqual(changed.run.seed, 7)
+    self.assertEqual(changed.replace(seed=0), settings)
+    with self.assertRaisesRegex(TypeError, 'no_such_setting'):
+      settings_lib.ExperimentSettings.from_flat(no_such_setting=1)
+
+  def test_bad_flag_lines_name_the_line(self):
+    for lines, number, words in (
+        (['--seed=1', '--no_such_setting=1'], 2, 'not a known'),
+        (['', '--total_rounds=many'], 2, 'is not a int'),
+        (['--remember_old=yes'], 1, 'is not a bool')):
+      with self.assertRaises(settings_lib.FlagLineError) as raised:
+        settings_lib.from_flag_lines(lines)
+      self.assertEqual(raised.exception.line_number, number)
+      self.assertIn(words, str(raised.exception))
+
+
+class FlagRoundTripTest(parameterized.TestCase):
+  """flags -> settings -> flags.txt -> settings gives the same settings."""
+
+  def settings_of(self, *args: str) -> settings_lib.ExperimentSettings:
+    with flagsaver.flagsaver():
+      flags.FLAGS.unparse_flags()
+      flags.FLAGS(['train.py', *args])
+      return experiment_flags.settings_from_flags()
+
+  def test_defaults_are_the_settings_defaults(self):
+    self.assertEqual(self.settings_of(), settings_lib.ExperimentSettings())
+
+  @parameterized.parameters(
+      sorted(n for n in os.listdir(os.path.join(ROOT, 'configs'))
+             if n.endswith('.cfg')))
+  def test_every_shipped_flagfile_round_trips(self, name):
+    path = os.path.join(ROOT, 'configs', name)
+    # The compare flagfiles also set compare.py's own flags.
+    settings = self.settings_of(f'--flagfile={path}',
+                                '--undefok=methods,target_accuracy',
+                                '--method=prunefl',
+                                '--examples_per_client=7', '--remember_old',
+                                '--workers=localhost:1')
+    settings.validate()
+    flag_lines = settings.to_flag_lines()
+    self.assertEqual(settings_lib.from_flag_lines(flag_lines), settings)
+    # flags.txt is a flagfile of the same settings.
+    flags_txt = os.path.join(self.create_tempdir().full_path, 'flags.txt')
+    with open(flags_txt, 'w') as f:
+      f.write('\n'.join(flag_lines) + '\n')
+    self.assertEqual(self.settings_of(f'--flagfile={flags_txt}'), settings)
+
+  def test_benchmark_style_defaults_override_only_the_defaults(self):
+    # A settings group of its own (`define_flags` takes any flat dataclass).
+    @dataclasses.dataclass(frozen=True)
+    class Timing:
+      timed_rounds: int = settings_lib.setting(4, 'Timed rounds.')
+      sweep: tuple[int, ...] = settings_lib.setting((1, 2), 'Sweep.')
+
+    flag_values = flags.FlagValues()
+    experiment_flags.define_flags(defaults={'clients_per_round': 20},
+                                  flag_values=flag_values)
+    experiment_flags.define_flags(Timing, flag_values=flag_values)
+    flag_values(['benchmark.py', '--sweep=3,4'])
+    settings = experiment_flags.settings_from_flags(flag_values=flag_values)
+    timing = experiment_flags.settings_from_flags(Timing,
+                                                  flag_values=flag_values)
+    self.assertEqual(settings.run.clients_per_round, 20)
+    self.assertEqual(settings.run.total_rounds,
+                     settings_lib.RunSettings().total_rounds)
+    self.assertEqual(timing, Timing(timed_rounds=4, sweep=(3, 4)))
+
+
+if __name__ == '__main__':
+  tf.test.main()

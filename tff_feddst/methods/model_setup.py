@@ -1,0 +1,88 @@
+"""The model and client hyper-parameters of a run, from its settings.
+
+Training (every method), the TFLite export and the benchmark build the
+model through `build_model`, so that they start from the same seeded
+weights and masks.
+"""
+
+from typing import Optional
+
+import numpy as np
+
+from tff_feddst.methods import fed_dst
+from tff_feddst.networks import models
+from tff_feddst.process import client_work
+from tff_feddst.running import settings as settings_lib
+from tff_feddst.sparse import sparsity_distribution
+
+
+def build_model(settings: settings_lib.ExperimentSettings, *,
+                sparsity: Optional[float] = None
+                ) -> tuple[models.ModelFn, fed_dst.InitialModel]:
+  """The model function and the seeded initial model of a run.
+
+  Args:
+    settings: The run's settings (resolved: a method's defining settings
+      applied).
+    sparsity: The initial model's sparsity; None: S_init (the run's first
+      round). An export of a finished run's weights passes the target.
+
+  Returns:
+    `(model_fn, initial model)`.
+  """
+  network, seed = settings.network, settings.run.seed
+  if sparsity is None:
+    sparsity = network.effective_initial_sparsity
+  model_fn = models.get_model_fn(settings.model_name, seed=seed)
+  initial_model = fed_dst.build_initial_model(
+      model_fn, sparsity, network.sparsity_distribution, seed=seed,
+      initial_mask=network.initial_mask)
+  return model_fn, initial_model
+
+
+def build_client_config(settings: settings_lib.ExperimentSettings,
+                        initial_model: fed_dst.InitialModel
+                        ) -> client_work.ClientConfig:
+  """The client hyper-parameters of a run (TFF clients and TFLite export).
+
+  Args:
+    settings: The run's settings (resolved).
+    initial_model: Its initial model (layer shapes for the reference rule's
+      per-layer keep counts).
+
+  Returns:
+    The `client_work.ClientConfig`.
+  """
+  client, readjustment = settings.client, settings.readjustment
+  target_sparsity = settings.network.target_sparsity
+  keep_after_prune = ()
+  if readjustment.readjust_rule == 'reference':
+    # The authors' clients prune to S + (1 - S) * alpha, then regrow to S.
+    prune_sparsity = min(
+        target_sparsity + (1 - target_sparsity) * readjustment.drop_fraction,
+        0.999999)
+    keep_after_prune = tuple(sparsity_distribution.compute_layer_num_active(
+        initial_model.layout.kernel_shapes, prune_sparsity,
+        settings.network.sparsity_distribution,
+        bias_sizes=initial_model.layout.layer_bias_sizes))
+  return client_work.ClientConfig(
+      learning_rate=client.client_learning_rate,
+      momentum=client.client_momentum,
+      weight_decay=client.client_weight_decay,
+      prox_mu=client.prox_mu,
+      num_epochs=client.client_epochs_per_round,
+      readjust_after_epochs=readjustment.readjust_after_epochs,
+      grow_score=readjustment.grow_score,
+      readjust_rule=readjustment.readjust_rule,
+      reference_keep_after_prune=keep_after_prune,
+      value_dtype=settings.payload_encodings()[0].value_dtype)
+
+
+def num_dense_parameters(initial_model: fed_dst.InitialModel) -> int:
+  """Number of parameters sent densely (biases, normalisation state)."""
+  layout = initial_model.layout
+  weights = initial_model.weights
+  return int(sum(np.size(weights.trainable[i])
+                 for i in layout.dense_trainable_indices) +
+             sum(np.size(weights.non_trainable[i])
+                 for i in layout.dense_non_trainable_indices))

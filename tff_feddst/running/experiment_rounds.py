@@ -1,0 +1,268 @@
+"""The rounds of one experiment: execution context, loop, hooks, failures.
+
+`run_rounds` is the second half of `experiment.run_experiment`: it starts
+the workers, builds the method's process, writes the start files, runs
+`training_loop.run_training` with the progress bar, TensorBoard and
+interrupt hooks, saves the final model and the summary, and on failure
+keeps a resumable checkpoint or removes what a fresh run wrote.
+"""
+
+import contextlib
+import os
+from typing import Callable, Optional
+
+from tff_feddst.data import federated
+from tff_feddst.methods import model_setup
+from tff_feddst.methods import registry
+from tff_feddst.outputs import atomic_files
+from tff_feddst.outputs import checkpoints
+from tff_feddst.outputs import run_files
+from tff_feddst.outputs import tensorboard_logging
+from tff_feddst.process import encoding
+from tff_feddst.running import evaluation
+from tff_feddst.running import execution
+from tff_feddst.running import interruptions
+from tff_feddst.running import settings as settings_lib
+from tff_feddst.running import training_loop
+
+ConfigError = settings_lib.ConfigError
+
+
+class _RoundHooks:
+  """What the loop calls around each round: interrupts, progress, logs.
+
+  Attributes:
+    rounds_done_here: Rounds completed by this call (not a resumed run's).
+    completed: `[(round, state, cumulative bytes)]` of the last completed
+      round, once there is one.
+    tensorboard: The `TensorBoardWriter`, once opened.
+  """
+
+  def __init__(self, total_rounds: int, resume: bool, progress: bool,
+               on_round_end: Optional[Callable[[dict], None]],
+               check_interrupt: Optional[Callable[[], None]]):
+    self._total_rounds = total_rounds
+    self._resume = resume
+    self._progress = progress
+    self._on_round_end = on_round_end
+    self._check_interrupt = check_interrupt
+    self.rounds_done_here = 0
+    self.completed = []
+    self.tensorboard = None
+    self.bar = None
+
+  def before_round(self, round_num: int) -> None:
+    if self._check_interrupt is not None:
+      self._check_interrupt()
+    execution.describe_activity(f'round {round_num}')
+
+  def keep_completed(self, round_num: int, state, cumulative: dict) -> None:
+    self.completed[:] = [(round_num, state, cumulative)]
+
+  def during_calls(self) -> Optional[Callable[[], None]]:
+    """The interrupt check while a TFF call runs, or None."""
+    if self._check_interrupt is None:
+      return None
+
+    def check():
+      # Until the loop has a state to checkpoint (round 0's), a stop waits
+      # for it, so a stopped run always leaves a checkpoint to resume from.
+      if self.completed:
+        self._check_interrupt()
+    return check
+
+  def on_start(self, rows_done) -> None:
+    if self._resume and self.tensorboard is not None:
+      self.tensorboard.resume_after(rows_done)
+    if self._progress:
+      import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm.tqdm(total=self._total_rounds, unit='round',
+                           dynamic_ncols=True,
+                           initial=rows_done[-1]['round'] if rows_done else 0)
+
+  def after_round(self, row: dict) -> None:
+    self.rounds_done_here += 1
+    if self.tensorboard is not None:
+      self.tensorboard.write_metrics(row)
+    if self.bar is not None:
+      self.bar.update(1)
+      postfix = {'loss': f'{row["train_loss"]:.3f}',
+                 'mask_moved': row['mask_changed_positions']}
+      if row['test_accuracy'] is not None:
+        postfix['acc'] = f'{row["test_accuracy"]:.4f}'
+      self.bar.set_postfix(postfix)
+    if self._on_round_end is not None:
+      self._on_round_end(row)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _enter_execution_context(stack: contextlib.ExitStack,
+                             settings: settings_lib.ExperimentSettings,
+                             check_interrupt: Optional[Callable[[], None]],
+                             worker_timeout_seconds: Optional[float]) -> None:
+  """Starts (or connects to) the run's TFF workers inside `stack`."""
+  execution_settings = settings.execution
+  worker_settings = dict(check_interrupt=check_interrupt)
+  if (execution_settings.num_local_workers or
+      execution_settings.worker_addresses):
+    if worker_timeout_seconds is not None:
+      worker_settings['worker_timeout_seconds'] = worker_timeout_seconds
+    stack.enter_context(execution.distributed_execution_context(
+        execution_settings.num_local_workers,
+        execution_settings.worker_addresses, **worker_settings))
+  else:
+    stack.enter_context(execution.local_execution_context(**worker_settings))
+
+
+def _client_download_bytes(settings: settings_lib.ExperimentSettings,
+                           plan: registry.MethodPlan) -> int:
+  """A client's broadcast at most (masks that thin, or a shorter Rice code,
+  cost less)."""
+  initial_model = plan.initial_model
+  return encoding.max_payload_num_bytes(
+      initial_model.layout.kernel_sizes, initial_model.num_active,
+      model_setup.num_dense_parameters(initial_model),
+      settings.payload_encodings()[1])
+
+
+def _train(stack: contextlib.ExitStack,
+           settings: settings_lib.ExperimentSettings,
+           plan: registry.MethodPlan, federated_data: federated.FederatedData,
+           evaluator: evaluation.Evaluator, output_dir: str,
+           tensorboard_dir: str, resume: bool, hooks: _RoundHooks) -> list:
+  """Builds the process, writes the start files, runs the rounds and saves.
+
+  Returns:
+    The metrics rows.
+  """
+  run = settings.run
+  element_spec = training_loop.client_datasets(
+      federated_data, federated_data.client_ids[:1],
+      settings.client.client_batch_size, run.seed, 0)[0].element_spec
+  process = plan.build_process(element_spec)
+  # The run can start: from here on, files are written.
+  run_files.write_start_files(settings, output_dir, plan.start_files, resume)
+  if tensorboard_dir:
+    hooks.tensorboard = stack.enter_context(
+        tensorboard_logging.TensorBoardWriter(tensorboard_dir,
+                                              plan.initial_model.layout))
+  state, rows, stop_reason = training_loop.run_training(
+      process, federated_data, evaluator,
+      total_rounds=run.total_rounds,
+      clients_per_round=run.clients_per_round,
+      batch_size=settings.client.client_batch_size, seed=run.seed,
+      eval_every=run.eval_every,
+      metrics_path=os.path.join(output_dir, 'metrics.csv'),
+      checkpoint_dir=os.path.join(output_dir, 'checkpoints'),
+      checkpoint_every=run.checkpoint_every, resume=resume,
+      upload_budget_bytes=run.upload_budget_bytes,
+      round_upload_bytes=plan.round_upload_bytes,
+      dropout_rate=run.dropout_rate,
+      client_download_bytes=_client_download_bytes(settings, plan),
+      on_start=hooks.on_start,
+      on_round_end=hooks.after_round,
+      on_model_weights=(hooks.tensorboard.write_model
+                        if hooks.tensorboard is not None else None),
+      on_round_start=hooks.before_round,
+      on_round_state=hooks.keep_completed)
+  # The model first, the summary last: summary.json marks a finished run. A
+  # resumed run rewrites the model of its own last round.
+  run_files.save_model_weights(os.path.join(output_dir, 'global_model.npz'),
+                               process.get_model_weights(state),
+                               exclusive=not resume)
+  run_files.write_summary(os.path.join(output_dir, 'summary.json'), settings,
+                          rows, stop_reason)
+  return rows
+
+
+def _handle_failure(error: BaseException, output_dir: str, resume: bool,
+                    hooks: _RoundHooks,
+                    new_files: Optional[run_files.NewFiles]) -> None:
+  """Keeps a stopped run resumable, or removes what a fresh run wrote.
+
+  A run stopped from outside keeps its last completed round (round 0's
+  state included, so a stop during set-up is resumable too); any other
+  failure before a round finished removes what this run wrote. Then raises
+  the error as the caller should see it (or returns to re-raise it as is).
+  """
+  is_stop = isinstance(error, (interruptions.Interrupted, KeyboardInterrupt))
+  is_kept = resume or hooks.rounds_done_here > 0 or (
+      bool(hooks.completed) and isinstance(error, interruptions.Interrupted))
+  if is_stop and is_kept and hooks.completed:
+    round_num, state, cumulative = hooks.completed[-1]
+    path = checkpoints.save_checkpoint(
+        os.path.join(output_dir, 'checkpoints'), round_num, state,
+        cumulative['upload'], cumulative['download'])
+    if isinstance(error, interruptions.Interrupted):
+      error.completed_round, error.checkpoint_path = round_num, path
+  removed = [] if is_kept else new_files.remove()
+  if isinstance(error, KeyboardInterrupt):
+    if is_kept:
+      what_now = 'rerun with --resume to continue from the last checkpoint'
+    elif removed:
+      what_now = 'nothing was kept (no round had finished)'
+    else:
+      what_now = 'nothing was written'
+    raise KeyboardInterrupt(what_now) from None
+  if isinstance(error, checkpoints.CheckpointError):
+    raise ConfigError(f'--resume: {error}') from error
+  if isinstance(error, training_loop.MetricsFileError):
+    raise ConfigError(f'--resume: {error}; fix or remove that line') from error
+  if isinstance(error, FileExistsError):
+    raise ConfigError(
+        f'--output_dir={output_dir} already holds results '
+        f'({error.filename}); choose a new directory.') from error
+  if isinstance(error, atomic_files.WriteError):
+    raise run_files.OutputError.from_os_error(error, is_kept,
+                                              output_dir) from error
+
+
+def run_rounds(settings: settings_lib.ExperimentSettings,
+               plan: registry.MethodPlan,
+               federated_data: federated.FederatedData, output_dir: str,
+               tensorboard_dir: str, *, resume: bool, progress: bool,
+               on_round_end: Optional[Callable[[dict], None]],
+               check_interrupt: Optional[Callable[[], None]],
+               worker_timeout_seconds: Optional[float]) -> list:
+  """Runs a prepared experiment's rounds and writes its outputs.
+
+  Args:
+    settings: The resolved, validated settings.
+    plan: The method's `MethodPlan`.
+    federated_data: The partitioned data.
+    output_dir: Where results go.
+    tensorboard_dir: Where TensorBoard logs go ('' for none).
+    resume: Continue the run in `output_dir`.
+    progress: Show a progress bar.
+    on_round_end: Called with each metrics row.
+    check_interrupt: Called between rounds and while a TFF call runs.
+    worker_timeout_seconds: See `experiment.run_experiment`.
+
+  Returns:
+    The metrics rows.
+
+  Raises:
+    As `experiment.run_experiment`.
+  """
+  # Keras models are built before the TFF process (see evaluation.py).
+  evaluator = evaluation.Evaluator(plan.model_fn, federated_data)
+  new_files = (None if resume
+               else run_files.NewFiles((output_dir, tensorboard_dir)))
+  hooks = _RoundHooks(settings.run.total_rounds, resume, progress,
+                      on_round_end, check_interrupt)
+  try:
+    with contextlib.ExitStack() as stack:
+      # Workers first: a worker that cannot be started or reached fails the
+      # run before anything is written.
+      _enter_execution_context(stack, settings, hooks.during_calls(),
+                               worker_timeout_seconds)
+      return _train(stack, settings, plan, federated_data, evaluator,
+                    output_dir, tensorboard_dir, resume, hooks)
+  except BaseException as error:  # pylint: disable=broad-except
+    _handle_failure(error, output_dir, resume, hooks, new_files)
+    raise
+  finally:
+    hooks.close()
