@@ -2,9 +2,10 @@
 
 `run_rounds` is the second half of `experiment.run_experiment`: it starts
 the workers, builds the method's process, writes the start files, runs
-`training_loop.run_training` with the progress bar, TensorBoard and
-interrupt hooks, saves the final model and the summary, and on failure
-keeps a resumable checkpoint or removes what a fresh run wrote.
+`training_loop.run_training` with TensorBoard and the progress bar as
+release managers and the interrupt hooks, saves the final model and the
+summary, and on failure keeps a resumable checkpoint or removes what a fresh
+run wrote.
 """
 
 import contextlib
@@ -16,6 +17,7 @@ from tff_feddst.methods import model_setup
 from tff_feddst.methods import registry
 from tff_feddst.outputs import atomic_files
 from tff_feddst.outputs import checkpoints
+from tff_feddst.outputs import release_managers as release_managers_lib
 from tff_feddst.outputs import run_files
 from tff_feddst.outputs import tensorboard_logging
 from tff_feddst.process import encoding
@@ -71,6 +73,19 @@ class _RoundHooks:
         self._check_interrupt()
     return check
 
+  def release_managers(self) -> list:
+    """The round's release managers beside metrics.csv: TensorBoard, then
+    the progress bar (each only when asked for; the bar itself starts in
+    `on_start`, at the rounds a resumed run has done)."""
+    managers = []
+    if self.tensorboard is not None:
+      managers.append(
+          release_managers_lib.TensorBoardReleaseManager(self.tensorboard))
+    if self._progress:
+      managers.append(release_managers_lib.ProgressBarReleaseManager(
+          _StartedBar(self)))
+    return managers
+
   def on_start(self, rows_done) -> None:
     if self._resume and self.tensorboard is not None:
       self.tensorboard.resume_after(rows_done)
@@ -82,21 +97,25 @@ class _RoundHooks:
 
   def after_round(self, row: dict) -> None:
     self.rounds_done_here += 1
-    if self.tensorboard is not None:
-      self.tensorboard.write_metrics(row)
-    if self.bar is not None:
-      self.bar.update(1)
-      postfix = {'loss': f'{row["train_loss"]:.3f}',
-                 'mask_moved': row['mask_changed_positions']}
-      if row['test_accuracy'] is not None:
-        postfix['acc'] = f'{row["test_accuracy"]:.4f}'
-      self.bar.set_postfix(postfix)
     if self._on_round_end is not None:
       self._on_round_end(row)
 
   def close(self) -> None:
     if self.bar is not None:
       self.bar.close()
+
+
+class _StartedBar:
+  """The hooks' progress bar, once `on_start` has made it."""
+
+  def __init__(self, hooks: _RoundHooks):
+    self._hooks = hooks
+
+  def update(self, num_rounds: int) -> None:
+    self._hooks.bar.update(num_rounds)
+
+  def set_postfix(self, postfix: dict) -> None:
+    self._hooks.bar.set_postfix(postfix)
 
 
 def _enter_execution_context(stack: contextlib.ExitStack,
@@ -163,9 +182,8 @@ def _train(stack: contextlib.ExitStack,
       dropout_rate=run.dropout_rate,
       client_download_bytes=_client_download_bytes(settings, plan),
       on_start=hooks.on_start,
+      release_managers=hooks.release_managers(),
       on_round_end=hooks.after_round,
-      on_model_weights=(hooks.tensorboard.write_model
-                        if hooks.tensorboard is not None else None),
       on_round_start=hooks.before_round,
       on_round_state=hooks.keep_completed)
   # The model first, the summary last: summary.json marks a finished run. A
