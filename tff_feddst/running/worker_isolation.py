@@ -102,7 +102,9 @@ def start(worker_command: Sequence[str], port: int, env: dict[str, str],
     worker_command: The worker's argv; it must serve gRPC on `port`.
     port: The worker's port (inside its namespace when isolated).
     env: The worker's environment (the forwarder passes it on unchanged).
-    preexec_fn: Run in the child before exec (e.g. a parent-death signal).
+    preexec_fn: Run in the child before exec of a worker started without
+      isolation (e.g. a parent-death signal); an isolated worker's
+      forwarder sets its own parent-death signal and session.
     timeout_seconds: How long the isolated worker may take to listen.
 
   Returns:
@@ -115,8 +117,7 @@ def start(worker_command: Sequence[str], port: int, env: dict[str, str],
   global _unavailable_reason
   if _unavailable_reason is None:
     try:
-      return _start_isolated(worker_command, port, env, preexec_fn,
-                             timeout_seconds)
+      return _start_isolated(worker_command, port, env, timeout_seconds)
     except IsolationUnavailable as e:
       _unavailable_reason = str(e)
   logging.warning(
@@ -145,10 +146,16 @@ def _private_socket_dir() -> str:
 
 
 def _start_isolated(worker_command: Sequence[str], port: int,
-                    env: dict[str, str], preexec_fn: Callable[[], None],
-                    timeout_seconds: float,
+                    env: dict[str, str], timeout_seconds: float,
                     retry_silent_exit: bool = True) -> StartedWorker:
-  """Starts the forwarder and waits for its one-line report."""
+  """Starts the forwarder and waits for its one-line report.
+
+  No Python code runs between fork and exec (no `preexec_fn`): this process
+  has TF's threads, and a forked child that ran Python code there sometimes
+  aborted in `threading._after_fork` (seen in CI as a forwarder that ended
+  without a report). The forwarder gets its own session from `Popen` and
+  asks for its parent-death signal itself, first thing.
+  """
   socket_dir = _private_socket_dir()
   socket_path = os.path.join(socket_dir, _SOCKET_NAME)
   try:
@@ -157,7 +164,7 @@ def _start_isolated(worker_command: Sequence[str], port: int,
         [sys.executable, '-I', '-S', os.path.abspath(__file__), socket_path,
          str(port), str(os.getpid()), '--', *worker_command],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, preexec_fn=preexec_fn, env=env)
+        stderr=subprocess.DEVNULL, start_new_session=True, env=env)
   except BaseException:
     os.rmdir(socket_dir)
     raise
@@ -179,10 +186,10 @@ def _start_isolated(worker_command: Sequence[str], port: int,
   if kind == _UNAVAILABLE:
     raise IsolationUnavailable(detail)
   if not report and retry_silent_exit:
-    # The forwarder ended without a word (seen once, in CI's 1-vs-2-worker
-    # test; cause not found): start it once more before giving up.
-    return _start_isolated(worker_command, port, env, preexec_fn,
-                           timeout_seconds, retry_silent_exit=False)
+    # The forwarder ended without a word: start it once more before giving
+    # up.
+    return _start_isolated(worker_command, port, env, timeout_seconds,
+                           retry_silent_exit=False)
   raise RuntimeError(
       f'TFF worker {worker_command[0]} (port {port}, in its own network '
       f'namespace) {detail or "exited before it listened"}.')
@@ -424,6 +431,8 @@ def _forwarder_main(argv: Sequence[str]) -> int:
   """`worker_isolation.py SOCKET_PATH PORT PARENT_PID -- WORKER_ARGV...`."""
   socket_path, port, parent_pid = argv[0], int(argv[1]), int(argv[2])
   worker_command = list(argv[4:])
+  # SIGTERM (which ends the worker, below) when the run's process dies.
+  _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
   if os.getppid() != parent_pid:  # The parent died before our prctl.
     return 1
   try:
