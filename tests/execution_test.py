@@ -17,6 +17,7 @@ import tensorflow_federated as tff
 from tests import fed_dst_test
 from tff_feddst.running import execution
 from tff_feddst.running import interruptions
+from tff_feddst.running import worker_isolation
 
 
 @tff.tensorflow.computation(np.int32)
@@ -103,10 +104,10 @@ def non_loopback_address() -> str:
 def start_unowned_worker(port: int) -> subprocess.Popen:
   """A plain worker_binary on every interface, as one started elsewhere."""
   return subprocess.Popen(
-      [execution.worker_binary_path(), f'--port={port}'],
+      worker_isolation.dying_with_this_process(
+          [execution.worker_binary_path(), f'--port={port}']),
       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL,
-      preexec_fn=execution._die_with_parent)  # pylint: disable=protected-access
+      stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def is_gone(pid: int) -> bool:

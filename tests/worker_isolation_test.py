@@ -29,16 +29,14 @@ while True:
   connection.close()
 '''
 
-# Starts a worker through `worker_isolation.start` the way LocalWorker does
-# (parent-death signal), prints what started, then waits to be killed.
+# Starts a worker through `worker_isolation.start` the way LocalWorker does,
+# prints what started, then waits to be killed.
 OWNER = '''
-import ctypes, os, signal, sys
+import os, signal, sys
 from tff_feddst.running import worker_isolation
-def die_with_parent():
-  ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 port = int(sys.argv[2])
 started = worker_isolation.start(
-    [sys.argv[1], f"--port={port}"], port, dict(os.environ), die_with_parent,
+    [sys.argv[1], f"--port={port}"], port, dict(os.environ),
     timeout_seconds=60)
 print(started.process.pid, started.worker_pid, started.is_isolated,
       started.target, started.socket_dir or "-", flush=True)
@@ -73,7 +71,7 @@ def _start_echo_worker() -> worker_isolation.StartedWorker:
   port = portpicker.pick_unused_port()
   return worker_isolation.start(
       [sys.executable, '-c', ECHO_SERVER, str(port)], port,
-      dict(os.environ), preexec_fn=lambda: None, timeout_seconds=60)
+      dict(os.environ), timeout_seconds=60)
 
 
 def _stop(started: worker_isolation.StartedWorker) -> None:

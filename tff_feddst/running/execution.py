@@ -17,7 +17,6 @@ call.
 
 import atexit
 import contextlib
-import ctypes
 import gc
 import logging
 import os
@@ -38,7 +37,6 @@ from tff_feddst.running import worker_isolation
 # One thread per kernel (see `worker_environment`, `use_bit_exact_kernels`).
 INTRA_OP_THREADS_ENV = 'TF_NUM_INTRAOP_THREADS'
 
-_PR_SET_PDEATHSIG = 1
 _STARTUP_TIMEOUT_SECONDS = 60.0
 _GRPC_MAX_MESSAGE_BYTES = 2_000_000_000
 # A lost worker: restarts of an owned one per TFF call, and how long one not
@@ -128,18 +126,6 @@ def use_bit_exact_kernels() -> bool:
   return True
 
 
-def _die_with_parent() -> None:
-  """Runs in the child before exec: SIGTERM it when the parent dies.
-
-  The child also gets its own process group, so a terminal's Ctrl-C reaches
-  only the run, which then ends its workers itself (rather than seeing them
-  die and restarting them).
-  """
-  os.setpgrp()
-  libc = ctypes.CDLL('libc.so.6', use_errno=True)
-  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _grpc_stub(address: str) -> tff.framework.RemoteExecutorGrpcStub:
   """Returns a TFF executor stub on a gRPC channel to `address`.
 
@@ -218,7 +204,6 @@ class LocalWorker:
            '--grpc_max_message_length_megabytes='
            f'{_GRPC_MAX_MESSAGE_BYTES >> 20}'],
           port=self.port, env=worker_environment(),
-          preexec_fn=_die_with_parent,
           timeout_seconds=_STARTUP_TIMEOUT_SECONDS)
     except OSError as error:
       raise WorkerError(

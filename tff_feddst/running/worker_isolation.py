@@ -49,6 +49,9 @@ from typing import Callable, Optional, Sequence
 _CLONE_NEWNET = 0x40000000
 _CLONE_NEWUSER = 0x10000000
 _PR_SET_PDEATHSIG = 1
+# First argument that makes this module exec a command that dies with its
+# parent (`dying_with_this_process`).
+_DIE_WITH = '--die-with'
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
@@ -94,7 +97,6 @@ class IsolationUnavailable(Exception):
 
 
 def start(worker_command: Sequence[str], port: int, env: dict[str, str],
-          preexec_fn: Callable[[], None],
           timeout_seconds: float) -> StartedWorker:
   """Starts `worker_command` (serving on `port`) where only we can reach it.
 
@@ -102,9 +104,6 @@ def start(worker_command: Sequence[str], port: int, env: dict[str, str],
     worker_command: The worker's argv; it must serve gRPC on `port`.
     port: The worker's port (inside its namespace when isolated).
     env: The worker's environment (the forwarder passes it on unchanged).
-    preexec_fn: Run in the child before exec of a worker started without
-      isolation (e.g. a parent-death signal); an isolated worker's
-      forwarder sets its own parent-death signal and session.
     timeout_seconds: How long the isolated worker may take to listen.
 
   Returns:
@@ -128,11 +127,30 @@ def start(worker_command: Sequence[str], port: int, env: dict[str, str],
       'the network").',
       port, port, _unavailable_reason)
   process = subprocess.Popen(
-      list(worker_command), stdin=subprocess.DEVNULL,
+      dying_with_this_process(worker_command), stdin=subprocess.DEVNULL,
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-      preexec_fn=preexec_fn, env=env)
+      start_new_session=True, env=env)
   return StartedWorker(process=process, worker_pid=process.pid,
                        target=f'127.0.0.1:{port}', is_isolated=False)
+
+
+def dying_with_this_process(command: Sequence[str]) -> list[str]:
+  """`command` run so that it gets SIGTERM when this process dies.
+
+  Start it with `start_new_session=True` and no `preexec_fn`: a child
+  forked from a process with TF's threads must not run Python code before
+  exec (it sometimes aborted in `threading._after_fork`). This module, run
+  as `--die-with PID -- COMMAND...`, asks for the parent-death signal and
+  then execs `command` in the same process (same pid).
+
+  Args:
+    command: The argv to run.
+
+  Returns:
+    The argv to start instead.
+  """
+  return [sys.executable, '-I', '-S', os.path.abspath(__file__),
+          _DIE_WITH, str(os.getpid()), '--', *command]
 
 
 def _private_socket_dir() -> str:
@@ -490,5 +508,16 @@ def _kill_quietly(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _die_with_main(argv: Sequence[str]) -> int:
+  """`worker_isolation.py --die-with PARENT_PID -- COMMAND...`."""
+  parent_pid, command = int(argv[0]), list(argv[2:])
+  _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+  if os.getppid() != parent_pid:  # The parent died before our prctl.
+    return 1
+  os.execv(command[0], command)
+
+
 if __name__ == '__main__':
+  if sys.argv[1:2] == [_DIE_WITH]:
+    sys.exit(_die_with_main(sys.argv[2:]))
   sys.exit(_forwarder_main(sys.argv[1:]))
