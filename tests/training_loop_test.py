@@ -1,5 +1,6 @@
 """Tests for tff_feddst.running.training_loop: metrics rows and metrics.csv."""
 
+import asyncio
 import collections
 import csv
 import os
@@ -28,6 +29,31 @@ def round_metrics(num_clients=3, rejected_clients=None):
       client_work=collections.OrderedDict(train_loss=0.5),
       finalizer=collections.OrderedDict(sparsity=0.8,
                                         mask_changed_positions=4))
+
+
+class RunSyncTest(tf.test.TestCase):
+  """The loop's coroutines run with or without an event loop in the thread."""
+
+  def test_without_a_running_loop(self):
+    async def answer():
+      return 42
+    self.assertEqual(training_loop._run_sync(answer()), 42)  # pylint: disable=protected-access
+
+  def test_inside_a_running_loop_as_in_jupyter(self):
+    async def answer():
+      return 42
+
+    async def fails():
+      raise ValueError('from the coroutine')
+
+    async def kernel():
+      # Synchronous calls from code running under a loop, as in a notebook.
+      value = training_loop._run_sync(answer())  # pylint: disable=protected-access
+      with self.assertRaisesRegex(ValueError, 'from the coroutine'):
+        training_loop._run_sync(fails())  # pylint: disable=protected-access
+      return value
+
+    self.assertEqual(asyncio.run(kernel()), 42)
 
 
 class MetricsRowTest(tf.test.TestCase):

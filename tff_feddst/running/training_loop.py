@@ -16,6 +16,7 @@ row is `measurements.REQUIRED_MEASUREMENTS`.
 """
 
 import asyncio
+import threading
 import time
 from typing import Any, Callable, Coroutine, Optional, Sequence
 
@@ -42,8 +43,32 @@ metrics_row = measurements.metrics_row
 def _run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
   """Runs one `tff.program` coroutine to its end in a private event loop.
 
-  Its exceptions (KeyboardInterrupt included) propagate unchanged.
+  Where this thread already runs an event loop (a Jupyter kernel does), the
+  private loop runs on a helper thread and this call waits for it. Its
+  exceptions (KeyboardInterrupt included) propagate unchanged.
   """
+  try:
+    asyncio.get_running_loop()
+  except RuntimeError:  # No loop here: the usual case (bin/train.py).
+    return _run_in_private_loop(coroutine)
+  outcome = {}
+
+  def run() -> None:
+    try:
+      outcome['value'] = _run_in_private_loop(coroutine)
+    except BaseException as error:  # pylint: disable=broad-except
+      outcome['error'] = error
+
+  thread = threading.Thread(target=run, name='tff_feddst_program_loop')
+  thread.start()
+  thread.join()
+  if 'error' in outcome:
+    raise outcome['error']
+  return outcome['value']
+
+
+def _run_in_private_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
+  """Runs `coroutine` in a new event loop on this thread, then closes it."""
   loop = asyncio.new_event_loop()
   task = loop.create_task(coroutine)
   try:
