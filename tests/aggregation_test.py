@@ -36,6 +36,8 @@ def measurements(upload_bytes, num_clients, **rejected):
                                    rejected_clients=sum(counts))
   for kind, count in zip(payload_validation.REJECTION_KINDS, counts):
     result[f'rejected_{kind}'] = count
+  result['clipped_clients'] = 0
+  result['capped_weights'] = 0
   return result
 
 

@@ -7,7 +7,9 @@ from tests import process_contract
 from tff_feddst.methods import fed_dst
 from tff_feddst.networks import models
 from tff_feddst.process import client_work
+from tff_feddst.process import aggregator_feedback
 from tff_feddst.process import encoding
+from tff_feddst.process import robust_aggregation
 from tff_feddst.sparse import schedules
 from tff_feddst.sparse import sparsity_distribution
 
@@ -177,6 +179,50 @@ class EncodingsTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, 'always carries the masks'):
       build(download_encoding=encoding.PayloadEncoding(
           masks_only_when_changed=True))
+
+
+class RobustAggregationTest(tf.test.TestCase):
+  """Clipped deltas and capped weights in the composed process."""
+
+  def test_bounds_that_no_honest_client_reaches_change_nothing(self):
+    # Multiplier 100 on the median and a cap above every client's 24
+    # examples: nothing is clipped or capped, the bits are today's.
+    robust = robust_aggregation.RobustAggregation(
+        clip_norm_multiplier=100.0, max_client_weight=24.0)
+    process, _ = build(robust=robust)
+    plain_process, _ = build()
+    state, metrics = run_rounds(process, 2)
+    plain_state, plain_metrics = run_rounds(plain_process, 2)
+    tf.nest.map_structure(self.assertAllEqual,
+                          process.get_model_weights(state),
+                          plain_process.get_model_weights(plain_state))
+    for m, plain in zip(metrics, plain_metrics):
+      self.assertEqual(m['aggregator']['clipped_clients'], 0)
+      self.assertEqual(m['aggregator']['capped_weights'], 0)
+      self.assertEqual(m['client_work']['train_loss'],
+                       plain['client_work']['train_loss'])
+
+  def test_reference_follows_the_global_model(self):
+    robust = robust_aggregation.RobustAggregation(clip_norm_multiplier=1.0)
+    process, initial = build(robust=robust)
+    state = process.initialize()
+    layout, num_active = initial.layout, initial.num_active
+
+    def assert_reference_is_model(state):
+      weights = process.get_model_weights(state)
+      expected = aggregator_feedback.reference_of_weights(
+          weights, layout, num_active)
+      tf.nest.map_structure(self.assertAllEqual, state.aggregator.reference,
+                            expected)
+
+    assert_reference_is_model(state)
+    output = process.next(state, learnable_client_data(0))
+    # With the median as the bound, the clients above it were clipped.
+    self.assertGreater(output.metrics['aggregator']['clipped_clients'], 0)
+    self.assertGreater(output.metrics['aggregator']['update_norm_bound'], 0)
+    assert_reference_is_model(output.state)
+    reset = process.set_model_weights(output.state, initial.weights)
+    assert_reference_is_model(reset)
 
 
 class GrowingSparsityAndRememberOldTest(tf.test.TestCase):

@@ -235,6 +235,9 @@ class _Setup:
                                                          self.initial)
     self.upload_encoding, self.download_encoding = (
         settings.payload_encodings())
+    # The server's bounds on each client, as training uses them.
+    self.robust = model_setup.build_robust_aggregation(settings,
+                                                       self.federated_data)
     self.settings = settings
     self.timing = config.timing
     self.seed = settings.run.seed
@@ -309,7 +312,7 @@ def run_benchmark(config: BenchmarkConfig,
   plain = plain_loop.PlainFedDst(
       setup.model_fn, setup.initial, element_spec, setup.schedule,
       setup.client_config, upload_encoding=setup.upload_encoding,
-      download_encoding=setup.download_encoding)
+      download_encoding=setup.download_encoding, robust=setup.robust)
   traces['plain_build'] = client_work.update_trace_count() - traces_before
   with execution.local_execution_context(
       config.timing.max_concurrent_computation_calls) as worker:
@@ -319,7 +322,7 @@ def run_benchmark(config: BenchmarkConfig,
     process = fed_dst.build_fed_dst(
         setup.model_fn, setup.initial, element_spec, setup.schedule,
         setup.client_config, upload_encoding=setup.upload_encoding,
-        download_encoding=setup.download_encoding)
+        download_encoding=setup.download_encoding, robust=setup.robust)
     build_seconds = time.perf_counter() - start
     traces['tff_build'] = client_work.update_trace_count() - traces_before_build
     traces_before_rounds = client_work.update_trace_count()

@@ -40,11 +40,13 @@ import tensorflow_federated as tff
 from tff_feddst.methods import fed_dst
 from tff_feddst.networks import models
 from tff_feddst.process import aggregation
+from tff_feddst.process import aggregator_feedback
 from tff_feddst.process import client_work
 from tff_feddst.process import distributor
 from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
 from tff_feddst.process import payload_validation
+from tff_feddst.process import robust_aggregation
 from tff_feddst.sparse import exact_sum
 
 # Phase names, in round order.
@@ -118,7 +120,8 @@ class PlainFedDst:
                remember_old: bool = False,
                num_active_by_round: Optional[np.ndarray] = None,
                payload_checks: Optional[
-                   payload_validation.PayloadChecks] = None):
+                   payload_validation.PayloadChecks] = None,
+               robust: Optional[robust_aggregation.RobustAggregation] = None):
     """Builds the client model, its trainer and the server functions.
 
     Arguments mean what they mean for `fed_dst.build_fed_dst`.
@@ -143,6 +146,10 @@ class PlainFedDst:
         the module docstring).
       payload_checks: What an upload must satisfy to be aggregated (None:
         `payload_validation.default_checks`).
+      robust: How the server bounds each client (None: not at all). When it
+        screens uploads (clipping, replays), a round keeps its uploads until
+        every client has reported: the clip bound and the replay counts come
+        from all of them, as in the TFF aggregator's first pass.
 
     Raises:
       ValueError: For `num_active_by_round`, or as `fed_dst.build_fed_dst`
@@ -209,10 +216,27 @@ class PlainFedDst:
       return exact_sum.to_exact(float_zero())
 
     @tf.function
-    def accumulate(aggregate, payload, weight, targets):
+    def accumulate(aggregate, payload, weight, targets, round_bound=None):
       return aggregation.add_exactly(aggregate, payload, weight,
                                      kernel_shapes, dense_shapes, num_active,
-                                     upload_encoding, payload_checks, targets)
+                                     upload_encoding, payload_checks, targets,
+                                     robust=robust, round_bound=round_bound)
+
+    @tf.function
+    def reference_of(weights):
+      return aggregator_feedback.reference_of_weights(
+          weights, layout, num_active, download_encoding)
+
+    @tf.function
+    def screen(counts, payload, weight, targets, reference=None):
+      upload = aggregation.screen_upload(
+          payload, weight, kernel_shapes, dense_shapes, num_active,
+          upload_encoding, payload_checks, reference, targets)
+      histogram, replay_counts = counts
+      return (histogram + robust_aggregation.norm_histogram(
+          upload.norm, upload.accepted),
+              replay_counts + robust_aggregation.fingerprint_counts(
+                  upload.fingerprint, upload.accepted))
 
     @tf.function
     def server_update(state, weights, exact_aggregate):
@@ -239,6 +263,9 @@ class PlainFedDst:
     self._zero_aggregate = zero_aggregate
     self._accumulate = accumulate
     self._server_update = server_update
+    self._robust = robust
+    self._reference_of = reference_of
+    self._screen = screen
 
   @property
   def trainer(self) -> client_work.ClientTrainer:
@@ -286,6 +313,8 @@ class PlainFedDst:
       payload, payload_bytes = self._encode_global(state.weights)
     aggregate = self._zero_aggregate()
     loss_terms, num_regrown = exact_sum.zero_mean_terms(), 0
+    screens = self._robust is not None and self._robust.screens_uploads
+    kept_uploads = []
     for dataset in datasets:
       with timer.phase(BROADCAST):
         client_weights = self._decode_global(payload)
@@ -293,12 +322,19 @@ class PlainFedDst:
         upload, weight, stats = self._trainer.update(client_weights, dataset,
                                                      instructions)
         weight = weight.numpy()  # Waits for the result.
-      with timer.phase(AGGREGATION):
-        aggregate = self._accumulate(aggregate, upload, weight, targets)
-        tf.nest.flatten(aggregate)[-1].numpy()  # Waits for the result.
+      if screens:
+        kept_uploads.append((upload, weight))
+      else:
+        with timer.phase(AGGREGATION):
+          aggregate = self._accumulate(aggregate, upload, weight, targets)
+          tf.nest.flatten(aggregate)[-1].numpy()  # Waits for the result.
       loss_terms = exact_sum.add(loss_terms, exact_sum.mean_terms(
           stats.train_loss, stats.num_examples))
       num_regrown += int(stats.num_regrown)
+    if screens:
+      with timer.phase(AGGREGATION):
+        aggregate = self._aggregate_screened(aggregate, kept_uploads,
+                                             state.weights, targets)
     with timer.phase(SERVER_UPDATE):
       server_state, weights, changed, sparsity = self._server_update(
           finalizer.FinalizerState(
@@ -320,8 +356,33 @@ class PlainFedDst:
         download_bytes=int(payload_bytes) * len(datasets),
         mask_changed_positions=int(changed),
         sparsity=sparsity,
-        rejected_clients=int(tf.reduce_sum(totals.rejected)))
+        rejected_clients=int(tf.reduce_sum(totals.rejected)),
+        clipped_clients=int(totals.clipped_clients),
+        capped_weights=int(totals.capped_weights))
     return PlainState(round_num, weights, buffers), metrics
+
+  def _aggregate_screened(self, aggregate, uploads, global_weights,
+                          targets):
+    """Both passes of a screening aggregator (`robust_aggregation`)."""
+    robust = self._robust
+    reference = (self._reference_of(global_weights) if robust.clip_updates
+                 else None)
+    counts = (tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32),
+              robust_aggregation.zero_fingerprint_counts())
+    for upload, weight in uploads:
+      counts = self._screen(counts, upload, weight, targets, reference)
+    histogram, replay_counts = counts
+    bound = tf.constant(np.inf, tf.float32)
+    if robust.clip_updates:
+      bound = robust_aggregation.bound_from_histogram(
+          histogram, robust.clip_norm_quantile, robust.clip_norm_multiplier)
+    round_bound = robust_aggregation.RoundBound(
+        reference, bound, replay_counts if robust.reject_replays else None)
+    for upload, weight in uploads:
+      aggregate = self._accumulate(aggregate, upload, weight, targets,
+                                   round_bound)
+    tf.nest.flatten(aggregate)[-1].numpy()  # Waits for the result.
+    return aggregate
 
   @staticmethod
   def get_model_weights(state: PlainState) -> tff.learning.models.ModelWeights:

@@ -41,11 +41,13 @@ import tensorflow_federated as tff
 from tff_feddst.networks import models
 from tff_feddst.networks import pruning
 from tff_feddst.process import aggregation
+from tff_feddst.process import aggregator_feedback
 from tff_feddst.process import client_work
 from tff_feddst.process import distributor
 from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
 from tff_feddst.process import payload_validation
+from tff_feddst.process import robust_aggregation
 from tff_feddst.sparse import masks as mask_lib
 from tff_feddst.sparse import sparsity_distribution
 
@@ -124,7 +126,9 @@ def build_fed_dst(model_fn: models.ModelFn,
                   remember_old: bool = False,
                   num_active_by_round: Optional[np.ndarray] = None,
                   payload_checks: Optional[
-                      payload_validation.PayloadChecks] = None
+                      payload_validation.PayloadChecks] = None,
+                  robust: Optional[
+                      robust_aggregation.RobustAggregation] = None
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the FedDST `LearningProcess`.
 
@@ -163,6 +167,9 @@ def build_fed_dst(model_fn: models.ModelFn,
       `payload_validation.default_checks(client_config.readjust_rule,
       min_votes)` (no norm bound). With `num_active_by_round`, its rows
       become the per-round nnz targets.
+    robust: How the server bounds each client's influence
+      (`robust_aggregation.RobustAggregation`: clipped deltas, capped or
+      uniform weights). None: no clipping, the stated example counts.
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
@@ -200,10 +207,11 @@ def build_fed_dst(model_fn: models.ModelFn,
       model_fn, layout, num_active, schedule, client_config,
       model_weights_type, data_type, upload_encoding=upload_encoding)
   result_type = work.next.type_signature.result.result.member
-  aggregator = aggregation.SparseSumFactory(
+  aggregator_factory = aggregation.SparseSumFactory(
       layout.kernel_shapes, num_active, upload_encoding,
-      payload_checks=payload_checks).create(
-          result_type.update, result_type.update_weight)
+      payload_checks=payload_checks, robust=robust)
+  aggregator = aggregator_factory.create(result_type.update,
+                                         result_type.update_weight)
   aggregate_type = aggregator.next.type_signature.result.result.member
   broadcast = distributor.build_sparse_broadcast(
       layout, num_active, model_weights_type, download_encoding)
@@ -218,8 +226,13 @@ def build_fed_dst(model_fn: models.ModelFn,
         server_learning_rate=server_learning_rate,
         server_momentum=server_momentum, min_votes=min_votes,
         remember_old=remember_old, num_active_by_round=num_active_by_round)
-  return tff.learning.templates.compose_learning_process(
+  process = tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
+  if aggregator_factory.clips_updates:
+    process = aggregator_feedback.with_aggregator_state_from_model(
+        process, aggregator_feedback.reference_update(
+            layout, num_active, download_encoding))
+  return process
 
 
 class RoundSettings(NamedTuple):

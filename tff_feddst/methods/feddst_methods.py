@@ -127,8 +127,8 @@ class FeddstMethod(registry.Method):
     from tff_feddst.process import encoding
     from tff_feddst.process import payload_validation
     # pylint: enable=g-import-not-at-top
-    del federated_data  # The model does not depend on the data.
     model_fn, initial_model = model_setup.build_model(settings)
+    robust = model_setup.build_robust_aggregation(settings, federated_data)
     client_config = model_setup.build_client_config(settings, initial_model)
     upload_encoding, download_encoding = settings.payload_encodings()
     server = settings.server
@@ -155,7 +155,8 @@ class FeddstMethod(registry.Method):
           download_encoding=download_encoding,
           payload_checks=payload_validation.default_checks(
               client_config.readjust_rule, server.min_votes,
-              server.max_payload_norm))
+              server.max_payload_norm),
+          robust=robust)
 
     return registry.MethodPlan(
         model_fn=model_fn, initial_model=initial_model,

@@ -12,6 +12,7 @@ import numpy as np
 from tff_feddst.methods import fed_dst
 from tff_feddst.networks import models
 from tff_feddst.process import client_work
+from tff_feddst.process import robust_aggregation
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.sparse import sparsity_distribution
 
@@ -86,3 +87,32 @@ def num_dense_parameters(initial_model: fed_dst.InitialModel) -> int:
                  for i in layout.dense_trainable_indices) +
              sum(np.size(weights.non_trainable[i])
                  for i in layout.dense_non_trainable_indices))
+
+
+def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
+                             federated_data
+                             ) -> robust_aggregation.RobustAggregation:
+  """How the run's server bounds each client (`robust_aggregation`).
+
+  Args:
+    settings: The run's settings.
+    federated_data: Its `data.FederatedData` (for the default weight cap).
+
+  Returns:
+    The `RobustAggregation`: with --max_client_weight unset, the cap is the
+    largest local data set of the partition (no honest client states more);
+    0 means no cap.
+  """
+  server = settings.server
+  cap = server.max_client_weight
+  if cap is None:
+    cap = float(max(federated_data.num_train_examples(client_id)
+                    for client_id in federated_data.client_ids))
+  return robust_aggregation.RobustAggregation(
+      clip_updates=server.clip_updates,
+      clip_norm_quantile=server.clip_norm_quantile,
+      clip_norm_multiplier=server.clip_norm_multiplier,
+      clip_zeroing_multiple=server.clip_zeroing_multiple,
+      max_client_weight=float(cap) if cap else None,
+      client_weighting=server.client_weighting,
+      reject_replays=server.reject_replayed_uploads)

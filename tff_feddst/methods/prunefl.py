@@ -98,11 +98,13 @@ import tensorflow_federated as tff
 from tff_feddst.methods import prunefl_masks
 from tff_feddst.networks import models
 from tff_feddst.process import aggregation
+from tff_feddst.process import aggregator_feedback
 from tff_feddst.process import client_work
 from tff_feddst.process import distributor
 from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
 from tff_feddst.process import payload_validation
+from tff_feddst.process import robust_aggregation
 
 # Bytes of `PruneflUpload.has_importance` (int32), sent with every upload.
 IMPORTANCE_FLAG_BYTES = 4
@@ -408,7 +410,8 @@ def build_aggregator_factory(
     kernel_shapes: Sequence[Sequence[int]],
     upload_encoding: encoding.PayloadEncoding,
     initial_targets: Sequence[int],
-    payload_checks: Optional[payload_validation.PayloadChecks] = None
+    payload_checks: Optional[payload_validation.PayloadChecks] = None,
+    robust: Optional[robust_aggregation.RobustAggregation] = None
 ) -> aggregation.SparseSumFactory:
   """PruneFL's aggregator: the shared sparse sums with every check.
 
@@ -420,6 +423,7 @@ def build_aggregator_factory(
       upload's masks must have exactly these (then the counts of each new
       global mask, written into the state by the process).
     payload_checks: See `build_prunefl`.
+    robust: See `build_prunefl`.
 
   Returns:
     The `aggregation.SparseSumFactory`, whose `create(PruneflUpload type,
@@ -431,7 +435,7 @@ def build_aggregator_factory(
       kernel_shapes, kernel_sizes, upload_encoding,
       payload_checks or payload_validation.PayloadChecks(),
       initial_targets=initial_targets,
-      extension=ImportanceExtension(kernel_shapes))
+      extension=ImportanceExtension(kernel_shapes), robust=robust)
 
 
 def importance_mask_rule(layout: models.ModelLayout,
@@ -483,57 +487,6 @@ def importance_mask_rule(layout: models.ModelLayout,
   return rule
 
 
-def _mask_counts(weights, layout: models.ModelLayout) -> tf.Tensor:
-  """int32 [layers]: the ones of each mask of `weights`."""
-  return tf.stack([tf.cast(tf.reduce_sum(tf.cast(
-      weights.non_trainable[i], tf.float32)), tf.int32)
-                   for i in layout.mask_indices])
-
-
-def _with_mask_count_targets(
-    process: tff.learning.templates.LearningProcess,
-    layout: models.ModelLayout) -> tff.learning.templates.LearningProcess:
-  """`process` with the aggregator's targets set to the global mask's counts.
-
-  PruneFL's aggregator checks each upload's mask counts against targets kept
-  in its state (`SparseSumFactory(initial_targets=...)`): after every round
-  (and in `set_model_weights`) they become the counts of the new global
-  mask, which the clients of the next round receive.
-  """
-  state_type, data_type = process.next.type_signature.parameter
-  weights_type = process.get_model_weights.type_signature.result
-
-  @tff.tensorflow.computation(weights_type)
-  def mask_counts(weights):
-    return _mask_counts(weights, layout)
-
-  @tff.federated_computation(state_type, data_type)
-  def next_fn(state, client_data):
-    output = process.next(state, client_data)
-    new_state = output.state
-    new_weights = new_state.global_model_weights
-    return tff.learning.templates.LearningProcessOutput(
-        state=tff.federated_zip(tff.learning.templates.LearningAlgorithmState(
-            global_model_weights=new_weights,
-            distributor=new_state.distributor,
-            client_work=new_state.client_work,
-            aggregator=tff.federated_map(mask_counts, new_weights),
-            finalizer=new_state.finalizer)),
-        metrics=output.metrics)
-
-  @tff.tensorflow.computation(process.set_model_weights.type_signature
-                              .parameter[0], weights_type)
-  def set_model_weights(state, weights):
-    return tff.learning.templates.LearningAlgorithmState(
-        global_model_weights=weights, distributor=state.distributor,
-        client_work=state.client_work,
-        aggregator=_mask_counts(weights, layout), finalizer=state.finalizer)
-
-  return tff.learning.templates.LearningProcess(
-      process.initialize, next_fn, process.get_model_weights,
-      set_model_weights)
-
-
 def build_prunefl(model_fn: models.ModelFn,
                   layout: models.ModelLayout,
                   initial_weights: tff.learning.models.ModelWeights,
@@ -546,7 +499,9 @@ def build_prunefl(model_fn: models.ModelFn,
                   upload_encoding: Optional[encoding.PayloadEncoding] = None,
                   download_encoding: Optional[encoding.PayloadEncoding] = None,
                   payload_checks: Optional[
-                      payload_validation.PayloadChecks] = None
+                      payload_validation.PayloadChecks] = None,
+                  robust: Optional[
+                      robust_aggregation.RobustAggregation] = None
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the PruneFL `LearningProcess` (federated stage).
 
@@ -583,6 +538,10 @@ def build_prunefl(model_fn: models.ModelFn,
       bound); invalid uploads are dropped and counted in the aggregator's
       `rejected_clients`. A per-round target table is not accepted (the
       targets follow the global mask).
+    robust: How the server bounds each client (`robust_aggregation`), as
+      for FedDST: clipped deltas (the importance sums are not clipped: they
+      choose the mask, which the mask counts bound), capped or uniform
+      weights. None: neither.
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
@@ -614,9 +573,11 @@ def build_prunefl(model_fn: models.ModelFn,
   result_type = work.next.type_signature.result.result.member
   initial_targets = [int(np.sum(initial_non_trainable[i]))
                      for i in layout.mask_indices]
-  aggregator = build_aggregator_factory(
+  aggregator_factory = build_aggregator_factory(
       layout.kernel_shapes, upload_encoding, initial_targets,
-      payload_checks).create(result_type.update, result_type.update_weight)
+      payload_checks, robust)
+  aggregator = aggregator_factory.create(result_type.update,
+                                         result_type.update_weight)
   aggregate_type = aggregator.next.type_signature.result.result.member
   # Capacity = every kernel's size: PruneFL's mask size changes.
   broadcast = distributor.build_sparse_broadcast(
@@ -625,7 +586,21 @@ def build_prunefl(model_fn: models.ModelFn,
       layout, layout.kernel_sizes, model_weights_type, aggregate_type,
       server_learning_rate=server_learning_rate,
       server_momentum=server_momentum, mask_rule=mask_rule)
-  return _with_mask_count_targets(
-      tff.learning.templates.compose_learning_process(
-          initial_model_weights_fn, broadcast, work, aggregator,
-          server_finalizer), layout)
+  process = tff.learning.templates.compose_learning_process(
+      initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
+  # The aggregator checks each upload's mask counts against targets in its
+  # state: after every round (and in `set_model_weights`) they become the
+  # counts of the new global mask, which the next round's clients receive;
+  # when it clips, the broadcast model becomes its reference too.
+  if aggregator_factory.clips_updates:
+    reference_update = aggregator_feedback.reference_update(
+        layout, layout.kernel_sizes, download_encoding)
+
+    def update(aggregator_state, weights):
+      return reference_update(aggregator_state._replace(
+          counter=aggregator_feedback.mask_counts(weights, layout)), weights)
+  else:
+    def update(aggregator_state, weights):
+      del aggregator_state  # Only the targets.
+      return aggregator_feedback.mask_counts(weights, layout)
+  return aggregator_feedback.with_aggregator_state_from_model(process, update)

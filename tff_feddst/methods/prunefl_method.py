@@ -80,6 +80,7 @@ class PruneflMethod(registry.Method):
         weights=pruned.weights, num_active=pruned.layer_num_active)
     upload_encoding, download_encoding = settings.payload_encodings()
     num_dense = model_setup.num_dense_parameters(initial_model)
+    robust = model_setup.build_robust_aggregation(settings, federated_data)
     built = {}
 
     def build_process(element_spec):
@@ -91,7 +92,8 @@ class PruneflMethod(registry.Method):
           upload_encoding=upload_encoding,
           download_encoding=download_encoding,
           payload_checks=payload_validation.default_checks(
-              max_norm=settings.server.max_payload_norm))
+              max_norm=settings.server.max_payload_norm),
+          robust=robust)
       return built['process']
 
     def round_upload_bytes(round_num: int, state) -> int:

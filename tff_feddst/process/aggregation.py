@@ -53,6 +53,7 @@ import tensorflow_federated as tff
 from tff_feddst.process import encoding
 from tff_feddst.process import mask_codes
 from tff_feddst.process import payload_validation
+from tff_feddst.process import robust_aggregation
 from tff_feddst.sparse import exact_sum
 
 WEIGHT_BYTES = 4  # The float32 example count sent with each payload.
@@ -63,7 +64,9 @@ class SparseAggregate(NamedTuple):
 
   `num_clients` counts the accepted clients; `rejected` (int32, one count
   per kind of `payload_validation.REJECTION_KINDS`) the rejected ones, and
-  `upload_bytes` the bytes of both.
+  `upload_bytes` the bytes of both. `clipped_clients` counts the accepted
+  clients whose update the server clipped, `capped_weights` those whose
+  example count it capped (`robust_aggregation`).
   """
   weighted_kernel_sums: tuple
   weighted_votes: tuple
@@ -73,6 +76,8 @@ class SparseAggregate(NamedTuple):
   num_clients: tf.Tensor
   upload_bytes: tf.Tensor
   rejected: Any = ()
+  clipped_clients: Any = ()
+  capped_weights: Any = ()
 
 
 def zero_aggregate(kernel_shapes: Sequence[Sequence[int]],
@@ -96,7 +101,9 @@ def zero_aggregate(kernel_shapes: Sequence[Sequence[int]],
       total_weight=tf.constant(0.0, tf.float32),
       num_clients=tf.constant(0, tf.int32),
       upload_bytes=tf.constant(0, tf.int64),
-      rejected=tf.zeros([len(payload_validation.REJECTION_KINDS)], tf.int32))
+      rejected=tf.zeros([len(payload_validation.REJECTION_KINDS)], tf.int32),
+      clipped_clients=tf.constant(0, tf.int32),
+      capped_weights=tf.constant(0, tf.int32))
 
 
 _zero_aggregate = zero_aggregate  # The earlier private name, still used.
@@ -259,9 +266,15 @@ def _add_valid(aggregate, payload: encoding.Payload, weight: tf.Tensor,
                num_active: Sequence[int],
                payload_encoding: encoding.PayloadEncoding,
                masks: Optional[Sequence[tf.Tensor]] = None,
-               has_masks: Optional[tf.Tensor] = None):
-  """Adds an accepted payload; `masks` are its decoded masks if at hand."""
-  num_bytes = encoding.payload_num_bytes(payload) + WEIGHT_BYTES
+               has_masks: Optional[tf.Tensor] = None,
+               received: Optional[encoding.Payload] = None):
+  """Adds an accepted payload; `masks` are its decoded masks if at hand.
+
+  `received` is the payload as it arrived when `payload` is the server's
+  clipped version of it (its bytes are what is counted).
+  """
+  received = payload if received is None else received
+  num_bytes = encoding.payload_num_bytes(received) + WEIGHT_BYTES
   if payload_encoding.masks_only_when_changed:
     if has_masks is None:
       has_masks = payload.mask_code_bits > 0
@@ -299,7 +312,7 @@ def _add_valid(aggregate, payload: encoding.Payload, weight: tf.Tensor,
     kernels, dense = encoding.scatter_values(payload.values, masks), list(
         payload.dense)
   # Values are charged for the masks' ones, not the padding to capacity.
-  num_bytes = encoding.payload_num_bytes(payload, masks) + WEIGHT_BYTES
+  num_bytes = encoding.payload_num_bytes(received, masks) + WEIGHT_BYTES
   return _add_totals(_add_positional(aggregate, kernels, masks, weight),
                      dense, weight, num_bytes)
 
@@ -326,6 +339,132 @@ def _value_lengths(values) -> tuple[int, ...]:
   return tuple(lengths)
 
 
+class _Checked(NamedTuple):
+  """An upload past the shape check: static shapes and content checks."""
+  upload: Any
+  content: payload_validation.ContentCheck
+
+
+def _upload_spec(aggregate_dense_shapes, kernel_shapes, num_active,
+                 payload_encoding, extension):
+  spec = payload_validation.payload_spec(kernel_shapes, num_active,
+                                         aggregate_dense_shapes,
+                                         payload_encoding)
+  return extension.spec(spec) if extension else spec
+
+
+def _check_then(upload, spec, weight, kernel_shapes, num_active,
+                payload_encoding, checks, targets, extension, on_checked,
+                on_shape_error):
+  """Runs the shape check, then the content checks, then `on_checked`."""
+  payload_of = extension.payload_of if extension else (lambda u: u)
+
+  def checked():
+    static = payload_validation.with_static_shapes(upload, spec)
+    content = payload_validation.check_content(
+        payload_of(static), weight, kernel_shapes, num_active,
+        payload_encoding, checks, targets,
+        extension.checks(static) if extension else ())
+    return on_checked(_Checked(static, content))
+
+  return tf.cond(payload_validation.shapes_match(upload, spec), checked,
+                 on_shape_error)
+
+
+class _ClientDelta(NamedTuple):
+  """A checked upload's delta from the round's reference (robust pass)."""
+  norm: tf.Tensor
+  ref_values: tuple
+
+
+def _client_delta(payload: encoding.Payload,
+                  content: payload_validation.ContentCheck,
+                  reference: robust_aggregation.Reference,
+                  num_active: Sequence[int]) -> _ClientDelta:
+  """The delta norm of an accepted payload (masks from its content check).
+
+  An upload without masks holds the reference's (global) masks.
+  """
+  masks = [tf.where(content.has_masks, tf.cast(mask, tf.float32), ref_mask)
+           for mask, ref_mask in zip(content.masks, reference.masks)]
+  ref_values = robust_aggregation.reference_values(reference, masks,
+                                                   num_active)
+  norm = robust_aggregation.delta_norm(payload.values, payload.dense,
+                                       ref_values, reference)
+  return _ClientDelta(norm, tuple(ref_values))
+
+
+class UploadScreen(NamedTuple):
+  """What the first pass of a screening aggregator learns of one upload.
+
+  Attributes:
+    accepted: bool, the upload passes every payload check.
+    norm: float32 L2 norm of its delta from the reference (0 when rejected
+      or without a reference).
+    fingerprint: int32 [2] replay buckets (`robust_aggregation`).
+  """
+  accepted: tf.Tensor
+  norm: tf.Tensor
+  fingerprint: tf.Tensor
+
+
+def screen_upload(payload: encoding.Payload, weight: tf.Tensor,
+                  kernel_shapes: Sequence[Sequence[int]],
+                  dense_shapes: Sequence[Sequence[int]],
+                  num_active: Sequence[int],
+                  payload_encoding: encoding.PayloadEncoding,
+                  checks: payload_validation.PayloadChecks,
+                  reference: Optional[robust_aggregation.Reference],
+                  targets: Optional[tf.Tensor] = None,
+                  extension: Optional[UploadExtension] = None
+                  ) -> UploadScreen:
+  """Validates an upload, measures its delta and fingerprints it.
+
+  The first pass of a `SparseSumFactory` with `robust` (the clip bound and
+  the replay counts come from it).
+
+  Args:
+    payload: The client's upload (dimensions may be unknown statically).
+    weight: Its stated example count.
+    kernel_shapes: Shape of each prunable kernel.
+    dense_shapes: Shape of each dense parameter tensor, in payload order.
+    num_active: Values per kernel.
+    payload_encoding: The upload encoding.
+    checks: The payload checks (as for `accumulate_payload`).
+    reference: The round's broadcast model; None: no norm is taken.
+    targets: See `accumulate_payload`.
+    extension: See `accumulate_payload`.
+
+  Returns:
+    The `UploadScreen`.
+  """
+  payload_encoding = payload_encoding or encoding.PayloadEncoding()
+  weight = tf.cast(weight, tf.float32)
+  payload_of = extension.payload_of if extension else (lambda u: u)
+  upload = tf.nest.map_structure(tf.convert_to_tensor, payload)
+  spec = _upload_spec(dense_shapes, kernel_shapes, num_active,
+                      payload_encoding, extension)
+  not_counted = UploadScreen(tf.constant(False), tf.constant(0.0, tf.float32),
+                             tf.zeros([2], tf.int32))
+
+  def measure(checked: _Checked):
+    def counted():
+      norm = tf.constant(0.0, tf.float32)
+      if reference is not None:
+        norm = _client_delta(payload_of(checked.upload), checked.content,
+                             reference, num_active).norm
+      return UploadScreen(
+          tf.constant(True), norm,
+          robust_aggregation.upload_fingerprint(checked.upload))
+    return tf.cond(tf.equal(checked.content.rejection,
+                            payload_validation.ACCEPTED),
+                   counted, lambda: not_counted)
+
+  return _check_then(upload, spec, weight, kernel_shapes, num_active,
+                     payload_encoding, checks, targets, extension, measure,
+                     lambda: not_counted)
+
+
 def accumulate_payload(aggregate, payload: encoding.Payload,
                        weight: tf.Tensor,
                        kernel_shapes: Sequence[Sequence[int]],
@@ -335,7 +474,11 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
                        checks: Optional[
                            payload_validation.PayloadChecks] = None,
                        targets: Optional[tf.Tensor] = None,
-                       extension: Optional[UploadExtension] = None):
+                       extension: Optional[UploadExtension] = None,
+                       robust: Optional[
+                           robust_aggregation.RobustAggregation] = None,
+                       round_bound: Optional[
+                           robust_aggregation.RoundBound] = None):
   """Validates one client's payload, then decodes it into the running sums.
 
   Args:
@@ -353,67 +496,124 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
       `PayloadEncoding()` (`SparsePayload`s).
     checks: The `payload_validation.PayloadChecks` to apply; None adds the
       payload unchecked (only for payloads known to be valid; not with an
-      extension).
+      extension, nor with `robust`).
     targets: int32 [layers], this round's target nnz per layer (None:
       `num_active`).
     extension: What the upload carries beside the payload (None: nothing).
+    robust: How the server bounds a client (`robust_aggregation`): the
+      weight it uses (capped or uniform). None: the stated weight.
+    round_bound: What the first pass found (`robust_aggregation.RoundBound`):
+      with a reference, the payload's delta is clipped to the round's bound
+      and a payload beyond `robust.clip_zeroing_multiple` times it is
+      rejected ('update_norm'); with replay counts, a payload counted more
+      than once is rejected ('replay'). None: neither.
 
   Returns:
     The updated aggregate, of the type of `aggregate`: the payload's sums
     added if it passed every check, else only its bytes and a rejection.
 
   Raises:
-    ValueError: For an extension without checks.
+    ValueError: For an extension or `robust` without checks, or a
+      `round_bound` without `robust`.
   """
   payload_encoding = payload_encoding or encoding.PayloadEncoding()
   weight = tf.cast(weight, tf.float32)
   if checks is None:
-    if extension is not None:
-      raise ValueError('uploads with an extension are always checked.')
+    if extension is not None or robust is not None:
+      raise ValueError('uploads with an extension or robust aggregation are '
+                       'always checked.')
     return _add_valid(aggregate, payload, weight, kernel_shapes, num_active,
                       payload_encoding)
+  if round_bound is not None and robust is None:
+    raise ValueError('round_bound needs the robust aggregation settings.')
   upload = payload
   payload_of = extension.payload_of if extension else (lambda u: u)
   num_active = tuple(num_active) or _value_lengths(payload_of(upload).values)
   dense_shapes = [total.shape.as_list() for total in
                   _totals_of(aggregate).weighted_dense_sums]
-  spec = payload_validation.payload_spec(kernel_shapes, num_active,
-                                         dense_shapes, payload_encoding)
-  if extension:
-    spec = extension.spec(spec)
+  spec = _upload_spec(dense_shapes, kernel_shapes, num_active,
+                      payload_encoding, extension)
   upload = tf.nest.map_structure(tf.convert_to_tensor, upload)
   num_bytes = received_num_bytes(payload_of(upload))
   if extension:
     num_bytes += extension.num_bytes(upload)
+  used_weight, capped = weight, tf.constant(0, tf.int32)
+  if robust is not None:
+    used_weight = robust_aggregation.effective_weight(weight, robust)
+    capped = robust_aggregation.weight_was_capped(weight, robust)
 
   def rejected(code):
     return _add_rejection(aggregate, code, num_bytes)
 
-  def accepted(static, content):
+  def add(static, content, summed_payload, clipped):
     sums = _add_valid(_totals_of(aggregate) if extension else aggregate,
-                      payload_of(static), weight, kernel_shapes, num_active,
-                      payload_encoding, content.masks, content.has_masks)
+                      summed_payload, used_weight, kernel_shapes,
+                      num_active, payload_encoding, content.masks,
+                      content.has_masks, received=payload_of(static))
+    totals = _totals_of(sums)
+    sums = _with_totals(sums, totals._replace(
+        clipped_clients=totals.clipped_clients + clipped,
+        capped_weights=totals.capped_weights + capped))
     if not extension:
       return sums
     sums = sums._replace(upload_bytes=sums.upload_bytes +
                          extension.num_bytes(static))
     return ExtendedAggregate(
-        sums=sums, extra=extension.add(aggregate.extra, static, weight))
+        sums=sums, extra=extension.add(aggregate.extra, static, used_weight))
 
-  def checked():
-    static = payload_validation.with_static_shapes(upload, spec)
-    content = payload_validation.check_content(
-        payload_of(static), weight, kernel_shapes, num_active,
-        payload_encoding, checks, targets,
-        extension.checks(static) if extension else ())
+  def accepted(checked: _Checked):
+    static, content = checked
+    if round_bound is None or round_bound.replay_counts is None:
+      return add_checked(checked)
+    replayed = robust_aggregation.is_replayed(
+        robust_aggregation.upload_fingerprint(static),
+        round_bound.replay_counts)
     return tf.cond(
-        tf.equal(content.rejection, payload_validation.ACCEPTED),
-        lambda: accepted(static, content),
-        lambda: rejected(content.rejection))
+        replayed,
+        lambda: rejected(tf.constant(
+            payload_validation.rejection_code('replay'), tf.int32)),
+        lambda: add_checked(checked))
+
+  def add_checked(checked: _Checked):
+    static, content = checked
+    received = payload_of(static)
+    if round_bound is None or round_bound.reference is None:
+      return add(static, content, received, tf.constant(0, tf.int32))
+    delta = _client_delta(received, content, round_bound.reference,
+                          num_active)
+    factor = robust_aggregation.clip_factor(delta.norm, round_bound.bound)
+
+    def clipped_payload():
+      values, dense = robust_aggregation.clip_values(
+          received.values, received.dense, delta.ref_values,
+          round_bound.reference, factor)
+      return tuple(values), tuple(dense)
+
+    def as_received():
+      return (tuple(tf.cast(v, tf.float32) for v in received.values),
+              tuple(tf.cast(d, tf.float32) for d in received.dense))
+
+    values, dense = tf.cond(factor < 1.0, clipped_payload, as_received)
+    as_summed = received._replace(values=values, dense=dense)
+    too_far = delta.norm > robust.clip_zeroing_multiple * round_bound.bound
+    return tf.cond(
+        too_far,
+        lambda: rejected(tf.constant(
+            payload_validation.rejection_code('update_norm'), tf.int32)),
+        lambda: add(static, content, as_summed,
+                    tf.cast(factor < 1.0, tf.int32)))
+
+  def on_checked(checked: _Checked):
+    return tf.cond(
+        tf.equal(checked.content.rejection, payload_validation.ACCEPTED),
+        lambda: accepted(checked),
+        lambda: rejected(checked.content.rejection))
 
   shape_code = payload_validation.rejection_code('shape')
-  return tf.cond(payload_validation.shapes_match(upload, spec), checked,
-                 lambda: rejected(tf.constant(shape_code, tf.int32)))
+  return _check_then(upload, spec, weight, kernel_shapes, num_active,
+                     payload_encoding, checks, targets, extension,
+                     on_checked,
+                     lambda: rejected(tf.constant(shape_code, tf.int32)))
 
 
 def zero_sums(kernel_shapes: Sequence[Sequence[int]],
@@ -455,7 +655,9 @@ def add_exactly(exact_aggregate, payload: encoding.Payload,
                 payload_encoding: encoding.PayloadEncoding,
                 checks: Optional[payload_validation.PayloadChecks] = None,
                 targets: Optional[tf.Tensor] = None,
-                extension: Optional[UploadExtension] = None):
+                extension: Optional[UploadExtension] = None,
+                robust: Optional[robust_aggregation.RobustAggregation] = None,
+                round_bound: Optional[robust_aggregation.RoundBound] = None):
   """`accumulate_payload` into sums kept in `exact_sum` form.
 
   The client's contribution (its checked, decoded payload times its weight,
@@ -476,6 +678,8 @@ def add_exactly(exact_aggregate, payload: encoding.Payload,
     checks: See `accumulate_payload`.
     targets: See `accumulate_payload`.
     extension: See `accumulate_payload`.
+    robust: See `accumulate_payload`.
+    round_bound: See `accumulate_payload`.
 
   Returns:
     The updated exact sums.
@@ -484,7 +688,7 @@ def add_exactly(exact_aggregate, payload: encoding.Payload,
       zero_sums(kernel_shapes, dense_shapes, payload_encoding, num_active,
                 extension),
       payload, weight, kernel_shapes, num_active, payload_encoding, checks,
-      targets, extension)
+      targets, extension, robust, round_bound)
   return exact_sum.add(exact_aggregate, exact_sum.to_exact(contribution))
 
 
@@ -523,7 +727,8 @@ def measurements_of(aggregate) -> collections.OrderedDict:
   Returns:
     OrderedDict: `upload_bytes` (int64, every received upload),
     `num_clients` (accepted), `rejected_clients` (all kinds), then
-    `rejected_<kind>` for each of `payload_validation.REJECTION_KINDS`.
+    `rejected_<kind>` for each of `payload_validation.REJECTION_KINDS`,
+    `clipped_clients` and `capped_weights` (`robust_aggregation`).
   """
   totals = _totals_of(aggregate)
   measurements = collections.OrderedDict(
@@ -531,6 +736,8 @@ def measurements_of(aggregate) -> collections.OrderedDict:
       rejected_clients=tf.reduce_sum(totals.rejected))
   for index, kind in enumerate(payload_validation.REJECTION_KINDS):
     measurements[f'rejected_{kind}'] = totals.rejected[index]
+  measurements['clipped_clients'] = totals.clipped_clients
+  measurements['capped_weights'] = totals.capped_weights
   return measurements
 
 
@@ -565,7 +772,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
                    payload_validation.PayloadChecks] = None,
                *,
                initial_targets: Optional[Sequence[int]] = None,
-               extension: Optional[UploadExtension] = None):
+               extension: Optional[UploadExtension] = None,
+               robust: Optional[robust_aggregation.RobustAggregation] = None):
     """Creates the factory.
 
     Args:
@@ -580,6 +788,11 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         state (see the class docstring); None: the targets come from
         `num_active` or the checks' per-round table.
       extension: What uploads carry beside the payload (None: nothing).
+      robust: How the server bounds each client (`robust_aggregation`):
+        weight cap or uniform weights, and with `clip_updates` clipped
+        deltas (the state then holds the round's reference model, which the
+        owning process keeps current: `aggregator_feedback`). None: the
+        stated weights, no clipping.
 
     Raises:
       ValueError: If `num_active` is missing for a `CodedPayload` encoding,
@@ -592,6 +805,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     self._initial_targets = (None if initial_targets is None else
                              tuple(int(n) for n in initial_targets))
     self._extension = extension
+    self._robust = robust
     if (not self._encoding.is_bitmap_payload and
         len(self._num_active) != len(self._kernel_shapes)):
       raise ValueError(f'encoding {self._encoding.name} needs num_active '
@@ -600,40 +814,68 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       raise ValueError('initial_targets and a per-round target table '
                        '(num_active_by_round) exclude each other.')
 
-  def _state_computations(self, table: np.ndarray):
-    """`(first_state, next_state, round_targets)` TF computations."""
+  def _state_computations(self, table: np.ndarray, reference_type=None):
+    """`(first_state, next_state, round_targets)` TF computations.
+
+    The counter is the round number (targets from `table`) or, with
+    `initial_targets`, the targets themselves; with a `reference_type` the
+    state is an `AggregatorState` holding the counter and the reference.
+    """
     initial_targets = self._initial_targets
     if initial_targets is not None:
-      @tff.tensorflow.computation
-      def first_state():
+      def first_counter():
         return tf.constant(initial_targets, tf.int32)
 
+      def next_counter(targets):
+        return tf.identity(targets)
+
+      def counter_targets(targets):
+        return tf.identity(targets)
+    else:
+      def first_counter():
+        return tf.constant(0, tf.int32)
+
+      def next_counter(round_index):
+        return round_index + 1
+
+      def counter_targets(round_index):
+        rows = tf.constant(table, tf.int32)
+        return rows[tf.minimum(round_index, len(table) - 1)]
+
+    if reference_type is None:
+      first_state = tff.tensorflow.computation(first_counter)
       state_type = first_state.type_signature.result
+      return (first_state,
+              tff.tensorflow.computation(next_counter, state_type),
+              tff.tensorflow.computation(counter_targets, state_type))
 
-      @tff.tensorflow.computation(state_type)
-      def next_state(targets):
-        return tf.identity(targets)
-
-      @tff.tensorflow.computation(state_type)
-      def round_targets(targets):
-        return tf.identity(targets)
-
-      return first_state, next_state, round_targets
+    dense_shapes = [t.shape for t in tff.structure.flatten(
+        reference_type.dense)]
 
     @tff.tensorflow.computation
-    def first_round():
-      return tf.constant(0, tf.int32)
+    def first_state():
+      return AggregatorState(
+          counter=first_counter(),
+          reference=robust_aggregation.zero_reference(self._kernel_shapes,
+                                                      dense_shapes))
 
-    @tff.tensorflow.computation(np.int32)
-    def next_round(round_index):
-      return round_index + 1
+    state_type = first_state.type_signature.result
 
-    @tff.tensorflow.computation(np.int32)
-    def table_row(round_index):
-      rows = tf.constant(table, tf.int32)
-      return rows[tf.minimum(round_index, len(table) - 1)]
+    @tff.tensorflow.computation(state_type)
+    def next_state(state):
+      return AggregatorState(counter=next_counter(state.counter),
+                             reference=state.reference)
 
-    return first_round, next_round, table_row
+    @tff.tensorflow.computation(state_type)
+    def round_targets(state):
+      return counter_targets(state.counter)
+
+    return first_state, next_state, round_targets
+
+  @property
+  def clips_updates(self) -> bool:
+    """Whether the state holds a reference model (`AggregatorState`)."""
+    return self._robust is not None and self._robust.clip_updates
 
   def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
     """Builds the process for clients' values of `value_type`.
@@ -654,6 +896,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     payload_encoding = self._encoding
     checks = self._checks
     extension = self._extension
+    robust = self._robust
+    clips = self.clips_updates
     payload_type = extension.payload_of(value_type) if extension else value_type
     dense_shapes = tuple(
         tuple(t.shape) for t in tff.structure.flatten(payload_type.dense))
@@ -684,22 +928,43 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     exact_type = zero_fn.type_signature.result
     targets_type = tff.TensorType(np.int32, [len(num_active)])
+    reference_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
+        lambda t: tf.TensorSpec(t.shape, t.dtype),
+        robust_aggregation.zero_reference(kernel_shapes, dense_shapes)))
+    screens = robust is not None and robust.screens_uploads
+    findings_type = tff.types.tensorflow_to_type(
+        (tf.TensorSpec([], tf.float32),
+         tf.TensorSpec([2, robust_aggregation.NUM_REPLAY_BUCKETS], tf.int32)))
+    # What each client's value is zipped with: its weight, the round's
+    # targets (if any), the reference (if clipping); in the second pass of
+    # a screening aggregator also the first pass's findings.
+    extra_types = ([weight_type] + ([targets_type] if has_targets else []) +
+                   ([reference_type] if clips else []))
 
-    def add_client(exact_aggregate, payload, weight, targets=None):
+    def unpack(client_value):
+      """`(payload, weight, targets, reference, findings)` of a value."""
+      payload, weight, *rest = client_value
+      targets = rest.pop(0) if has_targets else None
+      reference = rest.pop(0) if clips else None
+      findings = rest.pop(0) if rest else None
+      return payload, weight, targets, reference, findings
+
+    def add_client(exact_aggregate, client_value):
+      payload, weight, targets, reference, findings = unpack(client_value)
+      round_bound = None
+      if screens:
+        bound, replay_counts = findings
+        round_bound = robust_aggregation.RoundBound(
+            reference, bound,
+            replay_counts if robust.reject_replays else None)
       return add_exactly(exact_aggregate, payload, weight, kernel_shapes,
                          dense_shapes, num_active, payload_encoding, checks,
-                         targets, extension)
+                         targets, extension, robust, round_bound)
 
-    if has_targets:
-      @tff.tensorflow.computation(
-          exact_type, (relaxed_value_type, weight_type, targets_type))
-      def accumulate(exact_aggregate, client_value):
-        return add_client(exact_aggregate, *client_value)
-    else:
-      @tff.tensorflow.computation(exact_type,
-                                  (relaxed_value_type, weight_type))
-      def accumulate(exact_aggregate, client_value):
-        return add_client(exact_aggregate, *client_value)
+    accumulate = tff.tensorflow.computation(
+        add_client, exact_type, tuple(
+            [relaxed_value_type] + extra_types +
+            ([findings_type] if screens else [])))
 
     @tff.tensorflow.computation(exact_type, exact_type)
     def merge(first, second):
@@ -710,12 +975,23 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       return exact_sum.from_exact(float_zero(), exact_aggregate)
 
     aggregate_type = report.type_signature.result
+    first_state, next_state, round_targets = self._state_computations(
+        table, reference_type if clips else None)
+    screening = self._screening_computations(
+        relaxed_value_type, extra_types, unpack, kernel_shapes, dense_shapes,
+        num_active, first_state.type_signature.result) if screens else None
 
-    @tff.tensorflow.computation(aggregate_type)
-    def measure(aggregate):
-      return measurements_of(aggregate)
+    @tff.tensorflow.computation(aggregate_type, findings_type)
+    def measure(aggregate, findings):
+      measurements = measurements_of(aggregate)
+      if clips:
+        measurements['update_norm_bound'] = findings[0]
+      return measurements
 
-    first_state, next_state, round_targets = self._state_computations(table)
+    @tff.tensorflow.computation
+    def screening_default():
+      return (tf.constant(np.inf, tf.float32),
+              robust_aggregation.zero_fingerprint_counts())
 
     @tff.federated_computation
     def init_fn():
@@ -726,16 +1002,107 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         tff.types.FederatedType(relaxed_value_type, tff.CLIENTS),
         tff.types.FederatedType(weight_type, tff.CLIENTS))
     def next_fn(state, payload, weight):
+      zipped = [payload, weight]
       if has_targets:
-        targets = tff.federated_broadcast(
-            tff.federated_map(round_targets, state))
-        client_values = tff.federated_zip((payload, weight, targets))
+        zipped.append(tff.federated_broadcast(
+            tff.federated_map(round_targets, state)))
+      if clips:
+        zipped.append(tff.federated_broadcast(
+            tff.federated_map(screening.reference_of_state, state)))
+      if screens:
+        screened = tff.federated_aggregate(
+            tff.federated_zip(tuple(zipped)), screening.zero(),
+            screening.accumulate, screening.merge, screening.report)
+        findings = tff.federated_map(screening.findings, screened)
+        zipped.append(tff.federated_broadcast(findings))
       else:
-        client_values = tff.federated_zip((payload, weight))
-      aggregate = tff.federated_aggregate(client_values, zero_fn(),
-                                          accumulate, merge, report)
+        findings = tff.federated_eval(screening_default, tff.SERVER)
+      aggregate = tff.federated_aggregate(tff.federated_zip(tuple(zipped)),
+                                          zero_fn(), accumulate, merge,
+                                          report)
       return tff.templates.MeasuredProcessOutput(
           state=tff.federated_map(next_state, state), result=aggregate,
-          measurements=tff.federated_map(measure, aggregate))
+          measurements=tff.federated_map(measure, (aggregate, findings)))
 
     return tff.templates.AggregationProcess(init_fn, next_fn)
+
+  def _screening_computations(self, relaxed_value_type, extra_types, unpack,
+                              kernel_shapes, dense_shapes, num_active,
+                              state_type) -> '_ScreeningComputations':
+    """The TF computations of the first pass (`robust_aggregation`).
+
+    The pass sums a histogram of the accepted uploads' delta norms and
+    their replay fingerprint counts (integers: exact in any order); its
+    findings are the round's clip bound and those counts.
+    """
+    robust = self._robust
+    clips = self.clips_updates
+
+    def zero_counts():
+      return (tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32),
+              robust_aggregation.zero_fingerprint_counts())
+
+    zero = tff.tensorflow.computation(zero_counts)
+    counts_type = zero.type_signature.result
+
+    def add_upload(counts, client_value):
+      payload, weight, targets, reference, _ = unpack(client_value)
+      screen = screen_upload(
+          payload, weight, kernel_shapes, dense_shapes, num_active,
+          self._encoding, self._checks, reference, targets, self._extension)
+      histogram, replay_counts = counts
+      return (histogram + robust_aggregation.norm_histogram(
+          screen.norm, screen.accepted),
+              replay_counts + robust_aggregation.fingerprint_counts(
+                  screen.fingerprint, screen.accepted))
+
+    accumulate = tff.tensorflow.computation(
+        add_upload, counts_type, tuple([relaxed_value_type] + extra_types))
+
+    @tff.tensorflow.computation(counts_type, counts_type)
+    def merge(first, second):
+      return tf.nest.map_structure(tf.add, first, second)
+
+    @tff.tensorflow.computation(counts_type)
+    def report(counts):
+      return tf.nest.map_structure(tf.identity, counts)
+
+    @tff.tensorflow.computation(counts_type)
+    def findings(counts):
+      histogram, replay_counts = counts
+      bound = tf.constant(np.inf, tf.float32)
+      if clips:
+        bound = robust_aggregation.bound_from_histogram(
+            histogram, robust.clip_norm_quantile, robust.clip_norm_multiplier)
+      return bound, replay_counts
+
+    reference_of_state = None
+    if clips:
+      reference_of_state = tff.tensorflow.computation(
+          lambda state: state.reference, state_type)
+
+    return _ScreeningComputations(zero, accumulate, merge, report, findings,
+                                  reference_of_state)
+
+
+class _ScreeningComputations(NamedTuple):
+  zero: Any
+  accumulate: Any
+  merge: Any
+  report: Any
+  findings: Any
+  reference_of_state: Any
+
+
+class AggregatorState(NamedTuple):
+  """`SparseSumFactory`'s state when it clips updates.
+
+  Attributes:
+    counter: The round counter (int32) or, with `initial_targets`, the
+      targets (int32 [layers]): the state of a factory that does not clip.
+    reference: The `robust_aggregation.Reference` of the round's broadcast
+      model, which the owning process writes after every round
+      (`aggregator_feedback`).
+  """
+  counter: Any
+  reference: Any

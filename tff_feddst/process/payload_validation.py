@@ -26,7 +26,13 @@ first kind that failed, in this order (`REJECTION_KINDS`):
               padding of a sparser mask) are non-zero;
   norm        with a bound B (`PayloadChecks.max_norm` > 0): the L2 norm of
               everything uploaded (active values, as float32, and the dense
-              parameters) exceeds B.
+              parameters) exceeds B;
+  update_norm with robust aggregation (`robust_aggregation`), checked by
+              the aggregator after all of the above: the norm of the
+              client's delta from the broadcast model is far beyond the
+              round's clip bound;
+  replay      with robust aggregation: the same upload (its bytes, weight
+              aside) arrived more than once in the round (every copy).
 
 Shapes. Inside TFF a payload's type is static, so `SparseSumFactory.create`
 declares its client value with every dimension unknown (`relaxed_type`): a
@@ -79,7 +85,7 @@ from tff_feddst.process import encoding
 from tff_feddst.process import mask_codes
 
 REJECTION_KINDS = ('shape', 'weight', 'nonfinite', 'mask_code', 'mask_count',
-                   'norm')
+                   'norm', 'update_norm', 'replay')
 NUM_ACTIVE_RULES = ('exact', 'at_most')
 ACCEPTED = 0  # Rejection code of a valid payload; kind i has code i + 1.
 

@@ -388,11 +388,45 @@ class ServerSettings(_Group):
       'dense parameters: the client\'s model, not its update) exceeds this, '
       '>= 0; 0: no bound. Malformed, non-finite or mis-counted uploads are '
       'always dropped; metrics.csv counts them in rejected_clients.')
+  clip_updates: bool = setting(
+      True, 'Clip each client\'s update (its delta from the broadcast model '
+      'on its own mask) to the round\'s adaptive bound, and drop uploads far '
+      'beyond it (robust_aggregation).')
+  clip_norm_quantile: float = setting(
+      0.5, 'The clip bound follows this quantile of the round\'s update '
+      'norms, in (0, 1) (0.5: the median, which fewer than half of the '
+      'clients cannot move).')
+  clip_norm_multiplier: float = setting(
+      2.0, 'The clip bound is this (>= 1) times that quantile.')
+  clip_zeroing_multiple: float = setting(
+      10.0, 'Uploads whose update norm exceeds this (>= 1) times the clip '
+      'bound are dropped (rejected_update_norm).')
+  max_client_weight: Optional[float] = setting(
+      None, 'Cap on the example count a client states (its aggregation '
+      'weight), > 0; unset: the largest local data set of the partition; '
+      '0: no cap.')
+  reject_replayed_uploads: bool = setting(
+      True, 'Drop every copy of an upload that arrives more than once in a '
+      'round (rejected_replay).')
+  client_weighting: str = setting(
+      'num_examples', 'Aggregation weight of an accepted client: its '
+      '(capped) example count, or 1 for every client.',
+      ('num_examples', 'uniform'))
 
   def validate(self) -> None:
     super().validate()
     self._require(self.server_learning_rate > 0, 'server_learning_rate',
                   'a number > 0')
+    self._require(0 < self.clip_norm_quantile < 1, 'clip_norm_quantile',
+                  'a number in (0, 1)')
+    self._require(self.clip_norm_multiplier >= 1, 'clip_norm_multiplier',
+                  'a finite number >= 1')
+    self._require(self.clip_zeroing_multiple >= 1, 'clip_zeroing_multiple',
+                  'a finite number >= 1')
+    self._require(self.max_client_weight is None or
+                  self.max_client_weight >= 0, 'max_client_weight',
+                  'a finite number > 0 (0: no cap; unset: the largest local '
+                  'data set)')
     self._require(0 <= self.server_momentum < 1, 'server_momentum',
                   'a number in [0, 1)')
     self._require(self.max_payload_norm >= 0, 'max_payload_norm',

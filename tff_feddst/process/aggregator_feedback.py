@@ -1,0 +1,139 @@
+"""Keeps the aggregator's view of the global model current between rounds.
+
+`tff.learning.templates.compose_learning_process` hands the aggregator only
+its own state and the clients' values; the global model lives in the
+learning process's state. An aggregator that must know the model the round
+broadcast (to bound client deltas: `robust_aggregation`; to check mask
+counts against the global mask: PruneFL) keeps what it needs in its state,
+and the process built here writes it there: after every round, from the new
+global model, and in `initialize` and `set_model_weights`, so a resumed or
+reset run agrees with an uninterrupted one.
+"""
+
+from typing import Any, Callable, Optional, Sequence
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_feddst.networks import models
+from tff_feddst.process import aggregation
+from tff_feddst.process import client_work
+from tff_feddst.process import encoding
+from tff_feddst.process import robust_aggregation
+
+# `(aggregator state, global ModelWeights) -> aggregator state`, in TF.
+StateUpdate = Callable[[Any, tff.learning.models.ModelWeights], Any]
+
+
+def with_aggregator_state_from_model(
+    process: tff.learning.templates.LearningProcess,
+    update: StateUpdate) -> tff.learning.templates.LearningProcess:
+  """`process` with `update` applied to its aggregator state from the model.
+
+  Args:
+    process: A composed `LearningProcess`.
+    update: Writes what the aggregator needs of the global model into its
+      state (a TF function).
+
+  Returns:
+    The `LearningProcess` whose `initialize`, `next` and `set_model_weights`
+    leave the aggregator state updated from the global model they return.
+  """
+  state_type, data_type = process.next.type_signature.parameter
+  weights_type = process.get_model_weights.type_signature.result
+  aggregator_type = state_type.member.aggregator
+
+  @tff.tensorflow.computation(aggregator_type, weights_type)
+  def updated(aggregator_state, weights):
+    return update(aggregator_state, weights)
+
+  def with_aggregator(state, aggregator_state):
+    return tff.federated_zip(tff.learning.templates.LearningAlgorithmState(
+        global_model_weights=state.global_model_weights,
+        distributor=state.distributor, client_work=state.client_work,
+        aggregator=aggregator_state, finalizer=state.finalizer))
+
+  @tff.federated_computation
+  def init_fn():
+    state = process.initialize()
+    return with_aggregator(state, tff.federated_map(
+        updated, (state.aggregator, state.global_model_weights)))
+
+  @tff.federated_computation(state_type, data_type)
+  def next_fn(state, client_data):
+    output = process.next(state, client_data)
+    new_state = output.state
+    return tff.learning.templates.LearningProcessOutput(
+        state=with_aggregator(new_state, tff.federated_map(
+            updated, (new_state.aggregator,
+                      new_state.global_model_weights))),
+        metrics=output.metrics)
+
+  @tff.tensorflow.computation(
+      process.set_model_weights.type_signature.parameter[0], weights_type)
+  def set_model_weights(state, weights):
+    return tff.learning.templates.LearningAlgorithmState(
+        global_model_weights=weights, distributor=state.distributor,
+        client_work=state.client_work,
+        aggregator=update(state.aggregator, weights),
+        finalizer=state.finalizer)
+
+  return tff.learning.templates.LearningProcess(
+      init_fn, next_fn, process.get_model_weights, set_model_weights)
+
+
+def reference_of_weights(weights: tff.learning.models.ModelWeights,
+                         layout: models.ModelLayout,
+                         num_active: Sequence[int],
+                         download_encoding: Optional[
+                             encoding.PayloadEncoding] = None
+                         ) -> robust_aggregation.Reference:
+  """The model the clients decode from the broadcast of `weights`.
+
+  Args:
+    weights: The global `ModelWeights`.
+    layout: The model's `ModelLayout`.
+    num_active: Active weights per kernel (the payload's capacity).
+    download_encoding: The broadcast encoding (None: float32 bitmap).
+
+  Returns:
+    Its `robust_aggregation.Reference` (float16 downloads: rounded).
+  """
+  download_encoding = download_encoding or encoding.PayloadEncoding()
+  payload = client_work.encode_weights(weights, layout, num_active,
+                                       payload_encoding=download_encoding)
+  return robust_aggregation.reference_of_payload(
+      payload, layout.kernel_shapes, num_active, download_encoding)
+
+
+def reference_update(layout: models.ModelLayout, num_active: Sequence[int],
+                     download_encoding: Optional[
+                         encoding.PayloadEncoding] = None) -> StateUpdate:
+  """The `StateUpdate` that writes the broadcast reference into the state.
+
+  For a `SparseSumFactory` that clips updates (its state an
+  `aggregation.AggregatorState`).
+  """
+  def update(aggregator_state, weights):
+    return aggregation.AggregatorState(
+        counter=aggregator_state.counter,
+        reference=reference_of_weights(weights, layout, num_active,
+                                       download_encoding))
+  return update
+
+
+def compose_updates(*updates: StateUpdate) -> StateUpdate:
+  """Applies `updates` in order."""
+  def update(aggregator_state, weights):
+    for step in updates:
+      aggregator_state = step(aggregator_state, weights)
+    return aggregator_state
+  return update
+
+
+def mask_counts(weights: tff.learning.models.ModelWeights,
+                layout: models.ModelLayout) -> tf.Tensor:
+  """int32 [layers]: the ones of each mask of `weights`."""
+  return tf.stack([tf.cast(tf.reduce_sum(tf.cast(
+      weights.non_trainable[i], tf.float32)), tf.int32)
+                   for i in layout.mask_indices])
