@@ -153,6 +153,34 @@ def check_settings(settings: settings_lib.ExperimentSettings) -> None:
         'expected 0 (every sampled client reports).')
 
 
+def plain_loop_arguments(settings: settings_lib.ExperimentSettings,
+                         client_config: Any) -> dict[str, Any]:
+  """The server settings of `plain_loop.PlainFedDst`, from a run's settings.
+
+  As `feddst_methods.FeddstMethod.prepare` passes them to
+  `fed_dst.build_fed_dst`; a new server setting (a defence) that the plain
+  loop takes is passed here.
+
+  Args:
+    settings: The run's settings (resolved).
+    client_config: Its `client_work.ClientConfig`.
+
+  Returns:
+    Keyword arguments of `PlainFedDst` beyond the model, data, schedule and
+    client config.
+  """
+  upload_encoding, download_encoding = settings.payload_encodings()
+  server = settings.server
+  return dict(
+      server_learning_rate=server.server_learning_rate,
+      server_momentum=server.server_momentum,
+      min_votes=server.min_votes, remember_old=server.remember_old,
+      upload_encoding=upload_encoding, download_encoding=download_encoding,
+      payload_checks=payload_validation.default_checks(
+          client_config.readjust_rule, server.min_votes,
+          server.max_payload_norm))
+
+
 class _Setup:
   """Data, plain loop and evaluator of one seed and defence setting."""
 
@@ -164,20 +192,10 @@ class _Setup:
     # The evaluator's Keras model first (see evaluation.py).
     self.evaluator = evaluation.Evaluator(model_fn, self.data)
     client_config = model_setup.build_client_config(settings, initial)
-    upload_encoding, download_encoding = settings.payload_encodings()
-    server = settings.server
-    # As `feddst_methods.FeddstMethod.prepare` builds the TFF process.
     self.loop = plain_loop.PlainFedDst(
         model_fn, initial, self.datasets(1)[0].element_spec,
         feddst_methods.build_schedule(settings), client_config,
-        server_learning_rate=server.server_learning_rate,
-        server_momentum=server.server_momentum,
-        min_votes=server.min_votes, remember_old=server.remember_old,
-        upload_encoding=upload_encoding,
-        download_encoding=download_encoding,
-        payload_checks=payload_validation.default_checks(
-            client_config.readjust_rule, server.min_votes,
-            server.max_payload_norm))
+        **plain_loop_arguments(settings, client_config))
     self.payload_format = attacks.PayloadFormat(
         initial.layout, tuple(int(n) for n in initial.num_active),
         self.loop.trainer.upload_encoding)
