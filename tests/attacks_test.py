@@ -284,6 +284,16 @@ class DefencesAndTableTest(tf.test.TestCase):
     else:
       attack_runs.apply_defences(settings, 'on')
 
+  def test_max_abs_weight_ignores_nan_but_not_inf(self):
+    weights = lambda *arrays: tff.learning.models.ModelWeights(
+        trainable=[np.array(a, np.float32) for a in arrays], non_trainable=[])
+    self.assertEqual(attack_runs.max_abs_weight(
+        weights([1.0, -3.0], [np.nan, 2.0])), 3.0)
+    self.assertEqual(attack_runs.max_abs_weight(
+        weights([1.0], [-np.inf])), np.inf)
+    self.assertTrue(np.isnan(attack_runs.max_abs_weight(
+        weights([np.nan]))))
+
   def test_table_has_every_column(self):
     row = {column: 0 for column in attack_runs.COLUMNS}
     row.update(attack='replay', defences='off', always_finite='yes',

@@ -81,8 +81,8 @@ COLUMNS = (('attack', 'defences', 'seed', 'final_test_accuracy',
             'mean_test_accuracy', 'mean_vs_clean_points', 'rejected_clients')
            + tuple(f'rejected_{kind}'
                    for kind in payload_validation.REJECTION_KINDS)
-           + ('hostile_uploads', 'always_finite', 'first_nonfinite_round',
-              'seconds'))
+           + ('hostile_uploads', 'final_max_abs_weight', 'always_finite',
+              'first_nonfinite_round', 'seconds'))
 CSV_NAME = 'attack_table.csv'
 MARKDOWN_NAME = 'attack_table.md'
 
@@ -216,6 +216,17 @@ def is_finite(weights: Any) -> bool:
              if np.issubdtype(np.asarray(v).dtype, np.floating))
 
 
+def max_abs_weight(weights: Any) -> float:
+  """The largest |value| of a `ModelWeights`' trainable tensors (NaN-free
+  maximum; NaN only when every value is NaN)."""
+  values = [np.abs(np.asarray(v, np.float64)).reshape(-1)
+            for v in weights.trainable]
+  values = np.concatenate(values) if values else np.zeros([0])
+  if not values.size or np.all(np.isnan(values)):
+    return float('nan')
+  return float(np.nanmax(values))
+
+
 def run_one(setup: _Setup, attack_name: str, defences: str,
             hostile_index: int = 0) -> dict[str, Any]:
   """Runs one configuration with one hostile client (or none: `CLEAN`).
@@ -258,6 +269,7 @@ def run_one(setup: _Setup, attack_name: str, defences: str,
       mean_vs_clean_points=None,
       rejected_clients=sum(rejected.values()), **rejected,
       hostile_uploads=hook.sent if hook else 0,
+      final_max_abs_weight=max_abs_weight(weights),
       always_finite='yes' if first_nonfinite is None else 'no',
       first_nonfinite_round=first_nonfinite,
       seconds=round(time.perf_counter() - start, 1))
@@ -307,18 +319,24 @@ def run_table(settings: settings_lib.ExperimentSettings,
       row['mean_vs_clean_points'] = 100.0 * (
           row['mean_test_accuracy'] - clean['mean_test_accuracy'])
       rows.append(row)
-      log(' '.join(f'{key}={_cell(row[key])}' for key in (
+      log(' '.join(f'{key}={_cell(row[key], key)}' for key in (
           'attack', 'defences', 'seed', 'final_test_accuracy',
           'mean_test_accuracy', 'rejected_clients', 'always_finite',
           'seconds')))
   return rows
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, column: str = '') -> str:
+  """A table cell: accuracies to 4 decimals, points and seconds to 1,
+  weights to 3 significant digits."""
   if value is None:
     return ''
+  if column == 'mean_vs_clean_points':
+    return f'{value:+.1f}'
+  if column == 'final_max_abs_weight':
+    return f'{value:.3g}'
   if isinstance(value, float):
-    return f'{value:.4f}' if abs(value) < 10 else f'{value:.1f}'
+    return f'{value:.1f}' if column == 'seconds' else f'{value:.4f}'
   return str(value)
 
 
@@ -333,10 +351,11 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
-  """The rows as a Markdown table (floats to 4 decimals)."""
+  """The rows as a Markdown table (accuracies to 4 decimals, points vs
+  clean with a sign and seconds to 1)."""
   lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
   for row in rows:
-    lines.append('| ' + ' | '.join(_cell(row[c]) for c in COLUMNS) + ' |')
+    lines.append('| ' + ' | '.join(_cell(row[c], c) for c in COLUMNS) + ' |')
   return '\n'.join(lines) + '\n'
 
 
