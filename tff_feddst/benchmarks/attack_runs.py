@@ -56,7 +56,9 @@ class _SettingDefault:
 
 SETTING_DEFAULT = _SettingDefault()
 
-# THE defence switch: setting (flag) name -> value, per mode.
+# THE defence switch: setting (flag) name -> value, per mode. A setting
+# switches a defence in these runs only once `plain_loop_arguments` passes
+# it on to the plain loop (as `FeddstMethod.prepare` does to the TFF one).
 DEFENCE_SETTINGS: dict[str, dict[str, Any]] = {
     'off': {
         'clip_updates': False,
