@@ -143,5 +143,52 @@ class PlainLoopEqualsTffTest(tf.test.TestCase):
     self.assertEqual(metrics['mask_changed_positions'], 0)
 
 
+class UploadHookTest(tf.test.TestCase):
+
+  def test_hook_sees_every_client_and_what_it_returns_is_aggregated(self):
+    model_fn = models.get_model_fn('mnist_net', seed=0)
+    initial = fed_dst.build_initial_model(model_fn, 0.8, 'erk', seed=0)
+    schedule = schedules.ReadjustmentSchedule(
+        drop_fraction=0.2, rounds_between_readjustments=2, end_round=10,
+        annealing='constant')
+    plain = plain_loop.PlainFedDst(
+        model_fn, initial, client_datasets(0)[0].element_spec, schedule,
+        client_work.ClientConfig(num_epochs=1, learning_rate=0.02))
+    start = plain.initialize()
+    without_hook, metrics = plain.next(start, client_datasets(1))
+    seen = []
+
+    def identity(client_index, upload, weight, broadcast):
+      seen.append(client_index)
+      for got, want in zip(broadcast.trainable, start.weights.trainable):
+        self.assertAllEqual(got, want)
+      self.assertIsInstance(weight, np.float32)
+      return [(upload, weight)]
+
+    with_identity, identity_metrics = plain.next(start, client_datasets(1),
+                                                 upload_hook=identity)
+    self.assertEqual(seen, [0, 1])
+    self.assertEqual(identity_metrics, metrics)
+    for got, want in zip(with_identity.weights.trainable,
+                         without_hook.weights.trainable):
+      self.assertAllEqual(got, want)
+    # Client 1 sends nothing, client 0 twice: two accepted uploads of its.
+    uploads = []
+
+    def doubled(client_index, upload, weight, broadcast):
+      del broadcast
+      uploads.append(upload)
+      return [(upload, weight)] * 2 if client_index == 0 else []
+
+    _, doubled_metrics = plain.next(start, client_datasets(1),
+                                    upload_hook=doubled)
+    self.assertEqual(doubled_metrics['rejected_clients'], 0)
+    # Bitmap uploads at exact counts all have the same size: 2 of them.
+    self.assertEqual(doubled_metrics['upload_bytes'], metrics['upload_bytes'])
+    self.assertLen(uploads, 2)
+    for kind in payload_validation.REJECTION_KINDS:
+      self.assertEqual(doubled_metrics[f'rejected_{kind}'], 0)
+
+
 if __name__ == '__main__':
   tf.test.main()

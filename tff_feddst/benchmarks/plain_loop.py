@@ -26,12 +26,18 @@ rounding in local training (the TFF worker runs the same graph in another
 runtime), the same global model as the TFF process (`tests/plain_loop_test.py`
 checks each accepted setting), and each phase can be timed separately
 (`PhaseTimer`).
+
+`next` takes an optional `upload_hook`, which sees each client's upload
+(with its weight and the broadcast model the client started from) and
+returns the uploads the server receives in its place: a hostile client
+(`benchmarks/attacks.py`) may change it or send several. Without a hook
+every upload is aggregated as it is, exactly as before.
 """
 
 import collections
 import contextlib
 import time
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -82,6 +88,13 @@ class PhaseTimer:
       self.seconds[name] += time.perf_counter() - start
       self.cpu_seconds[name] += time.process_time() - start_cpu
       self.calls[name] += 1
+
+
+# `upload_hook(client_index, upload, weight, broadcast_weights)` -> the
+# `(upload, weight)` pairs the server receives instead of `(upload, weight)`.
+UploadHook = Callable[[int, encoding.Payload, np.float32,
+                       tff.learning.models.ModelWeights],
+                      Sequence[tuple[encoding.Payload, Any]]]
 
 
 class PlainState(NamedTuple):
@@ -289,7 +302,8 @@ class PlainFedDst:
                               tf.float32))
 
   def next(self, state: PlainState, datasets: Sequence[tf.data.Dataset],
-           timer: Optional[PhaseTimer] = None
+           timer: Optional[PhaseTimer] = None,
+           upload_hook: Optional[UploadHook] = None
            ) -> tuple[PlainState, collections.OrderedDict]:
     """Runs one round on the given client datasets.
 
@@ -297,12 +311,21 @@ class PlainFedDst:
       state: From `initialize` or a previous `next`.
       datasets: One batched `(x, y)` dataset per participating client.
       timer: If given, receives the time of each phase (`PHASES`).
+      upload_hook: If given, called after each client's training with
+        `(client_index, upload, weight, broadcast_weights)` (the 0-based
+        index in `datasets`, the client's payload and np.float32 example
+        count, and the decoded `ModelWeights` it started from); the
+        `(upload, weight)` pairs it returns are aggregated instead, each
+        through the same checks (weights as np.float32). None: each upload
+        as it is.
 
     Returns:
       `(new_state, metrics)`, the metrics keyed like the TFF process's
       (`train_loss`, `num_regrown`, `should_readjust`, `upload_bytes`,
       `download_bytes`, `mask_changed_positions`, `sparsity`,
-      `rejected_clients`).
+      `rejected_clients`, `rejected_<kind>` for each of
+      `payload_validation.REJECTION_KINDS`). The train loss and regrown
+      count are the clients' own, whatever the hook sends.
     """
     timer = timer or PhaseTimer()
     round_num = state.round_num + 1
@@ -315,18 +338,24 @@ class PlainFedDst:
     loss_terms, num_regrown = exact_sum.zero_mean_terms(), 0
     screens = self._robust is not None and self._robust.screens_uploads
     kept_uploads = []
-    for dataset in datasets:
+    for client_index, dataset in enumerate(datasets):
       with timer.phase(BROADCAST):
         client_weights = self._decode_global(payload)
       with timer.phase(CLIENT_UPDATE):
         upload, weight, stats = self._trainer.update(client_weights, dataset,
                                                      instructions)
         weight = weight.numpy()  # Waits for the result.
+      received = [(upload, weight)]
+      if upload_hook is not None:
+        received = [(sent, np.float32(sent_weight)) for sent, sent_weight in
+                    upload_hook(client_index, upload, weight, client_weights)]
       if screens:
-        kept_uploads.append((upload, weight))
+        kept_uploads.extend(received)
       else:
         with timer.phase(AGGREGATION):
-          aggregate = self._accumulate(aggregate, upload, weight, targets)
+          for sent, sent_weight in received:
+            aggregate = self._accumulate(aggregate, sent, sent_weight,
+                                         targets)
           tf.nest.flatten(aggregate)[-1].numpy()  # Waits for the result.
       loss_terms = exact_sum.add(loss_terms, exact_sum.mean_terms(
           stats.train_loss, stats.num_examples))
@@ -359,6 +388,8 @@ class PlainFedDst:
         rejected_clients=int(tf.reduce_sum(totals.rejected)),
         clipped_clients=int(totals.clipped_clients),
         capped_weights=int(totals.capped_weights))
+    for index, kind in enumerate(payload_validation.REJECTION_KINDS):
+      metrics[f'rejected_{kind}'] = int(totals.rejected[index])
     return PlainState(round_num, weights, buffers), metrics
 
   def _aggregate_screened(self, aggregate, uploads, global_weights,
