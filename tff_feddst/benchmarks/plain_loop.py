@@ -12,8 +12,9 @@
   aggregation `aggregation.add_exactly`, client by client, with the same
               payload checks and the round's nnz targets;
   server      `finalizer.server_update_fn`, the TFF finalizer's own step
-              (momentum, `min_votes`, `remember_old`, growing sparsity, the
-              round without clients).
+              (momentum, `min_votes`, `min_new_position_votes`,
+              `remember_old`, growing sparsity, the round without clients,
+              the finiteness guard).
 
 It takes every setting of `build_fed_dst` but growing sparsity
 (`num_active_by_round`), which it refuses: with it, the masks and every
@@ -118,7 +119,8 @@ class PlainFedDst:
                remember_old: bool = False,
                num_active_by_round: Optional[np.ndarray] = None,
                payload_checks: Optional[
-                   payload_validation.PayloadChecks] = None):
+                   payload_validation.PayloadChecks] = None,
+               min_new_position_votes: int = 1):
     """Builds the client model, its trainer and the server functions.
 
     Arguments mean what they mean for `fed_dst.build_fed_dst`.
@@ -143,6 +145,8 @@ class PlainFedDst:
         the module docstring).
       payload_checks: What an upload must satisfy to be aggregated (None:
         `payload_validation.default_checks`).
+      min_new_position_votes: Minimum number of clients holding a position
+        outside the global mask for it to enter.
 
     Raises:
       ValueError: For `num_active_by_round`, or as `fed_dst.build_fed_dst`
@@ -160,7 +164,8 @@ class PlainFedDst:
         initial_model, client_config, min_votes=min_votes,
         upload_encoding=upload_encoding, download_encoding=download_encoding,
         num_active_by_round=num_active_by_round,
-        payload_checks=payload_checks)
+        payload_checks=payload_checks,
+        min_new_position_votes=min_new_position_votes)
     self._trainer = client_work.ClientTrainer(
         model_fn(), layout, num_active, client_config,
         settings.upload_encoding)
@@ -185,7 +190,8 @@ class PlainFedDst:
         layout, num_active, server_learning_rate=server_learning_rate,
         server_momentum=server_momentum, min_votes=min_votes,
         remember_old=remember_old,
-        num_active_by_round=settings.num_active_by_round)
+        num_active_by_round=settings.num_active_by_round,
+        min_new_position_votes=min_new_position_votes)
 
     @tf.function
     def encode_global(weights):
@@ -223,7 +229,7 @@ class PlainFedDst:
       new_state, new_weights, measurements = server_step(state, weights,
                                                          aggregate)
       return (new_state, new_weights, measurements['mask_changed_positions'],
-              measurements['sparsity'])
+              measurements['sparsity'], measurements['server_update_failed'])
 
     # Traced now, once: calling Keras layers after TFF has traced its own
     # copy of the model can fail, calling a traced function does not.
@@ -275,7 +281,7 @@ class PlainFedDst:
       `(new_state, metrics)`, the metrics keyed like the TFF process's
       (`train_loss`, `num_regrown`, `should_readjust`, `upload_bytes`,
       `download_bytes`, `mask_changed_positions`, `sparsity`,
-      `rejected_clients`).
+      `rejected_clients`, `server_update_failed`).
     """
     timer = timer or PhaseTimer()
     round_num = state.round_num + 1
@@ -300,7 +306,7 @@ class PlainFedDst:
           stats.train_loss, stats.num_examples))
       num_regrown += int(stats.num_regrown)
     with timer.phase(SERVER_UPDATE):
-      server_state, weights, changed, sparsity = self._server_update(
+      server_state, weights, changed, sparsity, failed = self._server_update(
           finalizer.FinalizerState(
               buffers=state.buffers,
               round_num=tf.constant(state.round_num, tf.int32)),
@@ -320,7 +326,8 @@ class PlainFedDst:
         download_bytes=int(payload_bytes) * len(datasets),
         mask_changed_positions=int(changed),
         sparsity=sparsity,
-        rejected_clients=int(tf.reduce_sum(totals.rejected)))
+        rejected_clients=int(tf.reduce_sum(totals.rejected)),
+        server_update_failed=int(failed))
     return PlainState(round_num, weights, buffers), metrics
 
   @staticmethod

@@ -124,7 +124,8 @@ def build_fed_dst(model_fn: models.ModelFn,
                   remember_old: bool = False,
                   num_active_by_round: Optional[np.ndarray] = None,
                   payload_checks: Optional[
-                      payload_validation.PayloadChecks] = None
+                      payload_validation.PayloadChecks] = None,
+                  min_new_position_votes: int = 1
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the FedDST `LearningProcess`.
 
@@ -163,6 +164,9 @@ def build_fed_dst(model_fn: models.ModelFn,
       `payload_validation.default_checks(client_config.readjust_rule,
       min_votes)` (no norm bound). With `num_active_by_round`, its rows
       become the per-round nnz targets.
+    min_new_position_votes: A position outside the global mask needs at
+      least this many clients holding it to enter the mask (1: any holder;
+      `finalizer` module docstring).
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
@@ -178,7 +182,8 @@ def build_fed_dst(model_fn: models.ModelFn,
   settings = resolve_round_settings(
       initial_model, client_config, min_votes=min_votes,
       upload_encoding=upload_encoding, download_encoding=download_encoding,
-      num_active_by_round=num_active_by_round, payload_checks=payload_checks)
+      num_active_by_round=num_active_by_round, payload_checks=payload_checks,
+      min_new_position_votes=min_new_position_votes)
   upload_encoding = settings.upload_encoding
   download_encoding = settings.download_encoding
   num_active_by_round = settings.num_active_by_round
@@ -211,13 +216,15 @@ def build_fed_dst(model_fn: models.ModelFn,
     server_finalizer = _expanding_finalizer(
         layout, num_active, model_weights_type, aggregate_type,
         server_learning_rate, server_momentum, min_votes,
-        remember_old=remember_old, num_active_by_round=num_active_by_round)
+        remember_old=remember_old, num_active_by_round=num_active_by_round,
+        min_new_position_votes=min_new_position_votes)
   else:
     server_finalizer = finalizer.build_finalizer(
         layout, num_active, model_weights_type, aggregate_type,
         server_learning_rate=server_learning_rate,
         server_momentum=server_momentum, min_votes=min_votes,
-        remember_old=remember_old, num_active_by_round=num_active_by_round)
+        remember_old=remember_old, num_active_by_round=num_active_by_round,
+        min_new_position_votes=min_new_position_votes)
   return tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
 
@@ -244,7 +251,8 @@ def resolve_round_settings(
     upload_encoding: Optional[encoding.PayloadEncoding] = None,
     download_encoding: Optional[encoding.PayloadEncoding] = None,
     num_active_by_round: Optional[np.ndarray] = None,
-    payload_checks: Optional[payload_validation.PayloadChecks] = None
+    payload_checks: Optional[payload_validation.PayloadChecks] = None,
+    min_new_position_votes: int = 1
 ) -> RoundSettings:
   """Fills in and checks what `build_fed_dst` passes to its parts.
 
@@ -271,8 +279,9 @@ def resolve_round_settings(
     download_encoding = _with_shrinking_dense_masks(
         download_encoding, layout, num_active_by_round)
   if payload_checks is None:
+    # Either vote threshold may leave the global mask sparser.
     payload_checks = payload_validation.default_checks(
-        client_config.readjust_rule, min_votes)
+        client_config.readjust_rule, max(min_votes, min_new_position_votes))
   # Growing sparsity: clients of round t hold the global counts after round
   # t - 1, which is the validator's row t - 1 (row r checks round r + 1).
   if num_active_by_round is not None:
@@ -288,7 +297,8 @@ def _expanding_finalizer(layout: models.ModelLayout,
                          compact_aggregate_type: tff.Type,
                          server_learning_rate: float, server_momentum: float,
                          min_votes: int, remember_old: bool = False,
-                         num_active_by_round: Optional[np.ndarray] = None
+                         num_active_by_round: Optional[np.ndarray] = None,
+                         min_new_position_votes: int = 1
                          ) -> tff.learning.templates.FinalizerProcess:
   """`finalizer.build_finalizer` fed by a `CompactAggregate`.
 
@@ -308,7 +318,8 @@ def _expanding_finalizer(layout: models.ModelLayout,
       layout, num_active, model_weights_type, expand.type_signature.result,
       server_learning_rate=server_learning_rate,
       server_momentum=server_momentum, min_votes=min_votes,
-      remember_old=remember_old, num_active_by_round=num_active_by_round)
+      remember_old=remember_old, num_active_by_round=num_active_by_round,
+      min_new_position_votes=min_new_position_votes)
 
   @tff.federated_computation(
       inner.next.type_signature.parameter[0],

@@ -546,7 +546,8 @@ def build_prunefl(model_fn: models.ModelFn,
                   upload_encoding: Optional[encoding.PayloadEncoding] = None,
                   download_encoding: Optional[encoding.PayloadEncoding] = None,
                   payload_checks: Optional[
-                      payload_validation.PayloadChecks] = None
+                      payload_validation.PayloadChecks] = None,
+                  min_new_position_votes: int = 1
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the PruneFL `LearningProcess` (federated stage).
 
@@ -583,6 +584,11 @@ def build_prunefl(model_fn: models.ModelFn,
       bound); invalid uploads are dropped and counted in the aggregator's
       `rejected_clients`. A per-round target table is not accepted (the
       targets follow the global mask).
+    min_new_position_votes: Values a client sends outside the global mask
+      count only where at least this many clients hold the position
+      (`finalizer.admit_new_positions`). Honest PruneFL clients hold the
+      global mask exactly, so this changes nothing for them; it keeps one
+      client's off-mask values out of positions the importance rule adds.
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
@@ -624,7 +630,8 @@ def build_prunefl(model_fn: models.ModelFn,
   server_finalizer = finalizer.build_finalizer(
       layout, layout.kernel_sizes, model_weights_type, aggregate_type,
       server_learning_rate=server_learning_rate,
-      server_momentum=server_momentum, mask_rule=mask_rule)
+      server_momentum=server_momentum, mask_rule=mask_rule,
+      min_new_position_votes=min_new_position_votes)
   return _with_mask_count_targets(
       tff.learning.templates.compose_learning_process(
           initial_model_weights_fn, broadcast, work, aggregator,

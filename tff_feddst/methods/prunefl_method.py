@@ -91,7 +91,8 @@ class PruneflMethod(registry.Method):
           upload_encoding=upload_encoding,
           download_encoding=download_encoding,
           payload_checks=payload_validation.default_checks(
-              max_norm=settings.server.max_payload_norm))
+              max_norm=settings.server.max_payload_norm),
+          min_new_position_votes=settings.server.min_new_position_votes)
       return built['process']
 
     def round_upload_bytes(round_num: int, state) -> int:

@@ -379,6 +379,10 @@ class ServerSettings(_Group):
   min_votes: int = setting(
       0, 'A weight must be held by at least this many of the round\'s '
       'clients to stay in the global mask; at most --clients_per_round.')
+  min_new_position_votes: int = setting(
+      1, 'A weight outside the round\'s global mask enters the next mask '
+      'only if at least this many of the round\'s clients hold it, >= 1 '
+      '(1: any holder); weights inside it follow --min_votes alone.')
   remember_old: bool = setting(
       False, 'A client lacking a position of the global mask counts as having '
       'sent the old global weight there, in the averages and the mask choice '
@@ -388,6 +392,11 @@ class ServerSettings(_Group):
       'dense parameters: the client\'s model, not its update) exceeds this, '
       '>= 0; 0: no bound. Malformed, non-finite or mis-counted uploads are '
       'always dropped; metrics.csv counts them in rejected_clients.')
+  max_failed_rounds: int = setting(
+      3, 'Stop the run with an error (checkpoint kept for --resume) after '
+      'this many consecutive rounds that failed (the new model was not '
+      'finite, so the old one was kept) or whose uploads were all rejected, '
+      '>= 0; 0: never stop.')
 
   def validate(self) -> None:
     super().validate()
@@ -397,6 +406,11 @@ class ServerSettings(_Group):
                   'a number in [0, 1)')
     self._require(self.max_payload_norm >= 0, 'max_payload_norm',
                   'a finite number >= 0 (0: no bound)')
+    self._require(self.min_new_position_votes >= 1,
+                  'min_new_position_votes',
+                  'an integer >= 1 (1: any holder may bring a weight in)')
+    self._require(self.max_failed_rounds >= 0, 'max_failed_rounds',
+                  'an integer >= 0 (0: never stop)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -691,6 +705,10 @@ class ExperimentSettings:
             f'an integer in [0, --clients_per_round={run.clients_per_round}] '
             '(a weight stays only if that many of the round\'s clients hold '
             'it)')
+    require(self.server.min_new_position_votes <= run.clients_per_round,
+            'min_new_position_votes',
+            f'an integer in [1, --clients_per_round={run.clients_per_round}] '
+            '(more holders than clients would freeze the mask)')
 
 
 def setting_choices() -> dict[str, tuple[str, ...]]:
