@@ -119,6 +119,16 @@ def _run_in_private_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
     loop.close()
 
 
+def _failed_streak(streak: list[int], round_num: int,
+                   round_metrics) -> list[int]:
+  """The consecutive failed rounds up to `round_num` (logs a failed one)."""
+  if not round_failed(round_metrics):
+    return []
+  logging.warning('round %d failed (new model not finite, or every upload '
+                  'rejected): the global model is kept', round_num)
+  return streak + [round_num]
+
+
 def _check_arguments(process: tff.learning.templates.LearningProcess,
                      upload_budget_bytes: Optional[int],
                      round_upload_bytes: Optional[Callable[[int, Any], int]],
@@ -267,7 +277,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
       `release_managers.TensorBoardReleaseManager`), released to after
       metrics.csv and before the callbacks.
     max_failed_rounds: Stop after this many consecutive failed rounds, >= 0
-      (0: never). The checkpoint needs `checkpoint_dir`.
+      (0: never), counted from this call's first round (a resumed run
+      starts a new count). The checkpoint needs `checkpoint_dir`.
 
   Returns:
     `(final_state, rows, stop_reason)`, where `stop_reason` is
@@ -351,12 +362,7 @@ def run_training(process: tff.learning.templates.LearningProcess,
       _run_sync(state_manager.save(completed, version=round_num))
     if on_round_state is not None:
       on_round_state(round_num, state, dict(cumulative))
-    if not round_failed(output.metrics):
-      failed_rounds = []
-      continue
-    failed_rounds.append(round_num)
-    logging.warning('round %d failed (new model not finite, or every upload '
-                    'rejected): the global model is kept', round_num)
+    failed_rounds = _failed_streak(failed_rounds, round_num, output.metrics)
     if max_failed_rounds and len(failed_rounds) >= max_failed_rounds:
       path = None
       if checkpoint_dir:  # Saved again if due anyway: same file, same bits.
