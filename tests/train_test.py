@@ -270,8 +270,8 @@ class TrainRunTimeErrorTest(fixtures.FashionMnistSliceTestCase):
     for word in ('the model of round 0 is kept', 'ckpt-000002.npz',
                  '--resume'):
       self.assertIn(word, lines[-1])
-    self.assertLen([l for l in lines if 'failed (new model not finite' in l],
-                   2)
+    self.assertLen([l for l in lines
+                    if 'failed (every upload was rejected)' in l], 2)
     self.assertEqual(os.listdir(os.path.join(output_dir, 'checkpoints')),
                      ['ckpt-000002.npz'])
     rows = metrics_without_timing(output_dir)

@@ -124,8 +124,11 @@ def _failed_streak(streak: list[int], round_num: int,
   """The consecutive failed rounds up to `round_num` (logs a failed one)."""
   if not round_failed(round_metrics):
     return []
-  logging.warning('round %d failed (new model not finite, or every upload '
-                  'rejected): the global model is kept', round_num)
+  why = ('its new model was not finite' if measurements.value(
+      round_metrics, 'finalizer/server_update_failed') else
+         'every upload was rejected')
+  logging.warning('round %d failed (%s): the global model is kept',
+                  round_num, why)
   return streak + [round_num]
 
 
