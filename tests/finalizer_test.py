@@ -147,13 +147,45 @@ class NewPositionVotesTest(tf.test.TestCase):
       self.assertAllEqual(weights.non_trainable[0],
                           np.not_equal(kernel, 0.).astype(np.float32))
 
+  def test_a_round_of_fewer_clients_needs_all_of_them(self):
+    # Two clients reported and k = 3: both must hold a new position (as
+    # k = 2); one client alone may bring positions in (as k = 1).
+    for num_clients, kernel in ((2, [0., 3.5, 0., 5.]),
+                                (1, [0., 0., 7.2, 5.])):
+      weights = finalizer.apply_aggregate(
+          [np.zeros(4, np.float32), np.zeros(1, np.float32)],
+          global_weights(),
+          self.aggregate()._replace(num_clients=np.int32(num_clients)),
+          LAYOUT, (2,), 1.0, 0.0, min_new_position_votes=3)[1]
+      self.assertAllClose(weights.trainable[0], kernel)
+
   def test_min_votes_still_applies_to_all(self):
     # min_votes 2 drops p1 (inside) and p2 (outside): keep p0 and p3.
     weights = self.next_weights(min_votes=2, min_new_position_votes=2)
     self.assertAllClose(weights.trainable[0], [7. / 3., 0., 0., 5.])
 
-  def test_too_few_eligible_positions_leave_the_layer_sparser(self):
-    # k = 3 and min_votes 2: only p0 is eligible.
+  def test_too_few_eligible_positions_are_topped_up_from_the_global_mask(
+      self):
+    # Nobody kept p0 (inside); p1 (inside) has 1 holder, p2 (outside) 1, p3
+    # (outside) 2. k = 1: the 2 largest means 7.2 (p2) and 5.0 (p3). k = 2:
+    # p1 (3.5) and p3. k = 3: only p1 is eligible; p0, the global mask's
+    # other position, fills the layer at its average, 0.
+    aggregate = self.aggregate()._replace(
+        weighted_kernel_sums=(np.array([0., 14., 36., 20.], np.float32),),
+        weighted_votes=(np.array([0., 4., 5., 4.], np.float32),),
+        votes=(np.array([0., 1., 1., 2.], np.float32),))
+    for k, mask, kernel in ((1, [0., 0., 1., 1.], [0., 0., 7.2, 5.]),
+                            (2, [0., 1., 0., 1.], [0., 3.5, 0., 5.]),
+                            (3, [1., 1., 0., 0.], [0., 3.5, 0., 0.])):
+      _, weights, _ = finalizer.apply_aggregate(
+          [np.zeros(4, np.float32), np.zeros(1, np.float32)],
+          global_weights(), aggregate, LAYOUT, (2,), 1.0, 0.0,
+          min_new_position_votes=k)
+      self.assertAllEqual(weights.non_trainable[0], mask)
+      self.assertAllClose(weights.trainable[0], kernel)
+
+  def test_min_votes_may_still_thin_the_layer(self):
+    # k = 3 and min_votes 2: only p0 is eligible, and no top-up.
     weights = self.next_weights(min_votes=2, min_new_position_votes=3)
     self.assertAllEqual(weights.non_trainable[0], [1., 0., 0., 0.])
 

@@ -131,8 +131,8 @@ class PlainLoopEqualsTffTest(tf.test.TestCase):
 
   def test_new_positions_need_both_clients(self):
     # min_new_position_votes=2 of 2 clients: a position enters the global
-    # mask only if both grew it, so layers may end sparser (checks
-    # 'at_most'); no upload is rejected and no update fails.
+    # mask only if both grew it (layers keep their counts: the exact count
+    # checks reject nobody); no update fails.
     metrics = self.assert_same_rounds(min_new_position_votes=2)
     self.assertEqual(metrics['rejected_clients'], 0)
     self.assertEqual(metrics['server_update_failed'], 0)

@@ -164,8 +164,7 @@ class PlainFedDst:
         initial_model, client_config, min_votes=min_votes,
         upload_encoding=upload_encoding, download_encoding=download_encoding,
         num_active_by_round=num_active_by_round,
-        payload_checks=payload_checks,
-        min_new_position_votes=min_new_position_votes)
+        payload_checks=payload_checks)
     self._trainer = client_work.ClientTrainer(
         model_fn(), layout, num_active, client_config,
         settings.upload_encoding)

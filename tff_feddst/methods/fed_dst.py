@@ -182,8 +182,7 @@ def build_fed_dst(model_fn: models.ModelFn,
   settings = resolve_round_settings(
       initial_model, client_config, min_votes=min_votes,
       upload_encoding=upload_encoding, download_encoding=download_encoding,
-      num_active_by_round=num_active_by_round, payload_checks=payload_checks,
-      min_new_position_votes=min_new_position_votes)
+      num_active_by_round=num_active_by_round, payload_checks=payload_checks)
   upload_encoding = settings.upload_encoding
   download_encoding = settings.download_encoding
   num_active_by_round = settings.num_active_by_round
@@ -251,8 +250,7 @@ def resolve_round_settings(
     upload_encoding: Optional[encoding.PayloadEncoding] = None,
     download_encoding: Optional[encoding.PayloadEncoding] = None,
     num_active_by_round: Optional[np.ndarray] = None,
-    payload_checks: Optional[payload_validation.PayloadChecks] = None,
-    min_new_position_votes: int = 1
+    payload_checks: Optional[payload_validation.PayloadChecks] = None
 ) -> RoundSettings:
   """Fills in and checks what `build_fed_dst` passes to its parts.
 
@@ -279,9 +277,8 @@ def resolve_round_settings(
     download_encoding = _with_shrinking_dense_masks(
         download_encoding, layout, num_active_by_round)
   if payload_checks is None:
-    # Either vote threshold may leave the global mask sparser.
     payload_checks = payload_validation.default_checks(
-        client_config.readjust_rule, max(min_votes, min_new_position_votes))
+        client_config.readjust_rule, min_votes)
   # Growing sparsity: clients of round t hold the global counts after round
   # t - 1, which is the validator's row t - 1 (row r checks round r + 1).
   if num_active_by_round is not None:

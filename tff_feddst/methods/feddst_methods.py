@@ -154,9 +154,7 @@ class FeddstMethod(registry.Method):
           upload_encoding=upload_encoding,
           download_encoding=download_encoding,
           payload_checks=payload_validation.default_checks(
-              # Either vote threshold may leave the global mask sparser.
-              client_config.readjust_rule,
-              max(server.min_votes, server.min_new_position_votes),
+              client_config.readjust_rule, server.min_votes,
               server.max_payload_norm),
           min_new_position_votes=server.min_new_position_votes)
 

@@ -47,13 +47,19 @@ state counts completed rounds for this (and is checkpointed with the rest of
 the process state).
 
 New positions need more than one voice (`min_new_position_votes` = k):
-a position OUTSIDE the round's global mask held by fewer than k clients is
-treated as held by nobody (`admit_new_positions`): its sums and votes are
-dropped, so its average is 0 and the re-prune cannot choose it. Positions
-inside the global mask keep the rule above; `min_votes` applies to all. So
-one client cannot bring a weight of its own choosing into the global model.
-Fewer eligible positions than the target leave the layer sparser (as
-`min_votes` may), never a position nobody vouched for.
+a position OUTSIDE the round's global mask held by fewer than
+min(k, num_clients) clients is treated as held by nobody
+(`admit_new_positions`): its sums and votes are dropped, so its average is
+0 and the re-prune cannot choose it. Positions inside the global mask keep
+the rule above; `min_votes` applies to all. So one client cannot bring a
+weight of its own choosing into the global model, unless it is the round's
+only accepted client (it then sets every average anyway, and a mask that
+could never move would be worse). When fewer positions are eligible than
+the target (clients all pruned some global positions, and too few new
+ones found holders), the layer is topped up from the global mask's
+remaining positions, by magnitude (`fill_from_global_mask`; not with
+`min_votes` > 1, which may thin a layer on purpose), so the rule never
+thins a layer and uploads keep their exact counts.
 
 Finiteness guard: a new global model (any trainable or non-trainable
 tensor) or momentum buffer that is not all finite is never accepted. The
@@ -212,7 +218,7 @@ def admit_new_positions(aggregate: aggregation.SparseAggregate, weights,
   """Drops positions outside the global mask that too few clients hold.
 
   For each kernel and every position p outside the global mask with
-  votes[p] < `min_new_position_votes`: weighted_kernel_sums[p],
+  votes[p] < min(`min_new_position_votes`, num_clients): weighted_kernel_sums[p],
   weighted_votes[p] and votes[p] become 0 (as if no client held p), so its
   average is 0 and `mask_lib.server_reprune` cannot choose it. Positions
   inside the global mask and the other sums are unchanged (multiplied by
@@ -223,19 +229,23 @@ def admit_new_positions(aggregate: aggregation.SparseAggregate, weights,
     weights: The current global `ModelWeights` (its masks).
     layout: The model's `ModelLayout`.
     min_new_position_votes: Clients that must hold a position outside the
-      global mask for it to be eligible.
+      global mask for it to be eligible (all of the round's accepted
+      clients when fewer reported).
 
   Returns:
     The `SparseAggregate` with those positions dropped.
   """
   kernel_sums = list(aggregate.weighted_kernel_sums)
+  needed = tf.minimum(tf.cast(min_new_position_votes, tf.float32),
+                      tf.cast(aggregate.num_clients, tf.float32))
   weighted_votes = list(aggregate.weighted_votes)
   votes = list(aggregate.votes)
   for position, mask_index in enumerate(layout.mask_indices):
     global_mask = tf.cast(weights.non_trainable[mask_index] > 0,
                           votes[position].dtype)
-    enough = tf.cast(votes[position] >= min_new_position_votes,
-                     votes[position].dtype)
+    enough = tf.cast(
+        votes[position] >= tf.cast(needed, votes[position].dtype),
+        votes[position].dtype)
     admitted = tf.maximum(global_mask, enough)
     kernel_sums[position] = kernel_sums[position] * tf.cast(
         admitted, kernel_sums[position].dtype)
@@ -245,6 +255,34 @@ def admit_new_positions(aggregate: aggregation.SparseAggregate, weights,
   return aggregate._replace(weighted_kernel_sums=tuple(kernel_sums),
                             weighted_votes=tuple(weighted_votes),
                             votes=tuple(votes))
+
+
+def fill_from_global_mask(mask: tf.Tensor, weight: tf.Tensor,
+                          global_mask: tf.Tensor,
+                          num_active: mask_lib.Count) -> tf.Tensor:
+  """Tops `mask` up to `num_active` ones from the global mask.
+
+  When too few positions were eligible (new ones lacking holders, global
+  ones that every client pruned), the global-mask positions `mask` lacks
+  are added by larger |weight| (then lower index) until the layer has
+  `num_active` ones again, ranked after every eligible position. So the
+  new-position rule never thins a layer, and honest uploads keep the
+  target count.
+
+  Args:
+    mask: The re-pruned mask (float, 0/1).
+    weight: The averaged kernel (its dtype is `mask`'s).
+    global_mask: The round's global mask.
+    num_active: The layer's target count (int or int scalar tensor).
+
+  Returns:
+    `mask` plus the added positions.
+  """
+  shortfall = tf.maximum(
+      tf.cast(num_active, tf.int32) -
+      tf.cast(tf.reduce_sum(mask), tf.int32), 0)
+  candidates = tf.cast(global_mask, mask.dtype) * (1.0 - mask)
+  return mask + mask_lib.server_reprune(weight, candidates, shortfall)
 
 
 def all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -323,8 +361,8 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
     remember_old: Count clients lacking a global-mask position as sending
       the old global weight there (`remember_global_weights`).
     min_new_position_votes: A position outside the global mask needs at
-      least this many holders to count at all (`admit_new_positions`; 1:
-      any holder).
+      least this many holders (at most all the round's clients) to count at
+      all (`admit_new_positions`; 1: any holder).
 
   Returns:
     `(new_buffers, new_weights, mask_changed_positions)` where the last is the
@@ -361,6 +399,10 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
       votes = votes * tf.cast(votes >= min_votes, votes.dtype)
     new_mask = mask_lib.server_reprune(new_trainable[kernel_index], votes,
                                        num_active[position])
+    if min_new_position_votes > 1 and min_votes <= 1:
+      new_mask = fill_from_global_mask(
+          new_mask, new_trainable[kernel_index], non_trainable[mask_index],
+          num_active[position])
     new_mask = tf.cast(new_mask, non_trainable[mask_index].dtype)
     new_trainable[kernel_index] = new_trainable[kernel_index] * new_mask
     new_buffers[kernel_index] = new_buffers[kernel_index] * new_mask

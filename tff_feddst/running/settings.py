@@ -380,9 +380,10 @@ class ServerSettings(_Group):
       0, 'A weight must be held by at least this many of the round\'s '
       'clients to stay in the global mask; at most --clients_per_round.')
   min_new_position_votes: int = setting(
-      1, 'A weight outside the round\'s global mask enters the next mask '
-      'only if at least this many of the round\'s clients hold it, >= 1 '
-      '(1: any holder); weights inside it follow --min_votes alone.')
+      2, 'A weight outside the round\'s global mask enters the next mask '
+      'only if at least this many of the round\'s clients (all of them, if '
+      'fewer reported) hold it, >= 1 (1: any holder); weights inside it '
+      'follow --min_votes alone.')
   remember_old: bool = setting(
       False, 'A client lacking a position of the global mask counts as having '
       'sent the old global weight there, in the averages and the mask choice '
@@ -705,10 +706,6 @@ class ExperimentSettings:
             f'an integer in [0, --clients_per_round={run.clients_per_round}] '
             '(a weight stays only if that many of the round\'s clients hold '
             'it)')
-    require(self.server.min_new_position_votes <= run.clients_per_round,
-            'min_new_position_votes',
-            f'an integer in [1, --clients_per_round={run.clients_per_round}] '
-            '(more holders than clients would freeze the mask)')
 
 
 def setting_choices() -> dict[str, tuple[str, ...]]:
