@@ -218,8 +218,9 @@ def admit_new_positions(aggregate: aggregation.SparseAggregate, weights,
   """Drops positions outside the global mask that too few clients hold.
 
   For each kernel and every position p outside the global mask with
-  votes[p] < min(`min_new_position_votes`, num_clients): weighted_kernel_sums[p],
-  weighted_votes[p] and votes[p] become 0 (as if no client held p), so its
+  votes[p] < min(`min_new_position_votes`, num_clients):
+  weighted_kernel_sums[p], weighted_votes[p] and votes[p] become 0 (as if
+  no client held p), so its
   average is 0 and `mask_lib.server_reprune` cannot choose it. Positions
   inside the global mask and the other sums are unchanged (multiplied by
   1, so their bits are too).
