@@ -110,6 +110,185 @@ class FinalizerExecutionTest(tf.test.TestCase):
 
 
 
+class NewPositionVotesTest(tf.test.TestCase):
+  """min_new_position_votes: positions outside the global mask need holders."""
+
+  def aggregate(self):
+    # Global mask [1, 1, 0, 0]. Means 7/3 = 2.33, 14/4 = 3.5, 36/5 = 7.2,
+    # 20/4 = 5.0; holders 2, 1, 1, 2 (p1 inside, p2 outside: one holder).
+    return hand_aggregate()._replace(
+        weighted_kernel_sums=(np.array([7., 14., 36., 20.], np.float32),),
+        weighted_votes=(np.array([3., 4., 5., 4.], np.float32),),
+        votes=(np.array([2., 1., 1., 2.], np.float32),))
+
+  def next_weights(self, **kwargs):
+    return finalizer.apply_aggregate(
+        [np.zeros(4, np.float32), np.zeros(1, np.float32)], global_weights(),
+        self.aggregate(), LAYOUT, (2,), 1.0, 0.0, **kwargs)[1]
+
+  def test_admitted_sums_by_hand(self):
+    # k = 2: p2 (outside, 1 holder) is dropped; p1 (inside, 1 holder) and
+    # p3 (outside, 2 holders) stay.
+    admitted = finalizer.admit_new_positions(self.aggregate(),
+                                             global_weights(), LAYOUT, 2)
+    self.assertAllEqual(admitted.weighted_kernel_sums[0], [7., 14., 0., 20.])
+    self.assertAllEqual(admitted.weighted_votes[0], [3., 4., 0., 4.])
+    self.assertAllEqual(admitted.votes[0], [2., 1., 0., 2.])
+    self.assertAllEqual(admitted.weighted_dense_sums[0], [15.])
+
+  def test_which_positions_enter_by_hand(self):
+    # k = 1 (any holder): the 2 largest means, 7.2 (p2) and 5.0 (p3).
+    # k = 2: p2 is out; of 2.33, 3.5, 5.0 keep p1 and p3.
+    # k = 3: p3 is out too; only the global positions p0 and p1 remain.
+    for k, kernel in ((1, [0., 0., 7.2, 5.]), (2, [0., 3.5, 0., 5.]),
+                      (3, [7. / 3., 3.5, 0., 0.])):
+      weights = self.next_weights(min_new_position_votes=k)
+      self.assertAllClose(weights.trainable[0], kernel)
+      self.assertAllEqual(weights.non_trainable[0],
+                          np.not_equal(kernel, 0.).astype(np.float32))
+
+  def test_a_round_of_fewer_clients_needs_all_of_them(self):
+    # Two clients reported and k = 3: both must hold a new position (as
+    # k = 2); one client alone may bring positions in (as k = 1).
+    for num_clients, kernel in ((2, [0., 3.5, 0., 5.]),
+                                (1, [0., 0., 7.2, 5.])):
+      weights = finalizer.apply_aggregate(
+          [np.zeros(4, np.float32), np.zeros(1, np.float32)],
+          global_weights(),
+          self.aggregate()._replace(num_clients=np.int32(num_clients)),
+          LAYOUT, (2,), 1.0, 0.0, min_new_position_votes=3)[1]
+      self.assertAllClose(weights.trainable[0], kernel)
+
+  def test_min_votes_still_applies_to_all(self):
+    # min_votes 2 drops p1 (inside) and p2 (outside): keep p0 and p3.
+    weights = self.next_weights(min_votes=2, min_new_position_votes=2)
+    self.assertAllClose(weights.trainable[0], [7. / 3., 0., 0., 5.])
+
+  def test_too_few_eligible_positions_are_topped_up_from_the_global_mask(
+      self):
+    # Nobody kept p0 (inside); p1 (inside) has 1 holder, p2 (outside) 1, p3
+    # (outside) 2. k = 1: the 2 largest means 7.2 (p2) and 5.0 (p3). k = 2:
+    # p1 (3.5) and p3. k = 3: only p1 is eligible; p0, the global mask's
+    # other position, fills the layer at its average, 0.
+    aggregate = self.aggregate()._replace(
+        weighted_kernel_sums=(np.array([0., 14., 36., 20.], np.float32),),
+        weighted_votes=(np.array([0., 4., 5., 4.], np.float32),),
+        votes=(np.array([0., 1., 1., 2.], np.float32),))
+    for k, mask, kernel in ((1, [0., 0., 1., 1.], [0., 0., 7.2, 5.]),
+                            (2, [0., 1., 0., 1.], [0., 3.5, 0., 5.]),
+                            (3, [1., 1., 0., 0.], [0., 3.5, 0., 0.])):
+      _, weights, _ = finalizer.apply_aggregate(
+          [np.zeros(4, np.float32), np.zeros(1, np.float32)],
+          global_weights(), aggregate, LAYOUT, (2,), 1.0, 0.0,
+          min_new_position_votes=k)
+      self.assertAllEqual(weights.non_trainable[0], mask)
+      self.assertAllClose(weights.trainable[0], kernel)
+
+  def test_min_votes_may_still_thin_the_layer(self):
+    # k = 3 and min_votes 2: only p0 is eligible, and no top-up.
+    weights = self.next_weights(min_votes=2, min_new_position_votes=3)
+    self.assertAllEqual(weights.non_trainable[0], [1., 0., 0., 0.])
+
+  def test_process_applies_the_rule(self):
+    process = build(min_new_position_votes=2)
+    output = process.next(process.initialize(), global_weights(),
+                          self.aggregate())
+    self.assertAllClose(output.result.trainable[0], [0., 3.5, 0., 5.])
+    self.assertEqual(output.measurements['mask_changed_positions'], 2)
+
+  def test_bad_threshold_raises(self):
+    with self.assertRaisesRegex(ValueError, 'min_new_position_votes'):
+      build(min_new_position_votes=0)
+
+
+class FinitenessGuardTest(tf.test.TestCase):
+  """A new model that is not all finite is refused; the old one stays."""
+
+  def update(self, aggregate, weights=None, **kwargs):
+    update = finalizer.server_update_fn(LAYOUT, kwargs.pop('num_active', (2,)),
+                                        **kwargs)
+    state = finalizer.FinalizerState(
+        buffers=(tf.constant([0.5, -0.25, 0., 0.]), tf.constant([0.125])),
+        round_num=tf.constant(4, tf.int32))
+    weights = weights or global_weights()
+    return update(state, tff.learning.models.ModelWeights(
+        trainable=[tf.constant(t) for t in weights.trainable],
+        non_trainable=[tf.constant(t) for t in weights.non_trainable]),
+                  aggregate)
+
+  def assert_kept(self, new_state, new_weights, measurements):
+    self.assertEqual(int(measurements['server_update_failed']), 1)
+    self.assertEqual(int(measurements['mask_changed_positions']), 0)
+    self.assertEqual(int(new_state.round_num), 5)  # Still counted.
+    self.assertAllEqual(new_state.buffers[0], [0.5, -0.25, 0., 0.])
+    self.assertAllEqual(new_state.buffers[1], [0.125])
+    self.assertAllEqual(new_weights.trainable[0], [1., 2., 0., 0.])
+    self.assertAllEqual(new_weights.trainable[1], [0.])
+    self.assertAllEqual(new_weights.non_trainable[0], [1., 1., 0., 0.])
+
+  def test_infinite_kernel_mean_keeps_the_old_model(self):
+    # p1's mean is inf (an overflowing sum): the new kernel would hold inf.
+    aggregate = hand_aggregate()._replace(weighted_kernel_sums=(
+        np.array([7., np.inf, 36., 0.], np.float32),))
+    self.assert_kept(*self.update(aggregate, server_momentum=0.5))
+
+  def test_nan_bias_keeps_the_old_model(self):
+    aggregate = hand_aggregate()._replace(
+        weighted_dense_sums=(np.array([np.nan], np.float32),))
+    self.assert_kept(*self.update(aggregate, server_momentum=0.5))
+
+  def test_overflowing_momentum_buffer_keeps_the_old_model(self):
+    # Means are finite (3e38 / 1), but 3e38 - (-3e38) overflows the buffer.
+    aggregate = hand_aggregate()._replace(
+        weighted_kernel_sums=(np.array([3e38, 3e38, 0., 0.], np.float32),),
+        weighted_votes=(np.array([1., 1., 0., 0.], np.float32),))
+    weights = global_weights(kernel=(-3e38, 2., 0., 0.))
+    new_state, new_weights, measurements = self.update(aggregate, weights)
+    self.assertEqual(int(measurements['server_update_failed']), 1)
+    self.assertAllEqual(new_weights.trainable[0],
+                        np.array([-3e38, 2., 0., 0.], np.float32))
+    self.assertAllEqual(new_state.buffers[0], [0.5, -0.25, 0., 0.])
+
+  def test_finite_round_is_not_failed(self):
+    new_state, new_weights, measurements = self.update(
+        hand_aggregate(), server_momentum=0.5)
+    self.assertEqual(int(measurements['server_update_failed']), 0)
+    # As apply_aggregate computes it, bit for bit.
+    buffers, weights, _ = finalizer.apply_aggregate(
+        [tf.constant([0.5, -0.25, 0., 0.]), tf.constant([0.125])],
+        global_weights(), hand_aggregate(), LAYOUT, (2,), 1.0, 0.5)
+    self.assertAllEqual(new_weights.trainable[0], weights.trainable[0])
+    self.assertAllEqual(new_weights.trainable[1], weights.trainable[1])
+    self.assertAllEqual(new_state.buffers[0], buffers[0])
+
+  def test_growing_sparsity_reprunes_the_kept_model(self):
+    # Round 5 of a table whose last row keeps 2: the kept model is re-pruned
+    # to it as a round without clients would be (largest |w|: -2 and 3).
+    aggregate = hand_aggregate()._replace(
+        weighted_dense_sums=(np.array([np.inf], np.float32),))
+    new_state, new_weights, measurements = self.update(
+        aggregate, global_weights(kernel=(1., -2., 3., 0.),
+                                  mask=(1., 1., 1., 0.)),
+        num_active=(3,), num_active_by_round=np.array([[3], [2]], np.int32))
+    self.assertEqual(int(measurements['server_update_failed']), 1)
+    self.assertAllEqual(new_weights.trainable[0], [0., -2., 3., 0.])
+    self.assertAllEqual(new_weights.non_trainable[0], [0., 1., 1., 0.])
+    self.assertAllEqual(new_state.buffers[0], [0., -0.25, 0., 0.])
+    self.assertEqual(int(measurements['mask_changed_positions']), 1)
+
+  def test_process_reports_the_failed_round(self):
+    process = build(server_momentum=0.5)
+    aggregate = hand_aggregate()._replace(
+        weighted_dense_sums=(np.array([np.inf], np.float32),))
+    output = process.next(process.initialize(), global_weights(), aggregate)
+    self.assertEqual(output.measurements['server_update_failed'], 1)
+    self.assertAllEqual(output.result.trainable[0], [1., 2., 0., 0.])
+    self.assertAllEqual(output.result.trainable[1], [0.])
+    self.assertEqual(int(output.state.round_num), 1)
+    output = process.next(output.state, global_weights(), hand_aggregate())
+    self.assertEqual(output.measurements['server_update_failed'], 0)
+
+
 class RememberOldTest(tf.test.TestCase):
   """--remember_old: missing clients count as sending the old weight."""
 

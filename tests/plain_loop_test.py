@@ -85,6 +85,8 @@ class PlainLoopEqualsTffTest(tf.test.TestCase):
                        output.metrics['finalizer']['mask_changed_positions'])
       self.assertEqual(metrics['rejected_clients'],
                        output.metrics['aggregator']['rejected_clients'])
+      self.assertEqual(metrics['server_update_failed'],
+                       output.metrics['finalizer']['server_update_failed'])
       self.assertAllClose(metrics['sparsity'],
                           output.metrics['finalizer']['sparsity'])
       self.assertAllClose(metrics['train_loss'],
@@ -126,6 +128,14 @@ class PlainLoopEqualsTffTest(tf.test.TestCase):
         payload_checks=payload_validation.default_checks(
             min_votes=2, max_norm=1e4))
     self.assertEqual(metrics['rejected_clients'], 0)
+
+  def test_new_positions_need_both_clients(self):
+    # min_new_position_votes=2 of 2 clients: a position enters the global
+    # mask only if both grew it (layers keep their counts: the exact count
+    # checks reject nobody); no update fails.
+    metrics = self.assert_same_rounds(min_new_position_votes=2)
+    self.assertEqual(metrics['rejected_clients'], 0)
+    self.assertEqual(metrics['server_update_failed'], 0)
 
   def test_growing_sparsity_is_refused(self):
     # Not reproduced to the tolerance above (plain_loop module docstring).

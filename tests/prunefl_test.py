@@ -185,9 +185,9 @@ def type_of(value):
 class PruneflUploadValidationTest(tf.test.TestCase, parameterized.TestCase):
   """Malformed PruneFL uploads are dropped and counted as FedDST's are."""
 
-  def aggregate(self, uploads, weights):
+  def aggregate(self, uploads, weights, checks=None):
     process = prunefl.build_aggregator_factory(
-        [(4,)], prunefl.full_capacity_encoding(), [2]).create(
+        [(4,)], prunefl.full_capacity_encoding(), [2], checks).create(
             type_of(prunefl_upload(0)), tff.TensorType(np.float32))
     return process.next(process.initialize(), uploads, weights)
 
@@ -219,6 +219,18 @@ class PruneflUploadValidationTest(tf.test.TestCase, parameterized.TestCase):
           [4., 0., 0., 0.], mask=[1., 0., 0., 0.])), 3., 'mask_count'),
       ('weight_zero', {}, 0., 'weight'),
       ('weight_nan', {}, np.nan, 'weight'),
+      # Issue 13: every kind of bad upload, as the FedDST aggregator's test
+      # (aggregation_test.HostilePayloadTest) has them.
+      ('dense_too_long', dict(payload=prunefl_payload([4., 6., 0., 0.],
+                                                      bias=(2., 2.))), 3.,
+       'shape'),
+      ('inf_value', dict(payload=prunefl_payload([4., np.inf, 0., 0.])), 3.,
+       'nonfinite'),
+      ('inf_dense', dict(payload=prunefl_payload([4., 6., 0., 0.],
+                                                 bias=(-np.inf,))), 3.,
+       'nonfinite'),
+      ('weight_negative', {}, -3., 'weight'),
+      ('weight_inf', {}, np.inf, 'weight'),
   )
   def test_malformed_payload_is_rejected_as_for_feddst(self, parts, weight,
                                                        kind):
@@ -242,6 +254,44 @@ class PruneflUploadValidationTest(tf.test.TestCase, parameterized.TestCase):
         f'rejected_{k}' for k in payload_validation.REJECTION_KINDS]:
       self.assertEqual(feddst_output.measurements[name],
                        output.measurements[name], name)
+
+  @parameterized.named_parameters(
+      ('values_too_long', dict(values=(np.array([4., 6., 0., 0., 1.],
+                                                np.float32),))),
+      ('values_too_short', dict(values=(np.array([4., 6., 0.],
+                                                 np.float32),))),
+      ('mask_buffer_too_long', dict(packed_masks=np.array([192, 0],
+                                                          np.uint8))),
+  )
+  def test_wrong_shape_is_rejected(self, parts):
+    # (FedDST's aggregator cannot even be built for these payload types.)
+    upload = prunefl_upload(
+        1, payload=prunefl_payload([4., 6., 0., 0.])._replace(**parts))
+    honest = [prunefl_upload(c) for c in range(3)]
+    output = self.aggregate([honest[0], upload] + honest[1:],
+                            [UPLOAD_WEIGHTS[0], 3.] + UPLOAD_WEIGHTS[1:])
+    self.assert_honest_sums(output.result)
+    self.assertEqual(output.measurements['rejected_clients'], 1)
+    self.assertEqual(output.measurements['rejected_shape'], 1)
+
+  def test_norm_above_bound_is_rejected(self):
+    # Honest payload norms: A sqrt(1+4+1) = 2.4, B sqrt(16+36+4) = 7.5,
+    # C sqrt(9+81+16) = 10.3; B doubled: sqrt(64+144+16) = 15.0 > 11.
+    checks = payload_validation.PayloadChecks(max_norm=11.0)
+    honest = [prunefl_upload(c) for c in range(3)]
+    large = prunefl_upload(1, payload=prunefl_payload([8., 12., 0., 0.],
+                                                      bias=(4.,)))
+    output = self.aggregate([honest[0], large] + honest[1:],
+                            [UPLOAD_WEIGHTS[0], 3.] + UPLOAD_WEIGHTS[1:],
+                            checks)
+    self.assert_honest_sums(output.result)
+    self.assertEqual(output.measurements['rejected_clients'], 1)
+    self.assertEqual(output.measurements['rejected_norm'], 1)
+    # Without the bound it would have counted.
+    output = self.aggregate([honest[0], large] + honest[1:],
+                            [UPLOAD_WEIGHTS[0], 3.] + UPLOAD_WEIGHTS[1:])
+    self.assertEqual(output.measurements['rejected_clients'], 0)
+    self.assertEqual(output.result.sums.num_clients, 4)
 
   @parameterized.named_parameters(
       ('nan_importance', dict(importance=[0., np.nan, 0., 1.]), 'nonfinite'),

@@ -37,6 +37,8 @@ BAD_GROUP_VALUES = (
     (settings_lib.CommunicationSettings, 'upload_value_dtype', 'float16'),
     (settings_lib.ServerSettings, 'server_momentum', -0.1),
     (settings_lib.ServerSettings, 'max_payload_norm', -1.0),
+    (settings_lib.ServerSettings, 'min_new_position_votes', 0),
+    (settings_lib.ServerSettings, 'max_failed_rounds', -1),
     (settings_lib.RunSettings, 'seed', 2**32),
     (settings_lib.RunSettings, 'eval_every', 0),
     (settings_lib.RunSettings, 'method', 'foo'),

@@ -251,6 +251,33 @@ class StopAndResumeTest(fixtures.FashionMnistSliceTestCase):
 
 
 class TrainRunTimeErrorTest(fixtures.FashionMnistSliceTestCase):
+
+  def test_failed_rounds_stop_the_run_resumably(self):
+    # A norm bound no model meets: every upload is rejected, so every round
+    # fails; after 2 the run stops with one error line (after a warning per
+    # failed round) and a checkpoint of round 2 for --resume.
+    output_dir = os.path.join(self.create_tempdir().full_path, 'out')
+    result = run_train(
+        f'--data_dir={self.data_dir}', '--total_clients=6',
+        '--clients_per_round=2', '--total_rounds=4', '--eval_every=4',
+        '--max_payload_norm=1e-9', '--max_failed_rounds=2',
+        '--tensorboard_dir=', f'--output_dir={output_dir}')
+    self.assertEqual(result.returncode, 1, result.stderr)
+    self.assertNotIn('Traceback', result.stderr)
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    self.assertStartsWith(lines[-1], 'train.py: error: --max_failed_rounds=2: '
+                          'rounds 1-2 failed in a row')
+    for word in ('the model of round 0 is kept', 'ckpt-000002.npz',
+                 '--resume'):
+      self.assertIn(word, lines[-1])
+    self.assertLen([l for l in lines
+                    if 'failed (every upload was rejected)' in l], 2)
+    self.assertEqual(os.listdir(os.path.join(output_dir, 'checkpoints')),
+                     ['ckpt-000002.npz'])
+    rows = metrics_without_timing(output_dir)
+    self.assertEqual([row[0] for row in rows[1:]], ['1', '2'])
+    self.assertFalse(os.path.exists(os.path.join(output_dir,
+                                                 'summary.json')))
   """Failures at run time: one line, exit code 1, the directory reusable."""
 
   def test_unreachable_worker_is_one_line_and_writes_nothing(self):
@@ -362,6 +389,10 @@ class TrainRefusesNonsenseTest(tf.test.TestCase, parameterized.TestCase):
       ('seed_huge', [f'--seed={2**70}'], '--seed=', '2**32'),
       ('min_votes_above_clients', ['--clients_per_round=3', '--min_votes=4'],
        '--min_votes=4', '--clients_per_round=3'),
+      ('no_votes_for_new_positions', ['--min_new_position_votes=0'],
+       '--min_new_position_votes=0', '>= 1'),
+      ('negative_max_failed_rounds', ['--max_failed_rounds=-1'],
+       '--max_failed_rounds=-1', '>= 0'),
       ('port_too_large', ['--workers=localhost:99999'], '--workers=',
        '[1, 65535]'),
       ('port_zero', ['--workers=localhost:0'], '--workers=', '[1, 65535]'),

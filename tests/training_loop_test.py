@@ -78,8 +78,9 @@ class TruncateMetricsTest(tf.test.TestCase):
 
   def test_file_from_before_rejected_clients_is_rewritten_and_parsed(self):
     path = os.path.join(self.create_tempdir().full_path, 'metrics.csv')
-    old_columns = training_loop.METRICS_COLUMNS[:-1]
-    self.assertEqual(training_loop.METRICS_COLUMNS[-1], 'rejected_clients')
+    columns = training_loop.METRICS_COLUMNS
+    self.assertIn('rejected_clients', columns)
+    old_columns = columns[:columns.index('rejected_clients')]
     with open(path, 'w', newline='') as f:
       writer = csv.writer(f)
       writer.writerow(old_columns)
@@ -98,20 +99,25 @@ class TruncateMetricsTest(tf.test.TestCase):
     self.assertEqual(records[1]['train_loss'], '0.25')
     self.assertEqual(training_loop.truncate_metrics(path, 2), rows)
 
+  # Zeros for the columns after rejected_clients (server_update_failed).
+  MORE = ',0' * (len(training_loop.METRICS_COLUMNS) - 14)
+
   def write_rows(self, path: str, last_line: str) -> None:
     with open(path, 'w', newline='') as f:
       writer = csv.writer(f)
       writer.writerow(training_loop.METRICS_COLUMNS)
       for round_num in (1, 2, 3):
         writer.writerow([round_num, '', '', 0.25, 0.8, 4, 100, 50,
-                         100 * round_num, 50 * round_num, 1.5, 3, 3, 0])
+                         100 * round_num, 50 * round_num, 1.5, 3, 3, 0] +
+                        [0] * (len(training_loop.METRICS_COLUMNS) - 14))
       f.write(last_line)
 
   def test_a_row_torn_by_a_kill_is_dropped(self):
     path = os.path.join(self.create_tempdir().full_path, 'metrics.csv')
     # A kill while round 12's row was written: its first characters, '1',
     # would pass for round 1 if the line were parsed.
-    for torn in ('1', '12,,,0.25,0.8,4,100,50,1200,600,1.5,3,3,0\r',
+    for torn in ('1', '12,,,0.25,0.8,4,100,50,1200,600,1.5,3,3,0' +
+                 self.MORE + '\r',
                  '12,,,0.25,0.8\r\n'):
       self.write_rows(path, torn)
       rows = training_loop.truncate_metrics(path, 12)
@@ -122,7 +128,8 @@ class TruncateMetricsTest(tf.test.TestCase):
 
   def test_a_damaged_row_before_the_last_is_an_error(self):
     path = os.path.join(self.create_tempdir().full_path, 'metrics.csv')
-    self.write_rows(path, '4,x\r\n5,,,0.25,0.8,4,100,50,500,250,1.5,3,3,0\r\n')
+    self.write_rows(path, '4,x\r\n5,,,0.25,0.8,4,100,50,500,250,1.5,3,3,0' +
+                    self.MORE + '\r\n')
     with self.assertRaisesRegex(training_loop.MetricsFileError,
                                 'metrics.csv: line 5 is damaged'):
       training_loop.truncate_metrics(path, 5)
@@ -183,6 +190,42 @@ class StandInProcess:
   def get_model_weights(self, state):
     return types.SimpleNamespace(trainable=[np.float64(state)],
                                  non_trainable=[])
+
+
+class FailingProcess(StandInProcess):
+  """A `StandInProcess` whose listed rounds fail.
+
+  `failures` maps a round to 'guard' (the server refused a non-finite
+  model), 'rejected' (every upload rejected) or 'absent' (every client
+  dropped out: no upload, not a failure). A failed round keeps the state.
+  """
+
+  def __init__(self, failures):
+    self._failures = failures
+    self._round = 0
+    super().__init__()
+
+  def _metrics(self, state, num_clients, failure=None):
+    metrics = super()._metrics(state, num_clients)
+    metrics['aggregator']['rejected_clients'] = np.int32(
+        num_clients if failure == 'rejected' else 0)
+    if failure in ('rejected', 'absent'):
+      metrics['aggregator']['num_clients'] = np.int32(0)
+    metrics['finalizer']['server_update_failed'] = np.int32(
+        failure == 'guard')
+    return metrics
+
+  def initialize(self):
+    self._round = 0
+    return super().initialize()
+
+  def _next(self, state, datasets):
+    self._round = round_num = self._round + 1
+    failure = self._failures.get(round_num)
+    if failure is None:
+      return super()._next(state, datasets)
+    return types.SimpleNamespace(
+        state=state, metrics=self._metrics(state, len(datasets), failure))
 
 
 class StandInEvaluator:
@@ -275,6 +318,56 @@ class RunTrainingTest(tf.test.TestCase):
     self.assertEqual(bounds, [1, 2, 3])  # Once per round.
     with self.assertRaisesRegex(ValueError, 'round_upload_bytes is required'):
       self.run_loop(self.create_tempdir().full_path, upload_budget_bytes=700)
+
+  def test_consecutive_failed_rounds_stop_with_a_checkpoint(self):
+    output_dir = self.create_tempdir().full_path
+    kept = []
+    process = FailingProcess({2: 'guard', 3: 'rejected', 4: 'guard'})
+    with self.assertRaisesRegex(
+        training_loop.FailedRoundsError,
+        r'^rounds 2-4 failed in a row .*the model of round 1 is kept$'
+    ) as raised:
+      self.run_loop(output_dir, process=process, total_rounds=6,
+                    max_failed_rounds=3,
+                    on_round_state=lambda r, s, c: kept.append((r, s)))
+    error = raised.exception
+    self.assertEqual(error.rounds, [2, 3, 4])
+    self.assertEqual(error.checkpoint_path,
+                     os.path.join(output_dir, 'checkpoints',
+                                  'ckpt-000004.npz'))
+    self.assertTrue(os.path.exists(error.checkpoint_path))
+    with open(os.path.join(output_dir, 'metrics.csv')) as f:
+      rows = list(csv.DictReader(f))
+    self.assertEqual([r['round'] for r in rows], ['1', '2', '3', '4'])
+    self.assertEqual([r['server_update_failed'] for r in rows],
+                     ['0', '1', '0', '1'])
+    self.assertEqual([r['rejected_clients'] for r in rows],
+                     ['0', '0', '3', '0'])
+    # Failed rounds kept round 1's state; --resume continues after round 4.
+    self.assertEqual(kept[-1], (4, kept[1][1]))
+    resumed = []
+    state, rows, _ = self.run_loop(
+        output_dir, process=FailingProcess({}), total_rounds=6, resume=True,
+        max_failed_rounds=3, on_start=resumed.extend)
+    self.assertEqual([r['round'] for r in resumed], [1, 2, 3, 4])
+    self.assertEqual([r['round'] for r in rows], [1, 2, 3, 4, 5, 6])
+    self.assertGreater(state, kept[-1][1])
+
+  def test_failures_that_are_not_consecutive_or_not_failures_go_on(self):
+    # 'absent' (every client dropped out) is no failure; 2, 4 and 6 are
+    # not consecutive.
+    failures = {2: 'guard', 3: 'absent', 4: 'rejected', 6: 'guard'}
+    _, rows, stop_reason = self.run_loop(
+        self.create_tempdir().full_path, process=FailingProcess(failures),
+        total_rounds=6, max_failed_rounds=2)
+    self.assertEqual(stop_reason, 'total_rounds')
+    self.assertLen(rows, 6)
+    # 0: never stop, even when every round fails.
+    _, rows, _ = self.run_loop(
+        self.create_tempdir().full_path,
+        process=FailingProcess({r: 'guard' for r in range(1, 7)}),
+        total_rounds=6, max_failed_rounds=0)
+    self.assertEqual([r['server_update_failed'] for r in rows], [1] * 6)
 
   def test_process_missing_a_measurement_fails_before_writing(self):
     output_dir = self.create_tempdir().full_path

@@ -185,7 +185,8 @@ def plain_loop_arguments(settings: settings_lib.ExperimentSettings,
       payload_checks=payload_validation.default_checks(
           client_config.readjust_rule, server.min_votes,
           server.max_payload_norm),
-      robust=model_setup.build_robust_aggregation(settings, federated_data))
+      robust=model_setup.build_robust_aggregation(settings, federated_data),
+      min_new_position_votes=server.min_new_position_votes)
 
 
 class _Setup:

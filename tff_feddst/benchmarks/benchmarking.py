@@ -312,7 +312,8 @@ def run_benchmark(config: BenchmarkConfig,
   plain = plain_loop.PlainFedDst(
       setup.model_fn, setup.initial, element_spec, setup.schedule,
       setup.client_config, upload_encoding=setup.upload_encoding,
-      download_encoding=setup.download_encoding, robust=setup.robust)
+      download_encoding=setup.download_encoding, robust=setup.robust,
+      min_new_position_votes=setup.settings.server.min_new_position_votes)
   traces['plain_build'] = client_work.update_trace_count() - traces_before
   with execution.local_execution_context(
       config.timing.max_concurrent_computation_calls) as worker:
@@ -322,7 +323,8 @@ def run_benchmark(config: BenchmarkConfig,
     process = fed_dst.build_fed_dst(
         setup.model_fn, setup.initial, element_spec, setup.schedule,
         setup.client_config, upload_encoding=setup.upload_encoding,
-        download_encoding=setup.download_encoding, robust=setup.robust)
+        download_encoding=setup.download_encoding, robust=setup.robust,
+        min_new_position_votes=setup.settings.server.min_new_position_votes)
     build_seconds = time.perf_counter() - start
     traces['tff_build'] = client_work.update_trace_count() - traces_before_build
     traces_before_rounds = client_work.update_trace_count()

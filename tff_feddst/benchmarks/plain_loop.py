@@ -12,8 +12,9 @@
   aggregation `aggregation.add_exactly`, client by client, with the same
               payload checks and the round's nnz targets;
   server      `finalizer.server_update_fn`, the TFF finalizer's own step
-              (momentum, `min_votes`, `remember_old`, growing sparsity, the
-              round without clients).
+              (momentum, `min_votes`, `min_new_position_votes`,
+              `remember_old`, growing sparsity, the round without clients,
+              the finiteness guard).
 
 It takes every setting of `build_fed_dst` but growing sparsity
 (`num_active_by_round`), which it refuses: with it, the masks and every
@@ -134,7 +135,8 @@ class PlainFedDst:
                num_active_by_round: Optional[np.ndarray] = None,
                payload_checks: Optional[
                    payload_validation.PayloadChecks] = None,
-               robust: Optional[robust_aggregation.RobustAggregation] = None):
+               robust: Optional[robust_aggregation.RobustAggregation] = None,
+               min_new_position_votes: int = 1):
     """Builds the client model, its trainer and the server functions.
 
     Arguments mean what they mean for `fed_dst.build_fed_dst`.
@@ -163,6 +165,8 @@ class PlainFedDst:
         screens uploads (clipping, replays), a round keeps its uploads until
         every client has reported: the clip bound and the replay counts come
         from all of them, as in the TFF aggregator's first pass.
+      min_new_position_votes: Minimum number of clients holding a position
+        outside the global mask for it to enter.
 
     Raises:
       ValueError: For `num_active_by_round`, or as `fed_dst.build_fed_dst`
@@ -205,7 +209,8 @@ class PlainFedDst:
         layout, num_active, server_learning_rate=server_learning_rate,
         server_momentum=server_momentum, min_votes=min_votes,
         remember_old=remember_old,
-        num_active_by_round=settings.num_active_by_round)
+        num_active_by_round=settings.num_active_by_round,
+        min_new_position_votes=min_new_position_votes)
 
     @tf.function
     def encode_global(weights):
@@ -260,7 +265,7 @@ class PlainFedDst:
       new_state, new_weights, measurements = server_step(state, weights,
                                                          aggregate)
       return (new_state, new_weights, measurements['mask_changed_positions'],
-              measurements['sparsity'])
+              measurements['sparsity'], measurements['server_update_failed'])
 
     # Traced now, once: calling Keras layers after TFF has traced its own
     # copy of the model can fail, calling a traced function does not.
@@ -324,8 +329,9 @@ class PlainFedDst:
       (`train_loss`, `num_regrown`, `should_readjust`, `upload_bytes`,
       `download_bytes`, `mask_changed_positions`, `sparsity`,
       `rejected_clients`, `rejected_<kind>` for each of
-      `payload_validation.REJECTION_KINDS`). The train loss and regrown
-      count are the clients' own, whatever the hook sends.
+      `payload_validation.REJECTION_KINDS`, `server_update_failed`). The
+      train loss and regrown count are the clients' own, whatever the hook
+      sends.
     """
     timer = timer or PhaseTimer()
     round_num = state.round_num + 1
@@ -365,7 +371,7 @@ class PlainFedDst:
         aggregate = self._aggregate_screened(aggregate, kept_uploads,
                                              state.weights, targets)
     with timer.phase(SERVER_UPDATE):
-      server_state, weights, changed, sparsity = self._server_update(
+      server_state, weights, changed, sparsity, failed = self._server_update(
           finalizer.FinalizerState(
               buffers=state.buffers,
               round_num=tf.constant(state.round_num, tf.int32)),
@@ -387,7 +393,8 @@ class PlainFedDst:
         sparsity=sparsity,
         rejected_clients=int(tf.reduce_sum(totals.rejected)),
         clipped_clients=int(totals.clipped_clients),
-        capped_weights=int(totals.capped_weights))
+        capped_weights=int(totals.capped_weights),
+        server_update_failed=int(failed))
     for index, kind in enumerate(payload_validation.REJECTION_KINDS):
       metrics[f'rejected_{kind}'] = int(totals.rejected[index])
     return PlainState(round_num, weights, buffers), metrics

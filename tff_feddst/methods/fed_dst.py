@@ -128,7 +128,8 @@ def build_fed_dst(model_fn: models.ModelFn,
                   payload_checks: Optional[
                       payload_validation.PayloadChecks] = None,
                   robust: Optional[
-                      robust_aggregation.RobustAggregation] = None
+                      robust_aggregation.RobustAggregation] = None,
+                  min_new_position_votes: int = 1
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the FedDST `LearningProcess`.
 
@@ -170,6 +171,9 @@ def build_fed_dst(model_fn: models.ModelFn,
     robust: How the server bounds each client's influence
       (`robust_aggregation.RobustAggregation`: clipped deltas, capped or
       uniform weights). None: no clipping, the stated example counts.
+    min_new_position_votes: A position outside the global mask needs at
+      least this many clients holding it to enter the mask (1: any holder;
+      `finalizer` module docstring).
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
@@ -219,13 +223,15 @@ def build_fed_dst(model_fn: models.ModelFn,
     server_finalizer = _expanding_finalizer(
         layout, num_active, model_weights_type, aggregate_type,
         server_learning_rate, server_momentum, min_votes,
-        remember_old=remember_old, num_active_by_round=num_active_by_round)
+        remember_old=remember_old, num_active_by_round=num_active_by_round,
+        min_new_position_votes=min_new_position_votes)
   else:
     server_finalizer = finalizer.build_finalizer(
         layout, num_active, model_weights_type, aggregate_type,
         server_learning_rate=server_learning_rate,
         server_momentum=server_momentum, min_votes=min_votes,
-        remember_old=remember_old, num_active_by_round=num_active_by_round)
+        remember_old=remember_old, num_active_by_round=num_active_by_round,
+        min_new_position_votes=min_new_position_votes)
   process = tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
   if aggregator_factory.clips_updates:
@@ -301,7 +307,8 @@ def _expanding_finalizer(layout: models.ModelLayout,
                          compact_aggregate_type: tff.Type,
                          server_learning_rate: float, server_momentum: float,
                          min_votes: int, remember_old: bool = False,
-                         num_active_by_round: Optional[np.ndarray] = None
+                         num_active_by_round: Optional[np.ndarray] = None,
+                         min_new_position_votes: int = 1
                          ) -> tff.learning.templates.FinalizerProcess:
   """`finalizer.build_finalizer` fed by a `CompactAggregate`.
 
@@ -321,7 +328,8 @@ def _expanding_finalizer(layout: models.ModelLayout,
       layout, num_active, model_weights_type, expand.type_signature.result,
       server_learning_rate=server_learning_rate,
       server_momentum=server_momentum, min_votes=min_votes,
-      remember_old=remember_old, num_active_by_round=num_active_by_round)
+      remember_old=remember_old, num_active_by_round=num_active_by_round,
+      min_new_position_votes=min_new_position_votes)
 
   @tff.federated_computation(
       inner.next.type_signature.parameter[0],

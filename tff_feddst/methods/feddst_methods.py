@@ -156,7 +156,8 @@ class FeddstMethod(registry.Method):
           payload_checks=payload_validation.default_checks(
               client_config.readjust_rule, server.min_votes,
               server.max_payload_norm),
-          robust=robust)
+          robust=robust,
+          min_new_position_votes=server.min_new_position_votes)
 
     return registry.MethodPlan(
         model_fn=model_fn, initial_model=initial_model,

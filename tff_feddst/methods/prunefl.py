@@ -501,7 +501,8 @@ def build_prunefl(model_fn: models.ModelFn,
                   payload_checks: Optional[
                       payload_validation.PayloadChecks] = None,
                   robust: Optional[
-                      robust_aggregation.RobustAggregation] = None
+                      robust_aggregation.RobustAggregation] = None,
+                  min_new_position_votes: int = 1
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the PruneFL `LearningProcess` (federated stage).
 
@@ -542,6 +543,11 @@ def build_prunefl(model_fn: models.ModelFn,
       for FedDST: clipped deltas (the importance sums are not clipped: they
       choose the mask, which the mask counts bound), capped or uniform
       weights. None: neither.
+    min_new_position_votes: Values a client sends outside the global mask
+      count only where at least this many clients hold the position
+      (`finalizer.admit_new_positions`). Honest PruneFL clients hold the
+      global mask exactly, so this changes nothing for them; it keeps one
+      client's off-mask values out of positions the importance rule adds.
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
@@ -585,7 +591,8 @@ def build_prunefl(model_fn: models.ModelFn,
   server_finalizer = finalizer.build_finalizer(
       layout, layout.kernel_sizes, model_weights_type, aggregate_type,
       server_learning_rate=server_learning_rate,
-      server_momentum=server_momentum, mask_rule=mask_rule)
+      server_momentum=server_momentum, mask_rule=mask_rule,
+      min_new_position_votes=min_new_position_votes)
   process = tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
   # The aggregator checks each upload's mask counts against targets in its

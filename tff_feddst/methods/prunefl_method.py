@@ -93,7 +93,8 @@ class PruneflMethod(registry.Method):
           download_encoding=download_encoding,
           payload_checks=payload_validation.default_checks(
               max_norm=settings.server.max_payload_norm),
-          robust=robust)
+          robust=robust,
+          min_new_position_votes=settings.server.min_new_position_votes)
       return built['process']
 
     def round_upload_bytes(round_num: int, state) -> int:

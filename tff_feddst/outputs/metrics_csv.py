@@ -20,7 +20,8 @@ METRICS_COLUMNS = (
     'round', 'test_accuracy', 'client_test_accuracy', 'train_loss',
     'sparsity', 'mask_changed_positions', 'upload_bytes', 'download_bytes',
     'upload_bytes_cumulative', 'download_bytes_cumulative', 'round_seconds',
-    'clients_sampled', 'clients_reported', 'rejected_clients')
+    'clients_sampled', 'clients_reported', 'rejected_clients',
+    'server_update_failed')
 _FLOAT_COLUMNS = ('test_accuracy', 'client_test_accuracy', 'train_loss',
                   'sparsity', 'round_seconds')
 

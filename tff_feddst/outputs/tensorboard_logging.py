@@ -49,6 +49,7 @@ SCALAR_TAGS = {
     'download_bytes_cumulative': 'bytes/download_cumulative',
     'round_seconds': 'time/round_seconds',
     'rejected_clients': 'clients/rejected',
+    'server_update_failed': 'server/update_failed',
 }
 ACCURACY_BY_UPLOAD_TAG = 'accuracy_by_upload/test'
 

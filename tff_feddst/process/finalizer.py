@@ -46,6 +46,34 @@ of that table per layer (`sparsity_distribution.num_active_by_round`); the
 state counts completed rounds for this (and is checkpointed with the rest of
 the process state).
 
+New positions need more than one voice (`min_new_position_votes` = k):
+a position OUTSIDE the round's global mask held by fewer than
+min(k, num_clients) clients is treated as held by nobody
+(`admit_new_positions`): its sums and votes are dropped, so its average is
+0 and the re-prune cannot choose it. Positions inside the global mask keep
+the rule above; `min_votes` applies to all. So one client cannot bring a
+weight of its own choosing into the global model, unless it is the round's
+only accepted client (it then sets every average anyway, and a mask that
+could never move would be worse). When fewer positions are eligible than
+the target (clients all pruned some global positions, and too few new
+ones found holders), the layer is topped up from the global mask's
+remaining positions, by magnitude (`fill_from_global_mask`; not with
+`min_votes` > 1, which may thin a layer on purpose), so the rule never
+thins a layer and uploads keep their exact counts.
+
+Finiteness guard: a new global model (any trainable or non-trainable
+tensor) or momentum buffer that is not all finite is never accepted. The
+round is counted as failed (measurement `server_update_failed` = 1) and
+the previous model and buffers are kept, bit for bit at constant sparsity;
+under growing sparsity they are re-pruned by magnitude to the round's row,
+as a round without clients is (`prune_to_counts`). The round counter still
+advances, so the count table stays aligned with the rounds, and the next
+clients are checked against the counts they were sent.
+`mask_changed_positions`, `sparsity` and `layer_num_active` then describe
+the kept model; a mask rule's own measurements are those of the rejected
+step. The round loop stops a run after `--max_failed_rounds` such rounds in
+a row.
+
 A method with its own mask rule (PruneFL's importance-based
 reconfiguration) plugs it in as `mask_rule`: after the averaging step above,
 the rule sees the averaged weights, the round's global masks and the whole
@@ -183,6 +211,93 @@ def remember_global_weights(aggregate: aggregation.SparseAggregate, weights,
                             votes=tuple(votes))
 
 
+def admit_new_positions(aggregate: aggregation.SparseAggregate, weights,
+                        layout: models.ModelLayout,
+                        min_new_position_votes: int
+                        ) -> aggregation.SparseAggregate:
+  """Drops positions outside the global mask that too few clients hold.
+
+  For each kernel and every position p outside the global mask with
+  votes[p] < min(`min_new_position_votes`, num_clients):
+  weighted_kernel_sums[p], weighted_votes[p] and votes[p] become 0 (as if
+  no client held p), so its
+  average is 0 and `mask_lib.server_reprune` cannot choose it. Positions
+  inside the global mask and the other sums are unchanged (multiplied by
+  1, so their bits are too).
+
+  Args:
+    aggregate: The round's `SparseAggregate`.
+    weights: The current global `ModelWeights` (its masks).
+    layout: The model's `ModelLayout`.
+    min_new_position_votes: Clients that must hold a position outside the
+      global mask for it to be eligible (all of the round's accepted
+      clients when fewer reported).
+
+  Returns:
+    The `SparseAggregate` with those positions dropped.
+  """
+  kernel_sums = list(aggregate.weighted_kernel_sums)
+  needed = tf.minimum(tf.cast(min_new_position_votes, tf.float32),
+                      tf.cast(aggregate.num_clients, tf.float32))
+  weighted_votes = list(aggregate.weighted_votes)
+  votes = list(aggregate.votes)
+  for position, mask_index in enumerate(layout.mask_indices):
+    global_mask = tf.cast(weights.non_trainable[mask_index] > 0,
+                          votes[position].dtype)
+    enough = tf.cast(
+        votes[position] >= tf.cast(needed, votes[position].dtype),
+        votes[position].dtype)
+    admitted = tf.maximum(global_mask, enough)
+    kernel_sums[position] = kernel_sums[position] * tf.cast(
+        admitted, kernel_sums[position].dtype)
+    weighted_votes[position] = weighted_votes[position] * tf.cast(
+        admitted, weighted_votes[position].dtype)
+    votes[position] = votes[position] * admitted
+  return aggregate._replace(weighted_kernel_sums=tuple(kernel_sums),
+                            weighted_votes=tuple(weighted_votes),
+                            votes=tuple(votes))
+
+
+def fill_from_global_mask(mask: tf.Tensor, weight: tf.Tensor,
+                          global_mask: tf.Tensor,
+                          num_active: mask_lib.Count) -> tf.Tensor:
+  """Tops `mask` up to `num_active` ones from the global mask.
+
+  When too few positions were eligible (new ones lacking holders, global
+  ones that every client pruned), the global-mask positions `mask` lacks
+  are added by larger |weight| (then lower index) until the layer has
+  `num_active` ones again, ranked after every eligible position. So the
+  new-position rule never thins a layer, and honest uploads keep the
+  target count.
+
+  Args:
+    mask: The re-pruned mask (float, 0/1).
+    weight: The averaged kernel (its dtype is `mask`'s).
+    global_mask: The round's global mask.
+    num_active: The layer's target count (int or int scalar tensor).
+
+  Returns:
+    `mask` plus the added positions.
+  """
+  shortfall = tf.maximum(
+      tf.cast(num_active, tf.int32) -
+      tf.cast(tf.reduce_sum(mask), tf.int32), 0)
+  candidates = tf.cast(global_mask, mask.dtype) * (1.0 - mask)
+  return mask + mask_lib.server_reprune(weight, candidates, shortfall)
+
+
+def all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+  """bool scalar: every floating-point entry of `tensors` is finite.
+
+  Integer tensors (TF-MOT's pruning steps) are always finite.
+  """
+  checks = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors
+            if t.dtype.is_floating]
+  if not checks:
+    return tf.constant(True)
+  return tf.reduce_all(tf.stack(checks))
+
+
 def prune_to_counts(buffers: Sequence[tf.Tensor], weights,
                     layout: models.ModelLayout,
                     num_active: Sequence[mask_lib.Count]):
@@ -229,7 +344,8 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
                     aggregate: aggregation.SparseAggregate,
                     layout: models.ModelLayout, num_active: Sequence[int],
                     server_learning_rate: float, server_momentum: float,
-                    min_votes: int = 0, remember_old: bool = False):
+                    min_votes: int = 0, remember_old: bool = False,
+                    min_new_position_votes: int = 1):
   """Computes the next global model from the current one and the sums.
 
   Args:
@@ -245,6 +361,9 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
       next mask (the reference's `--min-votes`, counted in clients).
     remember_old: Count clients lacking a global-mask position as sending
       the old global weight there (`remember_global_weights`).
+    min_new_position_votes: A position outside the global mask needs at
+      least this many holders (at most all the round's clients) to count at
+      all (`admit_new_positions`; 1: any holder).
 
   Returns:
     `(new_buffers, new_weights, mask_changed_positions)` where the last is the
@@ -252,6 +371,9 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
   """
   if remember_old:
     aggregate = remember_global_weights(aggregate, weights, layout)
+  if min_new_position_votes > 1:
+    aggregate = admit_new_positions(aggregate, weights, layout,
+                                    min_new_position_votes)
   trainable = list(weights.trainable)
   non_trainable = list(weights.non_trainable)
   targets = list(trainable)
@@ -278,6 +400,10 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
       votes = votes * tf.cast(votes >= min_votes, votes.dtype)
     new_mask = mask_lib.server_reprune(new_trainable[kernel_index], votes,
                                        num_active[position])
+    if min_new_position_votes > 1 and min_votes <= 1:
+      new_mask = fill_from_global_mask(
+          new_mask, new_trainable[kernel_index], non_trainable[mask_index],
+          num_active[position])
     new_mask = tf.cast(new_mask, non_trainable[mask_index].dtype)
     new_trainable[kernel_index] = new_trainable[kernel_index] * new_mask
     new_buffers[kernel_index] = new_buffers[kernel_index] * new_mask
@@ -329,7 +455,8 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
                     min_votes: int = 0,
                     remember_old: bool = False,
                     num_active_by_round: Optional[np.ndarray] = None,
-                    mask_rule: Optional[MaskRule] = None
+                    mask_rule: Optional[MaskRule] = None,
+                    min_new_position_votes: int = 1
                     ) -> tff.learning.templates.FinalizerProcess:
   """Builds FedDST's `FinalizerProcess` (or another method's, `mask_rule`).
 
@@ -338,7 +465,8 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
     next: `(<FinalizerState@SERVER, ModelWeights@SERVER,
       SparseAggregate@SERVER> -> <state=FinalizerState@SERVER,
       result=ModelWeights@SERVER, measurements=<mask_changed_positions,
-      sparsity, layer_num_active, num_clients_aggregated>@SERVER>)`
+      sparsity, layer_num_active, num_clients_aggregated,
+      server_update_failed>@SERVER>)`
 
   Args:
     layout: The model's `ModelLayout`.
@@ -358,20 +486,22 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
     mask_rule: A method's own rule for the next masks (see the module
       docstring), run after the averaging step; its measurements follow
       the finalizer's. None: FedDST's magnitude re-prune.
+    min_new_position_votes: Clients that must hold a position outside the
+      round's global mask for it to count (see the module docstring), >= 1.
 
   Returns:
     A `tff.learning.templates.FinalizerProcess`.
 
   Raises:
-    ValueError: For a server learning rate <= 0, momentum outside [0, 1), or
-      a count table of the wrong shape or with counts outside
-      [0, num_active].
+    ValueError: For a server learning rate <= 0, momentum outside [0, 1),
+      `min_new_position_votes` < 1, or a count table of the wrong shape or
+      with counts outside [0, num_active].
   """
   update = server_update_fn(
       layout, num_active, server_learning_rate=server_learning_rate,
       server_momentum=server_momentum, min_votes=min_votes,
       remember_old=remember_old, num_active_by_round=num_active_by_round,
-      mask_rule=mask_rule)
+      mask_rule=mask_rule, min_new_position_votes=min_new_position_votes)
   trainable_specs = [(t.shape, t.dtype) for t in model_weights_type.trainable]
 
   @tff.tensorflow.computation
@@ -407,7 +537,8 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
                      min_votes: int = 0,
                      remember_old: bool = False,
                      num_active_by_round: Optional[np.ndarray] = None,
-                     mask_rule: Optional[MaskRule] = None) -> ServerUpdate:
+                     mask_rule: Optional[MaskRule] = None,
+                     min_new_position_votes: int = 1) -> ServerUpdate:
   """The finalizer's server step as a plain TF function.
 
   `build_finalizer` wraps it in a TFF computation; the plain-TF benchmark
@@ -428,6 +559,9 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
         f'server_learning_rate must be > 0, got {server_learning_rate}.')
   if not 0 <= server_momentum < 1:
     raise ValueError(f'server_momentum must be in [0, 1), got {server_momentum}.')
+  if min_new_position_votes < 1:
+    raise ValueError('min_new_position_votes must be >= 1, got '
+                     f'{min_new_position_votes}.')
   count_table = _checked_count_table(num_active, num_active_by_round, layout)
   last_row = count_table.shape[0] - 1
 
@@ -448,7 +582,8 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
     def updated():
       new_buffers, new_weights, changed = apply_aggregate(
           buffers, weights, aggregate, layout, counts,
-          server_learning_rate, server_momentum, min_votes, remember_old)
+          server_learning_rate, server_momentum, min_votes, remember_old,
+          min_new_position_votes)
       return tuple(new_buffers), new_weights, changed
 
     def unchanged():
@@ -463,13 +598,31 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
       new_buffers, new_weights, changed, rule_measurements = apply_mask_rule(
           mask_rule, weights, new_buffers, new_weights, round_aggregate,
           layout)
+    finite = all_finite([*new_buffers, *new_weights.trainable,
+                         *new_weights.non_trainable])
+
+    def kept():
+      if last_row == 0:  # Constant counts: the old model, bit for bit.
+        return (tuple(tf.identity(b) for b in buffers),
+                tff.learning.models.ModelWeights(
+                    trainable=[tf.identity(t) for t in weights.trainable],
+                    non_trainable=[tf.identity(t)
+                                   for t in weights.non_trainable]),
+                tf.constant(0, tf.int32))
+      old_buffers, old_weights, old_changed = prune_to_counts(
+          buffers, weights, layout, counts)
+      return tuple(old_buffers), old_weights, old_changed
+
+    new_buffers, new_weights, changed = tf.cond(
+        finite, lambda: (new_buffers, new_weights, changed), kept)
     masks = [new_weights.non_trainable[i] for i in layout.mask_indices]
     measurements = collections.OrderedDict(
         mask_changed_positions=changed,
         sparsity=global_sparsity(new_weights, layout),
         layer_num_active=tuple(
             tf.cast(tf.reduce_sum(m), tf.int32) for m in masks),
-        num_clients_aggregated=aggregate.num_clients)
+        num_clients_aggregated=aggregate.num_clients,
+        server_update_failed=tf.cast(tf.logical_not(finite), tf.int32))
     measurements.update(rule_measurements)
     return (FinalizerState(buffers=new_buffers, round_num=round_num),
             new_weights, measurements)

@@ -21,6 +21,7 @@ from tff_feddst.outputs import release_managers as release_managers_lib
 from tff_feddst.outputs import run_files
 from tff_feddst.outputs import tensorboard_logging
 from tff_feddst.process import encoding
+from tff_feddst.running import errors
 from tff_feddst.running import evaluation
 from tff_feddst.running import execution
 from tff_feddst.running import interruptions
@@ -185,7 +186,8 @@ def _train(stack: contextlib.ExitStack,
       release_managers=hooks.release_managers(),
       on_round_end=hooks.after_round,
       on_round_start=hooks.before_round,
-      on_round_state=hooks.keep_completed)
+      on_round_state=hooks.keep_completed,
+      max_failed_rounds=settings.server.max_failed_rounds)
   # The model first, the summary last: summary.json marks a finished run. A
   # resumed run rewrites the model of its own last round.
   run_files.save_model_weights(os.path.join(output_dir, 'global_model.npz'),
@@ -225,6 +227,14 @@ def _handle_failure(error: BaseException, output_dir: str, resume: bool,
     else:
       what_now = 'nothing was written'
     raise KeyboardInterrupt(what_now) from None
+  if isinstance(error, training_loop.FailedRoundsError):
+    kept_in = (f'checkpoint {error.checkpoint_path}'
+               if error.checkpoint_path else 'no checkpoint')
+    raise errors.RunError(
+        f'--max_failed_rounds={len(error.rounds)}: {error} ({kept_in}); '
+        'find the cause (e.g. hostile or broken clients: see '
+        'rejected_clients and server_update_failed in metrics.csv), then '
+        'rerun with --resume') from error
   if isinstance(error, checkpoints.CheckpointError):
     raise ConfigError(f'--resume: {error}') from error
   if isinstance(error, training_loop.MetricsFileError):

@@ -66,6 +66,10 @@ REQUIRED_MEASUREMENTS = (
                 'global model'),
     Measurement('finalizer', 'mask_changed_positions', 'int',
                 'kernel positions whose global mask bit changed this round'),
+    Measurement('finalizer', 'server_update_failed', 'int',
+                '1 if the server refused the round\'s new model (not all '
+                'finite) and kept the old one, else 0',
+                required=False, default=0),
 )
 _BY_NAME = {m.name: m for m in REQUIRED_MEASUREMENTS}
 
@@ -211,4 +215,6 @@ def metrics_row(round_num: int, round_metrics: Mapping[str, Any],
       'clients_reported': value(round_metrics, 'aggregator/num_clients') +
                           rejected,
       'rejected_clients': rejected,
+      'server_update_failed': value(round_metrics,
+                                    'finalizer/server_update_failed'),
   }

@@ -379,6 +379,11 @@ class ServerSettings(_Group):
   min_votes: int = setting(
       0, 'A weight must be held by at least this many of the round\'s '
       'clients to stay in the global mask; at most --clients_per_round.')
+  min_new_position_votes: int = setting(
+      2, 'A weight outside the round\'s global mask enters the next mask '
+      'only if at least this many of the round\'s clients (all of them, if '
+      'fewer reported) hold it, >= 1 (1: any holder); weights inside it '
+      'follow --min_votes alone.')
   remember_old: bool = setting(
       False, 'A client lacking a position of the global mask counts as having '
       'sent the old global weight there, in the averages and the mask choice '
@@ -412,6 +417,11 @@ class ServerSettings(_Group):
       'num_examples', 'Aggregation weight of an accepted client: its '
       '(capped) example count, or 1 for every client.',
       ('num_examples', 'uniform'))
+  max_failed_rounds: int = setting(
+      3, 'Stop the run with an error (checkpoint kept for --resume) after '
+      'this many consecutive rounds that failed (the new model was not '
+      'finite, so the old one was kept) or whose uploads were all rejected, '
+      '>= 0; 0: never stop.')
 
   def validate(self) -> None:
     super().validate()
@@ -431,6 +441,11 @@ class ServerSettings(_Group):
                   'a number in [0, 1)')
     self._require(self.max_payload_norm >= 0, 'max_payload_norm',
                   'a finite number >= 0 (0: no bound)')
+    self._require(self.min_new_position_votes >= 1,
+                  'min_new_position_votes',
+                  'an integer >= 1 (1: any holder may bring a weight in)')
+    self._require(self.max_failed_rounds >= 0, 'max_failed_rounds',
+                  'an integer >= 0 (0: never stop)')
 
 
 @dataclasses.dataclass(frozen=True)

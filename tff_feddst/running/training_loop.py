@@ -16,6 +16,7 @@ row is `measurements.REQUIRED_MEASUREMENTS`.
 """
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Any, Callable, Coroutine, Optional, Sequence
@@ -23,10 +24,12 @@ from typing import Any, Callable, Coroutine, Optional, Sequence
 import tensorflow_federated as tff
 
 from tff_feddst.data import federated
+from tff_feddst.outputs import checkpoints
 from tff_feddst.outputs import metrics_csv
 from tff_feddst.outputs import program_state
 from tff_feddst.outputs import release_managers as release_managers_lib
 from tff_feddst.running import client_sampling
+from tff_feddst.running import errors
 from tff_feddst.running import evaluation
 from tff_feddst.running import measurements
 
@@ -38,6 +41,41 @@ sample_clients = client_sampling.sample_clients
 drop_out = client_sampling.drop_out
 client_datasets = client_sampling.client_datasets
 metrics_row = measurements.metrics_row
+
+
+class FailedRoundsError(errors.RunError):
+  """Too many rounds in a row failed; the run stopped after the last one.
+
+  Attributes:
+    rounds: The failed rounds, in order (consecutive).
+    checkpoint_path: The checkpoint of the last of them (its state holds
+      the last good model, which failed rounds keep), or None without a
+      checkpoint directory.
+  """
+
+  def __init__(self, rounds: Sequence[int], checkpoint_path: Optional[str]):
+    self.rounds = list(rounds)
+    self.checkpoint_path = checkpoint_path
+    super().__init__(
+        f'rounds {self.rounds[0]}-{self.rounds[-1]} failed in a row (a '
+        'new global model that was not finite, or every upload rejected); '
+        f'the model of round {self.rounds[0] - 1} is kept')
+
+
+def round_failed(round_metrics) -> bool:
+  """Whether a round failed: its new model was refused as not finite, or
+  uploads arrived and every one was rejected.
+
+  Args:
+    round_metrics: The `metrics` of the process's `next` output.
+
+  Returns:
+    True for a failed round.
+  """
+  if measurements.value(round_metrics, 'finalizer/server_update_failed'):
+    return True
+  return (measurements.value(round_metrics, 'aggregator/num_clients') == 0 and
+          measurements.value(round_metrics, 'aggregator/rejected_clients') > 0)
 
 
 def _run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -79,6 +117,19 @@ def _run_in_private_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
     raise
   finally:
     loop.close()
+
+
+def _failed_streak(streak: list[int], round_num: int,
+                   round_metrics) -> list[int]:
+  """The consecutive failed rounds up to `round_num` (logs a failed one)."""
+  if not round_failed(round_metrics):
+    return []
+  why = ('its new model was not finite' if measurements.value(
+      round_metrics, 'finalizer/server_update_failed') else
+         'every upload was rejected')
+  logging.warning('round %d failed (%s): the global model is kept',
+                  round_num, why)
+  return streak + [round_num]
 
 
 def _check_arguments(process: tff.learning.templates.LearningProcess,
@@ -143,7 +194,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  on_round_clients: Optional[Callable[
                      [client_sampling.RoundClients], None]] = None,
                  release_managers: Sequence[
-                     tff.program.ReleaseManager] = ()):
+                     tff.program.ReleaseManager] = (),
+                 max_failed_rounds: int = 0):
   """Runs up to `total_rounds` rounds, one metrics.csv row per round.
 
   Each round: sample the clients (`client_sampling.ClientSampler`), run
@@ -156,6 +208,12 @@ def run_training(process: tff.learning.templates.LearningProcess,
 
   With an upload budget, a round runs only if the cumulative upload after it
   stays within the budget, so runs compared at one budget never exceed it.
+
+  A failed round (`round_failed`: the server refused a new model that was
+  not finite, or every upload was rejected) keeps the global model and is
+  logged; after `max_failed_rounds` of them in a row the loop saves a
+  checkpoint of the last one (whose state holds the last good model) and
+  raises `FailedRoundsError`, so the run never freezes silently.
 
   The metrics file is created exclusively (an existing file is never
   overwritten) and atomically; each row is appended whole and synced to disk
@@ -221,6 +279,9 @@ def run_training(process: tff.learning.templates.LearningProcess,
       `RoundRelease` values keyed by round (e.g.
       `release_managers.TensorBoardReleaseManager`), released to after
       metrics.csv and before the callbacks.
+    max_failed_rounds: Stop after this many consecutive failed rounds, >= 0
+      (0: never), counted from this call's first round (a resumed run
+      starts a new count). The checkpoint needs `checkpoint_dir`.
 
   Returns:
     `(final_state, rows, stop_reason)`, where `stop_reason` is
@@ -235,6 +296,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
       line.
     atomic_files.WriteError: If metrics.csv or a checkpoint cannot be
       written (the files are then left whole; resume continues).
+    FailedRoundsError: After `max_failed_rounds` failed rounds in a row
+      (their rows written, the last one checkpointed).
   """
   _check_arguments(process, upload_budget_bytes, round_upload_bytes,
                    checkpoint_dir, resume or checkpoint_every)
@@ -261,6 +324,7 @@ def run_training(process: tff.learning.templates.LearningProcess,
   # PruneFL it reads the global mask), after the round before it.
   next_bound = round_upload_bytes(start.round_num + 1, state) if (
       has_budget and start.round_num < total_rounds) else 0
+  failed_rounds = []
   for round_num in range(start.round_num + 1, total_rounds + 1):
     if has_budget and (cumulative['upload'] + next_bound >
                        upload_budget_bytes):
@@ -301,4 +365,12 @@ def run_training(process: tff.learning.templates.LearningProcess,
       _run_sync(state_manager.save(completed, version=round_num))
     if on_round_state is not None:
       on_round_state(round_num, state, dict(cumulative))
+    failed_rounds = _failed_streak(failed_rounds, round_num, output.metrics)
+    if max_failed_rounds and len(failed_rounds) >= max_failed_rounds:
+      path = None
+      if checkpoint_dir:  # Saved again if due anyway: same file, same bits.
+        path = checkpoints.save_checkpoint(
+            checkpoint_dir, round_num, state, cumulative['upload'],
+            cumulative['download'])
+      raise FailedRoundsError(failed_rounds, path)
   return state, rows, stop_reason
