@@ -194,21 +194,27 @@ def client_datasets(round_num: int) -> list[tf.data.Dataset]:
 
 class TakeoverOnTheServerTest(tf.test.TestCase):
 
+  def takeover_round(self, **server_arguments):
+    """One round of the tiny model with a takeover client, no regrowth."""
+    model_fn, initial = tiny_model()
+    schedule = schedules.ReadjustmentSchedule(
+        drop_fraction=0.0, rounds_between_readjustments=1, end_round=10,
+        annealing='constant')
+    loop = plain_loop.PlainFedDst(
+        model_fn, initial, client_datasets(1)[0].element_spec, schedule,
+        client_work.ClientConfig(num_epochs=1, learning_rate=0.02),
+        **server_arguments)
+    hook = attacks.hostile_hook(attacks.takeover, payload_format(initial))
+    state, metrics = loop.next(loop.initialize(), client_datasets(1),
+                               upload_hook=hook)
+    return initial, loop, hook, state, metrics
+
   def test_takeover_owns_the_next_global_mask_without_defences(self):
     # Today's server (no defences): the hostile client's off-mask positions
     # with values 5 and weight 0.001 become the whole next global mask of
     # every layer with room, at value 5 (each position is averaged over its
     # holders only; the re-prune keeps the largest magnitudes).
-    model_fn, initial = tiny_model()
-    schedule = schedules.ReadjustmentSchedule(  # No regrowth.
-        drop_fraction=0.0, rounds_between_readjustments=1, end_round=10,
-        annealing='constant')
-    loop = plain_loop.PlainFedDst(
-        model_fn, initial, client_datasets(1)[0].element_spec, schedule,
-        client_work.ClientConfig(num_epochs=1, learning_rate=0.02))
-    hook = attacks.hostile_hook(attacks.takeover, payload_format(initial))
-    state, metrics = loop.next(loop.initialize(), client_datasets(1),
-                               upload_hook=hook)
+    initial, loop, hook, state, metrics = self.takeover_round()
     self.assertEqual(hook.sent, 1)
     self.assertEqual(metrics['rejected_clients'], 0)
     weights = loop.get_model_weights(state)
@@ -230,17 +236,8 @@ class TakeoverOnTheServerTest(tf.test.TestCase):
     # The same round with the server's clipping: the hostile delta (values
     # 5 off the mask) is far beyond 10 x the clients' median norm, so it is
     # dropped and the global mask keeps its positions.
-    model_fn, initial = tiny_model()
-    schedule = schedules.ReadjustmentSchedule(
-        drop_fraction=0.0, rounds_between_readjustments=1, end_round=10,
-        annealing='constant')
-    loop = plain_loop.PlainFedDst(
-        model_fn, initial, client_datasets(1)[0].element_spec, schedule,
-        client_work.ClientConfig(num_epochs=1, learning_rate=0.02),
+    initial, loop, _, state, metrics = self.takeover_round(
         robust=robust_aggregation.RobustAggregation())
-    hook = attacks.hostile_hook(attacks.takeover, payload_format(initial))
-    state, metrics = loop.next(loop.initialize(), client_datasets(1),
-                               upload_hook=hook)
     self.assertEqual(metrics['rejected_update_norm'], 1)
     weights = loop.get_model_weights(state)
     for mask_index in initial.layout.mask_indices:
@@ -284,7 +281,8 @@ class DefencesAndTableTest(tf.test.TestCase):
         attack_runs.DEFENCE_SETTINGS['on'],
         ['clip_updates', 'clip_norm_quantile', 'clip_norm_multiplier',
          'clip_zeroing_multiple', 'max_client_weight', 'client_weighting',
-         'reject_replayed_uploads', 'min_new_position_votes',
+         'reject_replayed_uploads', 'max_client_weight_multiple',
+         'min_new_position_votes',
          'max_failed_rounds'])
     self.assertLessEqual(set(attack_runs.DEFENCE_SETTINGS['off']),
                          set(attack_runs.DEFENCE_SETTINGS['on']))

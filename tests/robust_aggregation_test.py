@@ -228,6 +228,34 @@ class WeightTest(tf.test.TestCase):
       self.assertEqual(rejected(aggregate, 'weight'), 1, weight)
 
 
+class RoundWeightCapTest(tf.test.TestCase):
+
+  def test_weights_are_capped_at_a_multiple_of_the_round_median(self):
+    robust = robust_lib.RobustAggregation(clip_updates=False,
+                                          max_weight_multiple=2.0)
+    factory = aggregation.SparseSumFactory(KERNEL_SHAPES, NUM_ACTIVE,
+                                           robust=robust)
+    uploads = [payload([2., 0., 0., 2.], REFERENCE_MASK, [0.5]),
+               payload([1., 0., 0., 3.], REFERENCE_MASK, [0.5]),
+               payload([3., 0., 0., 2.], REFERENCE_MASK, [0.5]),
+               payload(*CLIENT)]
+    value_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
+        lambda t: tf.TensorSpec(t.shape, t.dtype), uploads[0]))
+    process = factory.create(value_type, tff.TensorType(np.float32))
+    output = process.next(process.initialize(), uploads,
+                          [100.0, 200.0, 300.0, 1e9])
+    # The median of the 4 counts is the 2nd, 200, in the bin whose upper
+    # edge is 2**(62/8) (8 * log2(200) = 61.2); the cap is twice that.
+    cap = 2 * 2 ** (62 / 8)
+    self.assertAllClose(output.measurements['round_weight_cap'], cap)
+    self.assertEqual(output.measurements['capped_weights'], 1)
+    self.assertAllClose(output.result.total_weight, 600.0 + cap)
+
+  def test_uniform_weighting_has_no_round_cap(self):
+    robust = robust_lib.RobustAggregation(client_weighting='uniform')
+    self.assertFalse(robust.caps_weights_by_round)
+
+
 class ConfigTest(tf.test.TestCase):
 
   def test_bad_values_are_one_line_errors(self):
@@ -238,6 +266,7 @@ class ConfigTest(tf.test.TestCase):
         (dict(clip_zeroing_multiple=math.inf), 'clip_zeroing_multiple'),
         (dict(max_client_weight=-1.0), 'max_client_weight'),
         (dict(max_client_weight=math.nan), 'max_client_weight'),
+        (dict(max_weight_multiple=0.5), 'max_weight_multiple'),
         (dict(client_weighting='median'), 'client_weighting')):
       with self.assertRaisesRegex(ValueError, f'^{name} ') as raised:
         robust_lib.RobustAggregation(**kwargs)

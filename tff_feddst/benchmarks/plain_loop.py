@@ -250,11 +250,7 @@ class PlainFedDst:
       upload = aggregation.screen_upload(
           payload, weight, kernel_shapes, dense_shapes, num_active,
           upload_encoding, payload_checks, reference, targets)
-      histogram, replay_counts = counts
-      return (histogram + robust_aggregation.norm_histogram(
-          upload.norm, upload.accepted),
-              replay_counts + robust_aggregation.fingerprint_counts(
-                  upload.fingerprint, upload.accepted))
+      return aggregation.add_screen(counts, upload, weight)
 
     @tf.function
     def server_update(state, weights, exact_aggregate):
@@ -406,16 +402,15 @@ class PlainFedDst:
     reference = (self._reference_of(global_weights) if robust.clip_updates
                  else None)
     counts = (tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32),
-              robust_aggregation.zero_fingerprint_counts())
+              robust_aggregation.zero_fingerprint_counts(),
+              tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32))
     for upload, weight in uploads:
       counts = self._screen(counts, upload, weight, targets, reference)
-    histogram, replay_counts = counts
-    bound = tf.constant(np.inf, tf.float32)
-    if robust.clip_updates:
-      bound = robust_aggregation.bound_from_histogram(
-          histogram, robust.clip_norm_quantile, robust.clip_norm_multiplier)
+    bound, replay_counts, weight_cap = aggregation.screening_findings(
+        counts, robust)
     round_bound = robust_aggregation.RoundBound(
-        reference, bound, replay_counts if robust.reject_replays else None)
+        reference, bound, replay_counts if robust.reject_replays else None,
+        weight_cap if robust.caps_weights_by_round else None)
     for upload, weight in uploads:
       aggregate = self._accumulate(aggregate, upload, weight, targets,
                                    round_bound)

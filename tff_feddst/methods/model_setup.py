@@ -115,4 +115,5 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
       clip_zeroing_multiple=server.clip_zeroing_multiple,
       max_client_weight=float(cap) if cap else None,
       client_weighting=server.client_weighting,
-      reject_replays=server.reject_replayed_uploads)
+      reject_replays=server.reject_replayed_uploads,
+      max_weight_multiple=server.max_client_weight_multiple or None)

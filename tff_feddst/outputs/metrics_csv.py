@@ -21,7 +21,7 @@ METRICS_COLUMNS = (
     'sparsity', 'mask_changed_positions', 'upload_bytes', 'download_bytes',
     'upload_bytes_cumulative', 'download_bytes_cumulative', 'round_seconds',
     'clients_sampled', 'clients_reported', 'rejected_clients',
-    'server_update_failed')
+    'server_update_failed', 'clipped_clients')
 _FLOAT_COLUMNS = ('test_accuracy', 'client_test_accuracy', 'train_loss',
                   'sparsity', 'round_seconds')
 

@@ -50,6 +50,7 @@ SCALAR_TAGS = {
     'round_seconds': 'time/round_seconds',
     'rejected_clients': 'clients/rejected',
     'server_update_failed': 'server/update_failed',
+    'clipped_clients': 'clients/clipped',
 }
 ACCURACY_BY_UPLOAD_TAG = 'accuracy_by_upload/test'
 

@@ -539,8 +539,10 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
     num_bytes += extension.num_bytes(upload)
   used_weight, capped = weight, tf.constant(0, tf.int32)
   if robust is not None:
-    used_weight = robust_aggregation.effective_weight(weight, robust)
-    capped = robust_aggregation.weight_was_capped(weight, robust)
+    round_cap = round_bound.weight_cap if round_bound is not None else None
+    used_weight = robust_aggregation.effective_weight(weight, robust,
+                                                      round_cap)
+    capped = robust_aggregation.weight_was_capped(weight, robust, round_cap)
 
   def rejected(code):
     return _add_rejection(aggregate, code, num_bytes)
@@ -932,9 +934,11 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         lambda t: tf.TensorSpec(t.shape, t.dtype),
         robust_aggregation.zero_reference(kernel_shapes, dense_shapes)))
     screens = robust is not None and robust.screens_uploads
+    # The first pass's findings: clip bound, replay counts, weight cap.
     findings_type = tff.types.tensorflow_to_type(
         (tf.TensorSpec([], tf.float32),
-         tf.TensorSpec([2, robust_aggregation.NUM_REPLAY_BUCKETS], tf.int32)))
+         tf.TensorSpec([2, robust_aggregation.NUM_REPLAY_BUCKETS], tf.int32),
+         tf.TensorSpec([], tf.float32)))
     # What each client's value is zipped with: its weight, the round's
     # targets (if any), the reference (if clipping); in the second pass of
     # a screening aggregator also the first pass's findings.
@@ -953,10 +957,11 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       payload, weight, targets, reference, findings = unpack(client_value)
       round_bound = None
       if screens:
-        bound, replay_counts = findings
+        bound, replay_counts, weight_cap = findings
         round_bound = robust_aggregation.RoundBound(
             reference, bound,
-            replay_counts if robust.reject_replays else None)
+            replay_counts if robust.reject_replays else None,
+            weight_cap if robust.caps_weights_by_round else None)
       return add_exactly(exact_aggregate, payload, weight, kernel_shapes,
                          dense_shapes, num_active, payload_encoding, checks,
                          targets, extension, robust, round_bound)
@@ -986,12 +991,15 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       measurements = measurements_of(aggregate)
       if clips:
         measurements['update_norm_bound'] = findings[0]
+      if screens and robust.caps_weights_by_round:
+        measurements['round_weight_cap'] = findings[2]
       return measurements
 
     @tff.tensorflow.computation
     def screening_default():
       return (tf.constant(np.inf, tf.float32),
-              robust_aggregation.zero_fingerprint_counts())
+              robust_aggregation.zero_fingerprint_counts(),
+              tf.constant(np.inf, tf.float32))
 
     @tff.federated_computation
     def init_fn():
@@ -1039,8 +1047,10 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     clips = self.clips_updates
 
     def zero_counts():
+      # Delta norms, replay fingerprints, stated weights (same bins).
       return (tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32),
-              robust_aggregation.zero_fingerprint_counts())
+              robust_aggregation.zero_fingerprint_counts(),
+              tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32))
 
     zero = tff.tensorflow.computation(zero_counts)
     counts_type = zero.type_signature.result
@@ -1050,11 +1060,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       screen = screen_upload(
           payload, weight, kernel_shapes, dense_shapes, num_active,
           self._encoding, self._checks, reference, targets, self._extension)
-      histogram, replay_counts = counts
-      return (histogram + robust_aggregation.norm_histogram(
-          screen.norm, screen.accepted),
-              replay_counts + robust_aggregation.fingerprint_counts(
-                  screen.fingerprint, screen.accepted))
+      return add_screen(counts, screen, weight)
 
     accumulate = tff.tensorflow.computation(
         add_upload, counts_type, tuple([relaxed_value_type] + extra_types))
@@ -1069,12 +1075,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     @tff.tensorflow.computation(counts_type)
     def findings(counts):
-      histogram, replay_counts = counts
-      bound = tf.constant(np.inf, tf.float32)
-      if clips:
-        bound = robust_aggregation.bound_from_histogram(
-            histogram, robust.clip_norm_quantile, robust.clip_norm_multiplier)
-      return bound, replay_counts
+      return screening_findings(counts, robust)
 
     reference_of_state = None
     if clips:
@@ -1083,6 +1084,33 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     return _ScreeningComputations(zero, accumulate, merge, report, findings,
                                   reference_of_state)
+
+
+def add_screen(counts, screen: UploadScreen, weight: tf.Tensor):
+  """The first pass's counts plus one screened upload (its stated weight)."""
+  norms, replay_counts, weights = counts
+  return (norms + robust_aggregation.norm_histogram(screen.norm,
+                                                    screen.accepted),
+          replay_counts + robust_aggregation.fingerprint_counts(
+              screen.fingerprint, screen.accepted),
+          weights + robust_aggregation.norm_histogram(
+              tf.cast(weight, tf.float32), screen.accepted))
+
+
+def screening_findings(counts, robust: robust_aggregation.RobustAggregation):
+  """`(clip bound, replay counts, weight cap)` from the first pass's counts.
+
+  The bound and the cap are +inf when the setting is off.
+  """
+  norms, replay_counts, weights = counts
+  bound = weight_cap = tf.constant(np.inf, tf.float32)
+  if robust.clip_updates:
+    bound = robust_aggregation.bound_from_histogram(
+        norms, robust.clip_norm_quantile, robust.clip_norm_multiplier)
+  if robust.caps_weights_by_round:
+    weight_cap = robust_aggregation.weight_cap_from_histogram(
+        weights, robust.max_weight_multiple)
+  return bound, replay_counts, weight_cap
 
 
 class _ScreeningComputations(NamedTuple):

@@ -91,6 +91,8 @@ class RobustAggregation:
     client_weighting: 'num_examples' (the capped count) or 'uniform' (1).
     reject_replays: Reject every copy of an upload sent more than once in
       a round.
+    max_weight_multiple: Cap each stated example count also at this (>= 1)
+      times the median of the round's accepted counts; None: no such cap.
   """
   clip_updates: bool = True
   clip_norm_quantile: float = 0.5
@@ -99,6 +101,7 @@ class RobustAggregation:
   max_client_weight: Optional[float] = None
   client_weighting: str = 'num_examples'
   reject_replays: bool = True
+  max_weight_multiple: Optional[float] = 2.0
 
   def __post_init__(self):
     def finite(value) -> bool:
@@ -118,6 +121,10 @@ class RobustAggregation:
         finite(self.max_client_weight) and self.max_client_weight > 0):
       raise ValueError('max_client_weight must be a finite number > 0 or '
                        f'None, got {self.max_client_weight!r}.')
+    if self.max_weight_multiple is not None and not (
+        finite(self.max_weight_multiple) and self.max_weight_multiple >= 1):
+      raise ValueError('max_weight_multiple must be a finite number >= 1 or '
+                       f'None, got {self.max_weight_multiple!r}.')
     if self.client_weighting not in CLIENT_WEIGHTINGS:
       raise ValueError(f'client_weighting must be one of {CLIENT_WEIGHTINGS}'
                        f', got {self.client_weighting!r}.')
@@ -125,7 +132,13 @@ class RobustAggregation:
   @property
   def screens_uploads(self) -> bool:
     """Whether the aggregator needs its first pass over the uploads."""
-    return self.clip_updates or self.reject_replays
+    return (self.clip_updates or self.reject_replays or
+            self.caps_weights_by_round)
+
+  @property
+  def caps_weights_by_round(self) -> bool:
+    return (self.max_weight_multiple is not None and
+            self.client_weighting == 'num_examples')
 
 
 class Reference(NamedTuple):
@@ -149,10 +162,13 @@ class RoundBound(NamedTuple):
     bound: float32 scalar, the round's clip bound (+inf: nothing clipped).
     replay_counts: int32 [2, NUM_REPLAY_BUCKETS] fingerprint counts of the
       round's accepted uploads (None: replays are not checked).
+    weight_cap: float32 scalar, the round's cap on stated example counts
+      (`max_weight_multiple` x their median; None: no round cap).
   """
   reference: Optional[Reference]
   bound: tf.Tensor
   replay_counts: Optional[tf.Tensor] = None
+  weight_cap: Optional[tf.Tensor] = None
 
 
 def zero_reference(kernel_shapes: Sequence[Sequence[int]],
@@ -309,26 +325,46 @@ def clip_factor(norm: tf.Tensor, bound: tf.Tensor) -> tf.Tensor:
                   tf.constant(1.0, tf.float32))
 
 
-def effective_weight(weight: tf.Tensor, config: RobustAggregation
-                     ) -> tf.Tensor:
-  """The weight the server uses for a valid stated example count."""
+def effective_weight(weight: tf.Tensor, config: RobustAggregation,
+                     round_cap: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """The weight the server uses for a valid stated example count.
+
+  Args:
+    weight: The stated count (finite, > 0: checked before).
+    config: The robust aggregation settings.
+    round_cap: The round's cap from the median of its counts, if any.
+
+  Returns:
+    float32: 1 under uniform weighting, else the count capped at
+    `max_client_weight` and `round_cap`.
+  """
   weight = tf.cast(weight, tf.float32)
   if config.client_weighting == 'uniform':
     return tf.ones_like(weight)
   if config.max_client_weight is not None:
-    return tf.minimum(weight, tf.constant(config.max_client_weight,
-                                          tf.float32))
+    weight = tf.minimum(weight, tf.constant(config.max_client_weight,
+                                            tf.float32))
+  if round_cap is not None:
+    weight = tf.minimum(weight, round_cap)
   return weight
 
 
-def weight_was_capped(weight: tf.Tensor, config: RobustAggregation
-                      ) -> tf.Tensor:
-  """int32 1 if the cap lowered the stated count, else 0 (0 if uniform)."""
+def weight_was_capped(weight: tf.Tensor, config: RobustAggregation,
+                      round_cap: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """int32 1 if a cap lowered the stated count, else 0 (0 if uniform)."""
   if config.client_weighting == 'uniform':
     return tf.constant(0, tf.int32)
-  return tf.cast(effective_weight(weight, config) < tf.cast(weight,
-                                                             tf.float32),
-                 tf.int32)
+  return tf.cast(effective_weight(weight, config, round_cap) <
+                 tf.cast(weight, tf.float32), tf.int32)
+
+
+def weight_cap_from_histogram(histogram: tf.Tensor, multiple: float
+                              ) -> tf.Tensor:
+  """The round's weight cap: `multiple` x the median stated count's bin edge.
+
+  Uses the norm histogram's bins (`norm_bin`); +inf for an empty round.
+  """
+  return bound_from_histogram(histogram, 0.5, multiple)
 
 
 NUM_REPLAY_BUCKETS = 2 ** 16

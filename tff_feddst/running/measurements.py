@@ -70,6 +70,10 @@ REQUIRED_MEASUREMENTS = (
                 '1 if the server refused the round\'s new model (not all '
                 'finite) and kept the old one, else 0',
                 required=False, default=0),
+    Measurement('aggregator', 'clipped_clients', 'int',
+                'accepted uploads whose update the server clipped to the '
+                'round\'s bound (robust_aggregation)',
+                required=False, default=0),
 )
 _BY_NAME = {m.name: m for m in REQUIRED_MEASUREMENTS}
 
@@ -217,4 +221,5 @@ def metrics_row(round_num: int, round_metrics: Mapping[str, Any],
       'rejected_clients': rejected,
       'server_update_failed': value(round_metrics,
                                     'finalizer/server_update_failed'),
+      'clipped_clients': value(round_metrics, 'aggregator/clipped_clients'),
   }

@@ -410,6 +410,9 @@ class ServerSettings(_Group):
       None, 'Cap on the example count a client states (its aggregation '
       'weight), > 0; unset: the largest local data set of the partition; '
       '0: no cap.')
+  max_client_weight_multiple: float = setting(
+      2.0, 'Also cap each stated example count at this (>= 1) times the '
+      'median of the round\'s accepted counts; 0: no such cap.')
   reject_replayed_uploads: bool = setting(
       True, 'Drop every copy of an upload that arrives more than once in a '
       'round (rejected_replay).')
@@ -433,6 +436,10 @@ class ServerSettings(_Group):
                   'a finite number >= 1')
     self._require(self.clip_zeroing_multiple >= 1, 'clip_zeroing_multiple',
                   'a finite number >= 1')
+    self._require(self.max_client_weight_multiple == 0 or
+                  self.max_client_weight_multiple >= 1,
+                  'max_client_weight_multiple',
+                  'a finite number >= 1 (0: no cap by the round\'s median)')
     self._require(self.max_client_weight is None or
                   self.max_client_weight >= 0, 'max_client_weight',
                   'a finite number > 0 (0: no cap; unset: the largest local '
