@@ -244,6 +244,33 @@ class TakeoverOnTheServerTest(tf.test.TestCase):
       self.assertAllEqual(weights.non_trainable[mask_index],
                           initial.weights.non_trainable[mask_index])
 
+  def test_with_defences_no_attack_moves_the_model_far(self):
+    # One round of the tiny model per attack with every defence on: the
+    # global model stays finite and no weight grows beyond twice the
+    # largest of the clean round (without defences the takeover leaves 5,
+    # huge values 1e30: see above and the attack table).
+    defended = dict(robust=robust_aggregation.RobustAggregation(),
+                    min_new_position_votes=2)
+    model_fn, initial = tiny_model()
+    schedule = schedules.ReadjustmentSchedule(
+        drop_fraction=0.2, rounds_between_readjustments=1, end_round=10,
+        annealing='constant')
+    loop = plain_loop.PlainFedDst(
+        model_fn, initial, client_datasets(1)[0].element_spec, schedule,
+        client_work.ClientConfig(num_epochs=1, learning_rate=0.02),
+        **defended)
+    clean_state, _ = loop.next(loop.initialize(), client_datasets(1))
+    clean_max = attack_runs.max_abs_weight(loop.get_model_weights(clean_state))
+    for name, attack in attacks.ATTACKS.items():
+      with self.subTest(attack=name):
+        hook = attacks.hostile_hook(attack, payload_format(initial))
+        state, _ = loop.next(loop.initialize(), client_datasets(1),
+                             upload_hook=hook)
+        weights = loop.get_model_weights(state)
+        self.assertTrue(attack_runs.is_finite(weights))
+        self.assertLessEqual(attack_runs.max_abs_weight(weights),
+                             2 * clean_max)
+
   def test_rounds_go_on_from_a_non_finite_model(self):
     # Every honest upload from a NaN model is NaN and rejected; the round
     # neither fails nor makes the model finite (today's server keeps it).
