@@ -11,6 +11,7 @@ from tff_feddst.process import aggregation
 from tff_feddst.process import encoding
 from tff_feddst.process import mask_codes
 from tff_feddst.process import payload_validation
+from tff_feddst.process import sum_factory
 
 # Three clients, one prunable kernel of 4 positions (2 active each), one bias.
 #   client  weight  mask        kernel values      bias
@@ -71,7 +72,7 @@ def assert_three_client_sums(test: tf.test.TestCase, aggregate) -> None:
 class SparseSumFactoryComputationTest(tf.test.TestCase):
 
   def test_type_signature(self):
-    process = aggregation.SparseSumFactory([(4,)]).create(
+    process = sum_factory.SparseSumFactory([(4,)]).create(
         payload_type(), tff.TensorType(np.float32))
     result = process.next.type_signature.result
     self.assertEqual(result.result.placement, tff.SERVER)
@@ -87,14 +88,14 @@ class SparseSumFactoryComputationTest(tf.test.TestCase):
 
   def test_value_type_of_another_payload_raises(self):
     with self.assertRaisesRegex(ValueError, 'is not the payload'):
-      aggregation.SparseSumFactory([(16,)], [2]).create(
+      sum_factory.SparseSumFactory([(16,)], [2]).create(
           payload_type(), tff.TensorType(np.float32))
 
 
 class SparseSumFactoryExecutionTest(tf.test.TestCase):
 
   def test_three_clients_by_hand(self):
-    process = aggregation.SparseSumFactory([(4,)]).create(
+    process = sum_factory.SparseSumFactory([(4,)]).create(
         payload_type(), tff.TensorType(np.float32))
     output = process.next(process.initialize(), client_payloads(), WEIGHTS)
     assert_three_client_sums(self, output.result)
@@ -102,7 +103,7 @@ class SparseSumFactoryExecutionTest(tf.test.TestCase):
     self.assertEqual(output.measurements, measurements(51, 3))
 
   def test_zero_weight_client_is_rejected_and_does_not_vote(self):
-    process = aggregation.SparseSumFactory([(4,)]).create(
+    process = sum_factory.SparseSumFactory([(4,)]).create(
         payload_type(), tff.TensorType(np.float32))
     output = process.next(process.initialize(), client_payloads()[:2],
                           [1., 0.])
@@ -133,7 +134,7 @@ class SparseSumFactoryExecutionTest(tf.test.TestCase):
                                 [np.array(m, np.float32)],
                                 [np.array([v[0]], np.float32)], [2])
                 for v, m in zip(values, masks)]
-    process = aggregation.SparseSumFactory([(4,)]).create(
+    process = sum_factory.SparseSumFactory([(4,)]).create(
         payload_type(), tff.TensorType(np.float32))
     results = []
     for order in ([0, 1, 2], [0, 2, 1], [2, 1, 0]):
@@ -168,7 +169,7 @@ class CodedPayloadAggregationTest(tf.test.TestCase):
 
   def test_rice_payloads_give_the_bitmap_sums(self):
     payloads = coded_payloads(RICE)
-    process = aggregation.SparseSumFactory([(4,)], [2], RICE).create(
+    process = sum_factory.SparseSumFactory([(4,)], [2], RICE).create(
         type_of_first(payloads), tff.TensorType(np.float32))
     aggregate = process.next(process.initialize(), payloads, WEIGHTS).result
     self.assertAllClose(aggregate.weighted_kernel_sums[0], [7., 14., 36., 0.])
@@ -184,7 +185,7 @@ class CodedPayloadAggregationTest(tf.test.TestCase):
     # A's mask [1,1,0,0] is the global mask; A leaves it out, B and C send.
     payloads = coded_payloads(RICE_CHANGED, include_masks=(False, True, True))
     self.assertEqual(int(payloads[0].mask_code_bits), 0)
-    process = aggregation.SparseSumFactory([(4,)], [2], RICE_CHANGED).create(
+    process = sum_factory.SparseSumFactory([(4,)], [2], RICE_CHANGED).create(
         type_of_first(payloads), tff.TensorType(np.float32))
     output = process.next(process.initialize(), payloads, WEIGHTS)
     compact = output.result
@@ -220,7 +221,7 @@ class CodedPayloadAggregationTest(tf.test.TestCase):
 
   def test_coded_payloads_need_num_active(self):
     with self.assertRaisesRegex(ValueError, 'num_active'):
-      aggregation.SparseSumFactory([(4,)], payload_encoding=RICE)
+      sum_factory.SparseSumFactory([(4,)], payload_encoding=RICE)
 
 
 
@@ -243,7 +244,7 @@ def hostile(values=None, bits=None, packed_masks=None, dense=None):
 
 def aggregate_with(payload, weight, checks=None):
   """Aggregates A, the given payload, B and C (weights 1, weight, 3, 2)."""
-  process = aggregation.SparseSumFactory(
+  process = sum_factory.SparseSumFactory(
       [(4,)], payload_checks=checks).create(payload_type(),
                                             tff.TensorType(np.float32))
   honest = client_payloads()
@@ -317,7 +318,7 @@ class HostilePayloadTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(output.measurements['rejected_mask_count'], 1)
 
   def test_all_rejected_round_aggregates_nothing(self):
-    process = aggregation.SparseSumFactory([(4,)]).create(
+    process = sum_factory.SparseSumFactory([(4,)]).create(
         payload_type(), tff.TensorType(np.float32))
     output = process.next(process.initialize(),
                           [hostile(values=[np.nan, 0.]), hostile()],
@@ -332,7 +333,7 @@ class HostilePayloadTest(tf.test.TestCase, parameterized.TestCase):
                      measurements(34, 0, nonfinite=1, weight=1))
 
   def test_float64_payload_is_refused_by_the_type_system(self):
-    process = aggregation.SparseSumFactory([(4,)]).create(
+    process = sum_factory.SparseSumFactory([(4,)]).create(
         payload_type(), tff.TensorType(np.float32))
     honest = client_payloads()[0]
     as_float64 = honest._replace(
@@ -346,7 +347,7 @@ class RoundTargetsTest(tf.test.TestCase):
   def test_state_counts_rounds_and_selects_the_target_row(self):
     # Row 0 (round 1): 2 ones; row 1 (round 2 and later): 1 one.
     checks = payload_validation.PayloadChecks(num_active_by_round=[[2], [1]])
-    process = aggregation.SparseSumFactory(
+    process = sum_factory.SparseSumFactory(
         [(4,)], payload_checks=checks).create(payload_type(),
                                               tff.TensorType(np.float32))
     two_ones = client_payloads()[1]
@@ -368,7 +369,7 @@ class RoundTargetsTest(tf.test.TestCase):
   def test_table_exceeding_the_capacity_raises(self):
     checks = payload_validation.PayloadChecks(num_active_by_round=[[3]])
     with self.assertRaisesRegex(ValueError, 'capacity'):
-      aggregation.SparseSumFactory([(4,)], payload_checks=checks).create(
+      sum_factory.SparseSumFactory([(4,)], payload_checks=checks).create(
           payload_type(), tff.TensorType(np.float32))
 
 
@@ -376,7 +377,7 @@ class HostileCodedPayloadTest(tf.test.TestCase):
 
   def test_rice_code_longer_than_sent_is_rejected(self):
     payloads = coded_payloads(RICE)
-    process = aggregation.SparseSumFactory([(4,)], [2], RICE).create(
+    process = sum_factory.SparseSumFactory([(4,)], [2], RICE).create(
         type_of_first(payloads), tff.TensorType(np.float32))
     # B's code is 5 bits; claiming 6, or far beyond the buffer, is invalid.
     for claimed_bits in (6, 1 << 30, -5):
@@ -391,7 +392,7 @@ class HostileCodedPayloadTest(tf.test.TestCase):
 
   def test_payload_without_masks_checks_padding_and_values(self):
     payloads = coded_payloads(RICE_CHANGED, include_masks=(False, True, True))
-    process = aggregation.SparseSumFactory([(4,)], [2], RICE_CHANGED).create(
+    process = sum_factory.SparseSumFactory([(4,)], [2], RICE_CHANGED).create(
         type_of_first(payloads), tff.TensorType(np.float32))
     nan_without_mask = payloads[0]._replace(
         values=(np.array([np.nan, 2.], np.float32),))

@@ -14,10 +14,10 @@ from tff_feddst.methods import fed_dst
 from tff_feddst.methods import prunefl
 from tff_feddst.methods import registry
 from tff_feddst.networks import models
-from tff_feddst.process import aggregation
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
+from tff_feddst.process import sum_factory
 from tff_feddst.running import experiment
 from tff_feddst.running import settings as settings_lib
 from tests import fed_dst_test
@@ -243,7 +243,7 @@ class PruneflUploadValidationTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(output.measurements[f'rejected_{kind}'], 1)
     # FedDST's aggregator (capacity 4, target 2 ones) rejects the same
     # payload for the same reason.
-    feddst = aggregation.SparseSumFactory(
+    feddst = sum_factory.SparseSumFactory(
         [(4,)], [4], prunefl.full_capacity_encoding(),
         payload_validation.PayloadChecks(num_active_by_round=[[2]])).create(
                 type_of(upload.payload), tff.TensorType(np.float32))

@@ -10,6 +10,7 @@ from tff_feddst.process import aggregation
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation as robust_lib
+from tff_feddst.process import sum_factory
 
 # One prunable kernel of 4 positions (2 active), one bias. The broadcast:
 #   kernel [1, 0, 0, 2], mask [1, 0, 0, 1], bias 0.5.
@@ -156,7 +157,7 @@ class ReplayTest(tf.test.TestCase):
 
   def test_every_copy_of_a_repeated_upload_is_rejected(self):
     robust = robust_lib.RobustAggregation(clip_updates=False)
-    factory = aggregation.SparseSumFactory(KERNEL_SHAPES, NUM_ACTIVE,
+    factory = sum_factory.SparseSumFactory(KERNEL_SHAPES, NUM_ACTIVE,
                                            robust=robust)
     honest = payload([2., 0., 0., 2.], REFERENCE_MASK, [0.5])
     value_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
@@ -172,7 +173,7 @@ class ReplayTest(tf.test.TestCase):
     self.assertAllClose(output.result.weighted_kernel_sums[0],
                         [2., 0., 0., 2.])
     # The same uploads without the check: all four are summed.
-    unchecked = aggregation.SparseSumFactory(
+    unchecked = sum_factory.SparseSumFactory(
         KERNEL_SHAPES, NUM_ACTIVE, robust=robust_lib.RobustAggregation(
             clip_updates=False, reject_replays=False)).create(
                 value_type, tff.TensorType(np.float32))
@@ -233,7 +234,7 @@ class RoundWeightCapTest(tf.test.TestCase):
   def test_weights_are_capped_at_a_multiple_of_the_round_median(self):
     robust = robust_lib.RobustAggregation(clip_updates=False,
                                           max_weight_multiple=2.0)
-    factory = aggregation.SparseSumFactory(KERNEL_SHAPES, NUM_ACTIVE,
+    factory = sum_factory.SparseSumFactory(KERNEL_SHAPES, NUM_ACTIVE,
                                            robust=robust)
     uploads = [payload([2., 0., 0., 2.], REFERENCE_MASK, [0.5]),
                payload([1., 0., 0., 3.], REFERENCE_MASK, [0.5]),
@@ -278,14 +279,14 @@ class FactoryTest(tf.test.TestCase):
 
   def test_round_bound_comes_from_the_round_and_clips_the_outlier(self):
     robust = robust_lib.RobustAggregation(clip_norm_multiplier=1.0)
-    factory = aggregation.SparseSumFactory(KERNEL_SHAPES, NUM_ACTIVE,
+    factory = sum_factory.SparseSumFactory(KERNEL_SHAPES, NUM_ACTIVE,
                                            robust=robust)
     self.assertTrue(factory.clips_updates)
     value_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
         lambda t: tf.TensorSpec(t.shape, t.dtype), payload(*CLIENT)))
     process = factory.create(value_type, tff.TensorType(np.float32))
     state = process.initialize()
-    state = aggregation.AggregatorState(
+    state = sum_factory.AggregatorState(
         counter=state.counter,
         reference=tf.nest.map_structure(lambda t: t.numpy(), reference()))
     # Delta norms: 1, 1, 2 and the CLIENT's sqrt(18). The median of 4 is

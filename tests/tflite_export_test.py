@@ -21,6 +21,7 @@ from tff_feddst.process import aggregation
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
+from tff_feddst.process import sum_factory
 from tff_feddst.running import settings as settings_lib
 
 PARITY_ATOL = 1e-5
@@ -265,7 +266,7 @@ class MnistTrainingModelTest(tf.test.TestCase):
     def payload_example():
       return tf.nest.map_structure(tf.constant, tf_payload)
 
-    process = aggregation.SparseSumFactory(layout.kernel_shapes).create(
+    process = sum_factory.SparseSumFactory(layout.kernel_shapes).create(
         payload_example.type_signature.result, tff.TensorType(np.float32))
 
     def aggregate(first):

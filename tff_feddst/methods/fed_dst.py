@@ -48,6 +48,7 @@ from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
+from tff_feddst.process import sum_factory
 from tff_feddst.sparse import masks as mask_lib
 from tff_feddst.sparse import sparsity_distribution
 
@@ -211,7 +212,7 @@ def build_fed_dst(model_fn: models.ModelFn,
       model_fn, layout, num_active, schedule, client_config,
       model_weights_type, data_type, upload_encoding=upload_encoding)
   result_type = work.next.type_signature.result.result.member
-  aggregator_factory = aggregation.SparseSumFactory(
+  aggregator_factory = sum_factory.SparseSumFactory(
       layout.kernel_shapes, num_active, upload_encoding,
       payload_checks=payload_checks, robust=robust)
   aggregator = aggregator_factory.create(result_type.update,

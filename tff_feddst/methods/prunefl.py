@@ -41,7 +41,7 @@ What this module implements (`select_masks`, used by both stages):
    prunable position, z_c = (sum over its local steps of the minibatch
    gradient)^2, charged 4 bytes a position on those rounds only; every upload
    carries a 4-byte int32 telling whether it is there. The shared aggregator
-   (`aggregation.SparseSumFactory`) checks every upload as it does FedDST's
+   (`sum_factory.SparseSumFactory`) checks every upload as it does FedDST's
    (shapes, weight, finite values, mask code, each layer's mask count equal
    to the global mask's, optional norm bound; the importance must have the
    kernels' shapes and be finite) and sums n_c * z_c beside the usual sparse
@@ -105,6 +105,7 @@ from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
+from tff_feddst.process import sum_factory
 
 # Bytes of `PruneflUpload.has_importance` (int32), sent with every upload.
 IMPORTANCE_FLAG_BYTES = 4
@@ -412,7 +413,7 @@ def build_aggregator_factory(
     initial_targets: Sequence[int],
     payload_checks: Optional[payload_validation.PayloadChecks] = None,
     robust: Optional[robust_aggregation.RobustAggregation] = None
-) -> aggregation.SparseSumFactory:
+) -> sum_factory.SparseSumFactory:
   """PruneFL's aggregator: the shared sparse sums with every check.
 
   Args:
@@ -426,12 +427,12 @@ def build_aggregator_factory(
     robust: See `build_prunefl`.
 
   Returns:
-    The `aggregation.SparseSumFactory`, whose `create(PruneflUpload type,
+    The `sum_factory.SparseSumFactory`, whose `create(PruneflUpload type,
     float32)` process sums into an `aggregation.ExtendedAggregate` with
     `ImportanceSums`.
   """
   kernel_sizes = [int(np.prod(s)) for s in kernel_shapes]
-  return aggregation.SparseSumFactory(
+  return sum_factory.SparseSumFactory(
       kernel_shapes, kernel_sizes, upload_encoding,
       payload_checks or payload_validation.PayloadChecks(),
       initial_targets=initial_targets,
@@ -508,7 +509,7 @@ def build_prunefl(model_fn: models.ModelFn,
 
   Composed like `fed_dst.build_fed_dst`, from the same parts: the sparse
   broadcast at full capacity, PruneFL client work, the shared
-  `aggregation.SparseSumFactory` (every upload checked, importance summed
+  `sum_factory.SparseSumFactory` (every upload checked, importance summed
   by `ImportanceExtension`) and the shared finalizer with PruneFL's
   `importance_mask_rule`. Payloads hold up to each kernel's full size (the
   mask size changes); each layer's mask must have as many ones as the

@@ -16,10 +16,10 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_feddst.networks import models
-from tff_feddst.process import aggregation
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
 from tff_feddst.process import robust_aggregation
+from tff_feddst.process import sum_factory
 
 # `(aggregator state, global ModelWeights) -> aggregator state`, in TF.
 StateUpdate = Callable[[Any, tff.learning.models.ModelWeights], Any]
@@ -112,10 +112,10 @@ def reference_update(layout: models.ModelLayout, num_active: Sequence[int],
   """The `StateUpdate` that writes the broadcast reference into the state.
 
   For a `SparseSumFactory` that clips updates (its state an
-  `aggregation.AggregatorState`).
+  `sum_factory.AggregatorState`).
   """
   def update(aggregator_state, weights):
-    return aggregation.AggregatorState(
+    return sum_factory.AggregatorState(
         counter=aggregator_state.counter,
         reference=reference_of_weights(weights, layout, num_active,
                                        download_encoding))

@@ -34,7 +34,7 @@ first kind that failed, in this order (`REJECTION_KINDS`):
   replay      with robust aggregation: the same upload (its bytes, weight
               aside) arrived more than once in the round (every copy).
 
-Shapes. Inside TFF a payload's type is static, so `SparseSumFactory.create`
+Shapes. Inside TFF a payload's type is static, so `sum_factory.SparseSumFactory.create`
 declares its client value with every dimension unknown (`relaxed_type`): a
 client result of type float32[52349] is assignable to float32[?], and a
 payload of another length reaches the aggregator instead of failing the
