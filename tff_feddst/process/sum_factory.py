@@ -215,11 +215,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         lambda t: tf.TensorSpec(t.shape, t.dtype),
         robust_aggregation.zero_reference(kernel_shapes, dense_shapes)))
     screens = robust is not None and robust.screens_uploads
-    # The first pass's findings: clip bound, replay counts, weight cap.
-    findings_type = tff.types.tensorflow_to_type(
-        (tf.TensorSpec([], tf.float32),
-         tf.TensorSpec([2, robust_aggregation.NUM_REPLAY_BUCKETS], tf.int32),
-         tf.TensorSpec([], tf.float32)))
+    findings_type = tff.types.tensorflow_to_type(_FINDINGS_SPEC)
     # What each client's value is zipped with: its weight, the round's
     # targets (if any), the reference (if clipping); in the second pass of
     # a screening aggregator also the first pass's findings.
@@ -268,20 +264,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         relaxed_value_type, extra_types, unpack, kernel_shapes, dense_shapes,
         num_active, first_state.type_signature.result) if screens else None
 
-    @tff.tensorflow.computation(aggregate_type, findings_type)
-    def measure(aggregate, findings):
-      measurements = aggregation.measurements_of(aggregate)
-      if clips:
-        measurements['update_norm_bound'] = findings[0]
-      if screens and robust.caps_weights_by_round:
-        measurements['round_weight_cap'] = findings[2]
-      return measurements
-
-    @tff.tensorflow.computation
-    def screening_default():
-      return (tf.constant(np.inf, tf.float32),
-              robust_aggregation.zero_fingerprint_counts(),
-              tf.constant(np.inf, tf.float32))
+    measure = self._measure_computation(aggregate_type, findings_type)
+    screening_default = tff.tensorflow.computation(_no_findings)
 
     @tff.federated_computation
     def init_fn():
@@ -315,6 +299,25 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
           measurements=tff.federated_map(measure, (aggregate, findings)))
 
     return tff.templates.AggregationProcess(init_fn, next_fn)
+
+  def _measure_computation(self, aggregate_type, findings_type):
+    """`(aggregate, findings) -> measurements` (`measurements_of`, plus the
+    round's clip bound and weight cap when they are in use)."""
+    robust = self._robust
+    clips = self.clips_updates
+    caps = (robust is not None and robust.screens_uploads and
+            robust.caps_weights_by_round)
+
+    @tff.tensorflow.computation(aggregate_type, findings_type)
+    def measure(aggregate, findings):
+      measurements = aggregation.measurements_of(aggregate)
+      if clips:
+        measurements['update_norm_bound'] = findings[0]
+      if caps:
+        measurements['round_weight_cap'] = findings[2]
+      return measurements
+
+    return measure
 
   def _screening_computations(self, relaxed_value_type, extra_types, unpack,
                               kernel_shapes, dense_shapes, num_active,
@@ -366,6 +369,20 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     return _ScreeningComputations(zero, accumulate, merge, report, findings,
                                   reference_of_state)
+
+
+# The first pass's findings: clip bound, replay counts, weight cap.
+_FINDINGS_SPEC = (
+    tf.TensorSpec([], tf.float32),
+    tf.TensorSpec([2, robust_aggregation.NUM_REPLAY_BUCKETS], tf.int32),
+    tf.TensorSpec([], tf.float32))
+
+
+def _no_findings():
+  """The findings of an aggregator without a first pass."""
+  return (tf.constant(np.inf, tf.float32),
+          robust_aggregation.zero_fingerprint_counts(),
+          tf.constant(np.inf, tf.float32))
 
 
 class _ScreeningComputations(NamedTuple):
