@@ -192,18 +192,24 @@ def client_datasets(round_num: int) -> list[tf.data.Dataset]:
   return datasets
 
 
+def tiny_loop(drop_fraction: float, **server_arguments):
+  """The tiny model's initial model and a plain loop readjusting each round."""
+  model_fn, initial = tiny_model()
+  schedule = schedules.ReadjustmentSchedule(
+      drop_fraction=drop_fraction, rounds_between_readjustments=1,
+      end_round=10, annealing='constant')
+  loop = plain_loop.PlainFedDst(
+      model_fn, initial, client_datasets(1)[0].element_spec, schedule,
+      client_work.ClientConfig(num_epochs=1, learning_rate=0.02),
+      **server_arguments)
+  return initial, loop
+
+
 class TakeoverOnTheServerTest(tf.test.TestCase):
 
   def takeover_round(self, **server_arguments):
     """One round of the tiny model with a takeover client, no regrowth."""
-    model_fn, initial = tiny_model()
-    schedule = schedules.ReadjustmentSchedule(
-        drop_fraction=0.0, rounds_between_readjustments=1, end_round=10,
-        annealing='constant')
-    loop = plain_loop.PlainFedDst(
-        model_fn, initial, client_datasets(1)[0].element_spec, schedule,
-        client_work.ClientConfig(num_epochs=1, learning_rate=0.02),
-        **server_arguments)
+    initial, loop = tiny_loop(0.0, **server_arguments)
     hook = attacks.hostile_hook(attacks.takeover, payload_format(initial))
     state, metrics = loop.next(loop.initialize(), client_datasets(1),
                                upload_hook=hook)
@@ -251,14 +257,7 @@ class TakeoverOnTheServerTest(tf.test.TestCase):
     # huge values 1e30: see above and the attack table).
     defended = dict(robust=robust_aggregation.RobustAggregation(),
                     min_new_position_votes=2)
-    model_fn, initial = tiny_model()
-    schedule = schedules.ReadjustmentSchedule(
-        drop_fraction=0.2, rounds_between_readjustments=1, end_round=10,
-        annealing='constant')
-    loop = plain_loop.PlainFedDst(
-        model_fn, initial, client_datasets(1)[0].element_spec, schedule,
-        client_work.ClientConfig(num_epochs=1, learning_rate=0.02),
-        **defended)
+    initial, loop = tiny_loop(0.2, **defended)
     clean_state, _ = loop.next(loop.initialize(), client_datasets(1))
     clean_max = attack_runs.max_abs_weight(loop.get_model_weights(clean_state))
     for name, attack in attacks.ATTACKS.items():
@@ -274,13 +273,7 @@ class TakeoverOnTheServerTest(tf.test.TestCase):
   def test_rounds_go_on_from_a_non_finite_model(self):
     # Every honest upload from a NaN model is NaN and rejected; the round
     # neither fails nor makes the model finite (today's server keeps it).
-    model_fn, initial = tiny_model()
-    schedule = schedules.ReadjustmentSchedule(
-        drop_fraction=0.2, rounds_between_readjustments=1, end_round=10,
-        annealing='constant')
-    loop = plain_loop.PlainFedDst(
-        model_fn, initial, client_datasets(1)[0].element_spec, schedule,
-        client_work.ClientConfig(num_epochs=1, learning_rate=0.02))
+    initial, loop = tiny_loop(0.2)
     state = loop.initialize()
     kernel = initial.layout.kernel_indices[0]
     trainable = list(state.weights.trainable)
