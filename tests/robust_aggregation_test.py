@@ -6,11 +6,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_feddst.methods import model_setup
 from tff_feddst.process import aggregation
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation as robust_lib
 from tff_feddst.process import sum_factory
+from tff_feddst.running import settings as settings_lib
 
 # One prunable kernel of 4 positions (2 active), one bias. The broadcast:
 #   kernel [1, 0, 0, 2], mask [1, 0, 0, 1], bias 0.5.
@@ -255,6 +257,40 @@ class RoundWeightCapTest(tf.test.TestCase):
   def test_uniform_weighting_has_no_round_cap(self):
     robust = robust_lib.RobustAggregation(client_weighting='uniform')
     self.assertFalse(robust.caps_weights_by_round)
+
+
+class FromSettingsTest(tf.test.TestCase):
+  """`model_setup.build_robust_aggregation`: the run's settings, its data."""
+
+  class Partition:
+    client_ids = ['0', '1', '2']
+
+    def num_train_examples(self, client_id):
+      return {'0': 120, '1': 600, '2': 45}[client_id]
+
+  def build(self, **values):
+    settings = settings_lib.ExperimentSettings.from_flat(**values)
+    return model_setup.build_robust_aggregation(settings, self.Partition())
+
+  def test_defaults_cap_at_the_largest_local_data_set(self):
+    robust = self.build()
+    self.assertEqual(robust.max_client_weight, 600.0)
+    self.assertTrue(robust.clip_updates)
+    self.assertTrue(robust.reject_replays)
+    self.assertEqual(robust.max_weight_multiple, 2.0)
+    self.assertIsNone(self.build(max_client_weight=0.0).max_client_weight)
+    self.assertIsNone(self.build(
+        max_client_weight_multiple=0.0).max_weight_multiple)
+
+  def test_workers_turn_the_first_pass_off(self):
+    # TFF's multi-worker (mergeable) form cannot run an aggregate that
+    # depends on another, so the screening pass is off, with a warning.
+    for execution in (dict(num_local_workers=2),
+                      dict(workers='127.0.0.1:8000')):
+      with self.assertLogs(level='WARNING'):
+        robust = self.build(**execution)
+      self.assertFalse(robust.screens_uploads)
+      self.assertEqual(robust.max_client_weight, 600.0)
 
 
 class ConfigTest(tf.test.TestCase):

@@ -5,6 +5,7 @@ model through `build_model`, so that they start from the same seeded
 weights and masks.
 """
 
+import logging
 from typing import Optional
 
 import numpy as np
@@ -101,19 +102,34 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
   Returns:
     The `RobustAggregation`: with --max_client_weight unset, the cap is the
     largest local data set of the partition (no honest client states more);
-    0 means no cap.
+    0 means no cap. With workers (--num_local_workers > 0 or --workers),
+    whose TFF execution (the mergeable form) cannot run an aggregate that
+    depends on another, the first pass's defences are off (clipping, the
+    cap by the round's median, replays), with a warning.
   """
   server = settings.server
+  screening = dict(
+      clip_updates=server.clip_updates,
+      reject_replays=server.reject_replayed_uploads,
+      max_weight_multiple=server.max_client_weight_multiple or None)
+  execution = settings.execution
+  if ((execution.num_local_workers > 0 or execution.worker_addresses) and
+      (screening['clip_updates'] or screening['reject_replays'] or
+       screening['max_weight_multiple'])):
+    logging.warning(
+        'With TFF workers (--num_local_workers/--workers) the server cannot '
+        'screen a round before summing it: --clip_updates, '
+        '--reject_replayed_uploads and --max_client_weight_multiple are off '
+        'for this run (see README, Robust aggregation).')
+    screening = dict(clip_updates=False, reject_replays=False,
+                     max_weight_multiple=None)
   cap = server.max_client_weight
   if cap is None:
     cap = float(max(federated_data.num_train_examples(client_id)
                     for client_id in federated_data.client_ids))
   return robust_aggregation.RobustAggregation(
-      clip_updates=server.clip_updates,
       clip_norm_quantile=server.clip_norm_quantile,
       clip_norm_multiplier=server.clip_norm_multiplier,
       clip_zeroing_multiple=server.clip_zeroing_multiple,
       max_client_weight=float(cap) if cap else None,
-      client_weighting=server.client_weighting,
-      reject_replays=server.reject_replayed_uploads,
-      max_weight_multiple=server.max_client_weight_multiple or None)
+      client_weighting=server.client_weighting, **screening)
