@@ -287,9 +287,11 @@ class FromSettingsTest(tf.test.TestCase):
     # depends on another, so the screening pass is off, with a warning.
     for execution in (dict(num_local_workers=2),
                       dict(workers='127.0.0.1:8000')):
-      with self.assertLogs(level='WARNING'):
-        robust = self.build(**execution)
+      robust = self.build(**execution)
       self.assertFalse(robust.screens_uploads)
+      with self.assertLogs(level='WARNING'):
+        model_setup.warn_if_screening_is_off(
+            settings_lib.ExperimentSettings.from_flat(**execution))
       self.assertEqual(robust.max_client_weight, 600.0)
 
 

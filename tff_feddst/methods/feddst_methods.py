@@ -142,6 +142,7 @@ class FeddstMethod(registry.Method):
         + aggregation.WEIGHT_BYTES)
 
     def build_process(element_spec):
+      model_setup.warn_if_screening_is_off(settings)
       return fed_dst.build_fed_dst(
           model_fn, initial_model, element_spec, build_schedule(settings),
           client_config,

@@ -105,22 +105,15 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
     0 means no cap. With workers (--num_local_workers > 0 or --workers),
     whose TFF execution (the mergeable form) cannot run an aggregate that
     depends on another, the first pass's defences are off (clipping, the
-    cap by the round's median, replays), with a warning.
+    cap by the round's median, replays); `warn_if_screening_is_off` says
+    so once the run has its workers.
   """
   server = settings.server
   screening = dict(
       clip_updates=server.clip_updates,
       reject_replays=server.reject_replayed_uploads,
       max_weight_multiple=server.max_client_weight_multiple or None)
-  execution = settings.execution
-  if ((execution.num_local_workers > 0 or execution.worker_addresses) and
-      (screening['clip_updates'] or screening['reject_replays'] or
-       screening['max_weight_multiple'])):
-    logging.warning(
-        'With TFF workers (--num_local_workers/--workers) the server cannot '
-        'screen a round before summing it: --clip_updates, '
-        '--reject_replayed_uploads and --max_client_weight_multiple are off '
-        'for this run (see README, Robust aggregation).')
+  if _screening_is_off(settings):
     screening = dict(clip_updates=False, reject_replays=False,
                      max_weight_multiple=None)
   cap = server.max_client_weight
@@ -133,3 +126,26 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
       clip_zeroing_multiple=server.clip_zeroing_multiple,
       max_client_weight=float(cap) if cap else None,
       client_weighting=server.client_weighting, **screening)
+
+
+def _screening_is_off(settings: settings_lib.ExperimentSettings) -> bool:
+  """Whether workers turn the server's asked-for first pass off."""
+  server, execution = settings.server, settings.execution
+  return bool((execution.num_local_workers > 0 or execution.worker_addresses)
+              and (server.clip_updates or server.reject_replayed_uploads or
+                   server.max_client_weight_multiple))
+
+
+def warn_if_screening_is_off(settings: settings_lib.ExperimentSettings
+                             ) -> None:
+  """Logs a warning when workers turned the server's first pass off.
+
+  Called when the process is built, that is once the run's workers answer
+  (a run that cannot start prints only its error).
+  """
+  if _screening_is_off(settings):
+    logging.warning(
+        'With TFF workers (--num_local_workers/--workers) the server cannot '
+        'screen a round before summing it: --clip_updates, '
+        '--reject_replayed_uploads and --max_client_weight_multiple are off '
+        'for this run (see README, Robust aggregation).')

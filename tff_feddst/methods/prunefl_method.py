@@ -84,6 +84,7 @@ class PruneflMethod(registry.Method):
     built = {}
 
     def build_process(element_spec):
+      model_setup.warn_if_screening_is_off(settings)
       built['process'] = prunefl.build_prunefl(
           model_fn, layout, initial_model.weights, element_spec,
           client_config, prunefl_config,
