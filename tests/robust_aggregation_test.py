@@ -282,6 +282,21 @@ class FromSettingsTest(tf.test.TestCase):
     self.assertIsNone(self.build(
         max_client_weight_multiple=0.0).max_weight_multiple)
 
+  def test_the_state_is_the_same_with_and_without_the_first_pass(self):
+    # So a run started with workers resumes without them and back.
+    value_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
+        lambda t: tf.TensorSpec(t.shape, t.dtype), payload(*CLIENT)))
+    state_types = []
+    for first_pass in (True, False):
+      process = sum_factory.SparseSumFactory(
+          KERNEL_SHAPES, NUM_ACTIVE, robust=robust_lib.RobustAggregation(
+              first_pass=first_pass)).create(value_type,
+                                             tff.TensorType(np.float32))
+      state_types.append(process.initialize.type_signature.result)
+      output = process.next(process.initialize(), [payload(*CLIENT)], [1.0])
+      self.assertEqual(output.measurements['num_clients'], 1)
+    self.assertEqual(state_types[0], state_types[1])
+
   def test_workers_turn_the_first_pass_off(self):
     # TFF's multi-worker (mergeable) form cannot run an aggregate that
     # depends on another, so the screening pass is off, with a warning.

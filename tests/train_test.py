@@ -171,10 +171,15 @@ class StopAndResumeTest(fixtures.FashionMnistSliceTestCase):
 
   @classmethod
   def run_args(cls, output_dir: str, *extra: str) -> list[str]:
+    # Without the server's first pass, which runs without workers but not
+    # with them (model_setup.build_robust_aggregation): a run that moves
+    # from workers to a local one must give the same rounds.
     return [sys.executable, TRAIN, '--noprogress', f'--data_dir={cls.data_dir}',
             '--total_clients=6', '--clients_per_round=2', '--total_rounds=3',
             '--eval_every=1', '--checkpoint_every=0', '--tensorboard_dir=',
-            f'--output_dir={output_dir}', *extra]
+            '--noclip_updates', '--noreject_replayed_uploads',
+            '--max_client_weight_multiple=0', f'--output_dir={output_dir}',
+            *extra]
 
   @staticmethod
   def env() -> dict[str, str]:

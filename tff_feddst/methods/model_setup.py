@@ -113,9 +113,9 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
       clip_updates=server.clip_updates,
       reject_replays=server.reject_replayed_uploads,
       max_weight_multiple=server.max_client_weight_multiple or None)
-  if _screening_is_off(settings):
-    screening = dict(clip_updates=False, reject_replays=False,
-                     max_weight_multiple=None)
+  # The state keeps its reference either way, so a run started with
+  # workers resumes without them, and the other way round.
+  screening['first_pass'] = not _screening_is_off(settings)
   cap = server.max_client_weight
   if cap is None:
     cap = float(max(federated_data.num_train_examples(client_id)

@@ -93,6 +93,10 @@ class RobustAggregation:
       a round.
     max_weight_multiple: Cap each stated example count also at this (>= 1)
       times the median of the round's accepted counts; None: no such cap.
+    first_pass: False: the aggregator runs no first pass (TFF's
+      multi-worker form cannot), so clipping, the median cap and replay
+      checks are off; with `clip_updates` the state still holds the
+      reference, so a checkpoint fits a run with or without workers.
   """
   clip_updates: bool = True
   clip_norm_quantile: float = 0.5
@@ -102,6 +106,7 @@ class RobustAggregation:
   client_weighting: str = 'num_examples'
   reject_replays: bool = True
   max_weight_multiple: Optional[float] = 2.0
+  first_pass: bool = True
 
   def __post_init__(self):
     def finite(value) -> bool:
@@ -132,8 +137,8 @@ class RobustAggregation:
   @property
   def screens_uploads(self) -> bool:
     """Whether the aggregator needs its first pass over the uploads."""
-    return (self.clip_updates or self.reject_replays or
-            self.caps_weights_by_round)
+    return self.first_pass and (self.clip_updates or self.reject_replays or
+                                self.caps_weights_by_round)
 
   @property
   def caps_weights_by_round(self) -> bool:

@@ -265,6 +265,10 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         num_active, first_state.type_signature.result) if screens else None
 
     measure = self._measure_computation(aggregate_type, findings_type)
+    reference_of_state = None
+    if clips:
+      reference_of_state = tff.tensorflow.computation(
+          lambda state: state.reference, first_state.type_signature.result)
     screening_default = tff.tensorflow.computation(_no_findings)
 
     @tff.federated_computation
@@ -282,7 +286,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
             tff.federated_map(round_targets, state)))
       if clips:
         zipped.append(tff.federated_broadcast(
-            tff.federated_map(screening.reference_of_state, state)))
+            tff.federated_map(reference_of_state, state)))
       if screens:
         screened = tff.federated_aggregate(
             tff.federated_zip(tuple(zipped)), screening.zero(),
@@ -362,13 +366,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     def findings(counts):
       return aggregation.screening_findings(counts, robust)
 
-    reference_of_state = None
-    if clips:
-      reference_of_state = tff.tensorflow.computation(
-          lambda state: state.reference, state_type)
-
-    return _ScreeningComputations(zero, accumulate, merge, report, findings,
-                                  reference_of_state)
+    return _ScreeningComputations(zero, accumulate, merge, report, findings)
 
 
 # The first pass's findings: clip bound, replay counts, weight cap.
@@ -391,7 +389,6 @@ class _ScreeningComputations(NamedTuple):
   merge: Any
   report: Any
   findings: Any
-  reference_of_state: Any
 
 
 class AggregatorState(NamedTuple):
