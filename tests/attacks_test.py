@@ -18,6 +18,7 @@ from tff_feddst.process import client_work
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
+from tff_feddst.process import upload_binding
 from tff_feddst.running import errors
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.sparse import schedules
@@ -85,8 +86,10 @@ class AttackUploadTest(tf.test.TestCase):
     cls.start = attacks.global_model(cls.broadcast, cls.initial.layout)
 
   def sent(self, name):
-    return attacks.ATTACKS[name](self.upload, 600.0, self.broadcast,
-                                 self.format)
+    attack = attacks.ATTACKS[name]
+    if hasattr(attack, 'fresh'):
+      attack = attack.fresh()
+    return attack(self.upload, 600.0, self.broadcast, self.format)
 
   def test_every_attack_sends_well_formed_uploads(self):
     # Shapes, dtypes and mask counts pass; only content rules can refuse.
@@ -144,6 +147,31 @@ class AttackUploadTest(tf.test.TestCase):
                                       self.start.dense):
           self.assertAllClose(got - start, factor * (honest - start),
                               rtol=1e-5, atol=1e-6)
+
+  def test_stale_sends_last_rounds_upload_bound_to_last_rounds_model(self):
+    attack = attacks.ATTACKS['stale'].fresh()
+    # First round: nothing older to send, the honest upload goes.
+    [(first, weight)] = attack(self.upload, 600.0, self.broadcast,
+                               self.format)
+    self.assertIs(first, self.upload)
+    self.assertEqual(weight, 600.0)
+    # Next round, from another model: the first upload and its digest.
+    moved = tff.learning.models.ModelWeights(
+        trainable=[np.asarray(v) * 2 for v in self.broadcast.trainable],
+        non_trainable=self.broadcast.non_trainable)
+    [(second, weight)] = attack(honest_upload(self.initial), 300.0, moved,
+                                self.format)
+    self.assertIsInstance(second, upload_binding.BoundUpload)
+    self.assertIs(second.upload, self.upload)
+    self.assertEqual(weight, 600.0)
+    self.assertEqual(int(second.model_digest), int(
+        upload_binding.weights_digest(
+            tf.nest.map_structure(tf.convert_to_tensor, self.broadcast),
+            self.initial.layout)))
+    self.assertNotEqual(int(second.model_digest), int(
+        upload_binding.weights_digest(
+            tf.nest.map_structure(tf.convert_to_tensor, moved),
+            self.initial.layout)))
 
   def test_replay_sends_eight_identical_uploads(self):
     sent = self.sent('replay')
@@ -287,6 +315,29 @@ class TakeoverOnTheServerTest(tf.test.TestCase):
     self.assertTrue(attack_runs.is_finite(initial.weights))
 
 
+class StaleOnTheServerTest(tf.test.TestCase):
+
+  def test_last_rounds_upload_is_rejected_only_when_bound(self):
+    # Round 2's hostile client sends its round-1 upload: with bound uploads
+    # the server counts it stale and sums only the two honest ones;
+    # without, nothing is rejected.
+    for reject_stale, stale_count in ((True, 1), (False, 0)):
+      with self.subTest(reject_stale=reject_stale):
+        initial, loop = tiny_loop(0.2, robust=robust_aggregation.
+                                  RobustAggregation(clip_updates=False,
+                                                    reject_stale=reject_stale))
+        hook = attacks.hostile_hook(attacks.ATTACKS['stale'],
+                                    payload_format(initial))
+        state, metrics = loop.next(loop.initialize(), client_datasets(1),
+                                   upload_hook=hook)
+        self.assertEqual(metrics['rejected_clients'], 0)
+        state, metrics = loop.next(state, client_datasets(2),
+                                   upload_hook=hook)
+        self.assertEqual(metrics['rejected_stale'], stale_count)
+        self.assertEqual(metrics['rejected_clients'], stale_count)
+        self.assertEqual(hook.sent, 2)
+
+
 class DefencesAndTableTest(tf.test.TestCase):
 
   def test_defences_values_are_checked(self):
@@ -301,7 +352,8 @@ class DefencesAndTableTest(tf.test.TestCase):
         attack_runs.DEFENCE_SETTINGS['on'],
         ['clip_updates', 'clip_norm_quantile', 'clip_norm_multiplier',
          'clip_zeroing_multiple', 'max_client_weight', 'client_weighting',
-         'reject_replayed_uploads', 'max_client_weight_multiple',
+         'reject_replayed_uploads', 'reject_stale_uploads',
+         'max_client_weight_multiple',
          'min_new_position_votes',
          'max_failed_rounds'])
     self.assertLessEqual(set(attack_runs.DEFENCE_SETTINGS['off']),

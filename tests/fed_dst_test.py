@@ -203,7 +203,10 @@ class RobustAggregationTest(tf.test.TestCase):
                        plain['client_work']['train_loss'])
 
   def test_reference_follows_the_global_model(self):
-    robust = robust_aggregation.RobustAggregation(clip_norm_multiplier=1.0)
+    # Uploads are bound to their round too: every honest client's digest
+    # of the model it received matches the aggregator's reference.
+    robust = robust_aggregation.RobustAggregation(clip_norm_multiplier=1.0,
+                                                  reject_stale=True)
     process, initial = build(robust=robust)
     state = process.initialize()
     layout, num_active = initial.layout, initial.num_active
@@ -220,7 +223,13 @@ class RobustAggregationTest(tf.test.TestCase):
     # With the median as the bound, the clients above it were clipped.
     self.assertGreater(output.metrics['aggregator']['clipped_clients'], 0)
     self.assertGreater(output.metrics['aggregator']['update_norm_bound'], 0)
+    self.assertEqual(output.metrics['aggregator']['rejected_clients'], 0)
+    self.assertEqual(output.metrics['aggregator']['num_clients'],
+                     NUM_CLIENTS)
     assert_reference_is_model(output.state)
+    # The next round's clients answer the new model: none is stale.
+    output = process.next(output.state, learnable_client_data(1))
+    self.assertEqual(output.metrics['aggregator']['rejected_clients'], 0)
     reset = process.set_model_weights(output.state, initial.weights)
     assert_reference_is_model(reset)
 

@@ -65,6 +65,7 @@ DEFENCE_SETTINGS: dict[str, dict[str, Any]] = {
         'max_client_weight': 0,  # 0: no cap.
         'client_weighting': 'num_examples',
         'reject_replayed_uploads': False,
+        'reject_stale_uploads': False,
         'max_client_weight_multiple': 0,  # 0: no cap by the round's median.
         'min_new_position_votes': 1,
         'max_failed_rounds': 0,  # 0: never stop.
@@ -77,6 +78,7 @@ DEFENCE_SETTINGS: dict[str, dict[str, Any]] = {
         'max_client_weight': None,  # Unset: the largest client's count.
         'client_weighting': 'num_examples',
         'reject_replayed_uploads': True,
+        'reject_stale_uploads': True,
         'max_client_weight_multiple': SETTING_DEFAULT,
         'min_new_position_votes': SETTING_DEFAULT,
         'max_failed_rounds': SETTING_DEFAULT,

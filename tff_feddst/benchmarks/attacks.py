@@ -35,6 +35,11 @@ The attacks (`ATTACKS`, by name):
   sign_flip    the same with k = -1: the honest step reversed.
   replay       the honest upload sent `REPLAY_COPIES` times.
   nan          the honest mask with NaN kernel values.
+  stale        the client's honest upload of the round before, bound to
+               the model of that round (`upload_binding.BoundUpload`); in
+               its first round, the honest upload. The only attack with a
+               memory (`StaleUpload`; `hostile_hook` gives each run a fresh
+               one).
 """
 
 import functools
@@ -46,6 +51,7 @@ import tensorflow_federated as tff
 
 from tff_feddst.networks import models
 from tff_feddst.process import encoding
+from tff_feddst.process import upload_binding
 
 TAKEOVER_VALUE = 5.0
 TAKEOVER_WEIGHT = 0.001
@@ -250,6 +256,31 @@ def nan_values(upload: encoding.Payload, weight: float,
            weight)]
 
 
+class StaleUpload:
+  """The 'stale' attack: last round's upload instead of this round's.
+
+  Each round it keeps the honest upload, with the digest of the model it
+  was trained from, and sends the one it kept the round before.
+  """
+
+  def __init__(self):
+    self._kept = None
+
+  def fresh(self) -> 'StaleUpload':
+    """A copy with no memory, for a new run."""
+    return StaleUpload()
+
+  def __call__(self, upload: encoding.Payload, weight: float,
+               broadcast: tff.learning.models.ModelWeights,
+               payload_format: PayloadFormat) -> Sent:
+    digest = upload_binding.weights_digest(
+        tf.nest.map_structure(tf.convert_to_tensor, broadcast),
+        payload_format.layout)
+    sent = [(upload, weight)] if self._kept is None else [self._kept]
+    self._kept = (upload_binding.BoundUpload(upload, digest), weight)
+    return sent
+
+
 # Every attack by name, in table order.
 ATTACKS: dict[str, Attack] = {
     'takeover': takeover,
@@ -261,6 +292,7 @@ ATTACKS: dict[str, Attack] = {
     'sign_flip': functools.partial(scaled_update, factor=-1.0),
     'replay': replay,
     'nan': nan_values,
+    'stale': StaleUpload(),
 }
 
 
@@ -298,6 +330,9 @@ def hostile_hook(attack: Attack, payload_format: PayloadFormat,
   Returns:
     The hook; it also counts the hostile uploads sent in `hook.sent`.
   """
+  if hasattr(attack, 'fresh'):
+    attack = attack.fresh()  # No memory of another run.
+
   def hook(client_index, upload, weight, broadcast):
     if client_index != hostile_index:
       return [(upload, weight)]

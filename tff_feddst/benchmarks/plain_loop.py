@@ -54,6 +54,7 @@ from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
+from tff_feddst.process import upload_binding
 from tff_feddst.sparse import exact_sum
 
 # Phase names, in round order.
@@ -234,11 +235,13 @@ class PlainFedDst:
       return exact_sum.to_exact(float_zero())
 
     @tf.function
-    def accumulate(aggregate, payload, weight, targets, round_bound=None):
+    def accumulate(aggregate, payload, weight, targets, round_bound=None,
+                   round_digest=None):
       return aggregation.add_exactly(aggregate, payload, weight,
                                      kernel_shapes, dense_shapes, num_active,
                                      upload_encoding, payload_checks, targets,
-                                     robust=robust, round_bound=round_bound)
+                                     robust=robust, round_bound=round_bound,
+                                     round_digest=round_digest)
 
     @tf.function
     def reference_of(weights):
@@ -246,11 +249,17 @@ class PlainFedDst:
           weights, layout, num_active, download_encoding)
 
     @tf.function
-    def screen(counts, payload, weight, targets, reference=None):
+    def screen(counts, payload, weight, targets, reference=None,
+               round_digest=None):
       upload = aggregation.screen_upload(
           payload, weight, kernel_shapes, dense_shapes, num_active,
-          upload_encoding, payload_checks, reference, targets)
+          upload_encoding, payload_checks, reference, targets,
+          round_digest=round_digest)
       return aggregation.add_screen(counts, upload, weight)
+
+    @tf.function
+    def weights_digest(weights):
+      return upload_binding.weights_digest(weights, layout)
 
     @tf.function
     def server_update(state, weights, exact_aggregate):
@@ -280,6 +289,7 @@ class PlainFedDst:
     self._robust = robust
     self._reference_of = reference_of
     self._screen = screen
+    self._weights_digest = weights_digest
 
   @property
   def trainer(self) -> client_work.ClientTrainer:
@@ -317,8 +327,11 @@ class PlainFedDst:
         index in `datasets`, the client's payload and np.float32 example
         count, and the decoded `ModelWeights` it started from); the
         `(upload, weight)` pairs it returns are aggregated instead, each
-        through the same checks (weights as np.float32). None: each upload
-        as it is.
+        through the same checks (weights as np.float32). When the server
+        rejects stale uploads, a returned payload is bound to the digest of
+        the client's model, and a returned `upload_binding.BoundUpload` is
+        sent as it is (without that check, its digest is dropped). None:
+        each upload as it is.
 
     Returns:
       `(new_state, metrics)`, the metrics keyed like the TFF process's
@@ -339,6 +352,10 @@ class PlainFedDst:
     aggregate = self._zero_aggregate()
     loss_terms, num_regrown = exact_sum.zero_mean_terms(), 0
     screens = self._robust is not None and self._robust.screens_uploads
+    round_digest = None
+    if self._robust is not None and self._robust.reject_stale:
+      round_digest = upload_binding.reference_digest(
+          self._reference_of(state.weights))
     kept_uploads = []
     for client_index, dataset in enumerate(datasets):
       with timer.phase(BROADCAST):
@@ -351,13 +368,23 @@ class PlainFedDst:
       if upload_hook is not None:
         received = [(sent, np.float32(sent_weight)) for sent, sent_weight in
                     upload_hook(client_index, upload, weight, client_weights)]
+      if round_digest is not None:
+        digest = self._weights_digest(client_weights)
+        received = [
+            (sent if isinstance(sent, upload_binding.BoundUpload) else
+             upload_binding.BoundUpload(sent, digest), sent_weight)
+            for sent, sent_weight in received]
+      else:  # A server that does not check digests never sees them.
+        received = [
+            (sent.upload if isinstance(sent, upload_binding.BoundUpload)
+             else sent, sent_weight) for sent, sent_weight in received]
       if screens:
         kept_uploads.extend(received)
       else:
         with timer.phase(AGGREGATION):
           for sent, sent_weight in received:
             aggregate = self._accumulate(aggregate, sent, sent_weight,
-                                         targets)
+                                         targets, None, round_digest)
           tf.nest.flatten(aggregate)[-1].numpy()  # Waits for the result.
       loss_terms = exact_sum.add(loss_terms, exact_sum.mean_terms(
           stats.train_loss, stats.num_examples))
@@ -365,7 +392,8 @@ class PlainFedDst:
     if screens:
       with timer.phase(AGGREGATION):
         aggregate = self._aggregate_screened(aggregate, kept_uploads,
-                                             state.weights, targets)
+                                             state.weights, targets,
+                                             round_digest)
     with timer.phase(SERVER_UPDATE):
       server_state, weights, changed, sparsity, failed = self._server_update(
           finalizer.FinalizerState(
@@ -396,7 +424,7 @@ class PlainFedDst:
     return PlainState(round_num, weights, buffers), metrics
 
   def _aggregate_screened(self, aggregate, uploads, global_weights,
-                          targets):
+                          targets, round_digest=None):
     """Both passes of a screening aggregator (`robust_aggregation`)."""
     robust = self._robust
     reference = (self._reference_of(global_weights) if robust.clip_updates
@@ -405,7 +433,8 @@ class PlainFedDst:
               robust_aggregation.zero_fingerprint_counts(),
               tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32))
     for upload, weight in uploads:
-      counts = self._screen(counts, upload, weight, targets, reference)
+      counts = self._screen(counts, upload, weight, targets, reference,
+                            round_digest)
     bound, replay_counts, weight_cap = aggregation.screening_findings(
         counts, robust)
     round_bound = robust_aggregation.RoundBound(
@@ -413,7 +442,7 @@ class PlainFedDst:
         weight_cap if robust.caps_weights_by_round else None)
     for upload, weight in uploads:
       aggregate = self._accumulate(aggregate, upload, weight, targets,
-                                   round_bound)
+                                   round_bound, round_digest)
     tf.nest.flatten(aggregate)[-1].numpy()  # Waits for the result.
     return aggregate
 

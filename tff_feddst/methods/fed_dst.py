@@ -49,6 +49,7 @@ from tff_feddst.process import finalizer
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
 from tff_feddst.process import sum_factory
+from tff_feddst.process import upload_binding
 from tff_feddst.sparse import masks as mask_lib
 from tff_feddst.sparse import sparsity_distribution
 
@@ -211,6 +212,8 @@ def build_fed_dst(model_fn: models.ModelFn,
   work = client_work.build_client_work(
       model_fn, layout, num_active, schedule, client_config,
       model_weights_type, data_type, upload_encoding=upload_encoding)
+  if robust is not None and robust.reject_stale:
+    work = upload_binding.bind_uploads(work, layout)
   result_type = work.next.type_signature.result.result.member
   aggregator_factory = sum_factory.SparseSumFactory(
       layout.kernel_shapes, num_active, upload_encoding,
@@ -235,7 +238,7 @@ def build_fed_dst(model_fn: models.ModelFn,
         min_new_position_votes=min_new_position_votes)
   process = tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
-  if aggregator_factory.clips_updates:
+  if aggregator_factory.holds_reference:
     process = aggregator_feedback.with_aggregator_state_from_model(
         process, aggregator_feedback.reference_update(
             layout, num_active, download_encoding))

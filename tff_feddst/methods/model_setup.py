@@ -112,6 +112,7 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
   screening = dict(
       clip_updates=server.clip_updates,
       reject_replays=server.reject_replayed_uploads,
+      reject_stale=server.reject_stale_uploads,
       max_weight_multiple=server.max_client_weight_multiple or None)
   # The state keeps its reference either way, so a run started with
   # workers resumes without them, and the other way round.

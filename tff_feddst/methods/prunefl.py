@@ -106,6 +106,7 @@ from tff_feddst.process import finalizer
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
 from tff_feddst.process import sum_factory
+from tff_feddst.process import upload_binding
 
 # Bytes of `PruneflUpload.has_importance` (int32), sent with every upload.
 IMPORTANCE_FLAG_BYTES = 4
@@ -577,6 +578,8 @@ def build_prunefl(model_fn: models.ModelFn,
   work = build_client_work(model_fn, layout, config.reconfigure_every,
                            client_config, model_weights_type, data_type,
                            upload_encoding)
+  if robust is not None and robust.reject_stale:
+    work = upload_binding.bind_uploads(work, layout)
   result_type = work.next.type_signature.result.result.member
   initial_targets = [int(np.sum(initial_non_trainable[i]))
                      for i in layout.mask_indices]
@@ -599,8 +602,9 @@ def build_prunefl(model_fn: models.ModelFn,
   # The aggregator checks each upload's mask counts against targets in its
   # state: after every round (and in `set_model_weights`) they become the
   # counts of the new global mask, which the next round's clients receive;
-  # when it clips, the broadcast model becomes its reference too.
-  if aggregator_factory.clips_updates:
+  # when it holds a reference (clipping, stale checks), the broadcast
+  # model becomes that reference too.
+  if aggregator_factory.holds_reference:
     reference_update = aggregator_feedback.reference_update(
         layout, layout.kernel_sizes, download_encoding)
 

@@ -54,6 +54,7 @@ from tff_feddst.process import encoding
 from tff_feddst.process import mask_codes
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
+from tff_feddst.process import upload_binding
 from tff_feddst.sparse import exact_sum
 
 WEIGHT_BYTES = 4  # The float32 example count sent with each payload.
@@ -355,7 +356,7 @@ def _upload_spec(aggregate_dense_shapes, kernel_shapes, num_active,
 
 def _check_then(upload, spec, weight, kernel_shapes, num_active,
                 payload_encoding, checks, targets, extension, on_checked,
-                on_shape_error):
+                on_shape_error, binding_checks=()):
   """Runs the shape check, then the content checks, then `on_checked`."""
   payload_of = extension.payload_of if extension else (lambda u: u)
 
@@ -364,11 +365,23 @@ def _check_then(upload, spec, weight, kernel_shapes, num_active,
     content = payload_validation.check_content(
         payload_of(static), weight, kernel_shapes, num_active,
         payload_encoding, checks, targets,
-        extension.checks(static) if extension else ())
+        (list(extension.checks(static)) if extension else []) +
+        list(binding_checks))
     return on_checked(_Checked(static, content))
 
   return tf.cond(payload_validation.shapes_match(upload, spec), checked,
                  on_shape_error)
+
+
+def _unbind(upload, round_digest: Optional[tf.Tensor]):
+  """`(upload inside, [('stale', passed)])` of a `BoundUpload`.
+
+  Without a `round_digest` the upload is not bound: `(upload, [])`.
+  """
+  if round_digest is None:
+    return upload, []
+  digest = tf.convert_to_tensor(upload.model_digest)
+  return upload.upload, [('stale', tf.equal(digest, round_digest))]
 
 
 class _ClientDelta(NamedTuple):
@@ -416,7 +429,8 @@ def screen_upload(payload: encoding.Payload, weight: tf.Tensor,
                   checks: payload_validation.PayloadChecks,
                   reference: Optional[robust_aggregation.Reference],
                   targets: Optional[tf.Tensor] = None,
-                  extension: Optional[UploadExtension] = None
+                  extension: Optional[UploadExtension] = None,
+                  round_digest: Optional[tf.Tensor] = None
                   ) -> UploadScreen:
   """Validates an upload, measures its delta and fingerprints it.
 
@@ -434,12 +448,14 @@ def screen_upload(payload: encoding.Payload, weight: tf.Tensor,
     reference: The round's broadcast model; None: no norm is taken.
     targets: See `accumulate_payload`.
     extension: See `accumulate_payload`.
+    round_digest: See `accumulate_payload`.
 
   Returns:
     The `UploadScreen`.
   """
   payload_encoding = payload_encoding or encoding.PayloadEncoding()
   weight = tf.cast(weight, tf.float32)
+  payload, binding_checks = _unbind(payload, round_digest)
   payload_of = extension.payload_of if extension else (lambda u: u)
   upload = tf.nest.map_structure(tf.convert_to_tensor, payload)
   spec = _upload_spec(dense_shapes, kernel_shapes, num_active,
@@ -462,7 +478,7 @@ def screen_upload(payload: encoding.Payload, weight: tf.Tensor,
 
   return _check_then(upload, spec, weight, kernel_shapes, num_active,
                      payload_encoding, checks, targets, extension, measure,
-                     lambda: not_counted)
+                     lambda: not_counted, binding_checks)
 
 
 def accumulate_payload(aggregate, payload: encoding.Payload,
@@ -478,7 +494,8 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
                        robust: Optional[
                            robust_aggregation.RobustAggregation] = None,
                        round_bound: Optional[
-                           robust_aggregation.RoundBound] = None):
+                           robust_aggregation.RoundBound] = None,
+                       round_digest: Optional[tf.Tensor] = None):
   """Validates one client's payload, then decodes it into the running sums.
 
   Args:
@@ -507,26 +524,31 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
       and a payload beyond `robust.clip_zeroing_multiple` times it is
       rejected ('update_norm'); with replay counts, a payload counted more
       than once is rejected ('replay'). None: neither.
+    round_digest: int32 digest of the round's broadcast model
+      (`upload_binding`): `payload` is then a `BoundUpload`, rejected as
+      'stale' when its digest differs, and its digest's bytes are counted.
+      None: the upload is not bound.
 
   Returns:
     The updated aggregate, of the type of `aggregate`: the payload's sums
     added if it passed every check, else only its bytes and a rejection.
 
   Raises:
-    ValueError: For an extension or `robust` without checks, or a
-      `round_bound` without `robust`.
+    ValueError: For an extension, `robust` or `round_digest` without
+      checks, or a `round_bound` without `robust`.
   """
   payload_encoding = payload_encoding or encoding.PayloadEncoding()
   weight = tf.cast(weight, tf.float32)
   if checks is None:
-    if extension is not None or robust is not None:
-      raise ValueError('uploads with an extension or robust aggregation are '
-                       'always checked.')
+    if (extension is not None or robust is not None or
+        round_digest is not None):
+      raise ValueError('uploads with an extension, robust aggregation or a '
+                       'round digest are always checked.')
     return _add_valid(aggregate, payload, weight, kernel_shapes, num_active,
                       payload_encoding)
   if round_bound is not None and robust is None:
     raise ValueError('round_bound needs the robust aggregation settings.')
-  upload = payload
+  upload, binding_checks = _unbind(payload, round_digest)
   payload_of = extension.payload_of if extension else (lambda u: u)
   num_active = tuple(num_active) or _value_lengths(payload_of(upload).values)
   dense_shapes = [total.shape.as_list() for total in
@@ -537,6 +559,9 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
   num_bytes = received_num_bytes(payload_of(upload))
   if extension:
     num_bytes += extension.num_bytes(upload)
+  binding_bytes = tf.constant(
+      0 if round_digest is None else upload_binding.DIGEST_BYTES, tf.int64)
+  num_bytes += binding_bytes
   used_weight, capped = weight, tf.constant(0, tf.int32)
   if robust is not None:
     round_cap = round_bound.weight_cap if round_bound is not None else None
@@ -554,6 +579,7 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
                       content.has_masks, received=payload_of(static))
     totals = _totals_of(sums)
     sums = _with_totals(sums, totals._replace(
+        upload_bytes=totals.upload_bytes + binding_bytes,
         clipped_clients=totals.clipped_clients + clipped,
         capped_weights=totals.capped_weights + capped))
     if not extension:
@@ -615,7 +641,8 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
   return _check_then(upload, spec, weight, kernel_shapes, num_active,
                      payload_encoding, checks, targets, extension,
                      on_checked,
-                     lambda: rejected(tf.constant(shape_code, tf.int32)))
+                     lambda: rejected(tf.constant(shape_code, tf.int32)),
+                     binding_checks)
 
 
 def zero_sums(kernel_shapes: Sequence[Sequence[int]],
@@ -659,7 +686,8 @@ def add_exactly(exact_aggregate, payload: encoding.Payload,
                 targets: Optional[tf.Tensor] = None,
                 extension: Optional[UploadExtension] = None,
                 robust: Optional[robust_aggregation.RobustAggregation] = None,
-                round_bound: Optional[robust_aggregation.RoundBound] = None):
+                round_bound: Optional[robust_aggregation.RoundBound] = None,
+                round_digest: Optional[tf.Tensor] = None):
   """`accumulate_payload` into sums kept in `exact_sum` form.
 
   The client's contribution (its checked, decoded payload times its weight,
@@ -682,6 +710,7 @@ def add_exactly(exact_aggregate, payload: encoding.Payload,
     extension: See `accumulate_payload`.
     robust: See `accumulate_payload`.
     round_bound: See `accumulate_payload`.
+    round_digest: See `accumulate_payload`.
 
   Returns:
     The updated exact sums.
@@ -690,7 +719,7 @@ def add_exactly(exact_aggregate, payload: encoding.Payload,
       zero_sums(kernel_shapes, dense_shapes, payload_encoding, num_active,
                 extension),
       payload, weight, kernel_shapes, num_active, payload_encoding, checks,
-      targets, extension, robust, round_bound)
+      targets, extension, robust, round_bound, round_digest)
   return exact_sum.add(exact_aggregate, exact_sum.to_exact(contribution))
 
 

@@ -97,6 +97,11 @@ class RobustAggregation:
       multi-worker form cannot), so clipping, the median cap and replay
       checks are off; with `clip_updates` the state still holds the
       reference, so a checkpoint fits a run with or without workers.
+    reject_stale: Uploads are `upload_binding.BoundUpload`s; one whose
+      model digest is not the round's broadcast model's is rejected
+      ('stale'). The aggregator's state then holds the reference (also
+      without `clip_updates`); needs no first pass. The client work must
+      bind its uploads (`upload_binding.bind_uploads`).
   """
   clip_updates: bool = True
   clip_norm_quantile: float = 0.5
@@ -107,6 +112,7 @@ class RobustAggregation:
   reject_replays: bool = True
   max_weight_multiple: Optional[float] = 2.0
   first_pass: bool = True
+  reject_stale: bool = False
 
   def __post_init__(self):
     def finite(value) -> bool:
@@ -139,6 +145,11 @@ class RobustAggregation:
     """Whether the aggregator needs its first pass over the uploads."""
     return self.first_pass and (self.clip_updates or self.reject_replays or
                                 self.caps_weights_by_round)
+
+  @property
+  def holds_reference(self) -> bool:
+    """Whether the aggregator's state holds the broadcast model."""
+    return self.clip_updates or self.reject_stale
 
   @property
   def caps_weights_by_round(self) -> bool:

@@ -6,9 +6,11 @@ With robust aggregation (`robust_aggregation`) that screens uploads, a
 first `federated_aggregate` over the round's uploads counts their delta
 norms, replay fingerprints and stated weights, and its findings (the clip
 bound, the replay counts, the weight cap) are broadcast to the second,
-summing one; the state then also holds the broadcast model
-(`AggregatorState`), which the owning process keeps current
-(`aggregator_feedback`).
+summing one. When it clips or binds uploads to their round
+(`upload_binding`: each client value is a `BoundUpload`, and one whose
+digest is not the broadcast model's is rejected as 'stale') the state also
+holds the broadcast model (`AggregatorState`), which the owning process
+keeps current (`aggregator_feedback`).
 """
 
 from typing import Any, NamedTuple, Optional, Sequence
@@ -21,6 +23,7 @@ from tff_feddst.process import aggregation
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
+from tff_feddst.process import upload_binding
 from tff_feddst.sparse import exact_sum
 
 
@@ -157,15 +160,26 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
   @property
   def clips_updates(self) -> bool:
-    """Whether the state holds a reference model (`AggregatorState`)."""
+    """Whether client deltas are clipped (`robust_aggregation`)."""
     return self._robust is not None and self._robust.clip_updates
+
+  @property
+  def holds_reference(self) -> bool:
+    """Whether the state holds the broadcast model (`AggregatorState`),
+    which the owning process must keep current (`aggregator_feedback`)."""
+    return self._robust is not None and self._robust.holds_reference
+
+  @property
+  def binds_uploads(self) -> bool:
+    """Whether client values are `upload_binding.BoundUpload`s."""
+    return self._robust is not None and self._robust.reject_stale
 
   def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
     """Builds the process for clients' values of `value_type`.
 
     Args:
-      value_type: TFF type of one client's payload (or upload), with static
-        shapes.
+      value_type: TFF type of one client's payload (or upload; with
+        `binds_uploads`, its `BoundUpload`), with static shapes.
       weight_type: TFF type of its weight (float32).
 
     Returns:
@@ -181,7 +195,11 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     extension = self._extension
     robust = self._robust
     clips = self.clips_updates
-    payload_type = extension.payload_of(value_type) if extension else value_type
+    holds = self.holds_reference
+    binds = self.binds_uploads
+    upload_type = value_type.upload if binds else value_type
+    payload_type = (extension.payload_of(upload_type) if extension else
+                    upload_type)
     dense_shapes = tuple(
         tuple(t.shape) for t in tff.structure.flatten(payload_type.dense))
     num_active = self._num_active or tuple(
@@ -190,6 +208,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
                                            dense_shapes, payload_encoding)
     if extension:
       spec = extension.spec(spec)
+    if binds:
+      spec = upload_binding.BoundUpload(upload=spec, model_digest=_DIGEST_SPEC)
     if not tff.types.tensorflow_to_type(spec).is_assignable_from(value_type):
       raise ValueError(f'value_type {value_type} is not the payload of '
                        f'kernels {kernel_shapes} with {num_active} values '
@@ -215,23 +235,32 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         lambda t: tf.TensorSpec(t.shape, t.dtype),
         robust_aggregation.zero_reference(kernel_shapes, dense_shapes)))
     screens = robust is not None and robust.screens_uploads
+    # The reference reaches the clients' accumulate only where deltas are
+    # taken: in a screening aggregator that clips.
+    uses_reference = clips and screens
     findings_type = tff.types.tensorflow_to_type(_FINDINGS_SPEC)
+    digest_type = tff.types.tensorflow_to_type(_DIGEST_SPEC)
     # What each client's value is zipped with: its weight, the round's
-    # targets (if any), the reference (if clipping); in the second pass of
-    # a screening aggregator also the first pass's findings.
+    # targets (if any), the reference (if clipping), the broadcast's digest
+    # (if bound); in the second pass of a screening aggregator also the
+    # first pass's findings.
     extra_types = ([weight_type] + ([targets_type] if has_targets else []) +
-                   ([reference_type] if clips else []))
+                   ([reference_type] if uses_reference else []) +
+                   ([digest_type] if binds else []))
 
     def unpack(client_value):
-      """`(payload, weight, targets, reference, findings)` of a value."""
+      """`_ClientValue` of a zipped client value."""
       payload, weight, *rest = client_value
       targets = rest.pop(0) if has_targets else None
-      reference = rest.pop(0) if clips else None
+      reference = rest.pop(0) if uses_reference else None
+      digest = rest.pop(0) if binds else None
       findings = rest.pop(0) if rest else None
-      return payload, weight, targets, reference, findings
+      return _ClientValue(payload, weight, targets, reference, digest,
+                          findings)
 
     def add_client(exact_aggregate, client_value):
-      payload, weight, targets, reference, findings = unpack(client_value)
+      payload, weight, targets, reference, digest, findings = unpack(
+          client_value)
       round_bound = None
       if screens:
         bound, replay_counts, weight_cap = findings
@@ -242,7 +271,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       return aggregation.add_exactly(
           exact_aggregate, payload, weight, kernel_shapes, dense_shapes,
           num_active, payload_encoding, checks, targets, extension, robust,
-          round_bound)
+          round_bound, digest)
 
     accumulate = tff.tensorflow.computation(
         add_client, exact_type, tuple(
@@ -259,17 +288,19 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     aggregate_type = report.type_signature.result
     first_state, next_state, round_targets = self._state_computations(
-        table, reference_type if clips else None)
+        table, reference_type if holds else None)
+    state_type = first_state.type_signature.result
     screening = self._screening_computations(
         relaxed_value_type, extra_types, unpack, kernel_shapes, dense_shapes,
-        num_active, first_state.type_signature.result) if screens else None
+        num_active) if screens else None
 
-    measure = self._measure_computation(aggregate_type, findings_type)
-    reference_of_state = None
-    if clips:
-      reference_of_state = tff.tensorflow.computation(
-          lambda state: state.reference, first_state.type_signature.result)
-    screening_default = tff.tensorflow.computation(_no_findings)
+    measure = self._measure_computation(
+        aggregate_type, findings_type if screens else None)
+    reference_of_state = tff.tensorflow.computation(
+        lambda state: state.reference, state_type) if uses_reference else None
+    digest_of_state = tff.tensorflow.computation(
+        lambda state: upload_binding.reference_digest(state.reference),
+        state_type) if binds else None
 
     @tff.federated_computation
     def init_fn():
@@ -284,48 +315,59 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       if has_targets:
         zipped.append(tff.federated_broadcast(
             tff.federated_map(round_targets, state)))
-      if clips:
+      if uses_reference:
         zipped.append(tff.federated_broadcast(
             tff.federated_map(reference_of_state, state)))
+      if binds:
+        zipped.append(tff.federated_broadcast(
+            tff.federated_map(digest_of_state, state)))
       if screens:
         screened = tff.federated_aggregate(
             tff.federated_zip(tuple(zipped)), screening.zero(),
             screening.accumulate, screening.merge, screening.report)
         findings = tff.federated_map(screening.findings, screened)
         zipped.append(tff.federated_broadcast(findings))
-      else:
-        findings = tff.federated_eval(screening_default, tff.SERVER)
       aggregate = tff.federated_aggregate(tff.federated_zip(tuple(zipped)),
                                           zero_fn(), accumulate, merge,
                                           report)
+      measured = (aggregate, findings) if screens else aggregate
       return tff.templates.MeasuredProcessOutput(
           state=tff.federated_map(next_state, state), result=aggregate,
-          measurements=tff.federated_map(measure, (aggregate, findings)))
+          measurements=tff.federated_map(measure, measured))
 
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
   def _measure_computation(self, aggregate_type, findings_type):
     """`(aggregate, findings) -> measurements` (`measurements_of`, plus the
-    round's clip bound and weight cap when they are in use)."""
+    round's clip bound and weight cap when they are in use); without a
+    first pass (`findings_type` None): `aggregate -> measurements`, with
+    the clip bound, if clipping is asked for, reported as +inf (no bound
+    was applied)."""
     robust = self._robust
     clips = self.clips_updates
     caps = (robust is not None and robust.screens_uploads and
             robust.caps_weights_by_round)
 
-    @tff.tensorflow.computation(aggregate_type, findings_type)
-    def measure(aggregate, findings):
-      measurements = aggregation.measurements_of(aggregate)
+    def measurements(aggregate, findings):
+      measured = aggregation.measurements_of(aggregate)
+      no_bound = tf.constant(np.inf, tf.float32)
       if clips:
-        measurements['update_norm_bound'] = findings[0]
+        measured['update_norm_bound'] = (
+            no_bound if findings is None else findings[0])
       if caps:
-        measurements['round_weight_cap'] = findings[2]
-      return measurements
+        measured['round_weight_cap'] = (
+            no_bound if findings is None else findings[2])
+      return measured
 
-    return measure
+    if findings_type is None:
+      return tff.tensorflow.computation(
+          lambda aggregate: measurements(aggregate, None), aggregate_type)
+    return tff.tensorflow.computation(measurements, aggregate_type,
+                                      findings_type)
 
   def _screening_computations(self, relaxed_value_type, extra_types, unpack,
-                              kernel_shapes, dense_shapes, num_active,
-                              state_type) -> '_ScreeningComputations':
+                              kernel_shapes, dense_shapes, num_active
+                              ) -> '_ScreeningComputations':
     """The TF computations of the first pass (`robust_aggregation`).
 
     The pass sums a histogram of the accepted uploads' delta norms and
@@ -333,7 +375,6 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     findings are the round's clip bound and those counts.
     """
     robust = self._robust
-    clips = self.clips_updates
 
     def zero_counts():
       # Delta norms, replay fingerprints, stated weights (same bins).
@@ -345,11 +386,12 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     counts_type = zero.type_signature.result
 
     def add_upload(counts, client_value):
-      payload, weight, targets, reference, _ = unpack(client_value)
+      value = unpack(client_value)
       screen = aggregation.screen_upload(
-          payload, weight, kernel_shapes, dense_shapes, num_active,
-          self._encoding, self._checks, reference, targets, self._extension)
-      return aggregation.add_screen(counts, screen, weight)
+          value.payload, value.weight, kernel_shapes, dense_shapes,
+          num_active, self._encoding, self._checks, value.reference,
+          value.targets, self._extension, value.digest)
+      return aggregation.add_screen(counts, screen, value.weight)
 
     accumulate = tff.tensorflow.computation(
         add_upload, counts_type, tuple([relaxed_value_type] + extra_types))
@@ -376,11 +418,18 @@ _FINDINGS_SPEC = (
     tf.TensorSpec([], tf.float32))
 
 
-def _no_findings():
-  """The findings of an aggregator without a first pass."""
-  return (tf.constant(np.inf, tf.float32),
-          robust_aggregation.zero_fingerprint_counts(),
-          tf.constant(np.inf, tf.float32))
+# The int32 model digest of a bound upload (`upload_binding`).
+_DIGEST_SPEC = tf.TensorSpec([], tf.int32)
+
+
+class _ClientValue(NamedTuple):
+  """A client's value as the accumulate sees it (None: not zipped in)."""
+  payload: Any
+  weight: Any
+  targets: Any
+  reference: Any
+  digest: Any
+  findings: Any
 
 
 class _ScreeningComputations(NamedTuple):
@@ -392,11 +441,11 @@ class _ScreeningComputations(NamedTuple):
 
 
 class AggregatorState(NamedTuple):
-  """`SparseSumFactory`'s state when it clips updates.
+  """`SparseSumFactory`'s state when it holds the reference.
 
   Attributes:
     counter: The round counter (int32) or, with `initial_targets`, the
-      targets (int32 [layers]): the state of a factory that does not clip.
+      targets (int32 [layers]): the state of a factory without a reference.
     reference: The `robust_aggregation.Reference` of the round's broadcast
       model, which the owning process writes after every round
       (`aggregator_feedback`).

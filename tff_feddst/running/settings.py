@@ -416,6 +416,10 @@ class ServerSettings(_Group):
   reject_replayed_uploads: bool = setting(
       True, 'Drop every copy of an upload that arrives more than once in a '
       'round (rejected_replay).')
+  reject_stale_uploads: bool = setting(
+      True, 'Clients send a digest of the model they trained from with '
+      'their upload (4 bytes); drop an upload whose digest is not that of '
+      'the model the round broadcast (rejected_stale).')
   client_weighting: str = setting(
       'num_examples', 'Aggregation weight of an accepted client: its '
       '(capped) example count, or 1 for every client.',
