@@ -3,7 +3,8 @@
 `tff.learning.templates.compose_learning_process` hands the aggregator only
 its own state and the clients' values; the global model lives in the
 learning process's state. An aggregator that must know the model the round
-broadcast (to bound client deltas: `robust_aggregation`; to check mask
+broadcast (to bound client deltas: `robust_aggregation`; to check that an
+upload answers it: `upload_binding`; to check mask
 counts against the global mask: PruneFL) keeps what it needs in its state,
 and the process built here writes it there: after every round, from the new
 global model, and in `initialize` and `set_model_weights`, so a resumed or
@@ -119,15 +120,6 @@ def reference_update(layout: models.ModelLayout, num_active: Sequence[int],
         counter=aggregator_state.counter,
         reference=reference_of_weights(weights, layout, num_active,
                                        download_encoding))
-  return update
-
-
-def compose_updates(*updates: StateUpdate) -> StateUpdate:
-  """Applies `updates` in order."""
-  def update(aggregator_state, weights):
-    for step in updates:
-      aggregator_state = step(aggregator_state, weights)
-    return aggregator_state
   return update
 
 
