@@ -4,11 +4,11 @@
 its own state and the clients' values; the global model lives in the
 learning process's state. An aggregator that must know the model the round
 broadcast (to bound client deltas: `robust_aggregation`; to check that an
-upload answers it: `upload_binding`; to check mask
-counts against the global mask: PruneFL) keeps what it needs in its state,
-and the process built here writes it there: after every round, from the new
-global model, and in `initialize` and `set_model_weights`, so a resumed or
-reset run agrees with an uninterrupted one.
+upload answers it: `upload_binding`; to check mask counts against the
+global mask: PruneFL) keeps what it needs in its state, and the process
+built here writes it there: after every round, from the new global model,
+and in `initialize` and `set_model_weights`, so a resumed or reset run
+agrees with an uninterrupted one.
 """
 
 from typing import Any, Callable, Optional, Sequence
