@@ -160,8 +160,7 @@ class FactoryTest(tf.test.TestCase):
         lambda t: tf.TensorSpec(t.shape, t.dtype), current))
     process = factory.create(value_type, tff.TensorType(np.float32))
     state = process.initialize()
-    state = sum_factory.AggregatorState(
-        counter=state.counter,
+    state = state._replace(
         reference=tf.nest.map_structure(lambda t: t.numpy(), REFERENCE))
     uploads = [current, bound([1., 0., 0., 3.], REFERENCE),
                bound([5., 0., 0., 5.], NEXT_REFERENCE)]
@@ -189,8 +188,7 @@ class FactoryTest(tf.test.TestCase):
     value_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
         lambda t: tf.TensorSpec(t.shape, t.dtype), current))
     process = factory.create(value_type, tff.TensorType(np.float32))
-    state = sum_factory.AggregatorState(
-        counter=process.initialize().counter,
+    state = process.initialize()._replace(
         reference=tf.nest.map_structure(lambda t: t.numpy(), REFERENCE))
     stale = [bound([1., 0., 0., 2.0 + 100.0 * k], NEXT_REFERENCE)
              for k in (1, 2, 3)]

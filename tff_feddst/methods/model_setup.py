@@ -104,9 +104,10 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
     largest local data set of the partition (no honest client states more);
     0 means no cap. With workers (--num_local_workers > 0 or --workers),
     whose TFF execution (the mergeable form) cannot run an aggregate that
-    depends on another, the first pass's defences are off (clipping, the
-    cap by the round's median, replays); `warn_if_screening_is_off` says
-    so once the run has its workers.
+    depends on another, there is no first pass: clipping and the cap by
+    the median use the previous round's bounds (none in round 1) and
+    replays within a round are not checked; `warn_if_screening_is_off`
+    says so once the run has its workers.
   """
   server = settings.server
   screening = dict(
@@ -147,6 +148,7 @@ def warn_if_screening_is_off(settings: settings_lib.ExperimentSettings
   if _screening_is_off(settings):
     logging.warning(
         'With TFF workers (--num_local_workers/--workers) the server cannot '
-        'screen a round before summing it: --clip_updates, '
-        '--reject_replayed_uploads and --max_client_weight_multiple are off '
-        'for this run (see README, Robust aggregation).')
+        'screen a round before summing it: --clip_updates and '
+        '--max_client_weight_multiple use the previous round\'s bounds (none '
+        'in round 1) and --reject_replayed_uploads is off for this run (see '
+        'README, Robust aggregation).')

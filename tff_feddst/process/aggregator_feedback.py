@@ -119,7 +119,8 @@ def reference_update(layout: models.ModelLayout, num_active: Sequence[int],
     return sum_factory.AggregatorState(
         counter=aggregator_state.counter,
         reference=reference_of_weights(weights, layout, num_active,
-                                       download_encoding))
+                                       download_encoding),
+        carried=aggregator_state.carried)
   return update
 
 

@@ -94,9 +94,12 @@ class RobustAggregation:
     max_weight_multiple: Cap each stated example count also at this (>= 1)
       times the median of the round's accepted counts; None: no such cap.
     first_pass: False: the aggregator runs no first pass (TFF's
-      multi-worker form cannot), so clipping, the median cap and replay
-      checks are off; with `clip_updates` the state still holds the
-      reference, so a checkpoint fits a run with or without workers.
+      multi-worker form cannot run an aggregate that feeds another): each
+      round clips and caps with the bound and the median cap found in the
+      previous round's uploads (carried in its state; none in round 1),
+      and replays within a round are not checked. The state has the same
+      structure either way, so a checkpoint fits a run with or without
+      workers.
     reject_stale: Uploads are `upload_binding.BoundUpload`s; one whose
       model digest is not the round's broadcast model's is rejected
       ('stale'). The aggregator's state then holds the reference (also
@@ -145,6 +148,12 @@ class RobustAggregation:
     """Whether the aggregator needs its first pass over the uploads."""
     return self.first_pass and (self.clip_updates or self.reject_replays or
                                 self.caps_weights_by_round)
+
+  @property
+  def carries_bounds(self) -> bool:
+    """Whether, without a first pass, bounds come from the last round."""
+    return not self.first_pass and (self.clip_updates or
+                                    self.caps_weights_by_round)
 
   @property
   def holds_reference(self) -> bool:

@@ -105,7 +105,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     The counter is the round number (targets from `table`) or, with
     `initial_targets`, the targets themselves; with a `reference_type` the
-    state is an `AggregatorState` holding the counter and the reference.
+    state is an `AggregatorState` holding the counter, the reference and
+    the carried bounds (`next_state` keeps them).
     """
     initial_targets = self._initial_targets
     if initial_targets is not None:
@@ -143,14 +144,16 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       return AggregatorState(
           counter=first_counter(),
           reference=robust_aggregation.zero_reference(self._kernel_shapes,
-                                                      dense_shapes))
+                                                      dense_shapes),
+          carried=no_carried_bounds())
 
     state_type = first_state.type_signature.result
 
     @tff.tensorflow.computation(state_type)
     def next_state(state):
       return AggregatorState(counter=next_counter(state.counter),
-                             reference=state.reference)
+                             reference=state.reference,
+                             carried=state.carried)
 
     @tff.tensorflow.computation(state_type)
     def round_targets(state):
@@ -235,15 +238,18 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         lambda t: tf.TensorSpec(t.shape, t.dtype),
         robust_aggregation.zero_reference(kernel_shapes, dense_shapes)))
     screens = robust is not None and robust.screens_uploads
+    # Without a first pass (TFF's multi-worker form), the bounds come from
+    # the previous round, through the state.
+    carries = holds and robust.carries_bounds
     # The reference reaches the clients' accumulate only where deltas are
-    # taken: in a screening aggregator that clips.
-    uses_reference = clips and screens
+    # taken: in an aggregator that clips with a bound.
+    uses_reference = clips and (screens or carries)
     findings_type = tff.types.tensorflow_to_type(_FINDINGS_SPEC)
     digest_type = tff.types.tensorflow_to_type(_DIGEST_SPEC)
     # What each client's value is zipped with: its weight, the round's
     # targets (if any), the reference (if clipping), the broadcast's digest
     # (if bound); in the second pass of a screening aggregator also the
-    # first pass's findings.
+    # first pass's findings, in a one-pass one the carried bounds.
     extra_types = ([weight_type] + ([targets_type] if has_targets else []) +
                    ([reference_type] if uses_reference else []) +
                    ([digest_type] if binds else []))
@@ -268,15 +274,23 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
             reference, bound,
             replay_counts if robust.reject_replays else None,
             weight_cap if robust.caps_weights_by_round else None)
+      elif carries:
+        bound, weight_cap = findings
+        round_bound = robust_aggregation.RoundBound(
+            reference, bound, None,
+            weight_cap if robust.caps_weights_by_round else None)
       return aggregation.add_exactly(
           exact_aggregate, payload, weight, kernel_shapes, dense_shapes,
           num_active, payload_encoding, checks, targets, extension, robust,
           round_bound, digest)
 
-    accumulate = tff.tensorflow.computation(
-        add_client, exact_type, tuple(
-            [relaxed_value_type] + extra_types +
-            ([findings_type] if screens else [])))
+    carried_type = tff.types.tensorflow_to_type(_CARRIED_SPEC)
+    value_with_bounds_type = tuple(
+        [relaxed_value_type] + extra_types +
+        ([findings_type] if screens else []) +
+        ([carried_type] if carries else []))
+    accumulate = tff.tensorflow.computation(add_client, exact_type,
+                                            value_with_bounds_type)
 
     @tff.tensorflow.computation(exact_type, exact_type)
     def merge(first, second):
@@ -295,7 +309,13 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         num_active) if screens else None
 
     measure = self._measure_computation(
-        aggregate_type, findings_type if screens else None)
+        aggregate_type, findings_type if screens else
+        (carried_type if carries else None))
+    one_pass = self._one_pass_computations(
+        lambda: exact_sum.to_exact(float_zero()), add_client, exact_sum.add,
+        lambda exact: exact_sum.from_exact(float_zero(), exact),
+        value_with_bounds_type, unpack, kernel_shapes, dense_shapes,
+        num_active, state_type) if carries else None
     reference_of_state = tff.tensorflow.computation(
         lambda state: state.reference, state_type) if uses_reference else None
     digest_of_state = tff.tensorflow.computation(
@@ -321,6 +341,17 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       if binds:
         zipped.append(tff.federated_broadcast(
             tff.federated_map(digest_of_state, state)))
+      if carries:
+        carried = tff.federated_map(one_pass.carried_of_state, state)
+        zipped.append(tff.federated_broadcast(carried))
+        summed = tff.federated_aggregate(
+            tff.federated_zip(tuple(zipped)), one_pass.zero(),
+            one_pass.accumulate, one_pass.merge, one_pass.report)
+        aggregate = tff.federated_map(one_pass.sums_of, summed)
+        return tff.templates.MeasuredProcessOutput(
+            state=tff.federated_map(one_pass.next_state, (state, summed)),
+            result=aggregate,
+            measurements=tff.federated_map(measure, (aggregate, carried)))
       if screens:
         screened = tff.federated_aggregate(
             tff.federated_zip(tuple(zipped)), screening.zero(),
@@ -345,7 +376,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     was applied)."""
     robust = self._robust
     clips = self.clips_updates
-    caps = (robust is not None and robust.screens_uploads and
+    carries = self.holds_reference and robust.carries_bounds
+    caps = (robust is not None and (robust.screens_uploads or carries) and
             robust.caps_weights_by_round)
 
     def measurements(aggregate, findings):
@@ -354,9 +386,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       if clips:
         measured['update_norm_bound'] = (
             no_bound if findings is None else findings[0])
-      if caps:
-        measured['round_weight_cap'] = (
-            no_bound if findings is None else findings[2])
+      if caps:  # A first pass's findings, or the carried bounds.
+        measured['round_weight_cap'] = findings[-1]
       return measured
 
     if findings_type is None:
@@ -364,6 +395,82 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
           lambda aggregate: measurements(aggregate, None), aggregate_type)
     return tff.tensorflow.computation(measurements, aggregate_type,
                                       findings_type)
+
+  def _one_pass_computations(self, zero_sums, add_client, merge_sums,
+                             report_sums, value_type, unpack, kernel_shapes,
+                             dense_shapes, num_active,
+                             state_type) -> '_OnePassComputations':
+    """The TF computations of an aggregator without a first pass.
+
+    TFF's multi-worker (mergeable) form runs one `federated_aggregate` per
+    round, which no other aggregate may feed. So each client is added with
+    the bounds found in the previous round (`CarriedBounds`, broadcast from
+    the state) and, beside the sums, its delta norm and stated weight are
+    counted in histograms (as a first pass would count them), from which
+    the next state's bounds follow. Round 1 has no bounds yet.
+    """
+    robust = self._robust
+
+    def zero_counts():
+      return (tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32),
+              tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32))
+
+    @tff.tensorflow.computation
+    def zero():
+      return zero_sums(), zero_counts()
+
+    summed_type = zero.type_signature.result
+    sums_type, counts_type = summed_type
+
+    def add(summed, client_value):
+      sums, (norms, weights) = summed
+      value = unpack(client_value)
+      screen = aggregation.screen_upload(
+          value.payload, value.weight, kernel_shapes, dense_shapes,
+          num_active, self._encoding, self._checks, value.reference,
+          value.targets, self._extension, value.digest)
+      norms, _, weights = aggregation.add_screen(
+          (norms, robust_aggregation.zero_fingerprint_counts(), weights),
+          screen, value.weight)
+      return add_client(sums, client_value), (norms, weights)
+
+    accumulate = tff.tensorflow.computation(add, summed_type, value_type)
+
+    @tff.tensorflow.computation(summed_type, summed_type)
+    def merge(first, second):
+      return (merge_sums(first[0], second[0]),
+              tf.nest.map_structure(tf.add, first[1], second[1]))
+
+    @tff.tensorflow.computation(summed_type)
+    def report(summed):
+      return report_sums(summed[0]), tf.nest.map_structure(tf.identity,
+                                                           summed[1])
+
+    reported_type = report.type_signature.result
+
+    @tff.tensorflow.computation(reported_type)
+    def sums_of(reported):
+      return reported[0]
+
+    @tff.tensorflow.computation(state_type)
+    def carried_of_state(state):
+      return state.carried.bound, state.carried.weight_cap
+
+    @tff.tensorflow.computation(state_type, reported_type)
+    def next_state(state, reported):
+      norms, weights = reported[1]
+      bound, _, weight_cap = aggregation.screening_findings(
+          (norms, None, weights), robust)
+      counter = state.counter
+      if self._initial_targets is None:
+        counter = counter + 1
+      return AggregatorState(counter=counter, reference=state.reference,
+                             carried=CarriedBounds(bound=bound,
+                                                   weight_cap=weight_cap))
+
+    del sums_type, counts_type
+    return _OnePassComputations(zero, accumulate, merge, report, sums_of,
+                                carried_of_state, next_state)
 
   def _screening_computations(self, relaxed_value_type, extra_types, unpack,
                               kernel_shapes, dense_shapes, num_active
@@ -418,8 +525,21 @@ _FINDINGS_SPEC = (
     tf.TensorSpec([], tf.float32))
 
 
+# The carried bounds of a one-pass aggregator: clip bound, weight cap.
+_CARRIED_SPEC = (tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32))
+
 # The int32 model digest of a bound upload (`upload_binding`).
 _DIGEST_SPEC = tf.TensorSpec([], tf.int32)
+
+
+class _OnePassComputations(NamedTuple):
+  zero: Any
+  accumulate: Any
+  merge: Any
+  report: Any
+  sums_of: Any
+  carried_of_state: Any
+  next_state: Any
 
 
 class _ClientValue(NamedTuple):
@@ -440,6 +560,18 @@ class _ScreeningComputations(NamedTuple):
   findings: Any
 
 
+class CarriedBounds(NamedTuple):
+  """The clip bound and weight cap a one-pass aggregator takes from the
+  previous round (float32 scalars; +inf: none yet, or not in use)."""
+  bound: Any
+  weight_cap: Any
+
+
+def no_carried_bounds() -> CarriedBounds:
+  return CarriedBounds(bound=tf.constant(np.inf, tf.float32),
+                       weight_cap=tf.constant(np.inf, tf.float32))
+
+
 class AggregatorState(NamedTuple):
   """`SparseSumFactory`'s state when it holds the reference.
 
@@ -449,6 +581,10 @@ class AggregatorState(NamedTuple):
     reference: The `robust_aggregation.Reference` of the round's broadcast
       model, which the owning process writes after every round
       (`aggregator_feedback`).
+    carried: `CarriedBounds` found in the last round by an aggregator
+      without a first pass (`RobustAggregation.first_pass` False), used in
+      the next; a two-pass aggregator keeps them as they are.
   """
   counter: Any
   reference: Any
+  carried: Any
