@@ -297,38 +297,6 @@ class FromSettingsTest(tf.test.TestCase):
       self.assertEqual(output.measurements['num_clients'], 1)
     self.assertEqual(state_types[0], state_types[1])
 
-  def test_without_a_first_pass_bounds_come_from_the_last_round(self):
-    # The one-pass form (workers): round 1 has no bound; its delta norms
-    # (1, 1, 2, sqrt(18)) give round 2 the bound 1 (their median, x1),
-    # which clips round 2's two outliers as the first pass would.
-    robust = robust_lib.RobustAggregation(clip_norm_multiplier=1.0,
-                                          first_pass=False)
-    self.assertTrue(robust.carries_bounds)
-    factory = sum_factory.SparseSumFactory(KERNEL_SHAPES, NUM_ACTIVE,
-                                           robust=robust)
-    value_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
-        lambda t: tf.TensorSpec(t.shape, t.dtype), payload(*CLIENT)))
-    process = factory.create(value_type, tff.TensorType(np.float32))
-    state = process.initialize()
-    state = state._replace(
-        reference=tf.nest.map_structure(lambda t: t.numpy(), reference()))
-    uploads = [payload([2., 0., 0., 2.], REFERENCE_MASK, [0.5]),
-               payload([1., 0., 0., 3.], REFERENCE_MASK, [0.5]),
-               payload([3., 0., 0., 2.], REFERENCE_MASK, [0.5]),
-               payload(*CLIENT)]
-    first = process.next(state, uploads, [1.0, 1.0, 1.0, 1.0])
-    self.assertEqual(first.measurements['update_norm_bound'], math.inf)
-    self.assertEqual(first.measurements['clipped_clients'], 0)
-    self.assertAllClose(first.result.weighted_kernel_sums[0][0], 2 + 1 + 3 + 4)
-    self.assertEqual(first.state.carried.bound, 1.0)
-    self.assertEqual(first.state.counter, 1)
-    second = process.next(first.state, uploads, [1.0, 1.0, 1.0, 1.0])
-    self.assertEqual(second.measurements['update_norm_bound'], 1.0)
-    self.assertEqual(second.measurements['clipped_clients'], 2)
-    # As with the first pass (FactoryTest): 2 + 1 + 2 + (1 + 3/sqrt(18)).
-    self.assertAllClose(second.result.weighted_kernel_sums[0][0],
-                        2 + 1 + 2 + 1 + 3 / math.sqrt(18))
-
   def test_workers_turn_the_first_pass_off(self):
     # TFF's multi-worker (mergeable) form cannot run an aggregate that
     # depends on another, so the screening pass is off, with a warning.
@@ -359,26 +327,34 @@ class ConfigTest(tf.test.TestCase):
       self.assertNotIn('\n', str(raised.exception))
 
 
+def four_client_round(robust: robust_lib.RobustAggregation):
+  """A factory's process, its state holding `reference()`, and 4 uploads.
+
+  The uploads' delta norms are 1, 1, 2 and the CLIENT's sqrt(18).
+  """
+  factory = sum_factory.SparseSumFactory(KERNEL_SHAPES, NUM_ACTIVE,
+                                         robust=robust)
+  value_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
+      lambda t: tf.TensorSpec(t.shape, t.dtype), payload(*CLIENT)))
+  process = factory.create(value_type, tff.TensorType(np.float32))
+  state = process.initialize()._replace(
+      reference=tf.nest.map_structure(lambda t: t.numpy(), reference()))
+  uploads = [payload([2., 0., 0., 2.], REFERENCE_MASK, [0.5]),
+             payload([1., 0., 0., 3.], REFERENCE_MASK, [0.5]),
+             payload([3., 0., 0., 2.], REFERENCE_MASK, [0.5]),
+             payload(*CLIENT)]
+  return process, state, uploads
+
+
 class FactoryTest(tf.test.TestCase):
-  """The two-pass TFF aggregator: bound from the round, then clipped sums."""
+  """The TFF aggregator: a bound from the round (two passes) or from the
+  round before (one pass, as with workers), then clipped sums."""
 
   def test_round_bound_comes_from_the_round_and_clips_the_outlier(self):
-    robust = robust_lib.RobustAggregation(clip_norm_multiplier=1.0)
-    factory = sum_factory.SparseSumFactory(KERNEL_SHAPES, NUM_ACTIVE,
-                                           robust=robust)
-    self.assertTrue(factory.clips_updates)
-    value_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
-        lambda t: tf.TensorSpec(t.shape, t.dtype), payload(*CLIENT)))
-    process = factory.create(value_type, tff.TensorType(np.float32))
-    state = process.initialize()
-    state = state._replace(
-        reference=tf.nest.map_structure(lambda t: t.numpy(), reference()))
-    # Delta norms: 1, 1, 2 and the CLIENT's sqrt(18). The median of 4 is
-    # the 2nd smallest, 1, so the last two are clipped to norm 1.
-    uploads = [payload([2., 0., 0., 2.], REFERENCE_MASK, [0.5]),
-               payload([1., 0., 0., 3.], REFERENCE_MASK, [0.5]),
-               payload([3., 0., 0., 2.], REFERENCE_MASK, [0.5]),
-               payload(*CLIENT)]
+    process, state, uploads = four_client_round(
+        robust_lib.RobustAggregation(clip_norm_multiplier=1.0))
+    # The median of the 4 norms is the 2nd smallest, 1, so the last two
+    # are clipped to norm 1.
     output = process.next(state, uploads, [1.0, 1.0, 1.0, 1.0])
     self.assertEqual(output.measurements['update_norm_bound'], 1.0)
     self.assertEqual(output.measurements['clipped_clients'], 2)
@@ -387,6 +363,26 @@ class FactoryTest(tf.test.TestCase):
     self.assertAllClose(output.result.weighted_kernel_sums[0][0],
                         2 + 1 + 2 + 1 + 3 / math.sqrt(18))
     self.assertEqual(output.state.counter, 1)
+
+  def test_without_a_first_pass_bounds_come_from_the_last_round(self):
+    # Round 1 has no bound; its norms give round 2 the bound 1 (their
+    # median, x1), which clips round 2's two outliers as a first pass
+    # would.
+    robust = robust_lib.RobustAggregation(clip_norm_multiplier=1.0,
+                                          first_pass=False)
+    self.assertTrue(robust.carries_bounds)
+    process, state, uploads = four_client_round(robust)
+    first = process.next(state, uploads, [1.0, 1.0, 1.0, 1.0])
+    self.assertEqual(first.measurements['update_norm_bound'], math.inf)
+    self.assertEqual(first.measurements['clipped_clients'], 0)
+    self.assertAllClose(first.result.weighted_kernel_sums[0][0], 2 + 1 + 3 + 4)
+    self.assertEqual(first.state.carried.bound, 1.0)
+    self.assertEqual(first.state.counter, 1)
+    second = process.next(first.state, uploads, [1.0, 1.0, 1.0, 1.0])
+    self.assertEqual(second.measurements['update_norm_bound'], 1.0)
+    self.assertEqual(second.measurements['clipped_clients'], 2)
+    self.assertAllClose(second.result.weighted_kernel_sums[0][0],
+                        2 + 1 + 2 + 1 + 3 / math.sqrt(18))
 
 
 if __name__ == '__main__':
