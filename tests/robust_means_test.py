@@ -136,14 +136,14 @@ def payload(kernel, mask, bias):
                          [np.array(bias, np.float32)], NUM_ACTIVE)
 
 
-def robust(kind='median', clients_per_round=3, **kwargs):
+def robust(kind='median', clients_per_round=3, trim_fraction=0.2, **kwargs):
   # No first pass: the values are summed as sent.
   settings = dict(clip_updates=False, reject_replays=False,
                   max_weight_multiple=None)
   settings.update(kwargs)
   return robust_aggregation.RobustAggregation(
       robust_mean=robust_means.RobustMean(
-          kind, clients_per_round=clients_per_round), **settings)
+          kind, trim_fraction, clients_per_round), **settings)
 
 
 class AggregatorTest(tf.test.TestCase):
@@ -169,6 +169,39 @@ class AggregatorTest(tf.test.TestCase):
     self.assertAllClose(output.result.weighted_kernel_sums[0],
                         [401., 2., 507., 0.])
 
+  def test_worker_split_merges_to_the_same_bits(self):
+    # What TFF's mergeable form does with 2 workers: two partial exact
+    # aggregates merged (`merge_exact_sums`), against one worker.
+    config = robust('trimmed_mean', clients_per_round=4, trim_fraction=0.34)
+    float_zero = aggregation.zero_aggregate(KERNEL_SHAPES, DENSE_SHAPES)
+    uploads = [payload([1.5, 2., 0., 0.], [1., 1., 0., 0.], [0.5]),
+               payload([3., 0., -5., 0.], [1., 0., 1., 0.], [1.0]),
+               payload([-0.0, 0., 7., 0.], [1., 0., 1., 0.], [-4.0]),
+               payload([0., 0., 7.25, 1.], [0., 0., 1., 1.], [2.0])]
+
+    def exact_of(group):
+      exact = sum_factory.zero_exact_sums(float_zero, KERNEL_SHAPES,
+                                          DENSE_SHAPES, config)
+      for upload in group:
+        exact = aggregation.add_exactly(
+            exact, upload, 1.0, KERNEL_SHAPES, DENSE_SHAPES, NUM_ACTIVE,
+            encoding.PayloadEncoding(), payload_validation.PayloadChecks(),
+            robust=config)
+      return exact
+
+    one = sum_factory.report_exact_sums(float_zero, exact_of(uploads),
+                                        config, 1)
+    two = sum_factory.report_exact_sums(
+        float_zero, sum_factory.merge_exact_sums(
+            exact_of(uploads[2:]), exact_of(uploads[:2])), config, 1)
+    tf.nest.map_structure(
+        lambda a, b: self.assertEqual(np.asarray(a).tobytes(),
+                                      np.asarray(b).tobytes()), one, two)
+    # L = floor(0.34 * 4) = 1; t = 1 for 3 or 4 holders: p0 {0, [1.5], 3},
+    # p2 {-5, [7], 7.25}, bias {-4, [0.5, 1], 2}; p1, p3 one holder each.
+    self.assertAllEqual(one.robust_values.kernels[0], [1.5, 2., 7., 1.])
+    self.assertAllEqual(one.robust_values.dense[0], [0.75])
+
   def test_rejected_upload_holds_nothing(self):
     zero = sum_factory.zero_exact_sums(
         aggregation.zero_aggregate(KERNEL_SHAPES, DENSE_SHAPES),
@@ -186,6 +219,29 @@ class AggregatorTest(tf.test.TestCase):
     self.assertEqual(int(tf.reduce_sum(result.rejected)), 1)
     self.assertAllEqual(result.robust_values.kernels[0], [1., 2., 0., 0.])
     self.assertAllEqual(result.robust_values.dense[0], [0.5])
+
+  def test_values_are_taken_after_clipping(self):
+    # Broadcast kernel [1, 0, 0, 2] (mask [1, 0, 0, 1]), bias 0.5. The
+    # client's delta on its mask [1, 1, 0, 0] is [4 - 1, 3 - 0], norm
+    # sqrt(18); a bound of sqrt(2) scales it by 1/3: values [2, 1].
+    reference = robust_aggregation.Reference(
+        kernels=(tf.constant([1., 0., 0., 2.]),),
+        masks=(tf.constant([1., 0., 0., 1.]),),
+        dense=(tf.constant([0.5]),))
+    config = robust(clients_per_round=1)
+    float_zero = aggregation.zero_aggregate(KERNEL_SHAPES, DENSE_SHAPES)
+    exact = aggregation.add_exactly(
+        sum_factory.zero_exact_sums(float_zero, KERNEL_SHAPES, DENSE_SHAPES,
+                                    config),
+        payload([4., 3., 0., 0.], [1., 1., 0., 0.], [0.5]), 1.0,
+        KERNEL_SHAPES, DENSE_SHAPES, NUM_ACTIVE, encoding.PayloadEncoding(),
+        payload_validation.PayloadChecks(), robust=config,
+        round_bound=robust_aggregation.RoundBound(
+            reference, tf.constant(np.sqrt(2.0), tf.float32)))
+    result = sum_factory.report_exact_sums(float_zero, exact, config, 1)
+    self.assertEqual(int(result.clipped_clients), 1)
+    self.assertAllClose(result.robust_values.kernels[0], [2., 1., 0., 0.])
+    self.assertAllClose(result.robust_values.dense[0], [0.5])
 
   def test_client_without_masks_holds_the_global_masks(self):
     coded = encoding.PayloadEncoding.parse('float32+rice+changed_masks_only')
