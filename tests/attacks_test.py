@@ -355,7 +355,7 @@ class DefencesAndTableTest(tf.test.TestCase):
          'reject_replayed_uploads', 'reject_stale_uploads',
          'max_client_weight_multiple',
          'min_new_position_votes',
-         'max_failed_rounds'])
+         'max_failed_rounds', 'robust_mean'])
     self.assertLessEqual(set(attack_runs.DEFENCE_SETTINGS['off']),
                          set(attack_runs.DEFENCE_SETTINGS['on']))
 

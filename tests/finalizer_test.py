@@ -7,6 +7,7 @@ import tensorflow_federated as tff
 from tff_feddst.networks import models
 from tff_feddst.process import aggregation
 from tff_feddst.process import finalizer
+from tff_feddst.process import robust_means
 
 # One prunable kernel of 4 positions (2 active) and one bias; in
 # ModelWeights: trainable [kernel, bias], non_trainable [mask].
@@ -199,6 +200,39 @@ class NewPositionVotesTest(tf.test.TestCase):
   def test_bad_threshold_raises(self):
     with self.assertRaisesRegex(ValueError, 'min_new_position_votes'):
       build(min_new_position_votes=0)
+
+
+class RobustValuesTest(tf.test.TestCase):
+  """A robust mean's values (`robust_means`) are the targets as they are."""
+
+  def aggregate(self):
+    # p3 (outside the global mask [1, 1, 0, 0]) has one holder.
+    return hand_aggregate()._replace(
+        votes=(np.array([2., 2., 2., 1.], np.float32),),
+        robust_values=robust_means.RobustValues(
+            kernels=(np.array([1 / 3, 2 / 3, 0.1, 9.], np.float32),),
+            dense=(np.array([0.3], np.float32),),
+            over_capacity=np.int32(0)))
+
+  def next_weights(self, **kwargs):
+    # From a zero kernel, w + 1 * (target - w) is the target, bit for bit.
+    return finalizer.apply_aggregate(
+        [np.zeros(4, np.float32), np.zeros(1, np.float32)],
+        global_weights(kernel=(0., 0., 0., 0.)), self.aggregate(), LAYOUT,
+        (2,), 1.0, 0.0, **kwargs)[1]
+
+  def test_values_are_taken_bit_for_bit(self):
+    # Any holder: the 2 largest, 9 and 2/3; two holders needed: p3 is out,
+    # so 2/3 and 1/3. The weighted sums (7/3, 3.5, 7.2) play no part.
+    for k, kernel in ((1, [0., 2 / 3, 0., 9.]), (2, [1 / 3, 2 / 3, 0., 0.])):
+      weights = self.next_weights(min_new_position_votes=k)
+      self.assertAllEqual(weights.trainable[0],
+                          np.array(kernel, np.float32))
+      self.assertAllEqual(weights.trainable[1], np.float32([0.3]))
+
+  def test_remember_old_is_refused(self):
+    with self.assertRaisesRegex(ValueError, 'remember_old'):
+      self.next_weights(remember_old=True)
 
 
 class FinitenessGuardTest(tf.test.TestCase):

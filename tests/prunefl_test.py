@@ -17,6 +17,8 @@ from tff_feddst.networks import models
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
+from tff_feddst.process import robust_aggregation
+from tff_feddst.process import robust_means
 from tff_feddst.process import sum_factory
 from tff_feddst.running import experiment
 from tff_feddst.running import settings as settings_lib
@@ -209,6 +211,22 @@ class PruneflUploadValidationTest(tf.test.TestCase, parameterized.TestCase):
     # Per client: 2 values (8 B) + bitmap (1 B) + bias (4 B) + weight (4 B)
     # + flag (4 B) + importance (16 B) = 37 B.
     self.assertEqual(output.measurements['upload_bytes'], 3 * 37)
+
+  def test_robust_median_of_prunefl_uploads(self):
+    # Medians: kernel {1, 4, 3} -> 3, {2, 6, 9} -> 6; bias {1, 2, 4} -> 2.
+    robust = robust_aggregation.RobustAggregation(
+        clip_updates=False, reject_replays=False, max_weight_multiple=None,
+        robust_mean=robust_means.RobustMean('median', clients_per_round=3))
+    process = prunefl.build_aggregator_factory(
+        [(4,)], prunefl.full_capacity_encoding(), [2], None, robust).create(
+            type_of(prunefl_upload(0)), tff.TensorType(np.float32))
+    output = process.next(process.initialize(),
+                          [prunefl_upload(c) for c in range(3)],
+                          UPLOAD_WEIGHTS)
+    self.assert_honest_sums(output.result)
+    values = output.result.sums.robust_values
+    self.assertAllEqual(values.kernels[0], [3., 6., 0., 0.])
+    self.assertAllEqual(values.dense[0], [2.])
 
   @parameterized.named_parameters(
       ('nan_value', dict(payload=prunefl_payload([np.nan, 6., 0., 0.])), 3.,

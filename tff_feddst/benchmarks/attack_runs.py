@@ -69,6 +69,7 @@ DEFENCE_SETTINGS: dict[str, dict[str, Any]] = {
         'max_client_weight_multiple': 0,  # 0: no cap by the round's median.
         'min_new_position_votes': 1,
         'max_failed_rounds': 0,  # 0: never stop.
+        'robust_mean': 'mean',  # The weighted mean.
     },
     'on': {
         'clip_updates': True,
@@ -82,6 +83,7 @@ DEFENCE_SETTINGS: dict[str, dict[str, Any]] = {
         'max_client_weight_multiple': SETTING_DEFAULT,
         'min_new_position_votes': SETTING_DEFAULT,
         'max_failed_rounds': SETTING_DEFAULT,
+        'robust_mean': SETTING_DEFAULT,  # As given (--robust_mean).
     },
 }
 

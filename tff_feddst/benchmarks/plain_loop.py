@@ -54,6 +54,8 @@ from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
+from tff_feddst.process import robust_means
+from tff_feddst.process import sum_factory
 from tff_feddst.process import upload_binding
 from tff_feddst.sparse import exact_sum
 
@@ -232,7 +234,8 @@ class PlainFedDst:
     # Exact sums, as the TFF aggregator keeps them (`aggregation.add_exactly`).
     @tf.function
     def zero_aggregate():
-      return exact_sum.to_exact(float_zero())
+      return sum_factory.zero_exact_sums(float_zero(), kernel_shapes,
+                                         dense_shapes, robust)
 
     @tf.function
     def accumulate(aggregate, payload, weight, targets, round_bound=None,
@@ -263,7 +266,8 @@ class PlainFedDst:
 
     @tf.function
     def server_update(state, weights, exact_aggregate):
-      aggregate = exact_sum.from_exact(float_zero(), exact_aggregate)
+      aggregate = sum_factory.report_exact_sums(
+          float_zero(), exact_aggregate, robust, len(kernel_shapes))
       if upload_encoding.masks_only_when_changed:
         aggregate = aggregation.expand_aggregate(
             aggregate, [weights.non_trainable[i] for i in layout.mask_indices])
@@ -402,9 +406,12 @@ class PlainFedDst:
           state.weights, aggregate)
       buffers = tuple(server_state.buffers)
       sparsity = float(sparsity)
-    totals = (aggregate.with_masks
-              if isinstance(aggregate, aggregation.CompactAggregate)
+    totals = (aggregate.sums
+              if isinstance(aggregate, robust_means.RobustSums)
               else aggregate)
+    totals = (totals.with_masks
+              if isinstance(totals, aggregation.CompactAggregate)
+              else totals)
     metrics = collections.OrderedDict(
         round_num=round_num,
         train_loss=(float(exact_sum.mean_of(loss_terms)) if datasets

@@ -14,6 +14,7 @@ from tff_feddst.methods import fed_dst
 from tff_feddst.networks import models
 from tff_feddst.process import client_work
 from tff_feddst.process import robust_aggregation
+from tff_feddst.process import robust_means
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.sparse import sparsity_distribution
 
@@ -107,7 +108,8 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
     depends on another, there is no first pass: clipping and the cap by
     the median use the previous round's bounds (none in round 1) and
     replays within a round are not checked; `warn_if_screening_is_off`
-    says so once the run has its workers.
+    says so once the run has its workers. --robust_mean other than 'mean'
+    adds a `robust_means.RobustMean` sized for --clients_per_round.
   """
   server = settings.server
   screening = dict(
@@ -122,7 +124,13 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
   if cap is None:
     cap = float(max(federated_data.num_train_examples(client_id)
                     for client_id in federated_data.client_ids))
+  robust_mean = None
+  if server.robust_mean != 'mean':
+    robust_mean = robust_means.RobustMean(
+        kind=server.robust_mean, trim_fraction=server.trim_fraction,
+        clients_per_round=settings.run.clients_per_round)
   return robust_aggregation.RobustAggregation(
+      robust_mean=robust_mean,
       clip_norm_quantile=server.clip_norm_quantile,
       clip_norm_multiplier=server.clip_norm_multiplier,
       clip_zeroing_multiple=server.clip_zeroing_multiple,

@@ -54,6 +54,7 @@ from tff_feddst.process import encoding
 from tff_feddst.process import mask_codes
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
+from tff_feddst.process import robust_means
 from tff_feddst.process import upload_binding
 from tff_feddst.sparse import exact_sum
 
@@ -67,7 +68,9 @@ class SparseAggregate(NamedTuple):
   per kind of `payload_validation.REJECTION_KINDS`) the rejected ones, and
   `upload_bytes` the bytes of both. `clipped_clients` counts the accepted
   clients whose update the server clipped, `capped_weights` those whose
-  example count it capped (`robust_aggregation`).
+  example count it capped (`robust_aggregation`). `robust_values` is
+  empty, or with a robust mean (`robust_means`) the `RobustValues` the
+  finalizer takes instead of the weighted means.
   """
   weighted_kernel_sums: tuple
   weighted_votes: tuple
@@ -79,6 +82,7 @@ class SparseAggregate(NamedTuple):
   rejected: Any = ()
   clipped_clients: Any = ()
   capped_weights: Any = ()
+  robust_values: Any = ()
 
 
 def zero_aggregate(kernel_shapes: Sequence[Sequence[int]],
@@ -221,6 +225,8 @@ def _add_totals(aggregate: SparseAggregate, dense, weight: tf.Tensor,
 
 def _totals_of(aggregate) -> SparseAggregate:
   """The `SparseAggregate` holding the totals of either aggregate type."""
+  if isinstance(aggregate, robust_means.WithClientValues):
+    return _totals_of(aggregate.sums)
   if isinstance(aggregate, CompactAggregate):
     return aggregate.with_masks
   if isinstance(aggregate, ExtendedAggregate):
@@ -229,6 +235,8 @@ def _totals_of(aggregate) -> SparseAggregate:
 
 
 def _with_totals(aggregate, totals: SparseAggregate):
+  if isinstance(aggregate, robust_means.WithClientValues):
+    return aggregate._replace(sums=_with_totals(aggregate.sums, totals))
   if isinstance(aggregate, CompactAggregate):
     return aggregate._replace(with_masks=totals)
   if isinstance(aggregate, ExtendedAggregate):
@@ -495,13 +503,16 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
                            robust_aggregation.RobustAggregation] = None,
                        round_bound: Optional[
                            robust_aggregation.RoundBound] = None,
-                       round_digest: Optional[tf.Tensor] = None):
+                       round_digest: Optional[tf.Tensor] = None,
+                       global_masks: Optional[Sequence[tf.Tensor]] = None):
   """Validates one client's payload, then decodes it into the running sums.
 
   Args:
     aggregate: The sums so far: an `ExtendedAggregate` with `extension`, a
       `CompactAggregate` when the encoding may leave masks out, else a
-      `SparseAggregate`.
+      `SparseAggregate`; or such sums of no client in a
+      `robust_means.WithClientValues`, which then also returns the
+      client's values if it is accepted (`add_exactly`).
     payload: The client's `SparsePayload` or `CodedPayload` (with
       `extension`: its whole upload); with `checks`, its dimensions may be
       unknown statically (checked at run time).
@@ -528,6 +539,8 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
       (`upload_binding`): `payload` is then a `BoundUpload`, rejected as
       'stale' when its digest differs, and its digest's bytes are counted.
       None: the upload is not bound.
+    global_masks: The round's global masks, which a client that sent no
+      masks holds (needed for its `robust_means.ClientValues`).
 
   Returns:
     The updated aggregate, of the type of `aggregate`: the payload's sums
@@ -572,8 +585,11 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
   def rejected(code):
     return _add_rejection(aggregate, code, num_bytes)
 
+  with_values = isinstance(aggregate, robust_means.WithClientValues)
+  inner = aggregate.sums if with_values else aggregate
+
   def add(static, content, summed_payload, clipped):
-    sums = _add_valid(_totals_of(aggregate) if extension else aggregate,
+    sums = _add_valid(_totals_of(inner) if extension else inner,
                       summed_payload, used_weight, kernel_shapes,
                       num_active, payload_encoding, content.masks,
                       content.has_masks, received=payload_of(static))
@@ -582,12 +598,21 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
         upload_bytes=totals.upload_bytes + binding_bytes,
         clipped_clients=totals.clipped_clients + clipped,
         capped_weights=totals.capped_weights + capped))
-    if not extension:
+    if extension:
+      sums = sums._replace(upload_bytes=sums.upload_bytes +
+                           extension.num_bytes(static))
+      sums = ExtendedAggregate(
+          sums=sums, extra=extension.add(inner.extra, static, used_weight))
+    if not with_values:
       return sums
-    sums = sums._replace(upload_bytes=sums.upload_bytes +
-                         extension.num_bytes(static))
-    return ExtendedAggregate(
-        sums=sums, extra=extension.add(aggregate.extra, static, used_weight))
+    masks = content.masks
+    if global_masks is not None:
+      masks = [tf.where(content.has_masks, tf.cast(mask, tf.float32),
+                        tf.cast(global_mask, tf.float32))
+               for mask, global_mask in zip(masks, global_masks)]
+    return robust_means.WithClientValues(sums, robust_means.client_values(
+        encoding.scatter_values(summed_payload.values, masks), masks,
+        summed_payload.dense, used_weight))
 
   def accepted(checked: _Checked):
     static, content = checked
@@ -687,18 +712,22 @@ def add_exactly(exact_aggregate, payload: encoding.Payload,
                 extension: Optional[UploadExtension] = None,
                 robust: Optional[robust_aggregation.RobustAggregation] = None,
                 round_bound: Optional[robust_aggregation.RoundBound] = None,
-                round_digest: Optional[tf.Tensor] = None):
+                round_digest: Optional[tf.Tensor] = None,
+                global_masks: Optional[Sequence[tf.Tensor]] = None):
   """`accumulate_payload` into sums kept in `exact_sum` form.
 
   The client's contribution (its checked, decoded payload times its weight,
   float32, exactly as `accumulate_payload` computes it) is added to integer
   sums, so the total does not depend on the order in which clients arrive
   or on how they are split over workers: a run gives the same bits on one
-  worker or several, under any load.
+  worker or several, under any load. With a robust mean
+  (`robust.robust_mean`) the sums are a `robust_means.RobustSums`, whose
+  order terms take the accepted client's values (`robust_means.add_client`).
 
   Args:
     exact_aggregate: `exact_sum.to_exact` of an aggregate (`zero_sums`'s
-      type), or a sum of such.
+      type), or a sum of such; with a robust mean, a `RobustSums`
+      (`sum_factory.zero_exact_sums`).
     payload: The client's upload.
     weight: Its float32 example count.
     kernel_shapes: Shape of each prunable kernel.
@@ -711,16 +740,39 @@ def add_exactly(exact_aggregate, payload: encoding.Payload,
     robust: See `accumulate_payload`.
     round_bound: See `accumulate_payload`.
     round_digest: See `accumulate_payload`.
+    global_masks: See `accumulate_payload` (default: the reference's).
 
   Returns:
     The updated exact sums.
+
+  Raises:
+    ValueError: For a robust mean with an encoding that may leave masks out
+      and no global masks at hand.
   """
+  zero = zero_sums(kernel_shapes, dense_shapes, payload_encoding, num_active,
+                   extension)
+  mean = robust.robust_mean if robust is not None else None
+  if mean is None:
+    contribution = accumulate_payload(
+        zero, payload, weight, kernel_shapes, num_active, payload_encoding,
+        checks, targets, extension, robust, round_bound, round_digest)
+    return exact_sum.add(exact_aggregate, exact_sum.to_exact(contribution))
+  if global_masks is None and round_bound is not None and (
+      round_bound.reference is not None):
+    global_masks = round_bound.reference.masks
+  if payload_encoding.masks_only_when_changed and global_masks is None:
+    raise ValueError('a robust mean of uploads that may leave masks out '
+                     'needs the global masks.')
   contribution = accumulate_payload(
-      zero_sums(kernel_shapes, dense_shapes, payload_encoding, num_active,
-                extension),
+      robust_means.WithClientValues(zero, robust_means.no_client_values(
+          tuple(kernel_shapes) + tuple(dense_shapes))),
       payload, weight, kernel_shapes, num_active, payload_encoding, checks,
-      targets, extension, robust, round_bound, round_digest)
-  return exact_sum.add(exact_aggregate, exact_sum.to_exact(contribution))
+      targets, extension, robust, round_bound, round_digest, global_masks)
+  return robust_means.RobustSums(
+      sums=exact_sum.add(exact_aggregate.sums,
+                         exact_sum.to_exact(contribution.sums)),
+      terms=robust_means.add_client(exact_aggregate.terms,
+                                    contribution.client))
 
 
 def expand_aggregate(aggregate: CompactAggregate,
@@ -752,6 +804,12 @@ def expand_aggregate(aggregate: CompactAggregate,
                   for total, mask in zip(positional.votes, masks)))
 
 
+def with_robust_values(aggregate, values: robust_means.RobustValues):
+  """`aggregate` (any type) with its totals' `robust_values` set."""
+  return _with_totals(aggregate,
+                      _totals_of(aggregate)._replace(robust_values=values))
+
+
 def measurements_of(aggregate) -> collections.OrderedDict:
   """The aggregator's measurements of a round's aggregate.
 
@@ -759,7 +817,8 @@ def measurements_of(aggregate) -> collections.OrderedDict:
     OrderedDict: `upload_bytes` (int64, every received upload),
     `num_clients` (accepted), `rejected_clients` (all kinds), then
     `rejected_<kind>` for each of `payload_validation.REJECTION_KINDS`,
-    `clipped_clients` and `capped_weights` (`robust_aggregation`).
+    `clipped_clients` and `capped_weights` (`robust_aggregation`), and
+    with a robust mean `robust_mean_over_capacity` (`robust_means`).
   """
   totals = _totals_of(aggregate)
   measurements = collections.OrderedDict(
@@ -769,6 +828,9 @@ def measurements_of(aggregate) -> collections.OrderedDict:
     measurements[f'rejected_{kind}'] = totals.rejected[index]
   measurements['clipped_clients'] = totals.clipped_clients
   measurements['capped_weights'] = totals.capped_weights
+  if totals.robust_values:
+    measurements['robust_mean_over_capacity'] = (
+        totals.robust_values.over_capacity)
   return measurements
 
 

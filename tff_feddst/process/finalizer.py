@@ -10,6 +10,11 @@ From the `SparseAggregate` of a round:
              the largest |w| (ties: more votes, then lower index);
              w = w * mask; buffer = buffer * mask
 
+With a robust mean (`robust_means`: the aggregate's `robust_values`), target
+is each position's trimmed mean or median over its holders instead, and
+target_dense each dense parameter's, taken as they are; the rest of the
+step is the same.
+
 With server_lr 1 and server_momentum 0 the new weights are the averages
 themselves (FedAvg on the sparse support); server momentum gives FedAvgM. A
 round in which no client reported (total weight 0) leaves the weights as
@@ -219,8 +224,8 @@ def admit_new_positions(aggregate: aggregation.SparseAggregate, weights,
 
   For each kernel and every position p outside the global mask with
   votes[p] < min(`min_new_position_votes`, num_clients):
-  weighted_kernel_sums[p], weighted_votes[p] and votes[p] become 0 (as if
-  no client held p), so its
+  weighted_kernel_sums[p], weighted_votes[p], votes[p] and a robust value
+  (`robust_values`) become 0 (as if no client held p), so its
   average is 0 and `mask_lib.server_reprune` cannot choose it. Positions
   inside the global mask and the other sums are unchanged (multiplied by
   1, so their bits are too).
@@ -253,9 +258,14 @@ def admit_new_positions(aggregate: aggregation.SparseAggregate, weights,
     weighted_votes[position] = weighted_votes[position] * tf.cast(
         admitted, weighted_votes[position].dtype)
     votes[position] = votes[position] * admitted
+  robust_values = aggregate.robust_values
+  if robust_values:
+    robust_values = robust_values._replace(kernels=tuple(
+        value * tf.cast(votes[position] > 0, value.dtype)
+        for position, value in enumerate(robust_values.kernels)))
   return aggregate._replace(weighted_kernel_sums=tuple(kernel_sums),
                             weighted_votes=tuple(weighted_votes),
-                            votes=tuple(votes))
+                            votes=tuple(votes), robust_values=robust_values)
 
 
 def fill_from_global_mask(mask: tf.Tensor, weight: tf.Tensor,
@@ -368,7 +378,13 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
   Returns:
     `(new_buffers, new_weights, mask_changed_positions)` where the last is the
     int32 number of positions whose mask value changed (either direction).
+
+  Raises:
+    ValueError: For `remember_old` with a robust mean.
   """
+  robust_values = aggregate.robust_values
+  if remember_old and robust_values:
+    raise ValueError('remember_old does not combine with a robust mean.')
   if remember_old:
     aggregate = remember_global_weights(aggregate, weights, layout)
   if min_new_position_votes > 1:
@@ -381,10 +397,15 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
     targets[index] = tf.math.divide_no_nan(
         aggregate.weighted_kernel_sums[position],
         aggregate.weighted_votes[position])
-  dense_sums = list(aggregate.weighted_dense_sums)
+    if robust_values:  # Taken as they are (robust_means).
+      targets[index] = robust_values.kernels[position]
+  dense_targets = [total / aggregate.total_weight
+                   for total in aggregate.weighted_dense_sums]
+  if robust_values:
+    dense_targets = list(robust_values.dense)
   num_dense_trainable = len(layout.dense_trainable_indices)
   for position, index in enumerate(layout.dense_trainable_indices):
-    targets[index] = dense_sums[position] / aggregate.total_weight
+    targets[index] = dense_targets[position]
 
   new_buffers = [server_momentum * buffer + (target - current)
                  for buffer, target, current in zip(buffers, targets, trainable)]
@@ -411,8 +432,7 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
         tf.not_equal(new_mask, non_trainable[mask_index]), dtype=tf.int32)
     new_non_trainable[mask_index] = new_mask
   for position, index in enumerate(layout.dense_non_trainable_indices):
-    new_non_trainable[index] = (dense_sums[num_dense_trainable + position] /
-                                aggregate.total_weight)
+    new_non_trainable[index] = dense_targets[num_dense_trainable + position]
   new_weights = tff.learning.models.ModelWeights(
       trainable=new_trainable, non_trainable=new_non_trainable)
   return new_buffers, new_weights, mask_changed_positions

@@ -69,6 +69,7 @@ from typing import NamedTuple, Optional, Sequence
 import tensorflow as tf
 
 from tff_feddst.process import encoding
+from tff_feddst.process import robust_means
 
 CLIENT_WEIGHTINGS = ('num_examples', 'uniform')
 NORM_BINS_PER_OCTAVE = 8
@@ -105,6 +106,9 @@ class RobustAggregation:
       ('stale'). The aggregator's state then holds the reference (also
       without `clip_updates`); needs no first pass. The client work must
       bind its uploads (`upload_binding.bind_uploads`).
+    robust_mean: Take each position's coordinate-wise trimmed mean or
+      median over its holders (`robust_means.RobustMean`) instead of the
+      weighted mean; None: the weighted mean.
   """
   clip_updates: bool = True
   clip_norm_quantile: float = 0.5
@@ -116,6 +120,7 @@ class RobustAggregation:
   max_weight_multiple: Optional[float] = 2.0
   first_pass: bool = True
   reject_stale: bool = False
+  robust_mean: Optional[robust_means.RobustMean] = None
 
   def __post_init__(self):
     def finite(value) -> bool:
@@ -139,6 +144,10 @@ class RobustAggregation:
         finite(self.max_weight_multiple) and self.max_weight_multiple >= 1):
       raise ValueError('max_weight_multiple must be a finite number >= 1 or '
                        f'None, got {self.max_weight_multiple!r}.')
+    if not (self.robust_mean is None or
+            isinstance(self.robust_mean, robust_means.RobustMean)):
+      raise ValueError('robust_mean must be a robust_means.RobustMean or '
+                       f'None, got {self.robust_mean!r}.')
     if self.client_weighting not in CLIENT_WEIGHTINGS:
       raise ValueError(f'client_weighting must be one of {CLIENT_WEIGHTINGS}'
                        f', got {self.client_weighting!r}.')

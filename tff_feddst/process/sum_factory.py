@@ -11,6 +11,12 @@ summing one. When it clips or binds uploads to their round
 digest is not the broadcast model's is rejected as 'stale') the state also
 holds the broadcast model (`AggregatorState`), which the owning process
 keeps current (`aggregator_feedback`).
+
+With a robust mean (`robust_means`: coordinate-wise trimmed mean or
+median), the running aggregate also keeps per position the L largest and
+smallest holder values (`robust_means.RobustSums`), merged with top-k
+(exact, order-free), and the report adds each position's robust value to
+the aggregate (`SparseAggregate.robust_values`), which the finalizer takes.
 """
 
 from typing import Any, NamedTuple, Optional, Sequence
@@ -23,8 +29,58 @@ from tff_feddst.process import aggregation
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
+from tff_feddst.process import robust_means
 from tff_feddst.process import upload_binding
 from tff_feddst.sparse import exact_sum
+
+
+def _robust_mean(robust: Optional[robust_aggregation.RobustAggregation]
+                 ) -> Optional[robust_means.RobustMean]:
+  return robust.robust_mean if robust is not None else None
+
+
+def zero_exact_sums(float_zero: Any, kernel_shapes: Sequence[Sequence[int]],
+                    dense_shapes: Sequence[Sequence[int]],
+                    robust: Optional[robust_aggregation.RobustAggregation]):
+  """The exact running aggregate of no clients (`aggregation.add_exactly`).
+
+  Args:
+    float_zero: `aggregation.zero_sums` of the aggregator.
+    kernel_shapes: Shape of each prunable kernel.
+    dense_shapes: Shape of each dense parameter tensor, in payload order.
+    robust: The robust aggregation settings (None: none).
+
+  Returns:
+    `exact_sum.to_exact(float_zero)`, in a `robust_means.RobustSums` with
+    empty order terms when `robust` asks for a robust mean.
+  """
+  exact = exact_sum.to_exact(float_zero)
+  mean = _robust_mean(robust)
+  if mean is None:
+    return exact
+  return robust_means.RobustSums(exact, robust_means.zero_terms(
+      tuple(kernel_shapes) + tuple(dense_shapes), mean.capacity))
+
+
+def merge_exact_sums(first: Any, second: Any) -> Any:
+  """Two exact running aggregates of disjoint groups of clients, merged."""
+  if isinstance(first, robust_means.RobustSums):
+    return robust_means.RobustSums(
+        exact_sum.add(first.sums, second.sums),
+        robust_means.merge_terms(first.terms, second.terms))
+  return exact_sum.add(first, second)
+
+
+def report_exact_sums(float_zero: Any, exact: Any,
+                      robust: Optional[robust_aggregation.RobustAggregation],
+                      num_kernels: int) -> Any:
+  """The float aggregate of an exact one (robust values added if asked)."""
+  mean = _robust_mean(robust)
+  if mean is None:
+    return exact_sum.from_exact(float_zero, exact)
+  return aggregation.with_robust_values(
+      exact_sum.from_exact(float_zero, exact.sums),
+      robust_means.robust_values(exact.terms, mean, num_kernels))
 
 
 class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
@@ -99,6 +155,10 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     if self._initial_targets is not None and self._checks.has_round_targets:
       raise ValueError('initial_targets and a per-round target table '
                        '(num_active_by_round) exclude each other.')
+    if (_robust_mean(robust) is not None and
+        self._encoding.masks_only_when_changed and not self.clips_updates):
+      raise ValueError('a robust mean of uploads that may leave masks out '
+                       'needs the global masks: turn clip_updates on.')
 
   def _state_computations(self, table: np.ndarray, reference_type=None):
     """`(first_state, next_state, round_targets)` TF computations.
@@ -230,7 +290,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     # result is the same for any client order and split over workers.
     @tff.tensorflow.computation
     def zero_fn():
-      return exact_sum.to_exact(float_zero())
+      return zero_exact_sums(float_zero(), kernel_shapes, dense_shapes,
+                             robust)
 
     exact_type = zero_fn.type_signature.result
     targets_type = tff.TensorType(np.int32, [len(num_active)])
@@ -282,7 +343,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       return aggregation.add_exactly(
           exact_aggregate, payload, weight, kernel_shapes, dense_shapes,
           num_active, payload_encoding, checks, targets, extension, robust,
-          round_bound, digest)
+          round_bound, digest,
+          None if reference is None else reference.masks)
 
     carried_type = tff.types.tensorflow_to_type(_CARRIED_SPEC)
     value_with_bounds_type = tuple(
@@ -294,11 +356,12 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     @tff.tensorflow.computation(exact_type, exact_type)
     def merge(first, second):
-      return exact_sum.add(first, second)
+      return merge_exact_sums(first, second)
 
     @tff.tensorflow.computation(exact_type)
     def report(exact_aggregate):
-      return exact_sum.from_exact(float_zero(), exact_aggregate)
+      return report_exact_sums(float_zero(), exact_aggregate, robust,
+                               len(kernel_shapes))
 
     aggregate_type = report.type_signature.result
     first_state, next_state, round_targets = self._state_computations(
@@ -312,8 +375,11 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         aggregate_type, findings_type if screens else
         (carried_type if carries else None))
     one_pass = self._one_pass_computations(
-        lambda: exact_sum.to_exact(float_zero()), add_client, exact_sum.add,
-        lambda exact: exact_sum.from_exact(float_zero(), exact),
+        lambda: zero_exact_sums(float_zero(), kernel_shapes, dense_shapes,
+                                robust),
+        add_client, merge_exact_sums,
+        lambda exact: report_exact_sums(float_zero(), exact, robust,
+                                        len(kernel_shapes)),
         value_with_bounds_type, unpack, kernel_shapes, dense_shapes,
         num_active, state_type) if carries else None
     reference_of_state = tff.tensorflow.computation(

@@ -108,6 +108,11 @@ def _value_dtypes() -> tuple[str, ...]:
   return encoding.VALUE_DTYPES
 
 
+def _robust_means() -> tuple[str, ...]:
+  from tff_feddst.process import robust_means  # pylint: disable=g-import-not-at-top
+  return robust_means.ROBUST_MEANS
+
+
 def _method_names() -> tuple[str, ...]:
   from tff_feddst.methods import registry  # pylint: disable=g-import-not-at-top
   return registry.method_names()
@@ -424,6 +429,14 @@ class ServerSettings(_Group):
       'num_examples', 'Aggregation weight of an accepted client: its '
       '(capped) example count, or 1 for every client.',
       ('num_examples', 'uniform'))
+  robust_mean: str = setting(
+      'mean', 'Value of each weight from its holders\' (clipped) values: '
+      'their example-weighted mean, or their unweighted coordinate-wise '
+      'trimmed mean (--trim_fraction) or median (robust_means).',
+      _robust_means)
+  trim_fraction: float = setting(
+      0.2, 'With --robust_mean=trimmed_mean: the share of a weight\'s '
+      'holders dropped at each end, floor(fraction * holders), in [0, 0.5).')
   max_failed_rounds: int = setting(
       3, 'Stop the run with an error (checkpoint kept for --resume) after '
       'this many consecutive rounds that failed (the new model was not '
@@ -457,6 +470,11 @@ class ServerSettings(_Group):
                   'an integer >= 1 (1: any holder may bring a weight in)')
     self._require(self.max_failed_rounds >= 0, 'max_failed_rounds',
                   'an integer >= 0 (0: never stop)')
+    self._require(0 <= self.trim_fraction < 0.5, 'trim_fraction',
+                  'a number in [0, 0.5)')
+    self._require(self.robust_mean == 'mean' or not self.remember_old,
+                  'robust_mean', 'mean with --remember_old (a robust mean '
+                  'has no weighted sums to remember old weights in)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -743,7 +761,12 @@ class ExperimentSettings:
             'readjust_after_epochs',
             f'a number in (0, --client_epochs_per_round={epochs}], or in '
             f'(-{epochs}, 0] counting back from the last epoch, or unset')
-    self.payload_encodings()
+    upload, _ = self.payload_encodings()
+    require(self.server.robust_mean == 'mean' or self.server.clip_updates or
+            not upload.masks_only_when_changed, 'robust_mean',
+            'mean with --noclip_updates and an --upload_encoding that leaves '
+            'masks out (the server then lacks the global masks to place '
+            'values)')
     # More votes than sampled clients can never be reached: every position
     # would leave the global mask, for good. With --dropout_rate (or
     # rejected uploads) fewer may report; those rounds thin the mask.
