@@ -77,6 +77,23 @@ class CounterTest(tf.test.TestCase):
     self.assertEqual(training_loop._flops_so_far([row]),
                      {'training_flops': None, 'training_flops_dense': None})
 
+  def test_metrics_file_from_before_the_flops_columns_resumes(self):
+    path = os.path.join(self.create_tempdir().full_path, 'metrics.csv')
+    old_columns = [c for c in metrics_csv.METRICS_COLUMNS
+                   if c not in metrics_csv.FLOPS_COLUMNS]
+    with open(path, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=old_columns)
+      writer.writeheader()
+      for round_num in (1, 2):
+        writer.writerow({c: 0 for c in old_columns} | {'round': round_num})
+    rows = metrics_csv.truncate_metrics(path, last_round=1)
+    self.assertLen(rows, 1)
+    self.assertIsNone(rows[0]['training_flops_cumulative'])
+    with open(path, newline='') as f:
+      self.assertEqual(tuple(next(csv.reader(f))),
+                       metrics_csv.METRICS_COLUMNS)
+    self.assertIsNone(training_loop._flops_so_far(rows)['training_flops'])
+
 
 class FlopsColumnsTest(fixtures.FashionMnistSliceTestCase):
 
