@@ -85,7 +85,8 @@ def kernel_uses(model: tf.keras.Model) -> tuple[int, ...]:
     if is_conv and (inner.groups != 1 or
                     inner.data_format != 'channels_last'):
       is_conv = False
-    if not (is_conv or type(inner) is tf.keras.layers.Dense):  # pylint: disable=unidiomatic-typecheck
+    is_dense = type(inner) is tf.keras.layers.Dense  # pylint: disable=unidiomatic-typecheck
+    if not (is_conv or is_dense):
       raise ValueError(f'layer {inner.name} ({type(inner).__name__}): FLOPs '
                        'are counted for Conv2D (channels last, groups=1) and '
                        'Dense layers only.')

@@ -18,8 +18,8 @@ SUMMARY_COLUMNS = (
     'method', 'final_test_accuracy', 'best_test_accuracy',
     'final_client_test_accuracy', 'upload_bytes_cumulative',
     'download_bytes_cumulative', 'training_flops_cumulative',
-    'training_flops_dense_cumulative', 'upload_bytes_to_target', 'rounds_completed',
-    'stop_reason', 'seconds')
+    'training_flops_dense_cumulative', 'upload_bytes_to_target',
+    'rounds_completed', 'stop_reason', 'seconds')
 
 
 class RunDirError(ValueError):
