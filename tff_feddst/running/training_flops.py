@@ -9,9 +9,10 @@ active weights per layer. This module reads them:
   counted; clients whose upload the server then rejected did train and are.
 - active weights per layer: the masks of the global model the round starts
   from (the broadcast every client trains with). A FedDST readjustment moves
-  a client's mask but keeps each layer's count (the 'reference' rule drops
-  a few weights after its last training step), PruneFL's mask changes only
-  between rounds, and dense methods have full masks (density 1).
+  a client's mask but keeps each layer's count (the 'reference' rule can
+  leave a client a few weights fewer; its steps after that are still
+  counted at the global count), PruneFL's mask changes only between rounds,
+  and dense methods have full masks (density 1).
 - the dense kernel gradient, charged on the examples that need it: on a
   FedDST readjustment round (`client_work/should_readjust`) the grow score
   is the dense gradient of every step before the readjustment
