@@ -3,8 +3,10 @@
 Reads each run's `metrics.csv` and `summary.json` (written by
 `experiment.run_experiment`) and tabulates, per run: final and best test
 accuracy, final mean client-local accuracy, cumulative upload and download
-bytes, the upload spent until the test accuracy first reached a target, the
-rounds run, why the run stopped, and its wall time.
+bytes, cumulative training FLOPs (over the active weights, and the dense
+equivalent: `networks.flops`), the upload spent until the test accuracy
+first reached a target, the rounds run, why the run stopped, and its wall
+time.
 """
 
 import csv
@@ -15,8 +17,9 @@ from typing import Optional, Sequence
 SUMMARY_COLUMNS = (
     'method', 'final_test_accuracy', 'best_test_accuracy',
     'final_client_test_accuracy', 'upload_bytes_cumulative',
-    'download_bytes_cumulative', 'upload_bytes_to_target', 'rounds_completed',
-    'stop_reason', 'seconds')
+    'download_bytes_cumulative', 'training_flops_cumulative',
+    'training_flops_dense_cumulative', 'upload_bytes_to_target',
+    'rounds_completed', 'stop_reason', 'seconds')
 
 
 class RunDirError(ValueError):
@@ -66,7 +69,8 @@ def summarize_run(run_dir: str, label: Optional[str] = None,
       first evaluated round whose test accuracy is at least this.
 
   Returns:
-    A dict keyed by `SUMMARY_COLUMNS` (None where not applicable).
+    A dict keyed by `SUMMARY_COLUMNS` (None where not applicable, e.g. the
+    FLOPs of a run written before metrics.csv had them).
   """
   rows = read_metrics(run_dir)
   summary = {}
@@ -92,11 +96,18 @@ def summarize_run(run_dir: str, label: Optional[str] = None,
                                     if evaluated else None,
       'upload_bytes_cumulative': int(rows[-1]['upload_bytes_cumulative']),
       'download_bytes_cumulative': int(rows[-1]['download_bytes_cumulative']),
+      **{column: _int_or_none(rows[-1].get(column))
+         for column in ('training_flops_cumulative',
+                        'training_flops_dense_cumulative')},
       'upload_bytes_to_target': to_target,
       'rounds_completed': int(rows[-1]['round']),
       'stop_reason': summary.get('stop_reason'),
       'seconds': sum(r['round_seconds'] for r in rows),
   }
+
+
+def _int_or_none(value: Optional[float]) -> Optional[int]:
+  return None if value is None else int(value)
 
 
 def _cell(value) -> str:

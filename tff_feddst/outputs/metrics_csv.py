@@ -16,12 +16,17 @@ from typing import Any, Mapping, Optional, Sequence
 
 from tff_feddst.outputs import atomic_files
 
+# Training FLOPs (`networks.flops`): over the active weights, and the dense
+# equivalent; per round and since round 1.
+FLOPS_COLUMNS = ('training_flops', 'training_flops_dense',
+                 'training_flops_cumulative',
+                 'training_flops_dense_cumulative')
 METRICS_COLUMNS = (
     'round', 'test_accuracy', 'client_test_accuracy', 'train_loss',
     'sparsity', 'mask_changed_positions', 'upload_bytes', 'download_bytes',
     'upload_bytes_cumulative', 'download_bytes_cumulative', 'round_seconds',
     'clients_sampled', 'clients_reported', 'rejected_clients',
-    'server_update_failed', 'clipped_clients')
+    'server_update_failed', 'clipped_clients', *FLOPS_COLUMNS)
 _FLOAT_COLUMNS = ('test_accuracy', 'client_test_accuracy', 'train_loss',
                   'sparsity', 'round_seconds')
 

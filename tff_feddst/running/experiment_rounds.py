@@ -26,6 +26,7 @@ from tff_feddst.running import evaluation
 from tff_feddst.running import execution
 from tff_feddst.running import interruptions
 from tff_feddst.running import settings as settings_lib
+from tff_feddst.running import training_flops
 from tff_feddst.running import training_loop
 
 ConfigError = settings_lib.ConfigError
@@ -152,7 +153,8 @@ def _train(stack: contextlib.ExitStack,
            settings: settings_lib.ExperimentSettings,
            plan: registry.MethodPlan, federated_data: federated.FederatedData,
            evaluator: evaluation.Evaluator, output_dir: str,
-           tensorboard_dir: str, resume: bool, hooks: _RoundHooks) -> list:
+           tensorboard_dir: str, resume: bool, hooks: _RoundHooks,
+           flops_counter: training_flops.RoundFlopsCounter) -> list:
   """Builds the process, writes the start files, runs the rounds and saves.
 
   Returns:
@@ -187,7 +189,8 @@ def _train(stack: contextlib.ExitStack,
       on_round_end=hooks.after_round,
       on_round_start=hooks.before_round,
       on_round_state=hooks.keep_completed,
-      max_failed_rounds=settings.server.max_failed_rounds)
+      max_failed_rounds=settings.server.max_failed_rounds,
+      flops_counter=flops_counter)
   # The model first, the summary last: summary.json marks a finished run. A
   # resumed run rewrites the model of its own last round.
   run_files.save_model_weights(os.path.join(output_dir, 'global_model.npz'),
@@ -277,6 +280,10 @@ def run_rounds(settings: settings_lib.ExperimentSettings,
   """
   # Keras models are built before the TFF process (see evaluation.py).
   evaluator = evaluation.Evaluator(plan.model_fn, federated_data)
+  flops_counter = training_flops.build_counter(
+      plan.model_fn(), plan.initial_model.layout,
+      model_setup.build_client_config(settings, plan.initial_model),
+      settings.client.client_batch_size)
   new_files = (None if resume
                else run_files.NewFiles((output_dir, tensorboard_dir)))
   hooks = _RoundHooks(settings.run.total_rounds, resume, progress,
@@ -288,7 +295,8 @@ def run_rounds(settings: settings_lib.ExperimentSettings,
       _enter_execution_context(stack, settings, hooks.during_calls(),
                                worker_timeout_seconds)
       return _train(stack, settings, plan, federated_data, evaluator,
-                    output_dir, tensorboard_dir, resume, hooks)
+                    output_dir, tensorboard_dir, resume, hooks,
+                    flops_counter)
   except BaseException as error:  # pylint: disable=broad-except
     _handle_failure(error, output_dir, resume, hooks, new_files)
     raise

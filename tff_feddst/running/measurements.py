@@ -19,6 +19,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import tensorflow_federated as tff
 
+from tff_feddst.networks import flops
+from tff_feddst.outputs import metrics_csv
 from tff_feddst.running import evaluation
 
 
@@ -70,6 +72,10 @@ REQUIRED_MEASUREMENTS = (
                 '1 if the server refused the round\'s new model (not all '
                 'finite) and kept the old one, else 0',
                 required=False, default=0),
+    Measurement('client_work', 'num_examples', 'float',
+                'examples in one local epoch, summed over the clients that '
+                'trained (training FLOPs count them)',
+                required=False, default=None),
     Measurement('aggregator', 'clipped_clients', 'int',
                 'accepted uploads whose update the server clipped to the '
                 'round\'s bound (robust_aggregation)',
@@ -173,18 +179,24 @@ def value(metrics: Mapping[str, Any], name: str):
 def metrics_row(round_num: int, round_metrics: Mapping[str, Any],
                 eval_result: Optional[evaluation.EvalResult],
                 cumulative: dict, round_seconds: float,
-                clients_sampled: int, dropped_download_bytes: int = 0) -> dict:
+                clients_sampled: int, dropped_download_bytes: int = 0,
+                round_flops: Optional[flops.TrainingFlops] = None) -> dict:
   """Turns one round's process metrics into a metrics.csv row.
 
   Args:
     round_num: 1-based round.
     round_metrics: The `metrics` of the process's `next` output.
     eval_result: Evaluation this round, or None.
-    cumulative: Running totals {'upload': int, 'download': int}, updated.
+    cumulative: Running totals {'upload': int, 'download': int}, updated;
+      with `round_flops`, also 'training_flops' and 'training_flops_dense'
+      (int, or None once unknown: a resumed run whose older rows lack them;
+      missing keys start at 0).
     round_seconds: Wall time of the round (training and evaluation).
     clients_sampled: Clients sampled this round (reported or not).
     dropped_download_bytes: Download of sampled clients that did not report
       (they received the model before failing).
+    round_flops: The round's training FLOPs (`training_flops`), or None to
+      leave the FLOPs columns empty.
 
   Returns:
     A dict keyed by `metrics_csv.METRICS_COLUMNS`.
@@ -200,6 +212,14 @@ def metrics_row(round_num: int, round_metrics: Mapping[str, Any],
   # Uploads the server dropped as invalid (`payload_validation`); 0 for
   # processes whose aggregator does not validate.
   rejected = value(round_metrics, 'aggregator/rejected_clients')
+  flops_columns = dict.fromkeys(metrics_csv.FLOPS_COLUMNS)
+  if round_flops is not None:
+    for key, round_value in (('training_flops', round_flops.sparse),
+                             ('training_flops_dense', round_flops.dense)):
+      total = cumulative.get(key, 0)
+      cumulative[key] = None if total is None else total + round_value
+      flops_columns[key] = round_value
+      flops_columns[f'{key}_cumulative'] = cumulative[key]
   return {
       'round': round_num,
       'test_accuracy': eval_result.test_accuracy if eval_result else None,
@@ -222,4 +242,5 @@ def metrics_row(round_num: int, round_metrics: Mapping[str, Any],
       'server_update_failed': value(round_metrics,
                                     'finalizer/server_update_failed'),
       'clipped_clients': value(round_metrics, 'aggregator/clipped_clients'),
+      **flops_columns,
   }

@@ -32,6 +32,7 @@ from tff_feddst.running import client_sampling
 from tff_feddst.running import errors
 from tff_feddst.running import evaluation
 from tff_feddst.running import measurements
+from tff_feddst.running import training_flops
 
 # Where these lived before the loop was split by concern; callers use them.
 METRICS_COLUMNS = metrics_csv.METRICS_COLUMNS
@@ -166,6 +167,23 @@ def _start(process: tff.learning.templates.LearningProcess,
   return start, csv_manager.resume_after(start.round_num)
 
 
+def _flops_so_far(rows: Sequence[dict]) -> dict:
+  """The cumulative training FLOPs after the rows a resumed run keeps.
+
+  None (unknown) if the last row has none: a run started before metrics.csv
+  had the FLOPs columns; its later rows then leave the cumulative empty.
+  """
+  totals = {'training_flops': 0, 'training_flops_dense': 0}
+  if rows:
+    for key in totals:
+      totals[key] = rows[-1][f'{key}_cumulative']
+    if totals['training_flops'] is None:
+      logging.warning('metrics.csv has no training FLOPs for the rounds done '
+                      'before this resume: the cumulative FLOPs columns stay '
+                      'empty (per-round FLOPs are still written).')
+  return totals
+
+
 def run_training(process: tff.learning.templates.LearningProcess,
                  federated_data: federated.FederatedData,
                  evaluator: evaluation.Evaluator,
@@ -195,7 +213,9 @@ def run_training(process: tff.learning.templates.LearningProcess,
                      [client_sampling.RoundClients], None]] = None,
                  release_managers: Sequence[
                      tff.program.ReleaseManager] = (),
-                 max_failed_rounds: int = 0):
+                 max_failed_rounds: int = 0,
+                 flops_counter: Optional[
+                     training_flops.RoundFlopsCounter] = None):
   """Runs up to `total_rounds` rounds, one metrics.csv row per round.
 
   Each round: sample the clients (`client_sampling.ClientSampler`), run
@@ -267,7 +287,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
     on_round_start: Called with the round number before each round (e.g. to
       check for a stop request, or to name the round in messages).
     on_round_state: Called with the number of the last completed round, its
-      state and the cumulative bytes `{'upload': int, 'download': int}`:
+      state and the running totals `{'upload': int, 'download': int}`
+      (bytes; with `flops_counter` also the cumulative FLOPs):
       once before the first round (round 0 and the initial state, or the
       resumed checkpoint's), then after each round's row and checkpoint. A
       caller that is stopped mid-round checkpoints the last one it got
@@ -282,6 +303,11 @@ def run_training(process: tff.learning.templates.LearningProcess,
     max_failed_rounds: Stop after this many consecutive failed rounds, >= 0
       (0: never), counted from this call's first round (a resumed run
       starts a new count). The checkpoint needs `checkpoint_dir`.
+    flops_counter: Counts each round's training FLOPs from its metrics and
+      the masks of the model it starts from (fetched once per round, outside
+      `round_seconds`); None leaves the FLOPs columns empty. A resumed run
+      continues the cumulative FLOPs of its kept rows (unknown, so empty,
+      when those rows predate the columns).
 
   Returns:
     `(final_state, rows, stop_reason)`, where `stop_reason` is
@@ -314,6 +340,11 @@ def run_training(process: tff.learning.templates.LearningProcess,
   state, cumulative = start.state, {
       'upload': start.upload_bytes_cumulative,
       'download': start.download_bytes_cumulative}
+  active_counts = None
+  if flops_counter is not None:
+    cumulative.update(_flops_so_far(rows))
+    active_counts = flops_counter.active_counts(
+        process.get_model_weights(state))
   if on_round_state is not None:
     on_round_state(start.round_num, state, dict(cumulative))
   if on_start is not None:
@@ -352,7 +383,13 @@ def run_training(process: tff.learning.templates.LearningProcess,
         round_num, output.metrics, eval_result, cumulative,
         time.perf_counter() - round_start,
         clients_sampled=len(clients.sampled_ids),
-        dropped_download_bytes=clients.num_dropped * client_download_bytes)
+        dropped_download_bytes=clients.num_dropped * client_download_bytes,
+        round_flops=None if flops_counter is None else flops_counter.count(
+            output.metrics, active_counts))
+    if flops_counter is not None:  # The masks the next round starts from.
+      if weights is None:
+        weights = process.get_model_weights(state)
+      active_counts = flops_counter.active_counts(weights)
     release = release_managers_lib.RoundRelease(
         row, clients.sampled_ids, clients.client_ids,
         release_managers_lib.ModelWeightsReference(process, state, weights))
