@@ -170,8 +170,9 @@ class ExecutionTest(tf.test.TestCase):
       worker.stop()
     expected = os.environ.get('TF_NUM_INTRAOP_THREADS', '1')  # Caller's wins.
     self.assertIn(f'TF_NUM_INTRAOP_THREADS={expected}'.encode(), environment)
-    expected = os.environ.get('ONEDNN_MAX_CPU_ISA', 'AVX2')
-    self.assertIn(f'ONEDNN_MAX_CPU_ISA={expected}'.encode(), environment)
+    if os.environ.get('TF_ENABLE_ONEDNN_OPTS') != '0':
+      expected = os.environ.get('ONEDNN_MAX_CPU_ISA', 'AVX2')
+      self.assertIn(f'ONEDNN_MAX_CPU_ISA={expected}'.encode(), environment)
 
   def test_kernel_settings_the_user_chose_are_kept(self):
     with mock.patch.dict(os.environ, {'ONEDNN_MAX_CPU_ISA': 'ALL',
@@ -185,9 +186,18 @@ class ExecutionTest(tf.test.TestCase):
 
   def test_this_process_uses_the_workers_kernels(self):
     # conftest called `use_bit_exact_kernels`, as `run_experiment` does.
-    self.assertEqual(os.environ.get('ONEDNN_MAX_CPU_ISA'), 'AVX2')
-    self.assertEqual(execution.worker_environment()['ONEDNN_MAX_CPU_ISA'],
-                     'AVX2')
+    self.assertEqual(os.environ.get('ONEDNN_MAX_CPU_ISA'),
+                     execution.worker_environment().get('ONEDNN_MAX_CPU_ISA'))
+    if os.environ.get('TF_ENABLE_ONEDNN_OPTS') != '0':
+      self.assertEqual(os.environ.get('ONEDNN_MAX_CPU_ISA'), 'AVX2')
+
+  def test_eigen_kernels_keep_their_instruction_set(self):
+    # Eigen's matmuls call oneDNN's sgemm: AVX2 would change their bits.
+    with mock.patch.dict(os.environ, {'TF_ENABLE_ONEDNN_OPTS': '0'}):
+      os.environ.pop('ONEDNN_MAX_CPU_ISA', None)
+      self.assertNotIn('ONEDNN_MAX_CPU_ISA', execution.worker_environment())
+      self.assertTrue(execution.use_bit_exact_kernels())
+      self.assertNotIn('ONEDNN_MAX_CPU_ISA', os.environ)
 
   def test_stop_is_idempotent(self):
     worker = execution.LocalWorker()

@@ -91,12 +91,16 @@ def worker_environment() -> dict[str, str]:
   last bits (1 ulp in a few per cent of the weights) when several clients'
   kernels shared the worker. Limited to its AVX2 kernels
   (`ONEDNN_MAX_CPU_ISA=AVX2`) it has always given the same bits (README,
-  "Reproducibility", with the measured cost). A value the caller set for
-  either variable is kept.
+  "Reproducibility", with the measured cost). With oneDNN's TensorFlow ops
+  off (`TF_ENABLE_ONEDNN_OPTS=0`, Eigen kernels, which repeat on their own)
+  the instruction set is left alone: Eigen's matmuls still call oneDNN's
+  sgemm, and their bits stay those of earlier versions. A value the caller
+  set for either variable is kept.
   """
   env = dict(os.environ)
   env.setdefault(INTRA_OP_THREADS_ENV, '1')
-  env.setdefault(ONEDNN_ISA_ENV, BIT_EXACT_ONEDNN_ISA)
+  if _onednn_enabled(env):
+    env.setdefault(ONEDNN_ISA_ENV, BIT_EXACT_ONEDNN_ISA)
   return env
 
 
@@ -108,7 +112,9 @@ def use_bit_exact_kernels() -> bool:
   kernel). Evaluation and any other TF work in this process then give the
   same bits under any load, as the workers do (`worker_environment`). Must
   run before TensorFlow executes its first op; values the user set for
-  `TF_NUM_INTRAOP_THREADS` or `ONEDNN_MAX_CPU_ISA` are kept.
+  `TF_NUM_INTRAOP_THREADS` or `ONEDNN_MAX_CPU_ISA` are kept, and with
+  `TF_ENABLE_ONEDNN_OPTS=0` the instruction set is left alone (see
+  `worker_environment`).
 
   Returns:
     True if this process now computes bit-exactly (one intra-op thread,
@@ -116,10 +122,11 @@ def use_bit_exact_kernels() -> bool:
     already with another setting (e.g. in a notebook that ran TF before), or
     the user chose another thread count or instruction set.
   """
-  os.environ.setdefault(ONEDNN_ISA_ENV, BIT_EXACT_ONEDNN_ISA)
-  isa = os.environ[ONEDNN_ISA_ENV]
-  isa_is_bit_exact = (isa.strip().upper() == BIT_EXACT_ONEDNN_ISA or
-                      not _onednn_enabled())
+  isa_is_bit_exact = True
+  if _onednn_enabled(os.environ):  # Else Eigen kernels; see above.
+    os.environ.setdefault(ONEDNN_ISA_ENV, BIT_EXACT_ONEDNN_ISA)
+    isa = os.environ[ONEDNN_ISA_ENV]
+    isa_is_bit_exact = isa.strip().upper() == BIT_EXACT_ONEDNN_ISA
   if not isa_is_bit_exact:
     logging.warning('%s=%s: results may differ in the last bits under load '
                     '(bit-exact: %s=%s).', ONEDNN_ISA_ENV, isa,
@@ -127,9 +134,9 @@ def use_bit_exact_kernels() -> bool:
   return _use_one_intra_op_thread() and isa_is_bit_exact
 
 
-def _onednn_enabled() -> bool:
-  """False if the user turned TensorFlow's oneDNN kernels off (Eigen's)."""
-  value = os.environ.get('TF_ENABLE_ONEDNN_OPTS', '').strip().lower()
+def _onednn_enabled(environment) -> bool:
+  """False if `environment` turns TensorFlow's oneDNN ops off (Eigen's)."""
+  value = environment.get('TF_ENABLE_ONEDNN_OPTS', '').strip().lower()
   return value not in ('0', 'false')
 
 
