@@ -24,7 +24,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import grpc
 import portpicker
@@ -134,7 +134,7 @@ def use_bit_exact_kernels() -> bool:
   return _use_one_intra_op_thread() and isa_is_bit_exact
 
 
-def _onednn_enabled(environment) -> bool:
+def _onednn_enabled(environment: Mapping[str, str]) -> bool:
   """False if `environment` turns TensorFlow's oneDNN ops off (Eigen's)."""
   value = environment.get('TF_ENABLE_ONEDNN_OPTS', '').strip().lower()
   return value not in ('0', 'false')
