@@ -10,21 +10,19 @@ import os
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# Eigen kernels, not oneDNN, in this process and every process it starts
-# (TFF workers, bin/ scripts). The library's defaults (one intra-op thread,
-# exact sums over clients) made oneDNN runs repeat far more often, but four
-# identical runs started together still gave one that differed from round 1
-# (README, "Reproducibility"); the tests assert bit equality (identical
-# seeds, 1 vs 2 workers, kill and resume), so they run on the kernels that
-# have always repeated.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+# The tests assert bit equality (identical seeds, 1 vs 2 workers, kill and
+# resume) on the library's default kernels: TensorFlow's oneDNN ones, with
+# the settings `use_bit_exact_kernels` gives this process (below) and
+# `execution.worker_environment` every process it starts (README,
+# "Reproducibility").
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import psutil  # pylint: disable=g-import-not-at-top
 import pytest
 
-# One intra-op thread, as `run_experiment` sets it, before any test runs
-# TensorFlow.
+# One intra-op thread and oneDNN's AVX2 kernels, as `run_experiment` sets
+# them, before any test runs TensorFlow; the environment passes them on to
+# the bin/ scripts the tests start.
 from tff_feddst.running import execution  # pylint: disable=g-import-not-at-top
 assert execution.use_bit_exact_kernels()
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import threading
 import time
+from unittest import mock
 
 import numpy as np
 import portpicker
@@ -160,7 +161,7 @@ class ExecutionTest(tf.test.TestCase):
 
   def test_worker_runs_one_intra_op_thread_per_kernel(self):
     # With more, oneDNN splits kernels by the threads free at run time, and
-    # identical seeds diverge under load.
+    # identical seeds diverge under load; its AVX-512 kernels rarely do too.
     worker = execution.LocalWorker()
     try:
       with open(f'/proc/{worker.worker_pid}/environ', 'rb') as f:
@@ -169,6 +170,34 @@ class ExecutionTest(tf.test.TestCase):
       worker.stop()
     expected = os.environ.get('TF_NUM_INTRAOP_THREADS', '1')  # Caller's wins.
     self.assertIn(f'TF_NUM_INTRAOP_THREADS={expected}'.encode(), environment)
+    if os.environ.get('TF_ENABLE_ONEDNN_OPTS') != '0':
+      expected = os.environ.get('ONEDNN_MAX_CPU_ISA', 'AVX2')
+      self.assertIn(f'ONEDNN_MAX_CPU_ISA={expected}'.encode(), environment)
+
+  def test_kernel_settings_the_user_chose_are_kept(self):
+    with mock.patch.dict(os.environ, {'ONEDNN_MAX_CPU_ISA': 'ALL',
+                                      'TF_NUM_INTRAOP_THREADS': '2'}):
+      environment = execution.worker_environment()
+      with self.assertLogs(level='WARNING'):
+        self.assertFalse(execution.use_bit_exact_kernels())
+      self.assertEqual(os.environ['ONEDNN_MAX_CPU_ISA'], 'ALL')
+    self.assertEqual(environment['ONEDNN_MAX_CPU_ISA'], 'ALL')
+    self.assertEqual(environment['TF_NUM_INTRAOP_THREADS'], '2')
+
+  def test_this_process_uses_the_workers_kernels(self):
+    # conftest called `use_bit_exact_kernels`, as `run_experiment` does.
+    self.assertEqual(os.environ.get('ONEDNN_MAX_CPU_ISA'),
+                     execution.worker_environment().get('ONEDNN_MAX_CPU_ISA'))
+    if os.environ.get('TF_ENABLE_ONEDNN_OPTS') != '0':
+      self.assertEqual(os.environ.get('ONEDNN_MAX_CPU_ISA'), 'AVX2')
+
+  def test_eigen_kernels_keep_their_instruction_set(self):
+    # Eigen's matmuls call oneDNN's sgemm: AVX2 would change their bits.
+    with mock.patch.dict(os.environ, {'TF_ENABLE_ONEDNN_OPTS': '0'}):
+      os.environ.pop('ONEDNN_MAX_CPU_ISA', None)
+      self.assertNotIn('ONEDNN_MAX_CPU_ISA', execution.worker_environment())
+      self.assertTrue(execution.use_bit_exact_kernels())
+      self.assertNotIn('ONEDNN_MAX_CPU_ISA', os.environ)
 
   def test_stop_is_idempotent(self):
     worker = execution.LocalWorker()

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import grpc
 import portpicker
@@ -34,8 +34,11 @@ from tff_feddst.running import errors
 from tff_feddst.running import interruptions
 from tff_feddst.running import worker_isolation
 
-# One thread per kernel (see `worker_environment`, `use_bit_exact_kernels`).
+# One thread per kernel, and oneDNN's AVX2 kernels rather than its AVX-512
+# ones (see `worker_environment`, `use_bit_exact_kernels`).
 INTRA_OP_THREADS_ENV = 'TF_NUM_INTRAOP_THREADS'
+ONEDNN_ISA_ENV = 'ONEDNN_MAX_CPU_ISA'
+BIT_EXACT_ONEDNN_ISA = 'AVX2'
 
 _STARTUP_TIMEOUT_SECONDS = 60.0
 _GRPC_MAX_MESSAGE_BYTES = 2_000_000_000
@@ -81,28 +84,64 @@ def worker_environment() -> dict[str, str]:
   round's clients concurrently, one kernel stream each (measured: no slower,
   see the README). `TF_DETERMINISTIC_OPS=1`, which earlier versions set
   here, is not set: with it, 2 of 18 repeated runs under load still
-  differed, without it none of 30 (README, "Reproducibility"). A value the
-  caller set is kept.
+  differed, without it none of 30 (README, "Reproducibility").
+
+  That still left a rare odd client under load: with its AVX-512 kernels
+  (brgemm convolutions), oneDNN now and then gave one client's update other
+  last bits (1 ulp in a few per cent of the weights) when several clients'
+  kernels shared the worker. Limited to its AVX2 kernels
+  (`ONEDNN_MAX_CPU_ISA=AVX2`) it has always given the same bits (README,
+  "Reproducibility", with the measured cost). With oneDNN's TensorFlow ops
+  off (`TF_ENABLE_ONEDNN_OPTS=0`, Eigen kernels, which repeat on their own)
+  the instruction set is left alone: Eigen's matmuls still call oneDNN's
+  sgemm, and their bits stay those of earlier versions. A value the caller
+  set for either variable is kept.
   """
   env = dict(os.environ)
   env.setdefault(INTRA_OP_THREADS_ENV, '1')
+  if _onednn_enabled(env):
+    env.setdefault(ONEDNN_ISA_ENV, BIT_EXACT_ONEDNN_ISA)
   return env
 
 
 def use_bit_exact_kernels() -> bool:
-  """Gives this process's TensorFlow kernels one intra-op thread each.
+  """Gives this process the workers' bit-exact kernel settings.
 
-  Evaluation and any other TF work in this process then give the same bits
-  under any load, as the workers do (`worker_environment`). Must run before
-  TensorFlow executes its first op; a `TF_NUM_INTRAOP_THREADS` the user set
-  is kept.
+  One intra-op thread per TensorFlow kernel, and oneDNN's AVX2 kernels
+  (`ONEDNN_MAX_CPU_ISA=AVX2`, which oneDNN reads once, at its first
+  kernel). Evaluation and any other TF work in this process then give the
+  same bits under any load, as the workers do (`worker_environment`). Must
+  run before TensorFlow executes its first op; values the user set for
+  `TF_NUM_INTRAOP_THREADS` or `ONEDNN_MAX_CPU_ISA` are kept, and with
+  `TF_ENABLE_ONEDNN_OPTS=0` the instruction set is left alone (see
+  `worker_environment`).
 
   Returns:
-    True if this process now computes bit-exactly (one intra-op thread);
-    False, with a warning, if TensorFlow was initialised already with
-    another setting (e.g. in a notebook that ran TF before), or the user
-    chose another thread count.
+    True if this process now computes bit-exactly (one intra-op thread,
+    AVX2 kernels); False, with a warning, if TensorFlow was initialised
+    already with another setting (e.g. in a notebook that ran TF before), or
+    the user chose another thread count or instruction set.
   """
+  isa_is_bit_exact = True
+  if _onednn_enabled(os.environ):  # Else Eigen kernels; see above.
+    os.environ.setdefault(ONEDNN_ISA_ENV, BIT_EXACT_ONEDNN_ISA)
+    isa = os.environ[ONEDNN_ISA_ENV]
+    isa_is_bit_exact = isa.strip().upper() == BIT_EXACT_ONEDNN_ISA
+  if not isa_is_bit_exact:
+    logging.warning('%s=%s: results may differ in the last bits under load '
+                    '(bit-exact: %s=%s).', ONEDNN_ISA_ENV, isa,
+                    ONEDNN_ISA_ENV, BIT_EXACT_ONEDNN_ISA)
+  return _use_one_intra_op_thread() and isa_is_bit_exact
+
+
+def _onednn_enabled(environment: Mapping[str, str]) -> bool:
+  """False if `environment` turns TensorFlow's oneDNN ops off (Eigen's)."""
+  value = environment.get('TF_ENABLE_ONEDNN_OPTS', '').strip().lower()
+  return value not in ('0', 'false')
+
+
+def _use_one_intra_op_thread() -> bool:
+  """One intra-op thread for this process; see `use_bit_exact_kernels`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   wanted = os.environ.get(INTRA_OP_THREADS_ENV)
   if wanted is not None:  # Read by TensorFlow when it starts.
