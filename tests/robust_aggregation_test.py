@@ -11,6 +11,7 @@ from tff_feddst.process import aggregation
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation as robust_lib
+from tff_feddst.process import robust_means
 from tff_feddst.process import sum_factory
 from tff_feddst.running import settings as settings_lib
 
@@ -383,6 +384,21 @@ class FactoryTest(tf.test.TestCase):
     self.assertEqual(second.measurements['clipped_clients'], 2)
     self.assertAllClose(second.result.weighted_kernel_sums[0][0],
                         2 + 1 + 2 + 1 + 3 / math.sqrt(18))
+
+  def test_one_pass_with_a_median_takes_the_two_pass_values(self):
+    # Round 2 of the one-pass form clips with the same bound as a first
+    # pass, so the per-position medians are the same bits.
+    values = []
+    for first_pass in (True, False):
+      process, state, uploads = four_client_round(
+          robust_lib.RobustAggregation(
+              clip_norm_multiplier=1.0, first_pass=first_pass,
+              robust_mean=robust_means.RobustMean('median',
+                                                  clients_per_round=4)))
+      state = process.next(state, uploads, [1.0] * 4).state
+      values.append(process.next(state, uploads, [1.0] * 4).result)
+    tf.nest.map_structure(self.assertAllEqual, values[0].robust_values,
+                          values[1].robust_values)
 
 
 if __name__ == '__main__':
