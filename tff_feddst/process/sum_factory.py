@@ -237,6 +237,104 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     """Whether client values are `upload_binding.BoundUpload`s."""
     return self._robust is not None and self._robust.reject_stale
 
+  @property
+  def _screens(self) -> bool:
+    """Whether a first pass screens the round's uploads."""
+    return self._robust is not None and self._robust.screens_uploads
+
+  @property
+  def _carries(self) -> bool:
+    """Whether one pass clips and caps with the last round's bounds."""
+    return self.holds_reference and self._robust.carries_bounds
+
+  @property
+  def _uses_reference(self) -> bool:
+    """Whether the clients' accumulate gets the reference: where deltas
+    are taken, in an aggregator that clips with a bound."""
+    return self.clips_updates and (self._screens or self._carries)
+
+  def _value_shapes(self, value_type) -> '_ValueShapes':
+    """Checks a client value's type; its payload's counts and shapes.
+
+    Raises:
+      ValueError: If `value_type` is not the payload the kernel shapes,
+        counts and encoding describe.
+    """
+    kernel_shapes = self._kernel_shapes
+    upload_type = value_type.upload if self.binds_uploads else value_type
+    payload_type = (self._extension.payload_of(upload_type)
+                    if self._extension else upload_type)
+    dense_shapes = tuple(
+        tuple(t.shape) for t in tff.structure.flatten(payload_type.dense))
+    num_active = self._num_active or tuple(
+        int(t.shape[0]) for t in tff.structure.flatten(payload_type.values))
+    spec = payload_validation.payload_spec(kernel_shapes, num_active,
+                                           dense_shapes, self._encoding)
+    if self._extension:
+      spec = self._extension.spec(spec)
+    if self.binds_uploads:
+      spec = upload_binding.BoundUpload(upload=spec, model_digest=_DIGEST_SPEC)
+    if not tff.types.tensorflow_to_type(spec).is_assignable_from(value_type):
+      raise ValueError(f'value_type {value_type} is not the payload of '
+                       f'kernels {kernel_shapes} with {num_active} values '
+                       f'in encoding {self._encoding.name}.')
+    return _ValueShapes(num_active, dense_shapes,
+                        payload_validation.relaxed_type(spec))
+
+  def _has_targets(self) -> bool:
+    return (self._checks.has_round_targets or
+            self._initial_targets is not None)
+
+  def _zipped_types(self, shapes: '_ValueShapes', weight_type) -> list:
+    """What each client's value is zipped with, by type.
+
+    Its weight, the round's targets (if any), the reference (if clipping),
+    the broadcast's digest (if bound); in the second pass of a screening
+    aggregator also the first pass's findings, in a one-pass one the
+    carried bounds (these last two are not in this list).
+    """
+    targets_type = tff.TensorType(np.int32, [len(shapes.num_active)])
+    return ([weight_type] +
+            ([targets_type] if self._has_targets() else []) +
+            ([self._reference_type(shapes.dense_shapes)]
+             if self._uses_reference else []) +
+            ([tff.types.tensorflow_to_type(_DIGEST_SPEC)]
+             if self.binds_uploads else []))
+
+  def _reference_type(self, dense_shapes) -> tff.Type:
+    """TFF type of the `robust_aggregation.Reference` of the model."""
+    return tff.types.tensorflow_to_type(tf.nest.map_structure(
+        lambda t: tf.TensorSpec(t.shape, t.dtype),
+        robust_aggregation.zero_reference(self._kernel_shapes,
+                                          dense_shapes)))
+
+  def _unpack(self, client_value) -> '_ClientValue':
+    """`_ClientValue` of a zipped client value (see `_zipped_types`)."""
+    payload, weight, *rest = client_value
+    targets = rest.pop(0) if self._has_targets() else None
+    reference = rest.pop(0) if self._uses_reference else None
+    digest = rest.pop(0) if self.binds_uploads else None
+    findings = rest.pop(0) if rest else None
+    return _ClientValue(payload, weight, targets, reference, digest, findings)
+
+  def _round_bound(self, value: '_ClientValue'
+                   ) -> Optional[robust_aggregation.RoundBound]:
+    """The bounds a client is added with: a first pass's findings, the
+    carried bounds, or none."""
+    robust = self._robust
+    if self._screens:
+      bound, replay_counts, weight_cap = value.findings
+      return robust_aggregation.RoundBound(
+          value.reference, bound,
+          replay_counts if robust.reject_replays else None,
+          weight_cap if robust.caps_weights_by_round else None)
+    if self._carries:
+      bound, weight_cap = value.findings
+      return robust_aggregation.RoundBound(
+          value.reference, bound, None,
+          weight_cap if robust.caps_weights_by_round else None)
+    return None
+
   def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
     """Builds the process for clients' values of `value_type`.
 
@@ -253,140 +351,95 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         counts and encoding describe, or a target table does not fit.
     """
     kernel_shapes = self._kernel_shapes
-    payload_encoding = self._encoding
-    checks = self._checks
-    extension = self._extension
     robust = self._robust
-    clips = self.clips_updates
-    holds = self.holds_reference
-    binds = self.binds_uploads
-    upload_type = value_type.upload if binds else value_type
-    payload_type = (extension.payload_of(upload_type) if extension else
-                    upload_type)
-    dense_shapes = tuple(
-        tuple(t.shape) for t in tff.structure.flatten(payload_type.dense))
-    num_active = self._num_active or tuple(
-        int(t.shape[0]) for t in tff.structure.flatten(payload_type.values))
-    spec = payload_validation.payload_spec(kernel_shapes, num_active,
-                                           dense_shapes, payload_encoding)
-    if extension:
-      spec = extension.spec(spec)
-    if binds:
-      spec = upload_binding.BoundUpload(upload=spec, model_digest=_DIGEST_SPEC)
-    if not tff.types.tensorflow_to_type(spec).is_assignable_from(value_type):
-      raise ValueError(f'value_type {value_type} is not the payload of '
-                       f'kernels {kernel_shapes} with {num_active} values '
-                       f'in encoding {payload_encoding.name}.')
-    relaxed_value_type = payload_validation.relaxed_type(spec)
-    table = checks.targets_table(num_active)
-    has_targets = (checks.has_round_targets or
-                   self._initial_targets is not None)
+    shapes = self._value_shapes(value_type)
+    num_active, dense_shapes = shapes.num_active, shapes.dense_shapes
+    screens, carries = self._screens, self._carries
 
     def float_zero():
       return aggregation.zero_sums(kernel_shapes, dense_shapes,
-                                   payload_encoding, num_active, extension)
+                                   self._encoding, num_active,
+                                   self._extension)
 
-    # Running sums are kept in `exact_sum` form (`add_exactly`), so the
-    # result is the same for any client order and split over workers.
-    @tff.tensorflow.computation
-    def zero_fn():
+    def zero_exact():
       return zero_exact_sums(float_zero(), kernel_shapes, dense_shapes,
                              robust)
 
-    exact_type = zero_fn.type_signature.result
-    targets_type = tff.TensorType(np.int32, [len(num_active)])
-    reference_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
-        lambda t: tf.TensorSpec(t.shape, t.dtype),
-        robust_aggregation.zero_reference(kernel_shapes, dense_shapes)))
-    screens = robust is not None and robust.screens_uploads
-    # Without a first pass (TFF's multi-worker form), the bounds come from
-    # the previous round, through the state.
-    carries = holds and robust.carries_bounds
-    # The reference reaches the clients' accumulate only where deltas are
-    # taken: in an aggregator that clips with a bound.
-    uses_reference = clips and (screens or carries)
-    findings_type = tff.types.tensorflow_to_type(_FINDINGS_SPEC)
-    digest_type = tff.types.tensorflow_to_type(_DIGEST_SPEC)
-    # What each client's value is zipped with: its weight, the round's
-    # targets (if any), the reference (if clipping), the broadcast's digest
-    # (if bound); in the second pass of a screening aggregator also the
-    # first pass's findings, in a one-pass one the carried bounds.
-    extra_types = ([weight_type] + ([targets_type] if has_targets else []) +
-                   ([reference_type] if uses_reference else []) +
-                   ([digest_type] if binds else []))
-
-    def unpack(client_value):
-      """`_ClientValue` of a zipped client value."""
-      payload, weight, *rest = client_value
-      targets = rest.pop(0) if has_targets else None
-      reference = rest.pop(0) if uses_reference else None
-      digest = rest.pop(0) if binds else None
-      findings = rest.pop(0) if rest else None
-      return _ClientValue(payload, weight, targets, reference, digest,
-                          findings)
-
-    def add_client(exact_aggregate, client_value):
-      payload, weight, targets, reference, digest, findings = unpack(
-          client_value)
-      round_bound = None
-      if screens:
-        bound, replay_counts, weight_cap = findings
-        round_bound = robust_aggregation.RoundBound(
-            reference, bound,
-            replay_counts if robust.reject_replays else None,
-            weight_cap if robust.caps_weights_by_round else None)
-      elif carries:
-        bound, weight_cap = findings
-        round_bound = robust_aggregation.RoundBound(
-            reference, bound, None,
-            weight_cap if robust.caps_weights_by_round else None)
-      return aggregation.add_exactly(
-          exact_aggregate, payload, weight, kernel_shapes, dense_shapes,
-          num_active, payload_encoding, checks, targets, extension, robust,
-          round_bound, digest,
-          None if reference is None else reference.masks)
-
-    carried_type = tff.types.tensorflow_to_type(_CARRIED_SPEC)
-    value_with_bounds_type = tuple(
-        [relaxed_value_type] + extra_types +
-        ([findings_type] if screens else []) +
-        ([carried_type] if carries else []))
-    accumulate = tff.tensorflow.computation(add_client, exact_type,
-                                            value_with_bounds_type)
-
-    @tff.tensorflow.computation(exact_type, exact_type)
-    def merge(first, second):
-      return merge_exact_sums(first, second)
-
-    @tff.tensorflow.computation(exact_type)
-    def report(exact_aggregate):
-      return report_exact_sums(float_zero(), exact_aggregate, robust,
+    def report_exact(exact):
+      return report_exact_sums(float_zero(), exact, robust,
                                len(kernel_shapes))
 
-    aggregate_type = report.type_signature.result
-    first_state, next_state, round_targets = self._state_computations(
-        table, reference_type if holds else None)
-    state_type = first_state.type_signature.result
-    screening = self._screening_computations(
-        relaxed_value_type, extra_types, unpack, kernel_shapes, dense_shapes,
-        num_active) if screens else None
+    def add_client(exact_aggregate, client_value):
+      value = self._unpack(client_value)
+      return aggregation.add_exactly(
+          exact_aggregate, value.payload, value.weight, kernel_shapes,
+          dense_shapes, num_active, self._encoding, self._checks,
+          value.targets, self._extension, robust, self._round_bound(value),
+          value.digest,
+          None if value.reference is None else value.reference.masks)
 
+    # Running sums are kept in `exact_sum` form (`add_exactly`), so the
+    # result is the same for any client order and split over workers.
+    zero_fn = tff.tensorflow.computation(zero_exact)
+    exact_type = zero_fn.type_signature.result
+    extra_types = self._zipped_types(shapes, weight_type)
+    findings_type = tff.types.tensorflow_to_type(_FINDINGS_SPEC)
+    carried_type = tff.types.tensorflow_to_type(_CARRIED_SPEC)
+    value_with_bounds_type = tuple(
+        [shapes.relaxed_value_type] + extra_types +
+        ([findings_type] if screens else []) +
+        ([carried_type] if carries else []))
+    sums = _SumComputations(
+        zero=zero_fn,
+        accumulate=tff.tensorflow.computation(add_client, exact_type,
+                                              value_with_bounds_type),
+        merge=tff.tensorflow.computation(merge_exact_sums, exact_type,
+                                         exact_type),
+        report=tff.tensorflow.computation(report_exact, exact_type))
+    aggregate_type = sums.report.type_signature.result
+    states = self._state_computations(
+        self._checks.targets_table(num_active),
+        self._reference_type(dense_shapes) if self.holds_reference else None)
+    state_type = states[0].type_signature.result
+    screening = self._screening_computations(
+        shapes.relaxed_value_type, extra_types, kernel_shapes, dense_shapes,
+        num_active) if screens else None
+    one_pass = self._one_pass_computations(
+        zero_exact, add_client, merge_exact_sums, report_exact,
+        value_with_bounds_type, kernel_shapes, dense_shapes, num_active,
+        state_type) if carries else None
     measure = self._measure_computation(
         aggregate_type, findings_type if screens else
         (carried_type if carries else None))
-    one_pass = self._one_pass_computations(
-        lambda: zero_exact_sums(float_zero(), kernel_shapes, dense_shapes,
-                                robust),
-        add_client, merge_exact_sums,
-        lambda exact: report_exact_sums(float_zero(), exact, robust,
-                                        len(kernel_shapes)),
-        value_with_bounds_type, unpack, kernel_shapes, dense_shapes,
-        num_active, state_type) if carries else None
+    return self._process(shapes.relaxed_value_type, weight_type, states,
+                         sums, screening, one_pass, measure)
+
+  def _process(self, relaxed_value_type, weight_type, states, sums,
+               screening, one_pass, measure
+               ) -> tff.templates.AggregationProcess:
+    """The `AggregationProcess` of the round's computations.
+
+    Args:
+      relaxed_value_type: A client value's type, dimensions unknown.
+      weight_type: Its weight's type.
+      states: `(first_state, next_state, round_targets)`.
+      sums: The summing pass (`_SumComputations`).
+      screening: The first pass (`_ScreeningComputations`) or None.
+      one_pass: The one-pass form (`_OnePassComputations`) or None.
+      measure: `(aggregate[, findings]) -> measurements`.
+
+    Returns:
+      The process.
+    """
+    first_state, next_state, round_targets = states
+    state_type = first_state.type_signature.result
+    has_targets = self._has_targets()
     reference_of_state = tff.tensorflow.computation(
-        lambda state: state.reference, state_type) if uses_reference else None
+        lambda state: state.reference,
+        state_type) if self._uses_reference else None
     digest_of_state = tff.tensorflow.computation(
         lambda state: upload_binding.reference_digest(state.reference),
-        state_type) if binds else None
+        state_type) if self.binds_uploads else None
 
     @tff.federated_computation
     def init_fn():
@@ -401,13 +454,13 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       if has_targets:
         zipped.append(tff.federated_broadcast(
             tff.federated_map(round_targets, state)))
-      if uses_reference:
+      if reference_of_state is not None:
         zipped.append(tff.federated_broadcast(
             tff.federated_map(reference_of_state, state)))
-      if binds:
+      if digest_of_state is not None:
         zipped.append(tff.federated_broadcast(
             tff.federated_map(digest_of_state, state)))
-      if carries:
+      if one_pass is not None:
         carried = tff.federated_map(one_pass.carried_of_state, state)
         zipped.append(tff.federated_broadcast(carried))
         summed = tff.federated_aggregate(
@@ -418,16 +471,16 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
             state=tff.federated_map(one_pass.next_state, (state, summed)),
             result=aggregate,
             measurements=tff.federated_map(measure, (aggregate, carried)))
-      if screens:
+      if screening is not None:
         screened = tff.federated_aggregate(
             tff.federated_zip(tuple(zipped)), screening.zero(),
             screening.accumulate, screening.merge, screening.report)
         findings = tff.federated_map(screening.findings, screened)
         zipped.append(tff.federated_broadcast(findings))
-      aggregate = tff.federated_aggregate(tff.federated_zip(tuple(zipped)),
-                                          zero_fn(), accumulate, merge,
-                                          report)
-      measured = (aggregate, findings) if screens else aggregate
+      aggregate = tff.federated_aggregate(
+          tff.federated_zip(tuple(zipped)), sums.zero(), sums.accumulate,
+          sums.merge, sums.report)
+      measured = aggregate if screening is None else (aggregate, findings)
       return tff.templates.MeasuredProcessOutput(
           state=tff.federated_map(next_state, state), result=aggregate,
           measurements=tff.federated_map(measure, measured))
@@ -442,8 +495,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     was applied)."""
     robust = self._robust
     clips = self.clips_updates
-    carries = self.holds_reference and robust.carries_bounds
-    caps = (robust is not None and (robust.screens_uploads or carries) and
+    caps = ((self._screens or self._carries) and
             robust.caps_weights_by_round)
 
     def measurements(aggregate, findings):
@@ -463,7 +515,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
                                       findings_type)
 
   def _one_pass_computations(self, zero_sums, add_client, merge_sums,
-                             report_sums, value_type, unpack, kernel_shapes,
+                             report_sums, value_type, kernel_shapes,
                              dense_shapes, num_active,
                              state_type) -> '_OnePassComputations':
     """The TF computations of an aggregator without a first pass.
@@ -490,7 +542,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     def add(summed, client_value):
       sums, (norms, weights) = summed
-      value = unpack(client_value)
+      value = self._unpack(client_value)
       screen = aggregation.screen_upload(
           value.payload, value.weight, kernel_shapes, dense_shapes,
           num_active, self._encoding, self._checks, value.reference,
@@ -538,7 +590,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     return _OnePassComputations(zero, accumulate, merge, report, sums_of,
                                 carried_of_state, next_state)
 
-  def _screening_computations(self, relaxed_value_type, extra_types, unpack,
+  def _screening_computations(self, relaxed_value_type, extra_types,
                               kernel_shapes, dense_shapes, num_active
                               ) -> '_ScreeningComputations':
     """The TF computations of the first pass (`robust_aggregation`).
@@ -559,7 +611,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     counts_type = zero.type_signature.result
 
     def add_upload(counts, client_value):
-      value = unpack(client_value)
+      value = self._unpack(client_value)
       screen = aggregation.screen_upload(
           value.payload, value.weight, kernel_shapes, dense_shapes,
           num_active, self._encoding, self._checks, value.reference,
@@ -596,6 +648,21 @@ _CARRIED_SPEC = (tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32))
 
 # The int32 model digest of a bound upload (`upload_binding`).
 _DIGEST_SPEC = tf.TensorSpec([], tf.int32)
+
+
+class _ValueShapes(NamedTuple):
+  """A client value's payload counts and shapes, and its relaxed type."""
+  num_active: tuple
+  dense_shapes: tuple
+  relaxed_value_type: Any
+
+
+class _SumComputations(NamedTuple):
+  """The summing pass's `federated_aggregate` computations."""
+  zero: Any
+  accumulate: Any
+  merge: Any
+  report: Any
 
 
 class _OnePassComputations(NamedTuple):
