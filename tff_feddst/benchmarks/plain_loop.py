@@ -57,6 +57,7 @@ from tff_feddst.process import robust_aggregation
 from tff_feddst.process import robust_means
 from tff_feddst.process import sum_factory
 from tff_feddst.process import upload_binding
+from tff_feddst.process import upload_screening
 from tff_feddst.sparse import exact_sum
 
 # Phase names, in round order.
@@ -254,11 +255,11 @@ class PlainFedDst:
     @tf.function
     def screen(counts, payload, weight, targets, reference=None,
                round_digest=None):
-      upload = aggregation.screen_upload(
+      upload = upload_screening.screen_upload(
           payload, weight, kernel_shapes, dense_shapes, num_active,
           upload_encoding, payload_checks, reference, targets,
           round_digest=round_digest)
-      return aggregation.add_screen(counts, upload, weight)
+      return upload_screening.add_screen(counts, upload, weight)
 
     @tf.function
     def weights_digest(weights):
@@ -442,7 +443,7 @@ class PlainFedDst:
     for upload, weight in uploads:
       counts = self._screen(counts, upload, weight, targets, reference,
                             round_digest)
-    bound, replay_counts, weight_cap = aggregation.screening_findings(
+    bound, replay_counts, weight_cap = upload_screening.screening_findings(
         counts, robust)
     round_bound = robust_aggregation.RoundBound(
         reference, bound, replay_counts if robust.reject_replays else None,

@@ -47,7 +47,6 @@ charged in `upload_bytes`.
 import collections
 from typing import Any, NamedTuple, Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from tff_feddst.process import encoding
@@ -348,23 +347,24 @@ def _value_lengths(values) -> tuple[int, ...]:
   return tuple(lengths)
 
 
-class _Checked(NamedTuple):
+class CheckedUpload(NamedTuple):
   """An upload past the shape check: static shapes and content checks."""
   upload: Any
   content: payload_validation.ContentCheck
 
 
-def _upload_spec(aggregate_dense_shapes, kernel_shapes, num_active,
-                 payload_encoding, extension):
+def upload_spec(aggregate_dense_shapes, kernel_shapes, num_active,
+                payload_encoding, extension):
+  """The expected upload as `tf.TensorSpec`s (with an extension's extras)."""
   spec = payload_validation.payload_spec(kernel_shapes, num_active,
                                          aggregate_dense_shapes,
                                          payload_encoding)
   return extension.spec(spec) if extension else spec
 
 
-def _check_then(upload, spec, weight, kernel_shapes, num_active,
-                payload_encoding, checks, targets, extension, on_checked,
-                on_shape_error, binding_checks=()):
+def check_then(upload, spec, weight, kernel_shapes, num_active,
+               payload_encoding, checks, targets, extension, on_checked,
+               on_shape_error, binding_checks=()):
   """Runs the shape check, then the content checks, then `on_checked`."""
   payload_of = extension.payload_of if extension else (lambda u: u)
 
@@ -375,13 +375,13 @@ def _check_then(upload, spec, weight, kernel_shapes, num_active,
         payload_encoding, checks, targets,
         (list(extension.checks(static)) if extension else []) +
         list(binding_checks))
-    return on_checked(_Checked(static, content))
+    return on_checked(CheckedUpload(static, content))
 
   return tf.cond(payload_validation.shapes_match(upload, spec), checked,
                  on_shape_error)
 
 
-def _unbind(upload, round_digest: Optional[tf.Tensor]):
+def unbind_upload(upload, round_digest: Optional[tf.Tensor]):
   """`(upload inside, [('stale', passed)])` of a `BoundUpload`.
 
   Without a `round_digest` the upload is not bound: `(upload, [])`.
@@ -392,16 +392,16 @@ def _unbind(upload, round_digest: Optional[tf.Tensor]):
   return upload.upload, [('stale', tf.equal(digest, round_digest))]
 
 
-class _ClientDelta(NamedTuple):
+class ClientDelta(NamedTuple):
   """A checked upload's delta from the round's reference (robust pass)."""
   norm: tf.Tensor
   ref_values: tuple
 
 
-def _client_delta(payload: encoding.Payload,
-                  content: payload_validation.ContentCheck,
-                  reference: robust_aggregation.Reference,
-                  num_active: Sequence[int]) -> _ClientDelta:
+def client_delta(payload: encoding.Payload,
+                 content: payload_validation.ContentCheck,
+                 reference: robust_aggregation.Reference,
+                 num_active: Sequence[int]) -> ClientDelta:
   """The delta norm of an accepted payload (masks from its content check).
 
   An upload without masks holds the reference's (global) masks.
@@ -412,81 +412,7 @@ def _client_delta(payload: encoding.Payload,
                                                    num_active)
   norm = robust_aggregation.delta_norm(payload.values, payload.dense,
                                        ref_values, reference)
-  return _ClientDelta(norm, tuple(ref_values))
-
-
-class UploadScreen(NamedTuple):
-  """What the first pass of a screening aggregator learns of one upload.
-
-  Attributes:
-    accepted: bool, the upload passes every payload check.
-    norm: float32 L2 norm of its delta from the reference (0 when rejected
-      or without a reference).
-    fingerprint: int32 [2] replay buckets (`robust_aggregation`).
-  """
-  accepted: tf.Tensor
-  norm: tf.Tensor
-  fingerprint: tf.Tensor
-
-
-def screen_upload(payload: encoding.Payload, weight: tf.Tensor,
-                  kernel_shapes: Sequence[Sequence[int]],
-                  dense_shapes: Sequence[Sequence[int]],
-                  num_active: Sequence[int],
-                  payload_encoding: encoding.PayloadEncoding,
-                  checks: payload_validation.PayloadChecks,
-                  reference: Optional[robust_aggregation.Reference],
-                  targets: Optional[tf.Tensor] = None,
-                  extension: Optional[UploadExtension] = None,
-                  round_digest: Optional[tf.Tensor] = None
-                  ) -> UploadScreen:
-  """Validates an upload, measures its delta and fingerprints it.
-
-  The first pass of a `sum_factory.SparseSumFactory` with `robust` (the clip bound and
-  the replay counts come from it).
-
-  Args:
-    payload: The client's upload (dimensions may be unknown statically).
-    weight: Its stated example count.
-    kernel_shapes: Shape of each prunable kernel.
-    dense_shapes: Shape of each dense parameter tensor, in payload order.
-    num_active: Values per kernel.
-    payload_encoding: The upload encoding.
-    checks: The payload checks (as for `accumulate_payload`).
-    reference: The round's broadcast model; None: no norm is taken.
-    targets: See `accumulate_payload`.
-    extension: See `accumulate_payload`.
-    round_digest: See `accumulate_payload`.
-
-  Returns:
-    The `UploadScreen`.
-  """
-  payload_encoding = payload_encoding or encoding.PayloadEncoding()
-  weight = tf.cast(weight, tf.float32)
-  payload, binding_checks = _unbind(payload, round_digest)
-  payload_of = extension.payload_of if extension else (lambda u: u)
-  upload = tf.nest.map_structure(tf.convert_to_tensor, payload)
-  spec = _upload_spec(dense_shapes, kernel_shapes, num_active,
-                      payload_encoding, extension)
-  not_counted = UploadScreen(tf.constant(False), tf.constant(0.0, tf.float32),
-                             tf.zeros([2], tf.int32))
-
-  def measure(checked: _Checked):
-    def counted():
-      norm = tf.constant(0.0, tf.float32)
-      if reference is not None:
-        norm = _client_delta(payload_of(checked.upload), checked.content,
-                             reference, num_active).norm
-      return UploadScreen(
-          tf.constant(True), norm,
-          robust_aggregation.upload_fingerprint(checked.upload))
-    return tf.cond(tf.equal(checked.content.rejection,
-                            payload_validation.ACCEPTED),
-                   counted, lambda: not_counted)
-
-  return _check_then(upload, spec, weight, kernel_shapes, num_active,
-                     payload_encoding, checks, targets, extension, measure,
-                     lambda: not_counted, binding_checks)
+  return ClientDelta(norm, tuple(ref_values))
 
 
 def accumulate_payload(aggregate, payload: encoding.Payload,
@@ -561,12 +487,12 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
                       payload_encoding)
   if round_bound is not None and robust is None:
     raise ValueError('round_bound needs the robust aggregation settings.')
-  upload, binding_checks = _unbind(payload, round_digest)
+  upload, binding_checks = unbind_upload(payload, round_digest)
   payload_of = extension.payload_of if extension else (lambda u: u)
   num_active = tuple(num_active) or _value_lengths(payload_of(upload).values)
   dense_shapes = [total.shape.as_list() for total in
                   _totals_of(aggregate).weighted_dense_sums]
-  spec = _upload_spec(dense_shapes, kernel_shapes, num_active,
+  spec = upload_spec(dense_shapes, kernel_shapes, num_active,
                       payload_encoding, extension)
   upload = tf.nest.map_structure(tf.convert_to_tensor, upload)
   num_bytes = received_num_bytes(payload_of(upload))
@@ -614,7 +540,7 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
         encoding.scatter_values(summed_payload.values, masks), masks,
         summed_payload.dense, used_weight))
 
-  def accepted(checked: _Checked):
+  def accepted(checked: CheckedUpload):
     static, content = checked
     if round_bound is None or round_bound.replay_counts is None:
       return add_checked(checked)
@@ -627,12 +553,12 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
             payload_validation.rejection_code('replay'), tf.int32)),
         lambda: add_checked(checked))
 
-  def add_checked(checked: _Checked):
+  def add_checked(checked: CheckedUpload):
     static, content = checked
     received = payload_of(static)
     if round_bound is None or round_bound.reference is None:
       return add(static, content, received, tf.constant(0, tf.int32))
-    delta = _client_delta(received, content, round_bound.reference,
+    delta = client_delta(received, content, round_bound.reference,
                           num_active)
     factor = robust_aggregation.clip_factor(delta.norm, round_bound.bound)
 
@@ -656,14 +582,14 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
         lambda: add(static, content, as_summed,
                     tf.cast(factor < 1.0, tf.int32)))
 
-  def on_checked(checked: _Checked):
+  def on_checked(checked: CheckedUpload):
     return tf.cond(
         tf.equal(checked.content.rejection, payload_validation.ACCEPTED),
         lambda: accepted(checked),
         lambda: rejected(checked.content.rejection))
 
   shape_code = payload_validation.rejection_code('shape')
-  return _check_then(upload, spec, weight, kernel_shapes, num_active,
+  return check_then(upload, spec, weight, kernel_shapes, num_active,
                      payload_encoding, checks, targets, extension,
                      on_checked,
                      lambda: rejected(tf.constant(shape_code, tf.int32)),
@@ -832,30 +758,3 @@ def measurements_of(aggregate) -> collections.OrderedDict:
     measurements['robust_mean_over_capacity'] = (
         totals.robust_values.over_capacity)
   return measurements
-
-
-def add_screen(counts, screen: UploadScreen, weight: tf.Tensor):
-  """The first pass's counts plus one screened upload (its stated weight)."""
-  norms, replay_counts, weights = counts
-  return (norms + robust_aggregation.norm_histogram(screen.norm,
-                                                    screen.accepted),
-          replay_counts + robust_aggregation.fingerprint_counts(
-              screen.fingerprint, screen.accepted),
-          weights + robust_aggregation.norm_histogram(
-              tf.cast(weight, tf.float32), screen.accepted))
-
-
-def screening_findings(counts, robust: robust_aggregation.RobustAggregation):
-  """`(clip bound, replay counts, weight cap)` from the first pass's counts.
-
-  The bound and the cap are +inf when the setting is off.
-  """
-  norms, replay_counts, weights = counts
-  bound = weight_cap = tf.constant(np.inf, tf.float32)
-  if robust.clip_updates:
-    bound = robust_aggregation.bound_from_histogram(
-        norms, robust.clip_norm_quantile, robust.clip_norm_multiplier)
-  if robust.caps_weights_by_round:
-    weight_cap = robust_aggregation.weight_cap_from_histogram(
-        weights, robust.max_weight_multiple)
-  return bound, replay_counts, weight_cap

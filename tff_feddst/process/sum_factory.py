@@ -31,6 +31,7 @@ from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
 from tff_feddst.process import robust_means
 from tff_feddst.process import upload_binding
+from tff_feddst.process import upload_screening
 from tff_feddst.sparse import exact_sum
 
 
@@ -543,11 +544,11 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     def add(summed, client_value):
       sums, (norms, weights) = summed
       value = self._unpack(client_value)
-      screen = aggregation.screen_upload(
+      screen = upload_screening.screen_upload(
           value.payload, value.weight, kernel_shapes, dense_shapes,
           num_active, self._encoding, self._checks, value.reference,
           value.targets, self._extension, value.digest)
-      norms, _, weights = aggregation.add_screen(
+      norms, _, weights = upload_screening.add_screen(
           (norms, robust_aggregation.zero_fingerprint_counts(), weights),
           screen, value.weight)
       return add_client(sums, client_value), (norms, weights)
@@ -577,7 +578,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     @tff.tensorflow.computation(state_type, reported_type)
     def next_state(state, reported):
       norms, weights = reported[1]
-      bound, _, weight_cap = aggregation.screening_findings(
+      bound, _, weight_cap = upload_screening.screening_findings(
           (norms, None, weights), robust)
       counter = state.counter
       if self._initial_targets is None:
@@ -612,11 +613,11 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     def add_upload(counts, client_value):
       value = self._unpack(client_value)
-      screen = aggregation.screen_upload(
+      screen = upload_screening.screen_upload(
           value.payload, value.weight, kernel_shapes, dense_shapes,
           num_active, self._encoding, self._checks, value.reference,
           value.targets, self._extension, value.digest)
-      return aggregation.add_screen(counts, screen, value.weight)
+      return upload_screening.add_screen(counts, screen, value.weight)
 
     accumulate = tff.tensorflow.computation(
         add_upload, counts_type, tuple([relaxed_value_type] + extra_types))
@@ -631,7 +632,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     @tff.tensorflow.computation(counts_type)
     def findings(counts):
-      return aggregation.screening_findings(counts, robust)
+      return upload_screening.screening_findings(counts, robust)
 
     return _ScreeningComputations(zero, accumulate, merge, report, findings)
 
