@@ -149,14 +149,14 @@ class ExperimentTest(tf.test.TestCase):
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')
     # One round: 3 clients x (4 * 52349 values + 32657 mask bytes (the
     # dense last layer's 500 positions carry none) + 4 * 90 bias bytes + 4
-    # weight bytes) = 3 x 242417 = 727251 bytes. A budget of 2.5 rounds
-    # allows exactly 2.
-    budget = int(2.5 * 727251)
+    # weight bytes + 4 model digest bytes) = 3 x 242421 = 727263 bytes. A
+    # budget of 2.5 rounds allows exactly 2.
+    budget = int(2.5 * 727263)
     rows = experiment.run_experiment(
         small_config(self.data_dir, total_rounds=5, eval_every=5,
                      upload_budget_bytes=budget), output_dir)
     self.assertLen(rows, 2)
-    self.assertEqual(rows[-1]['upload_bytes_cumulative'], 2 * 727251)
+    self.assertEqual(rows[-1]['upload_bytes_cumulative'], 2 * 727263)
     self.assertIsNotNone(rows[-1]['test_accuracy'])  # Last round evaluated.
     with open(os.path.join(output_dir, 'summary.json')) as f:
       summary = json.load(f)
@@ -167,7 +167,7 @@ class ExperimentTest(tf.test.TestCase):
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')
     # A fixed mask: every upload leaves its masks out. Per client: 52349
     # float16 values + 4 * 90 bias bytes + the 4-byte code length + the
-    # 4-byte weight = 105066 bytes.
+    # 4-byte weight + the 4-byte model digest = 105070 bytes.
     config = small_config(
         self.data_dir, method='randommask', total_rounds=2, eval_every=2,
         upload_encoding='float16+rice+changed_masks_only',
@@ -176,7 +176,7 @@ class ExperimentTest(tf.test.TestCase):
     with open(os.path.join(output_dir, 'metrics.csv')) as f:
       written = list(csv.DictReader(f))
     self.assertEqual([int(r['upload_bytes']) for r in written],
-                     [3 * 105066] * 2)
+                     [3 * 105070] * 2)
     # Downloads: the same values and biases plus the Rice code of the three
     # sparse layers' masks, below their bitmap (32657 bytes).
     for row in rows:
@@ -337,7 +337,8 @@ class ExperimentTest(tf.test.TestCase):
     for row, reporting in zip(rows, expected):
       self.assertEqual(row['clients_sampled'], 3)
       self.assertEqual(row['clients_reported'], len(reporting))
-      self.assertEqual(row['upload_bytes'], len(reporting) * (message + 4))
+      # Each upload adds its weight and its model digest, 4 bytes each.
+      self.assertEqual(row['upload_bytes'], len(reporting) * (message + 8))
       # Every sampled client downloaded the model, reporting or not.
       self.assertEqual(row['download_bytes'], 3 * message)
       if not reporting:

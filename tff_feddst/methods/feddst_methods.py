@@ -126,6 +126,7 @@ class FeddstMethod(registry.Method):
     from tff_feddst.process import aggregation
     from tff_feddst.process import encoding
     from tff_feddst.process import payload_validation
+    from tff_feddst.process import upload_binding
     # pylint: enable=g-import-not-at-top
     model_fn, initial_model = model_setup.build_model(settings)
     robust = model_setup.build_robust_aggregation(settings, federated_data)
@@ -134,12 +135,13 @@ class FeddstMethod(registry.Method):
     server = settings.server
     # The worst case of the upload encoding (its mask code at full
     # capacity), so that the budget is never exceeded; metrics.csv counts
-    # real bytes.
+    # real bytes. Each upload also carries its weight and, when bound to
+    # its round, its model digest.
     round_bytes = settings.run.clients_per_round * (
         encoding.max_payload_num_bytes(
             initial_model.layout.kernel_sizes, initial_model.num_active,
             model_setup.num_dense_parameters(initial_model), upload_encoding)
-        + aggregation.WEIGHT_BYTES)
+        + aggregation.WEIGHT_BYTES + upload_binding.digest_bytes(robust))
 
     def build_process(element_spec):
       model_setup.warn_if_screening_is_off(settings)

@@ -59,6 +59,7 @@ class PruneflMethod(registry.Method):
     from tff_feddst.methods import model_setup
     from tff_feddst.methods import prunefl
     from tff_feddst.process import payload_validation
+    from tff_feddst.process import upload_binding
     from tff_feddst.running import training_loop
     # pylint: enable=g-import-not-at-top
     model_fn, initial_model = model_setup.build_model(settings)
@@ -105,11 +106,12 @@ class PruneflMethod(registry.Method):
         weights = built['process'].get_model_weights(state)
         num_active_total = sum(int(np.sum(weights.non_trainable[index]))
                                for index in layout.mask_indices)
-      return settings.run.clients_per_round * prunefl.max_upload_num_bytes(
+      return settings.run.clients_per_round * (prunefl.max_upload_num_bytes(
           layout.kernel_sizes, num_dense, upload_encoding,
           num_active_total=num_active_total,
           with_importance=prunefl.is_reconfiguration_round(
               round_num, prunefl_config.reconfigure_every))
+          + upload_binding.digest_bytes(robust))
 
     return registry.MethodPlan(
         model_fn=model_fn, initial_model=initial_model,

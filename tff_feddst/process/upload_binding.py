@@ -39,6 +39,13 @@ class BoundUpload(NamedTuple):
   model_digest: Any
 
 
+def digest_bytes(robust: Any) -> int:
+  """Bytes a client's upload carries for its digest under `robust` (a
+  `robust_aggregation.RobustAggregation` or None): 4 when the server
+  rejects stale uploads, else 0."""
+  return DIGEST_BYTES if robust is not None and robust.reject_stale else 0
+
+
 def model_digest(kernels: Sequence[tf.Tensor], masks: Sequence[tf.Tensor],
                  dense: Sequence[tf.Tensor]) -> tf.Tensor:
   """int32 digest of a model: its kernels, masks and dense parameters.
