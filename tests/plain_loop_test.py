@@ -97,12 +97,15 @@ class PlainLoopEqualsTffTest(tf.test.TestCase):
       self.assertAllEqual(tff_weights.non_trainable[index],
                           plain_weights.non_trainable[index])
     # Same ops, but local training runs in the TFF worker in one and in
-    # this process in the other: last-bit differences (measured: up to 5e-8
-    # after 3 rounds), and float16 values may then round to neighbouring
-    # float16 numbers.
+    # this process in the other, where oneDNN picks its kernels for graphs
+    # that TFF and tf.function optimise differently: last-bit differences
+    # that grow over the rounds (measured after 3 rounds: up to 1.7e-6 on
+    # weights of about 0.15 with the default oneDNN kernels, 5e-8 with
+    # Eigen's), and float16 values may then round to neighbouring float16
+    # numbers. The masks, bytes and counts above are equal.
     float16 = any(e is not None and e.value_dtype == 'float16'
                   for e in (upload_encoding, download_encoding))
-    atol, rtol = (1e-5, 1e-3) if float16 else (1e-6, 0)
+    atol, rtol = (1e-5, 1e-3) if float16 else (1e-5, 0)
     for got, want in zip(tff_weights.trainable, plain_weights.trainable):
       self.assertAllClose(got, want, atol=atol, rtol=rtol)
     # Nothing is traced while rounds run, in either path.
