@@ -61,8 +61,10 @@ fewer weights than the target); `default_checks` picks it then. A
 counted: its nnz is taken to be the round's target (the server's own mask),
 and only its padding values are checked.
 
-The norm bound bounds the client's MODEL, not its update: the aggregator
-never sees the global model, so it cannot form the difference. A sensible
+The norm bound bounds the client's MODEL, not its update, and needs no
+model: it is a check on the upload alone. (Updates are bounded by the
+robust aggregation, which keeps the broadcast model: `robust_aggregation`,
+clipping to an adaptive bound, on by default.) A sensible
 bound is a few times the norm of an honest model (the global model's norm
 grows slowly during training): e.g. the MNIST net at S = 0.8 (ERK) starts
 at a norm of 3.2 (`model_norm` of the initial model); a bound of 50 stops
