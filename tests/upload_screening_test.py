@@ -21,12 +21,6 @@ def screen(upload, weight=1.0, reference=None):
       None, payload_validation.PayloadChecks(), reference)
 
 
-def zero_counts():
-  return (tf.zeros([robust_lib.NUM_NORM_BINS], tf.int32),
-          robust_lib.zero_fingerprint_counts(),
-          tf.zeros([robust_lib.NUM_NORM_BINS], tf.int32))
-
-
 class ScreenUploadTest(tf.test.TestCase):
 
   def test_accepted_upload_gives_its_delta_norm_and_fingerprint(self):
@@ -46,7 +40,7 @@ class ScreenUploadTest(tf.test.TestCase):
                                      robust_test.REFERENCE_MASK, [0.5])
     result = screen(nan_upload, reference=robust_test.reference())
     self.assertFalse(bool(result.accepted))
-    counts = upload_screening.add_screen(zero_counts(), result,
+    counts = upload_screening.add_screen(upload_screening.zero_counts(), result,
                                          tf.constant(1.0))
     for count in counts:
       self.assertEqual(int(tf.reduce_sum(count)), 0)
@@ -56,7 +50,7 @@ class ScreenUploadTest(tf.test.TestCase):
     # (bound 2 x 1), the median weight 2 (cap 2 x 2); the fingerprint of
     # the upload sent twice counts 2.
     reference = robust_test.reference()
-    counts = zero_counts()
+    counts = upload_screening.zero_counts()
     one = robust_test.payload([2., 0., 0., 2.], robust_test.REFERENCE_MASK,
                               [0.5])
     for upload, weight in ((one, 1.0), (one, 2.0),

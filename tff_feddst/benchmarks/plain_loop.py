@@ -437,9 +437,7 @@ class PlainFedDst:
     robust = self._robust
     reference = (self._reference_of(global_weights) if robust.clip_updates
                  else None)
-    counts = (tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32),
-              robust_aggregation.zero_fingerprint_counts(),
-              tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32))
+    counts = upload_screening.zero_counts()
     for upload, weight in uploads:
       counts = self._screen(counts, upload, weight, targets, reference,
                             round_digest)

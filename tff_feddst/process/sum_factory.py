@@ -170,21 +170,16 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     the carried bounds (`next_state` keeps them).
     """
     initial_targets = self._initial_targets
+    next_counter = self._next_counter
     if initial_targets is not None:
       def first_counter():
         return tf.constant(initial_targets, tf.int32)
-
-      def next_counter(targets):
-        return tf.identity(targets)
 
       def counter_targets(targets):
         return tf.identity(targets)
     else:
       def first_counter():
         return tf.constant(0, tf.int32)
-
-      def next_counter(round_index):
-        return round_index + 1
 
       def counter_targets(round_index):
         rows = tf.constant(table, tf.int32)
@@ -221,6 +216,14 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       return counter_targets(state.counter)
 
     return first_state, next_state, round_targets
+
+  def _next_counter(self, counter):
+    """The state's counter after a round: the round number plus one, or
+    with `initial_targets` the targets as they are (the owning process
+    writes the next ones)."""
+    if self._initial_targets is not None:
+      return tf.identity(counter)
+    return counter + 1
 
   @property
   def clips_updates(self) -> bool:
@@ -580,10 +583,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       norms, weights = reported[1]
       bound, _, weight_cap = upload_screening.screening_findings(
           (norms, None, weights), robust)
-      counter = state.counter
-      if self._initial_targets is None:
-        counter = counter + 1
-      return AggregatorState(counter=counter, reference=state.reference,
+      return AggregatorState(counter=self._next_counter(state.counter),
+                             reference=state.reference,
                              carried=CarriedBounds(bound=bound,
                                                    weight_cap=weight_cap))
 
@@ -602,13 +603,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     """
     robust = self._robust
 
-    def zero_counts():
-      # Delta norms, replay fingerprints, stated weights (same bins).
-      return (tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32),
-              robust_aggregation.zero_fingerprint_counts(),
-              tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32))
-
-    zero = tff.tensorflow.computation(zero_counts)
+    zero = tff.tensorflow.computation(upload_screening.zero_counts)
     counts_type = zero.type_signature.result
 
     def add_upload(counts, client_value):

@@ -98,6 +98,14 @@ def screen_upload(payload: encoding.Payload, weight: tf.Tensor,
                                 lambda: not_counted, binding_checks)
 
 
+def zero_counts():
+  """The first pass's counts of no upload: delta norms, replay
+  fingerprints, stated weights (norms and weights in the same bins)."""
+  return (tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32),
+          robust_aggregation.zero_fingerprint_counts(),
+          tf.zeros([robust_aggregation.NUM_NORM_BINS], tf.int32))
+
+
 def add_screen(counts, screen: UploadScreen, weight: tf.Tensor):
   """The first pass's counts plus one screened upload (its stated weight)."""
   norms, replay_counts, weights = counts
