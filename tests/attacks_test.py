@@ -389,7 +389,8 @@ class DefencesAndTableTest(tf.test.TestCase):
          'reject_replayed_uploads', 'reject_stale_uploads',
          'max_client_weight_multiple',
          'min_new_position_votes',
-         'max_failed_rounds', 'robust_mean'])
+         'max_failed_rounds', 'robust_mean', 'reject_opposed_updates',
+         'min_update_cosine'])
     self.assertLessEqual(set(attack_runs.DEFENCE_SETTINGS['off']),
                          set(attack_runs.DEFENCE_SETTINGS['on']))
 

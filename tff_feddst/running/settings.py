@@ -432,7 +432,7 @@ class ServerSettings(_Group):
       'update_direction). Needs --clip_updates; off with TFF workers (no '
       'first pass).')
   min_update_cosine: float = setting(
-      0.0, 'With --reject_opposed_updates: the lowest cosine accepted, in '
+      -0.1, 'With --reject_opposed_updates: the lowest cosine accepted, in '
       '[-1, 1).')
   client_weighting: str = setting(
       'num_examples', 'Aggregation weight of an accepted client: its '
