@@ -315,6 +315,40 @@ class TakeoverOnTheServerTest(tf.test.TestCase):
     self.assertTrue(attack_runs.is_finite(initial.weights))
 
 
+def shared_class_datasets() -> list[tf.data.Dataset]:
+  """Five clients of 100 examples each, drawn from the same 10 classes (so
+  their honest steps point the same way, as most do on the quick config;
+  with a reversed one among them, each honest one still has three)."""
+  patterns = np.random.default_rng(0).normal(size=(10, 28, 28, 1))
+  rng = np.random.default_rng(5)
+  datasets = []
+  for _ in range(5):
+    labels = rng.choice(10, size=100)
+    images = patterns[labels] + 0.3 * rng.normal(size=(100, 28, 28, 1))
+    datasets.append(tf.data.Dataset.from_tensor_slices(
+        (images.astype(np.float32), labels.astype(np.int32))).batch(10))
+  return datasets
+
+
+class SignFlipOnTheServerTest(tf.test.TestCase):
+
+  def test_reversed_step_is_rejected_only_with_the_direction_check(self):
+    # One round of the tiny model, the first client sending its honest step
+    # reversed. Clipping would leave it (an honest norm); the direction
+    # check finds it against the other four clients (cosine < 0) and drops
+    # it, and drops no client of the clean round.
+    hook = attacks.hostile_hook(attacks.ATTACKS['sign_flip'],
+                                payload_format(tiny_model()[1]))
+    _, loop = tiny_loop(0.2, robust=robust_aggregation.RobustAggregation(
+        min_update_cosine=0.0), min_new_position_votes=2)
+    for attack, rejected in ((hook, 1), (None, 0)):
+      with self.subTest(attacked=bool(attack)):
+        _, metrics = loop.next(loop.initialize(), shared_class_datasets(),
+                               upload_hook=attack)
+        self.assertEqual(metrics['rejected_direction'], rejected)
+        self.assertEqual(metrics['rejected_clients'], rejected)
+
+
 class StaleOnTheServerTest(tf.test.TestCase):
 
   def test_last_rounds_upload_is_rejected_only_when_bound(self):
@@ -355,7 +389,8 @@ class DefencesAndTableTest(tf.test.TestCase):
          'reject_replayed_uploads', 'reject_stale_uploads',
          'max_client_weight_multiple',
          'min_new_position_votes',
-         'max_failed_rounds', 'robust_mean'])
+         'max_failed_rounds', 'robust_mean', 'reject_opposed_updates',
+         'min_update_cosine'])
     self.assertLessEqual(set(attack_runs.DEFENCE_SETTINGS['off']),
                          set(attack_runs.DEFENCE_SETTINGS['on']))
 

@@ -70,6 +70,7 @@ DEFENCE_SETTINGS: dict[str, dict[str, Any]] = {
         'min_new_position_votes': 1,
         'max_failed_rounds': 0,  # 0: never stop.
         'robust_mean': 'mean',  # The weighted mean.
+        'reject_opposed_updates': False,
     },
     'on': {
         'clip_updates': True,
@@ -84,6 +85,8 @@ DEFENCE_SETTINGS: dict[str, dict[str, Any]] = {
         'min_new_position_votes': SETTING_DEFAULT,
         'max_failed_rounds': SETTING_DEFAULT,
         'robust_mean': SETTING_DEFAULT,  # As given (--robust_mean).
+        'reject_opposed_updates': SETTING_DEFAULT,
+        'min_update_cosine': SETTING_DEFAULT,
     },
 }
 

@@ -252,13 +252,15 @@ class PlainFedDst:
       return aggregator_feedback.reference_of_weights(
           weights, layout, num_active, download_encoding)
 
+    checks_direction = robust is not None and robust.checks_direction
+
     @tf.function
     def screen(counts, payload, weight, targets, reference=None,
                round_digest=None):
       upload = upload_screening.screen_upload(
           payload, weight, kernel_shapes, dense_shapes, num_active,
           upload_encoding, payload_checks, reference, targets,
-          round_digest=round_digest)
+          round_digest=round_digest, with_direction=checks_direction)
       return upload_screening.add_screen(counts, upload, weight)
 
     @tf.function
@@ -294,6 +296,8 @@ class PlainFedDst:
     self._robust = robust
     self._reference_of = reference_of
     self._screen = screen
+    self._direction_shapes = ((tuple(kernel_shapes), dense_shapes)
+                              if checks_direction else None)
     self._weights_digest = weights_digest
 
   @property
@@ -437,15 +441,19 @@ class PlainFedDst:
     robust = self._robust
     reference = (self._reference_of(global_weights) if robust.clip_updates
                  else None)
-    counts = upload_screening.zero_counts()
+    counts = upload_screening.zero_counts(self._direction_shapes)
     for upload, weight in uploads:
       counts = self._screen(counts, upload, weight, targets, reference,
                             round_digest)
     bound, replay_counts, weight_cap = upload_screening.screening_findings(
         counts, robust)
+    direction_sum = None
+    if self._direction_shapes is not None:
+      direction_sum = upload_screening.direction_sum_of(
+          counts, *self._direction_shapes)
     round_bound = robust_aggregation.RoundBound(
         reference, bound, replay_counts if robust.reject_replays else None,
-        weight_cap if robust.caps_weights_by_round else None)
+        weight_cap if robust.caps_weights_by_round else None, direction_sum)
     for upload, weight in uploads:
       aggregate = self._accumulate(aggregate, upload, weight, targets,
                                    round_bound, round_digest)

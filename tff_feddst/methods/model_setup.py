@@ -134,6 +134,8 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
       clip_norm_quantile=server.clip_norm_quantile,
       clip_norm_multiplier=server.clip_norm_multiplier,
       clip_zeroing_multiple=server.clip_zeroing_multiple,
+      min_update_cosine=(server.min_update_cosine
+                         if server.reject_opposed_updates else None),
       max_client_weight=float(cap) if cap else None,
       client_weighting=server.client_weighting, **screening)
 
@@ -158,5 +160,6 @@ def warn_if_screening_is_off(settings: settings_lib.ExperimentSettings
         'With TFF workers (--num_local_workers/--workers) the server cannot '
         'screen a round before summing it: --clip_updates and '
         '--max_client_weight_multiple use the previous round\'s bounds (none '
-        'in round 1) and --reject_replayed_uploads is off for this run (see '
-        'README, Robust aggregation).')
+        'in round 1) and --reject_replayed_uploads and '
+        '--reject_opposed_updates are off for this run (see README, Robust '
+        'aggregation).')

@@ -54,6 +54,7 @@ from tff_feddst.process import mask_codes
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
 from tff_feddst.process import robust_means
+from tff_feddst.process import update_direction
 from tff_feddst.process import upload_binding
 from tff_feddst.sparse import exact_sum
 
@@ -393,9 +394,11 @@ def unbind_upload(upload, round_digest: Optional[tf.Tensor]):
 
 
 class ClientDelta(NamedTuple):
-  """A checked upload's delta from the round's reference (robust pass)."""
+  """A checked upload's delta from the round's reference (robust pass):
+  its norm, the reference's values at its mask ones, and its masks."""
   norm: tf.Tensor
   ref_values: tuple
+  masks: tuple = ()
 
 
 def client_delta(payload: encoding.Payload,
@@ -412,7 +415,7 @@ def client_delta(payload: encoding.Payload,
                                                    num_active)
   norm = robust_aggregation.delta_norm(payload.values, payload.dense,
                                        ref_values, reference)
-  return ClientDelta(norm, tuple(ref_values))
+  return ClientDelta(norm, tuple(ref_values), tuple(masks))
 
 
 def accumulate_payload(aggregate, payload: encoding.Payload,
@@ -460,7 +463,10 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
       with a reference, the payload's delta is clipped to the round's bound
       and a payload beyond `robust.clip_zeroing_multiple` times it is
       rejected ('update_norm'); with replay counts, a payload counted more
-      than once is rejected ('replay'). None: neither.
+      than once is rejected ('replay'); with a direction sum, a payload
+      whose delta has a cosine below `robust.min_update_cosine` with the
+      round's other deltas is rejected ('direction', `update_direction`).
+      None: none of these.
     round_digest: int32 digest of the round's broadcast model
       (`upload_binding`): `payload` is then a `BoundUpload`, rejected as
       'stale' when its digest differs, and its digest's bytes are counted.
@@ -575,10 +581,20 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
     values, dense = tf.cond(factor < 1.0, clipped_payload, as_received)
     as_summed = received._replace(values=values, dense=dense)
     too_far = delta.norm > robust.clip_zeroing_multiple * round_bound.bound
+    code = tf.where(too_far, payload_validation.rejection_code('update_norm'),
+                    payload_validation.ACCEPTED)
+    if round_bound.direction_sum is not None:
+      cosine = update_direction.update_cosine(
+          received.values, received.dense, delta.ref_values,
+          round_bound.reference.dense, delta.masks, num_active,
+          round_bound.direction_sum)
+      code = tf.where(
+          tf.logical_and(tf.logical_not(too_far),
+                         cosine < robust.min_update_cosine),
+          payload_validation.rejection_code('direction'), code)
     return tf.cond(
-        too_far,
-        lambda: rejected(tf.constant(
-            payload_validation.rejection_code('update_norm'), tf.int32)),
+        tf.not_equal(code, payload_validation.ACCEPTED),
+        lambda: rejected(tf.cast(code, tf.int32)),
         lambda: add(static, content, as_summed,
                     tf.cast(factor < 1.0, tf.int32)))
 

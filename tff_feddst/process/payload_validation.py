@@ -35,7 +35,10 @@ first kind that failed, in this order (`REJECTION_KINDS`):
               aside) arrived more than once in the round (every copy).
   stale       with bound uploads (`upload_binding`): the upload's model
               digest is not the digest of the model the round broadcast
-              (it answers another round).
+              (it answers another round);
+  direction   with robust aggregation and `min_update_cosine`
+              (`update_direction`): the client's delta points against the
+              round's other clients' (cosine below the threshold).
 
 Shapes. Inside TFF a payload's type is static, so `sum_factory.SparseSumFactory.create`
 declares its client value with every dimension unknown (`relaxed_type`): a
@@ -90,7 +93,7 @@ from tff_feddst.process import encoding
 from tff_feddst.process import mask_codes
 
 REJECTION_KINDS = ('shape', 'weight', 'nonfinite', 'mask_code', 'mask_count',
-                   'norm', 'update_norm', 'replay', 'stale')
+                   'norm', 'update_norm', 'replay', 'stale', 'direction')
 NUM_ACTIVE_RULES = ('exact', 'at_most')
 ACCEPTED = 0  # Rejection code of a valid payload; kind i has code i + 1.
 

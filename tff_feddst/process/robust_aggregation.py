@@ -64,7 +64,7 @@ accepted client 1 ('uniform'). The count must still be a finite number > 0
 import dataclasses
 import math
 import numbers
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
 
@@ -109,6 +109,10 @@ class RobustAggregation:
     robust_mean: Take each position's coordinate-wise trimmed mean or
       median over its holders (`robust_means.RobustMean`) instead of the
       weighted mean; None: the weighted mean.
+    min_update_cosine: Reject ('direction') an upload whose delta has a
+      cosine below this, in [-1, 1), with the sum of the round's other
+      unit deltas on its support (`update_direction`); None: no check.
+      Needs `clip_updates` and the first pass (`checks_direction`).
   """
   clip_updates: bool = True
   clip_norm_quantile: float = 0.5
@@ -121,6 +125,7 @@ class RobustAggregation:
   first_pass: bool = True
   reject_stale: bool = False
   robust_mean: Optional[robust_means.RobustMean] = None
+  min_update_cosine: Optional[float] = None
 
   def __post_init__(self):
     def finite(value) -> bool:
@@ -148,6 +153,10 @@ class RobustAggregation:
             isinstance(self.robust_mean, robust_means.RobustMean)):
       raise ValueError('robust_mean must be a robust_means.RobustMean or '
                        f'None, got {self.robust_mean!r}.')
+    if self.min_update_cosine is not None and not (
+        finite(self.min_update_cosine) and -1 <= self.min_update_cosine < 1):
+      raise ValueError('min_update_cosine must be a number in [-1, 1) or '
+                       f'None, got {self.min_update_cosine!r}.')
     if self.client_weighting not in CLIENT_WEIGHTINGS:
       raise ValueError(f'client_weighting must be one of {CLIENT_WEIGHTINGS}'
                        f', got {self.client_weighting!r}.')
@@ -157,6 +166,13 @@ class RobustAggregation:
     """Whether the aggregator needs its first pass over the uploads."""
     return self.first_pass and (self.clip_updates or self.reject_replays or
                                 self.caps_weights_by_round)
+
+  @property
+  def checks_direction(self) -> bool:
+    """Whether uploads against the round's others are rejected: needs the
+    deltas (`clip_updates`) and the first pass (their unit sum)."""
+    return (self.min_update_cosine is not None and self.clip_updates and
+            self.first_pass)
 
   @property
   def carries_bounds(self) -> bool:
@@ -198,11 +214,14 @@ class RoundBound(NamedTuple):
       round's accepted uploads (None: replays are not checked).
     weight_cap: float32 scalar, the round's cap on stated example counts
       (`max_weight_multiple` x their median; None: no round cap).
+    direction_sum: float32 `update_direction.Direction`, the sum of the
+      round's accepted unit deltas (None: no direction check).
   """
   reference: Optional[Reference]
   bound: tf.Tensor
   replay_counts: Optional[tf.Tensor] = None
   weight_cap: Optional[tf.Tensor] = None
+  direction_sum: Optional[Any] = None
 
 
 def zero_reference(kernel_shapes: Sequence[Sequence[int]],

@@ -30,6 +30,7 @@ from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
 from tff_feddst.process import robust_means
+from tff_feddst.process import update_direction
 from tff_feddst.process import upload_binding
 from tff_feddst.process import upload_screening
 from tff_feddst.sparse import exact_sum
@@ -285,6 +286,14 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     return _ValueShapes(num_active, dense_shapes,
                         payload_validation.relaxed_type(spec))
 
+  def _findings_spec(self, dense_shapes) -> tuple:
+    """The first pass's findings as `tf.TensorSpec`s."""
+    if not (self._screens and self._robust.checks_direction):
+      return _FINDINGS_SPEC
+    return _FINDINGS_SPEC + (tf.nest.map_structure(
+        lambda t: tf.TensorSpec(t.shape, t.dtype),
+        update_direction.zero_direction(self._kernel_shapes, dense_shapes)),)
+
   def _has_targets(self) -> bool:
     return (self._checks.has_round_targets or
             self._initial_targets is not None)
@@ -327,11 +336,12 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     carried bounds, or none."""
     robust = self._robust
     if self._screens:
-      bound, replay_counts, weight_cap = value.findings
+      bound, replay_counts, weight_cap = value.findings[:3]
       return robust_aggregation.RoundBound(
           value.reference, bound,
           replay_counts if robust.reject_replays else None,
-          weight_cap if robust.caps_weights_by_round else None)
+          weight_cap if robust.caps_weights_by_round else None,
+          value.findings[3] if robust.checks_direction else None)
     if self._carries:
       bound, weight_cap = value.findings
       return robust_aggregation.RoundBound(
@@ -387,7 +397,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     zero_fn = tff.tensorflow.computation(zero_exact)
     exact_type = zero_fn.type_signature.result
     extra_types = self._zipped_types(shapes, weight_type)
-    findings_type = tff.types.tensorflow_to_type(_FINDINGS_SPEC)
+    findings_type = tff.types.tensorflow_to_type(
+        self._findings_spec(dense_shapes))
     carried_type = tff.types.tensorflow_to_type(_CARRIED_SPEC)
     value_with_bounds_type = tuple(
         [shapes.relaxed_value_type] + extra_types +
@@ -498,7 +509,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     the clip bound, if clipping is asked for, reported as +inf (no bound
     was applied)."""
     robust = self._robust
-    clips = self.clips_updates
+    clips, screens = self.clips_updates, self._screens
     caps = ((self._screens or self._carries) and
             robust.caps_weights_by_round)
 
@@ -509,7 +520,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         measured['update_norm_bound'] = (
             no_bound if findings is None else findings[0])
       if caps:  # A first pass's findings, or the carried bounds.
-        measured['round_weight_cap'] = findings[-1]
+        measured['round_weight_cap'] = findings[2 if screens else 1]
       return measured
 
     if findings_type is None:
@@ -598,12 +609,18 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     """The TF computations of the first pass (`robust_aggregation`).
 
     The pass sums a histogram of the accepted uploads' delta norms and
-    their replay fingerprint counts (integers: exact in any order); its
-    findings are the round's clip bound and those counts.
+    their replay fingerprint counts (integers: exact in any order), and
+    with the direction check their unit deltas (`exact_sum`); its findings
+    are the round's clip bound, those counts, the weight cap and the sum
+    of unit deltas.
     """
     robust = self._robust
+    checks_direction = robust.checks_direction
+    direction_shapes = ((tuple(kernel_shapes), tuple(dense_shapes))
+                        if checks_direction else None)
 
-    zero = tff.tensorflow.computation(upload_screening.zero_counts)
+    zero = tff.tensorflow.computation(
+        lambda: upload_screening.zero_counts(direction_shapes))
     counts_type = zero.type_signature.result
 
     def add_upload(counts, client_value):
@@ -611,7 +628,8 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
       screen = upload_screening.screen_upload(
           value.payload, value.weight, kernel_shapes, dense_shapes,
           num_active, self._encoding, self._checks, value.reference,
-          value.targets, self._extension, value.digest)
+          value.targets, self._extension, value.digest,
+          with_direction=checks_direction)
       return upload_screening.add_screen(counts, screen, value.weight)
 
     accumulate = tff.tensorflow.computation(
@@ -627,12 +645,17 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     @tff.tensorflow.computation(counts_type)
     def findings(counts):
-      return upload_screening.screening_findings(counts, robust)
+      found = upload_screening.screening_findings(counts, robust)
+      if not checks_direction:
+        return found
+      return found + (upload_screening.direction_sum_of(
+          counts, kernel_shapes, dense_shapes),)
 
     return _ScreeningComputations(zero, accumulate, merge, report, findings)
 
 
-# The first pass's findings: clip bound, replay counts, weight cap.
+# The first pass's findings: clip bound, replay counts, weight cap (and,
+# with the direction check, the sum of unit deltas: `_findings_spec`).
 _FINDINGS_SPEC = (
     tf.TensorSpec([], tf.float32),
     tf.TensorSpec([2, robust_aggregation.NUM_REPLAY_BUCKETS], tf.int32),

@@ -425,6 +425,15 @@ class ServerSettings(_Group):
       True, 'Clients send a digest of the model they trained from with '
       'their upload (4 bytes); drop an upload whose digest is not that of '
       'the model the round broadcast (rejected_stale).')
+  reject_opposed_updates: bool = setting(
+      False, 'Drop an upload whose update points against the round\'s other '
+      'clients\' updates: its cosine, on its own mask, with the sum of their '
+      'unit-norm updates is below --min_update_cosine (rejected_direction; '
+      'update_direction). Needs --clip_updates; off with TFF workers (no '
+      'first pass).')
+  min_update_cosine: float = setting(
+      -0.1, 'With --reject_opposed_updates: the lowest cosine accepted, in '
+      '[-1, 1).')
   client_weighting: str = setting(
       'num_examples', 'Aggregation weight of an accepted client: its '
       '(capped) example count, or 1 for every client.',
@@ -470,6 +479,8 @@ class ServerSettings(_Group):
                   'an integer >= 1 (1: any holder may bring a weight in)')
     self._require(self.max_failed_rounds >= 0, 'max_failed_rounds',
                   'an integer >= 0 (0: never stop)')
+    self._require(-1 <= self.min_update_cosine < 1, 'min_update_cosine',
+                  'a number in [-1, 1)')
     self._require(0 <= self.trim_fraction < 0.5, 'trim_fraction',
                   'a number in [0, 0.5)')
     self._require(self.robust_mean == 'mean' or not self.remember_old,
