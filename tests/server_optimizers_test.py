@@ -1,14 +1,20 @@
 """Tests for tff_feddst.process.server_optimizers: Adam/Yogi steps by hand."""
 
 import collections
+import os
+import shutil
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tests import experiment_test
 from tests import finalizer_test
+from tests import fixtures
+from tff_feddst.outputs import run_files
 from tff_feddst.process import finalizer
 from tff_feddst.process import server_optimizers
+from tff_feddst.running import experiment
 
 LAYOUT = finalizer_test.LAYOUT
 LR, BETA_1, BETA_2, EPSILON = 0.1, 0.9, 0.99, 1e-3
@@ -194,6 +200,34 @@ class BuildTest(tf.test.TestCase):
     self.assertEqual(output.state.optimizer_state['step'], 1)
     self.assertAllClose(output.state.optimizer_state['accumulator'][0],
                         [0., -0.15, 0., 0.])
+
+
+class AdaptiveResumeTest(fixtures.FashionMnistSliceTestCase):
+
+  def test_resume_continues_with_the_checkpointed_optimizer_state(self):
+    root = self.create_tempdir().full_path
+    config = experiment_test.small_config(
+        self.data_dir, total_rounds=4, eval_every=4, checkpoint_every=2,
+        tensorboard_dir='', server_optimizer='adam',
+        server_learning_rate=0.01)
+    whole = os.path.join(root, 'whole')
+    experiment.run_experiment(config, whole)
+    # Killed after round 3 (last checkpoint: round 2's); rounds 3 and 4
+    # need round 2's Adam moments and step to come out the same.
+    killed = os.path.join(root, 'killed')
+    shutil.copytree(whole, killed)
+    for name in ('summary.json', 'global_model.npz',
+                 os.path.join('checkpoints', 'ckpt-000004.npz')):
+      os.remove(os.path.join(killed, name))
+    experiment.run_experiment(config, killed, resume=True)
+    self.assertEqual(experiment_test.metrics_without_timing(killed),
+                     experiment_test.metrics_without_timing(whole))
+    resumed, original = (
+        run_files.load_model_weights(os.path.join(d, 'global_model.npz'))
+        for d in (killed, whole))
+    for a, b in zip(resumed.trainable + resumed.non_trainable,
+                    original.trainable + original.non_trainable):
+      self.assertAllEqual(a, b)
 
 
 if __name__ == '__main__':
