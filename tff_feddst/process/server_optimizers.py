@@ -31,9 +31,11 @@ On a sparse model the adaptive step is confined to the round's global mask:
   enters (it was outside, so its state is the initial one) starts from the
   initial state: zeros, except Yogi's and Adagrad's preconditioners, which
   start at `initial_preconditioner_value` (TFF's defaults, 1e-6 and 0.1).
-- The step counter (Adam's and Yogi's bias correction) counts server
-  rounds, shared by all positions: an entering position's first moments are
-  bias-corrected as those of round t, not of its own first round.
+- The step counter (Adam's and Yogi's bias correction) counts the rounds
+  that stepped (a round without clients, or one whose new model was not
+  finite, keeps the old state), shared by all positions: an entering
+  position's first moments are bias-corrected as those of step t, not of
+  its own first step.
 
 The optimizer state lives in the finalizer's state (`finalizer`
 `AdaptiveFinalizerState`), so checkpoints carry it and a resumed run
