@@ -27,6 +27,7 @@ THIRD_PARTY = {
     'portpicker': '@pypi//portpicker',
     'psutil': '@pypi//psutil',
     'pytest': '@pypi//pytest',
+    'scipy': '@pypi//scipy',
     'tensorboard': '@pypi//tensorboard',
     'tensorflow': '@pypi//tensorflow_cpu',
     'tensorflow_federated': '@pypi//tensorflow_federated',

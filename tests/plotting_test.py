@@ -32,6 +32,25 @@ class PlottingTest(tf.test.TestCase):
       plotting.plot_runs([os.path.join(root, 'dense')],
                          os.path.join(root, 'figure'))
 
+  def test_seed_bands_from_fixture_runs(self):
+    root = self.create_tempdir().full_path
+    run_dirs = {'fedavg': [], 'feddst': []}
+    for seed, shift in enumerate((0.0, 0.1)):
+      for method in run_dirs:
+        run_dir = os.path.join(root, method, f'seed_{seed}')
+        comparison_test.write_run(run_dir, [None, 0.4 + shift, 0.6 + shift],
+                                  1000, method=method)
+        run_dirs[method].append(run_dir)
+    paths = plotting.plot_seed_bands(run_dirs, os.path.join(root, 'bands'),
+                                     title='fixture')
+    with open(paths[0], 'rb') as f:
+      self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+    with open(paths[1]) as f:
+      svg = f.read()
+    self.assertIn('feddst (n=2)', svg)  # Legend text.
+    with self.assertRaises(FileExistsError):
+      plotting.plot_seed_bands(run_dirs, os.path.join(root, 'bands'))
+
   def test_run_without_metrics_raises(self):
     root = self.create_tempdir().full_path
     with self.assertRaises(comparison.RunDirError):

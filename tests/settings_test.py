@@ -13,6 +13,7 @@ from tff_feddst.data import datasets
 from tff_feddst.methods import registry
 from tff_feddst.networks import models
 from tff_feddst.process import encoding
+from tff_feddst.process import server_optimizers
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.sparse import masks
 from tff_feddst.sparse import schedules
@@ -37,6 +38,12 @@ BAD_GROUP_VALUES = (
     (settings_lib.CommunicationSettings, 'upload_value_dtype', 'float16'),
     (settings_lib.ServerSettings, 'server_momentum', -0.1),
     (settings_lib.ServerSettings, 'max_payload_norm', -1.0),
+    (settings_lib.ServerSettings, 'server_optimizer', 'rmsprop'),
+    (settings_lib.ServerSettings, 'server_learning_rate', float('inf')),
+    (settings_lib.ServerSettings, 'server_beta_1', float('nan')),
+    (settings_lib.ServerSettings, 'server_beta_2', 1.0),
+    (settings_lib.ServerSettings, 'server_epsilon', 0.0),
+    (settings_lib.ServerSettings, 'server_epsilon', float('inf')),
     (settings_lib.ServerSettings, 'min_new_position_votes', 0),
     (settings_lib.ServerSettings, 'max_failed_rounds', -1),
     (settings_lib.RunSettings, 'seed', 2**32),
@@ -83,6 +90,16 @@ class GroupValidationTest(parameterized.TestCase):
       ('growing_with_the_reference_rule',
        dict(initial_sparsity=0.5, readjust_rule='reference'),
        '--initial_sparsity=0.5 is invalid with --readjust_rule=reference'),
+      ('sgdm_without_momentum', dict(server_optimizer='sgdm'),
+       '--server_momentum=0.0 is invalid: expected a number in (0, 1) with '
+       '--server_optimizer=sgdm'),
+      ('adam_with_momentum',
+       dict(server_optimizer='adam', server_momentum=0.5),
+       '--server_momentum=0.5 is invalid: expected 0 with '
+       '--server_optimizer=adam'),
+      ('fedavgm_with_yogi', dict(method='fedavgm', server_optimizer='yogi'),
+       "--server_optimizer='yogi' is invalid: expected sgd or sgdm with "
+       '--method=fedavgm'),
       ('growing_past_the_last_round',
        dict(initial_sparsity=0.5, total_rounds=4, annealing_end_round=5),
        '--annealing_end_round=5 is invalid with --initial_sparsity=0.5'))
@@ -99,6 +116,8 @@ class GroupValidationTest(parameterized.TestCase):
     self.assertEqual(choices['grow_score'], masks.GROW_SCORES)
     self.assertEqual(choices['annealing'], schedules.ANNEALINGS)
     self.assertEqual(choices['upload_value_dtype'], encoding.VALUE_DTYPES)
+    self.assertEqual(choices['server_optimizer'],
+                     server_optimizers.SERVER_OPTIMIZERS)
 
   def test_every_setting_has_help_and_a_unique_flag_name(self):
     names = []

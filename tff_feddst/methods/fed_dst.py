@@ -131,7 +131,9 @@ def build_fed_dst(model_fn: models.ModelFn,
                       payload_validation.PayloadChecks] = None,
                   robust: Optional[
                       robust_aggregation.RobustAggregation] = None,
-                  min_new_position_votes: int = 1
+                  min_new_position_votes: int = 1,
+                  server_optimizer: Optional[
+                      tff.learning.optimizers.Optimizer] = None
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the FedDST `LearningProcess`.
 
@@ -176,6 +178,9 @@ def build_fed_dst(model_fn: models.ModelFn,
     min_new_position_votes: A position outside the global mask needs at
       least this many clients holding it to enter the mask (1: any holder;
       `finalizer` module docstring).
+    server_optimizer: An adaptive server optimizer (`server_optimizers`:
+      Adam, Yogi, Adagrad on the global mask) in place of server SGD with
+      `server_learning_rate` and `server_momentum`. None: server SGD.
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
@@ -228,14 +233,16 @@ def build_fed_dst(model_fn: models.ModelFn,
         layout, num_active, model_weights_type, aggregate_type,
         server_learning_rate, server_momentum, min_votes,
         remember_old=remember_old, num_active_by_round=num_active_by_round,
-        min_new_position_votes=min_new_position_votes)
+        min_new_position_votes=min_new_position_votes,
+        server_optimizer=server_optimizer)
   else:
     server_finalizer = finalizer.build_finalizer(
         layout, num_active, model_weights_type, aggregate_type,
         server_learning_rate=server_learning_rate,
         server_momentum=server_momentum, min_votes=min_votes,
         remember_old=remember_old, num_active_by_round=num_active_by_round,
-        min_new_position_votes=min_new_position_votes)
+        min_new_position_votes=min_new_position_votes,
+        server_optimizer=server_optimizer)
   process = tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
   if aggregator_factory.holds_reference:
@@ -312,7 +319,9 @@ def _expanding_finalizer(layout: models.ModelLayout,
                          server_learning_rate: float, server_momentum: float,
                          min_votes: int, remember_old: bool = False,
                          num_active_by_round: Optional[np.ndarray] = None,
-                         min_new_position_votes: int = 1
+                         min_new_position_votes: int = 1,
+                         server_optimizer: Optional[
+                             tff.learning.optimizers.Optimizer] = None
                          ) -> tff.learning.templates.FinalizerProcess:
   """`finalizer.build_finalizer` fed by a `CompactAggregate`.
 
@@ -333,7 +342,8 @@ def _expanding_finalizer(layout: models.ModelLayout,
       server_learning_rate=server_learning_rate,
       server_momentum=server_momentum, min_votes=min_votes,
       remember_old=remember_old, num_active_by_round=num_active_by_round,
-      min_new_position_votes=min_new_position_votes)
+      min_new_position_votes=min_new_position_votes,
+      server_optimizer=server_optimizer)
 
   @tff.federated_computation(
       inner.next.type_signature.parameter[0],

@@ -160,7 +160,8 @@ class FeddstMethod(registry.Method):
               client_config.readjust_rule, server.min_votes,
               server.max_payload_norm),
           robust=robust,
-          min_new_position_votes=server.min_new_position_votes)
+          min_new_position_votes=server.min_new_position_votes,
+          server_optimizer=model_setup.build_server_optimizer(settings))
 
     return registry.MethodPlan(
         model_fn=model_fn, initial_model=initial_model,

@@ -15,6 +15,7 @@ from tff_feddst.networks import models
 from tff_feddst.process import client_work
 from tff_feddst.process import robust_aggregation
 from tff_feddst.process import robust_means
+from tff_feddst.process import server_optimizers
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.sparse import sparsity_distribution
 
@@ -89,6 +90,22 @@ def num_dense_parameters(initial_model: fed_dst.InitialModel) -> int:
                  for i in layout.dense_trainable_indices) +
              sum(np.size(weights.non_trainable[i])
                  for i in layout.dense_non_trainable_indices))
+
+
+def build_server_optimizer(settings: settings_lib.ExperimentSettings):
+  """The run's adaptive server optimizer (`server_optimizers`), or None.
+
+  Args:
+    settings: The run's settings.
+
+  Returns:
+    A `tff.learning.optimizers.Optimizer` for --server_optimizer adam, yogi
+    or adagrad; None for sgd and sgdm (the finalizer's momentum buffers).
+  """
+  server = settings.server
+  return server_optimizers.build_server_optimizer(
+      server.server_optimizer, server.server_learning_rate,
+      server.server_beta_1, server.server_beta_2, server.server_epsilon)
 
 
 def build_robust_aggregation(settings: settings_lib.ExperimentSettings,

@@ -504,7 +504,9 @@ def build_prunefl(model_fn: models.ModelFn,
                       payload_validation.PayloadChecks] = None,
                   robust: Optional[
                       robust_aggregation.RobustAggregation] = None,
-                  min_new_position_votes: int = 1
+                  min_new_position_votes: int = 1,
+                  server_optimizer: Optional[
+                      tff.learning.optimizers.Optimizer] = None
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the PruneFL `LearningProcess` (federated stage).
 
@@ -550,6 +552,8 @@ def build_prunefl(model_fn: models.ModelFn,
       (`finalizer.admit_new_positions`). Honest PruneFL clients hold the
       global mask exactly, so this changes nothing for them; it keeps one
       client's off-mask values out of positions the importance rule adds.
+    server_optimizer: An adaptive server optimizer (`server_optimizers`) in
+      place of server SGD; its state is reset off each new mask.
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
@@ -596,7 +600,8 @@ def build_prunefl(model_fn: models.ModelFn,
       layout, layout.kernel_sizes, model_weights_type, aggregate_type,
       server_learning_rate=server_learning_rate,
       server_momentum=server_momentum, mask_rule=mask_rule,
-      min_new_position_votes=min_new_position_votes)
+      min_new_position_votes=min_new_position_votes,
+      server_optimizer=server_optimizer)
   process = tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
   # The aggregator checks each upload's mask counts against targets in its

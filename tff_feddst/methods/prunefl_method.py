@@ -96,7 +96,8 @@ class PruneflMethod(registry.Method):
           payload_checks=payload_validation.default_checks(
               max_norm=settings.server.max_payload_norm),
           robust=robust,
-          min_new_position_votes=settings.server.min_new_position_votes)
+          min_new_position_votes=settings.server.min_new_position_votes,
+          server_optimizer=model_setup.build_server_optimizer(settings))
       return built['process']
 
     def round_upload_bytes(round_num: int, state) -> int:

@@ -1,7 +1,7 @@
 """Accuracy-versus-upload and accuracy-versus-round plots of finished runs."""
 
 import os
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -9,6 +9,7 @@ matplotlib.use('Agg')  # Files only; no display needed.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from tff_feddst.outputs import comparison
+from tff_feddst.outputs import seed_statistics
 
 
 def plot_runs(run_dirs: Sequence[str], output_prefix: str,
@@ -55,6 +56,74 @@ def plot_runs(run_dirs: Sequence[str], output_prefix: str,
   by_round.set_xlabel('round')
   for axes in (by_upload, by_round):
     axes.set_ylabel('test accuracy (global test set)')
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+  if title:
+    figure.suptitle(title)
+  figure.tight_layout()
+  for path in paths:
+    figure.savefig(path, dpi=120)
+  plt.close(figure)
+  return paths
+
+
+def plot_seed_bands(run_dirs_by_method: Mapping[str, Sequence[str]],
+                    output_prefix: str,
+                    title: Optional[str] = None) -> list[str]:
+  """Draws each method's mean test accuracy over seeds with a band.
+
+  Per method, at every round evaluated in all of its seeds' runs: the mean
+  accuracy (line) and mean +- one sample standard deviation over the seeds
+  (shaded; none for one seed), against the mean cumulative upload and
+  against rounds. Writes `<output_prefix>.png` and `<output_prefix>.svg`.
+
+  Args:
+    run_dirs_by_method: Per method (legend label), its runs' output
+      directories, one per seed.
+    output_prefix: Path without extension for the figure files.
+    title: Figure title.
+
+  Returns:
+    The paths written.
+
+  Raises:
+    comparison.RunDirError: For a directory without metrics.
+    FileExistsError: If a figure file already exists.
+  """
+  curves = []
+  for method, run_dirs in run_dirs_by_method.items():
+    per_run = []
+    for run_dir in run_dirs:
+      per_run.append({r['round']: r for r in comparison.read_metrics(run_dir)
+                      if r['test_accuracy'] is not None})
+    rounds = sorted(set.intersection(*(set(rows) for rows in per_run)))
+    points = []
+    for round_num in rounds:
+      accuracy = seed_statistics.spread(
+          [rows[round_num]['test_accuracy'] for rows in per_run])
+      upload = seed_statistics.spread(
+          [rows[round_num]['upload_bytes_cumulative'] for rows in per_run])
+      points.append((round_num, upload.mean / 1e6, accuracy.mean,
+                     accuracy.std or 0.0))
+    curves.append((f'{method} (n={len(run_dirs)})', points))
+  paths = [f'{output_prefix}.png', f'{output_prefix}.svg']
+  for path in paths:
+    if os.path.exists(path):
+      raise FileExistsError(f'{path} exists; choose another --output.')
+
+  figure, (by_upload, by_round) = plt.subplots(1, 2, figsize=(12, 4.5))
+  for name, points in curves:
+    rounds, upload_mb, means, stds = (list(c) for c in zip(*points)) if (
+        points) else ([], [], [], [])
+    low = [m - s for m, s in zip(means, stds)]
+    high = [m + s for m, s in zip(means, stds)]
+    for axes, x in ((by_upload, upload_mb), (by_round, rounds)):
+      line, = axes.plot(x, means, marker='o', markersize=3, label=name)
+      axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
+  by_upload.set_xlabel('mean cumulative client upload (MB, all clients)')
+  by_round.set_xlabel('round')
+  for axes in (by_upload, by_round):
+    axes.set_ylabel('test accuracy, mean +- std over seeds')
     axes.grid(True, alpha=0.3)
     axes.legend()
   if title:

@@ -16,7 +16,11 @@ target_dense each dense parameter's, taken as they are; the rest of the
 step is the same.
 
 With server_lr 1 and server_momentum 0 the new weights are the averages
-themselves (FedAvg on the sparse support); server momentum gives FedAvgM. A
+themselves (FedAvg on the sparse support); server momentum gives FedAvgM.
+With an adaptive server optimizer (`server_optimizers`: Adam, Yogi,
+Adagrad), its step on w - target replaces the momentum step on the round's
+global mask, positions outside it take their averages, and its state (in an
+`AdaptiveFinalizerState`) is reset off the final mask. A
 round in which no client reported (total weight 0) leaves the weights as
 they are, only re-pruned to the round's counts (a no-op at constant
 sparsity). TF-MOT's bookkeeping variables are never touched; masks live in
@@ -97,6 +101,7 @@ import tensorflow_federated as tff
 
 from tff_feddst.networks import models
 from tff_feddst.process import aggregation
+from tff_feddst.process import server_optimizers
 from tff_feddst.sparse import masks as mask_lib
 
 
@@ -109,6 +114,21 @@ class FinalizerState(NamedTuple):
   """
   buffers: tuple
   round_num: tf.Tensor
+
+
+class AdaptiveFinalizerState(NamedTuple):
+  """The finalizer's state with an adaptive server optimizer.
+
+  Attributes:
+    buffers: As `FinalizerState` (unused by the optimizer; zero).
+    round_num: As `FinalizerState`.
+    optimizer_state: The `tff.learning.optimizers` state (step counter,
+      hyperparameters, per-variable accumulators), initial off the global
+      mask (`server_optimizers`).
+  """
+  buffers: tuple
+  round_num: tf.Tensor
+  optimizer_state: Any
 
 
 class MaskRuleResult(NamedTuple):
@@ -382,6 +402,38 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
   Raises:
     ValueError: For `remember_old` with a robust mean.
   """
+  aggregate, targets, dense_targets = round_targets(
+      weights, aggregate, layout, remember_old, min_new_position_votes)
+  trainable = list(weights.trainable)
+  new_buffers = [server_momentum * buffer + (target - current)
+                 for buffer, target, current in zip(buffers, targets, trainable)]
+  new_trainable = [current + server_learning_rate * buffer
+                   for current, buffer in zip(trainable, new_buffers)]
+  return reprune(new_buffers, new_trainable, weights, aggregate, dense_targets,
+                 layout, num_active, min_votes, min_new_position_votes)
+
+
+def round_targets(weights, aggregate: aggregation.SparseAggregate,
+                  layout: models.ModelLayout, remember_old: bool,
+                  min_new_position_votes: int):
+  """The round's averages per trainable variable (see the module docstring).
+
+  Args:
+    weights: Current global `ModelWeights`.
+    aggregate: The round's `SparseAggregate`.
+    layout: The model's `ModelLayout`.
+    remember_old: Count clients lacking a global-mask position as sending
+      the old weight (`remember_global_weights`).
+    min_new_position_votes: See `admit_new_positions`.
+
+  Returns:
+    `(aggregate, targets, dense_targets)`: the aggregate after those rules,
+    one target per trainable variable, and the dense parameters' targets
+    (trainable ones first).
+
+  Raises:
+    ValueError: For `remember_old` with a robust mean.
+  """
   robust_values = aggregate.robust_values
   if remember_old and robust_values:
     raise ValueError('remember_old does not combine with a robust mean.')
@@ -390,9 +442,7 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
   if min_new_position_votes > 1:
     aggregate = admit_new_positions(aggregate, weights, layout,
                                     min_new_position_votes)
-  trainable = list(weights.trainable)
-  non_trainable = list(weights.non_trainable)
-  targets = list(trainable)
+  targets = list(weights.trainable)
   for position, index in enumerate(layout.kernel_indices):
     targets[index] = tf.math.divide_no_nan(
         aggregate.weighted_kernel_sums[position],
@@ -403,15 +453,34 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
                    for total in aggregate.weighted_dense_sums]
   if robust_values:
     dense_targets = list(robust_values.dense)
-  num_dense_trainable = len(layout.dense_trainable_indices)
   for position, index in enumerate(layout.dense_trainable_indices):
     targets[index] = dense_targets[position]
+  return aggregate, targets, dense_targets
 
-  new_buffers = [server_momentum * buffer + (target - current)
-                 for buffer, target, current in zip(buffers, targets, trainable)]
-  new_trainable = [current + server_learning_rate * buffer
-                   for current, buffer in zip(trainable, new_buffers)]
 
+def reprune(new_buffers: list, new_trainable: list, weights,
+            aggregate: aggregation.SparseAggregate, dense_targets: list,
+            layout: models.ModelLayout, num_active: Sequence[mask_lib.Count],
+            min_votes: int, min_new_position_votes: int):
+  """Chooses the next masks from the stepped weights; zeroes off them.
+
+  Args:
+    new_buffers: Momentum buffers after the step.
+    new_trainable: Trainable variables after the step.
+    weights: The round's global `ModelWeights` (its masks).
+    aggregate: The round's aggregate after `round_targets`' rules.
+    dense_targets: From `round_targets` (non-trainable dense ones follow
+      the trainable ones).
+    layout: The model's `ModelLayout`.
+    num_active: Active weights per kernel in the next mask.
+    min_votes: As `apply_aggregate`.
+    min_new_position_votes: As `apply_aggregate`.
+
+  Returns:
+    `(new_buffers, new_weights, mask_changed_positions)`.
+  """
+  non_trainable = list(weights.non_trainable)
+  num_dense_trainable = len(layout.dense_trainable_indices)
   new_non_trainable = list(non_trainable)
   mask_changed_positions = tf.constant(0, tf.int32)
   for position, (kernel_index, mask_index) in enumerate(
@@ -436,6 +505,14 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
   new_weights = tff.learning.models.ModelWeights(
       trainable=new_trainable, non_trainable=new_non_trainable)
   return new_buffers, new_weights, mask_changed_positions
+
+
+def kernel_masks(weights, layout: models.ModelLayout) -> dict:
+  """Trainable index of each kernel -> its mask in `weights` (kernel dtype)."""
+  return {kernel_index: tf.cast(weights.non_trainable[mask_index],
+                                weights.trainable[kernel_index].dtype)
+          for kernel_index, mask_index in zip(layout.kernel_indices,
+                                              layout.mask_indices)}
 
 
 def global_sparsity(weights, layout: models.ModelLayout) -> tf.Tensor:
@@ -476,7 +553,9 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
                     remember_old: bool = False,
                     num_active_by_round: Optional[np.ndarray] = None,
                     mask_rule: Optional[MaskRule] = None,
-                    min_new_position_votes: int = 1
+                    min_new_position_votes: int = 1,
+                    server_optimizer: Optional[
+                        tff.learning.optimizers.Optimizer] = None
                     ) -> tff.learning.templates.FinalizerProcess:
   """Builds FedDST's `FinalizerProcess` (or another method's, `mask_rule`).
 
@@ -508,6 +587,10 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
       the finalizer's. None: FedDST's magnitude re-prune.
     min_new_position_votes: Clients that must hold a position outside the
       round's global mask for it to count (see the module docstring), >= 1.
+    server_optimizer: An adaptive `tff.learning.optimizers.Optimizer`
+      (`server_optimizers`) for the step instead of server SGD with
+      momentum; its state is in an `AdaptiveFinalizerState`. None: the
+      momentum buffers with `server_learning_rate` and `server_momentum`.
 
   Returns:
     A `tff.learning.templates.FinalizerProcess`.
@@ -521,12 +604,13 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
       layout, num_active, server_learning_rate=server_learning_rate,
       server_momentum=server_momentum, min_votes=min_votes,
       remember_old=remember_old, num_active_by_round=num_active_by_round,
-      mask_rule=mask_rule, min_new_position_votes=min_new_position_votes)
+      mask_rule=mask_rule, min_new_position_votes=min_new_position_votes,
+      server_optimizer=server_optimizer)
   trainable_specs = [(t.shape, t.dtype) for t in model_weights_type.trainable]
 
   @tff.tensorflow.computation
   def initial_state():
-    return initial_finalizer_state(trainable_specs)
+    return initial_finalizer_state(trainable_specs, server_optimizer)
 
   state_type = initial_state.type_signature.result
 
@@ -538,12 +622,23 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
                              aggregate_type)
 
 
-def initial_finalizer_state(trainable_specs: Sequence[tuple[Any, Any]]
-                            ) -> FinalizerState:
-  """The state before round 1: zero buffers (`(shape, dtype)` each), round 0."""
-  return FinalizerState(
+def initial_finalizer_state(
+    trainable_specs: Sequence[tuple[Any, Any]],
+    server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None):
+  """The state before round 1: zero buffers (`(shape, dtype)` each), round 0.
+
+  With an adaptive `server_optimizer`, an `AdaptiveFinalizerState` that also
+  holds the optimizer's initial state; else a `FinalizerState`.
+  """
+  state = FinalizerState(
       buffers=tuple(tf.zeros(shape, dtype) for shape, dtype in trainable_specs),
       round_num=tf.constant(0, tf.int32))
+  if server_optimizer is None:
+    return state
+  return AdaptiveFinalizerState(
+      buffers=state.buffers, round_num=state.round_num,
+      optimizer_state=server_optimizers.initial_state(server_optimizer,
+                                                      trainable_specs))
 
 
 ServerUpdate = Callable[[FinalizerState, Any, Any],
@@ -558,7 +653,10 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
                      remember_old: bool = False,
                      num_active_by_round: Optional[np.ndarray] = None,
                      mask_rule: Optional[MaskRule] = None,
-                     min_new_position_votes: int = 1) -> ServerUpdate:
+                     min_new_position_votes: int = 1,
+                     server_optimizer: Optional[
+                         tff.learning.optimizers.Optimizer] = None
+                     ) -> ServerUpdate:
   """The finalizer's server step as a plain TF function.
 
   `build_finalizer` wraps it in a TFF computation; the plain-TF benchmark
@@ -567,7 +665,8 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
 
   Returns:
     `update(state, weights, aggregate) -> (new_state, new_weights,
-    measurements)` with a `FinalizerState`, the global `ModelWeights` and the
+    measurements)` with a `FinalizerState` (an `AdaptiveFinalizerState`
+    with `server_optimizer`), the global `ModelWeights` and the
     round's aggregate (a `SparseAggregate` or `ExtendedAggregate`; expand a
     `CompactAggregate` first); measurements as in `build_finalizer`.
 
@@ -597,21 +696,36 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
     round_num = state.round_num + 1
     counts = round_num_active(round_num)
     buffers = state.buffers
+    # () without an adaptive optimizer: nothing more flows through the conds.
+    optimizer_state = (state.optimizer_state if server_optimizer is not None
+                       else ())
     aggregate = sums_of(round_aggregate)
 
     def updated():
-      new_buffers, new_weights, changed = apply_aggregate(
-          buffers, weights, aggregate, layout, counts,
-          server_learning_rate, server_momentum, min_votes, remember_old,
-          min_new_position_votes)
-      return tuple(new_buffers), new_weights, changed
+      if server_optimizer is None:
+        new_buffers, new_weights, changed = apply_aggregate(
+            buffers, weights, aggregate, layout, counts,
+            server_learning_rate, server_momentum, min_votes, remember_old,
+            min_new_position_votes)
+        new_optimizer_state = ()
+      else:  # Averages as above; the optimizer's step (server_optimizers).
+        admitted, targets, dense_targets = round_targets(
+            weights, aggregate, layout, remember_old, min_new_position_votes)
+        new_optimizer_state, new_trainable = server_optimizers.masked_step(
+            server_optimizer, optimizer_state, list(weights.trainable),
+            targets, kernel_masks(weights, layout))
+        new_buffers, new_weights, changed = reprune(
+            list(buffers), new_trainable, weights, admitted, dense_targets,
+            layout, counts, min_votes, min_new_position_votes)
+      return tuple(new_buffers), new_weights, changed, new_optimizer_state
 
     def unchanged():
       new_buffers, new_weights, changed = prune_to_counts(
           buffers, weights, layout, counts)
-      return tuple(new_buffers), new_weights, changed
+      return (tuple(new_buffers), new_weights, changed,
+              tf.nest.map_structure(tf.identity, optimizer_state))
 
-    new_buffers, new_weights, changed = tf.cond(
+    new_buffers, new_weights, changed, new_optimizer_state = tf.cond(
         aggregate.total_weight > 0, updated, unchanged)
     rule_measurements = {}
     if mask_rule is not None:
@@ -619,22 +733,27 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
           mask_rule, weights, new_buffers, new_weights, round_aggregate,
           layout)
     finite = all_finite([*new_buffers, *new_weights.trainable,
-                         *new_weights.non_trainable])
+                         *new_weights.non_trainable,
+                         *tf.nest.flatten(new_optimizer_state)])
 
     def kept():
+      old_optimizer_state = tf.nest.map_structure(tf.identity,
+                                                  optimizer_state)
       if last_row == 0:  # Constant counts: the old model, bit for bit.
         return (tuple(tf.identity(b) for b in buffers),
                 tff.learning.models.ModelWeights(
                     trainable=[tf.identity(t) for t in weights.trainable],
                     non_trainable=[tf.identity(t)
                                    for t in weights.non_trainable]),
-                tf.constant(0, tf.int32))
+                tf.constant(0, tf.int32), old_optimizer_state)
       old_buffers, old_weights, old_changed = prune_to_counts(
           buffers, weights, layout, counts)
-      return tuple(old_buffers), old_weights, old_changed
+      return (tuple(old_buffers), old_weights, old_changed,
+              old_optimizer_state)
 
-    new_buffers, new_weights, changed = tf.cond(
-        finite, lambda: (new_buffers, new_weights, changed), kept)
+    new_buffers, new_weights, changed, new_optimizer_state = tf.cond(
+        finite, lambda: (new_buffers, new_weights, changed,
+                         new_optimizer_state), kept)
     masks = [new_weights.non_trainable[i] for i in layout.mask_indices]
     measurements = collections.OrderedDict(
         mask_changed_positions=changed,
@@ -644,7 +763,19 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
         num_clients_aggregated=aggregate.num_clients,
         server_update_failed=tf.cast(tf.logical_not(finite), tf.int32))
     measurements.update(rule_measurements)
-    return (FinalizerState(buffers=new_buffers, round_num=round_num),
+    if server_optimizer is None:
+      return (FinalizerState(buffers=new_buffers, round_num=round_num),
+              new_weights, measurements)
+    # Off the final masks (FedDST's re-prune, a mask rule or a kept model's
+    # re-prune), every position's state is the initial one.
+    new_optimizer_state = server_optimizers.reset_off_masks(
+        new_optimizer_state,
+        server_optimizers.initial_state(
+            server_optimizer,
+            [(t.shape, t.dtype) for t in weights.trainable]),
+        kernel_masks(new_weights, layout))
+    return (AdaptiveFinalizerState(buffers=new_buffers, round_num=round_num,
+                                   optimizer_state=new_optimizer_state),
             new_weights, measurements)
 
   return update

@@ -15,6 +15,7 @@ for (`choices_of`).
 """
 
 import dataclasses
+import math
 import os
 import typing
 from typing import Any, Callable, Optional, Union
@@ -111,6 +112,11 @@ def _value_dtypes() -> tuple[str, ...]:
 def _robust_means() -> tuple[str, ...]:
   from tff_feddst.process import robust_means  # pylint: disable=g-import-not-at-top
   return robust_means.ROBUST_MEANS
+
+
+def _server_optimizers() -> tuple[str, ...]:
+  from tff_feddst.process import server_optimizers  # pylint: disable=g-import-not-at-top
+  return server_optimizers.SERVER_OPTIMIZERS
 
 
 def _method_names() -> tuple[str, ...]:
@@ -381,6 +387,21 @@ class ServerSettings(_Group):
       1.0, 'Server step size on the averaged update (1: FedAvg).')
   server_momentum: float = setting(
       0.0, 'Server momentum (> 0: FedAvgM; tune the server lr).')
+  server_optimizer: str = setting(
+      'sgd', 'Server optimizer on the pseudo-gradient (global model minus '
+      'the average), on the global mask\'s positions only: sgd and sgdm are '
+      'server SGD with --server_momentum (sgdm: > 0); adam, yogi and adagrad '
+      'are tff.learning.optimizers\' (FedOpt; tune --server_learning_rate, '
+      'e.g. 0.01). Their state is reset off each new mask and starts from '
+      'the initial one where a weight enters (server_optimizers).',
+      _server_optimizers)
+  server_beta_1: float = setting(
+      0.9, 'Adam/Yogi server optimizer: first-moment decay, in [0, 1).')
+  server_beta_2: float = setting(
+      0.99, 'Adam/Yogi server optimizer: second-moment decay, in [0, 1).')
+  server_epsilon: float = setting(
+      1e-3, 'Adam/Yogi/Adagrad server optimizer: added to the denominator, '
+      '> 0 (FedOpt\'s tau).')
   min_votes: int = setting(
       0, 'A weight must be held by at least this many of the round\'s '
       'clients to stay in the global mask; at most --clients_per_round.')
@@ -454,8 +475,22 @@ class ServerSettings(_Group):
 
   def validate(self) -> None:
     super().validate()
-    self._require(self.server_learning_rate > 0, 'server_learning_rate',
-                  'a number > 0')
+    self._require(0 < self.server_learning_rate < math.inf,
+                  'server_learning_rate', 'a finite number > 0')
+    self._require(0 <= self.server_beta_1 < 1, 'server_beta_1',
+                  'a number in [0, 1)')
+    self._require(0 <= self.server_beta_2 < 1, 'server_beta_2',
+                  'a number in [0, 1)')
+    self._require(0 < self.server_epsilon < math.inf, 'server_epsilon',
+                  'a finite number > 0')
+    if self.server_optimizer == 'sgdm':
+      self._require(0 < self.server_momentum < 1, 'server_momentum',
+                    'a number in (0, 1) with --server_optimizer=sgdm')
+    elif self.server_optimizer != 'sgd':
+      self._require(self.server_momentum == 0, 'server_momentum',
+                    f'0 with --server_optimizer={self.server_optimizer} (its '
+                    'momentum is --server_beta_1; --method=fedavgm is server '
+                    'sgdm)')
     self._require(0 < self.clip_norm_quantile < 1, 'clip_norm_quantile',
                   'a number in (0, 1)')
     self._require(self.clip_norm_multiplier >= 1, 'clip_norm_multiplier',
@@ -778,6 +813,9 @@ class ExperimentSettings:
             'mean with --noclip_updates and an --upload_encoding that leaves '
             'masks out (the server then lacks the global masks to place '
             'values)')
+    require(self.server.server_optimizer in ('sgd', 'sgdm') or
+            run.method != 'fedavgm', 'server_optimizer',
+            'sgd or sgdm with --method=fedavgm (FedAvg with server momentum)')
     # More votes than sampled clients can never be reached: every position
     # would leave the global mask, for good. With --dropout_rate (or
     # rejected uploads) fewer may report; those rounds thin the mask.
