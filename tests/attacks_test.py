@@ -495,6 +495,11 @@ class AttackScriptTest(fixtures.FashionMnistSliceTestCase):
     fixtures.assert_one_line_error(
         self, run_attack('--defences=sometimes', f'--output_dir={output_dir}'),
         'attack.py: error: --defences', "'sometimes'")
+    fixtures.assert_one_line_error(
+        self, run_attack('--server_optimizer=adam', '--defences=off',
+                         f'--output_dir={output_dir}'),
+        'attack.py: error: --server_optimizer=adam is not run by the plain '
+        'loop')
 
 
 if __name__ == '__main__':

@@ -101,7 +101,9 @@ class BenchmarkTest(fixtures.FashionMnistSliceTestCase):
         (dict(upload_encoding='float32+gzip'), 'unknown encoding token'),
         (dict(clients_per_round=7, total_clients=6), 'clients per round'),
         (dict(target_sparsity='inf'), '--target_sparsity=inf is invalid'),
-        (dict(model='foo'), 'flag --model=foo: value should be one of')):
+        (dict(model='foo'), 'flag --model=foo: value should be one of'),
+        (dict(server_optimizer='adam'),
+         '--server_optimizer=adam is not benchmarked; expected sgd')):
       result = run_benchmark(**flag_values)
       self.assertEqual(result.returncode, 1, result.stderr[-3000:])
       lines = [l for l in result.stderr.splitlines() if l.strip()]

@@ -164,6 +164,11 @@ def check_settings(settings: settings_lib.ExperimentSettings) -> None:
     raise errors.ConfigError(
         f'--dropout_rate={settings.run.dropout_rate} is invalid here: '
         'expected 0 (every sampled client reports).')
+  if settings.server.server_optimizer != 'sgd':
+    raise errors.ConfigError(
+        f'--server_optimizer={settings.server.server_optimizer} is not run '
+        'by the plain loop; expected sgd (with --server_momentum for '
+        'momentum).')
 
 
 def plain_loop_arguments(settings: settings_lib.ExperimentSettings,

@@ -125,6 +125,11 @@ class BenchmarkConfig:
       encoding.PayloadEncoding.parse(name)  # Raises ValueError if bad.
     # As a run checks them: a ConfigError naming the flag.
     self.experiment.validate()
+    optimizer = self.experiment.server.server_optimizer
+    if optimizer != 'sgd':
+      # The plain loop it is timed against steps the server with SGD only.
+      raise ValueError(f'--server_optimizer={optimizer} is not benchmarked; '
+                       'expected sgd.')
 
   def flat(self) -> dict[str, Any]:
     """Every setting by flag name (the result's `config`)."""
