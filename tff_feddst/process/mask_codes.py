@@ -90,9 +90,12 @@ def unpack_bits(packed: tf.Tensor, num_bits: int) -> tf.Tensor:
   Returns:
     float32 tensor of `num_bits` 0/1 values.
   """
-  shifts = tf.constant([7, 6, 5, 4, 3, 2, 1, 0], tf.int32)
+  # Division and remainder by powers of two give the same bits as a shift and
+  # a bitwise AND, and both are TFLite builtins (TFLite has no bitwise AND):
+  # the on-device `set_weights` needs no select TF op for them.
+  powers = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
   as_int = tf.cast(packed, tf.int32)[:, tf.newaxis]
-  bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(as_int, shifts), 1)
+  bits = tf.math.floormod(tf.math.floordiv(as_int, powers), 2)
   return tf.cast(tf.reshape(bits, [-1])[:num_bits], tf.float32)
 
 
