@@ -32,11 +32,23 @@ def honest_payload(value_dtype: str) -> encoding.SparsePayload:
                          value_dtype=tf.as_dtype(value_dtype))
 
 
-def device_outputs(payload: encoding.SparsePayload, weight=(12.,)) -> dict:
+def rice_payload() -> encoding.CodedPayload:
+  """The same layers, float16 values and Rice-coded masks."""
+  payload = honest_payload('float16')
+  kernels, masks, dense = encoding.decode(payload, KERNEL_SHAPES)
+  return encoding.encode_payload(
+      kernels, masks, dense, NUM_ACTIVE,
+      encoding.PayloadEncoding.parse('float16+rice'))
+
+
+def device_outputs(payload: encoding.Payload, weight=(12.,)) -> dict:
   """What `get_weights` returns for `payload`, as numpy arrays."""
   named = {k: np.asarray(v) for k, v in device_payload.payload_to_dict(
       device_payload.to_wire(payload)).items()}
   named[device_payload.WEIGHT_NAME] = np.asarray(weight, np.float32)
+  if device_payload.MASK_CODE_BITS_NAME in named:
+    named[device_payload.MASK_CODE_BITS_NAME] = np.reshape(
+        named[device_payload.MASK_CODE_BITS_NAME], [1])
   return named
 
 
@@ -96,6 +108,30 @@ class CheckDeviceUploadTest(tf.test.TestCase):
     verdict = device_payload.check_device_upload(
         device_outputs(honest_payload('float32')), spec_for('float32'))
     self.assertIsNone(verdict.rejection, verdict.reason)
+
+  def test_rice_coded_upload_is_accepted_as_the_encoded_payload(self):
+    payload = rice_payload()
+    outputs = device_outputs(payload)
+    self.assertEqual(outputs['mask_code_bits'].shape, (1,))
+    self.assertNotIn('packed_masks', outputs)
+    rice = encoding.PayloadEncoding.parse('float16+rice')
+    spec = payload_validation.payload_spec(KERNEL_SHAPES, NUM_ACTIVE,
+                                           DENSE_SHAPES, rice)
+    verdict = device_payload.check_device_upload(outputs, spec)
+    self.assertIsNone(verdict.rejection, verdict.reason)
+    self.assertIsInstance(verdict.payload, encoding.CodedPayload)
+    for got, want in zip(tf.nest.flatten(verdict.payload),
+                         tf.nest.flatten(payload)):
+      self.assertEqual(np.asarray(got).tobytes(), want.numpy().tobytes())
+    full = payload_validation.validate_upload(
+        verdict.payload, verdict.weight, KERNEL_SHAPES, NUM_ACTIVE,
+        DENSE_SHAPES, rice)
+    self.assertIsNone(full.rejection, full.reason)
+    # A bitmap upload where the run expects Rice codes, a [2] bit count.
+    for bad in (device_outputs(honest_payload('float16')),
+                {**outputs, 'mask_code_bits': np.zeros(2, np.int32)}):
+      verdict = device_payload.check_device_upload(bad, spec)
+      self.assertEqual(verdict.rejection, 'shape', verdict.reason)
 
   def test_bad_uploads_are_rejected(self):
     float16_outputs = device_outputs(honest_payload('float16'))

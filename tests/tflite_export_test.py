@@ -478,6 +478,111 @@ class Cifar10TrainingModelTest(tf.test.TestCase):
                     2e-3)
 
 
+class CompactUploadTest(tf.test.TestCase):
+  """CIFAR-10 with the simulation's compact upload: float16 values, Rice-coded
+  masks, masks left out while unchanged."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    run_config = settings_lib.ExperimentSettings.from_flat(
+        dataset='cifar10', target_sparsity=0.8, seed=1, drop_fraction=0.2,
+        upload_encoding='float16+rice+changed_masks_only')
+    model_fn, initial = tflite_export.build_initial_for(run_config)
+    config = model_setup.build_client_config(run_config, initial)
+    cls.upload_encoding = run_config.payload_encodings()[0]
+    layout, num_active = initial.layout, initial.num_active
+    client = tflite_client.TFLiteClient(model_fn(), layout, num_active,
+                                        config, cls.upload_encoding)
+    client.load_weights(initial.weights)
+    cls.tflite_model = tflite_client.convert_client(client)
+    broadcast = numpy_payload(client_work.encode_weights(
+        initial.weights, layout, num_active))
+    trainer = client_work.ClientTrainer(model_fn(), layout, num_active,
+                                        config,
+                                        upload_encoding=cls.upload_encoding)
+    tf.function(trainer.set_weights)(initial.weights)
+    received = [tf.constant(m.numpy()) for m in trainer.masks]
+    tf_step = tf.function(lambda x, y: trainer.train_step(x, y, True))
+    tf_upload = tf.function(lambda: trainer.encoded_upload(received))
+    run = runners(cls.tflite_model)
+    run['set_weights'](**broadcast)
+    batches = random_batches((32, 32, 3), (8, 8, 8), seed=7)
+    for x, y in batches[:2]:
+      tf_step(x, y)
+      run['train'](x=x, y=y)
+    cls.tf_unchanged = tf.nest.map_structure(np.asarray, tf_upload())
+    cls.unchanged = run['get_weights'](num_examples=np.float32(24.))
+    trainer.readjust(tf.constant(0.2))
+    run['readjust'](drop_fraction=np.float32(0.2))
+    x, y = batches[2]
+    tf_step(x, y)
+    run['train'](x=x, y=y)
+    cls.tf_changed = tf.nest.map_structure(np.asarray, tf_upload())
+    cls.changed = run['get_weights'](num_examples=np.float32(24.))
+    cls.masks = [m.numpy() for m in trainer.masks]
+    cls.received = [m.numpy() for m in received]
+    dense_shapes = [np.shape(d) for d in cls.tf_changed.dense]
+    cls.spec = payload_validation.payload_spec(
+        layout.kernel_shapes, num_active, dense_shapes, cls.upload_encoding)
+
+  def test_java_contract_and_select_tf_ops(self):
+    self.assertEqual(signature_report.contract_violations(self.tflite_model),
+                     [])
+    self.assertEqual(signature_report.select_tf_ops(self.tflite_model),
+                     MNIST_SELECT_TF_OPS)
+    tensors = signature_report.signature_tensors(self.tflite_model)
+    outputs = {name: (dtype, shape)
+               for name, dtype, shape in tensors['get_weights']['outputs']}
+    self.assertEqual(outputs['mask_code_bits'], ('INT32', (1,)))
+    self.assertEqual(outputs['mask_code'][0], 'UINT8')
+    self.assertNotIn('packed_masks', outputs)
+
+  def assert_same_upload(self, device_outputs, tf_payload):
+    verdict = device_payload.check_device_upload(device_outputs, self.spec)
+    self.assertIsNone(verdict.rejection, verdict.reason)
+    self.assertEqual(verdict.weight, np.float32(24.))
+    self.assertIsInstance(verdict.payload, encoding.CodedPayload)
+    self.assertEqual(int(verdict.payload.mask_code_bits),
+                     int(tf_payload.mask_code_bits))
+    self.assertEqual(verdict.payload.mask_code.tobytes(),
+                     tf_payload.mask_code.tobytes())
+    for got, want in zip(verdict.payload.values, tf_payload.values):
+      self.assertEqual(got.dtype, np.float16)
+      # Values may differ by one float16 rounding step.
+      self.assertAllClose(got.astype(np.float32), want.astype(np.float32),
+                          atol=2e-3, rtol=0)
+    return verdict.payload
+
+  def test_unchanged_masks_are_left_out(self):
+    payload = self.assert_same_upload(self.unchanged, self.tf_unchanged)
+    self.assertEqual(int(payload.mask_code_bits), 0)
+
+  def test_changed_masks_are_rice_coded_as_in_tf(self):
+    self.assertTrue(any(np.any(m != r)
+                        for m, r in zip(self.masks, self.received)))
+    payload = self.assert_same_upload(self.changed, self.tf_changed)
+    self.assertGreater(int(payload.mask_code_bits), 0)
+
+  def test_bytes_counted_as_the_simulation_counts_them(self):
+    for outputs, tf_payload, masks in (
+        (self.unchanged, self.tf_unchanged, self.received),
+        (self.changed, self.tf_changed, self.masks)):
+      payload = device_payload.check_device_upload(outputs, self.spec).payload
+      device_bytes = int(encoding.payload_num_bytes(
+          tf.nest.map_structure(tf.constant, payload),
+          [tf.constant(m) for m in masks]))
+      tf_bytes = int(encoding.payload_num_bytes(
+          tf.nest.map_structure(tf.constant, tf_payload),
+          [tf.constant(m) for m in masks]))
+      self.assertEqual(device_bytes, tf_bytes)
+    unchanged_bytes = int(encoding.payload_num_bytes(tf.nest.map_structure(
+        tf.constant, self.tf_unchanged)))
+    changed_bytes = int(encoding.payload_num_bytes(tf.nest.map_structure(
+        tf.constant, self.tf_changed)))
+    self.assertLess(unchanged_bytes, changed_bytes)
+
+
 class RunFilesTest(tf.test.TestCase):
   """Reading a run's settings and weights; errors: one line naming the file."""
 

@@ -16,6 +16,17 @@ tensor per name:
 On the server, `check_device_upload` turns such outputs back into the
 `SparsePayload` the aggregator takes (int16 read as float16, bit for bit)
 and runs `payload_validation.check_upload_arrays` on it.
+
+With an upload encoding that is not the plain bitmap (Rice-coded masks,
+masks left out when unchanged: the simulation's `CodedPayload`),
+`packed_masks` is replaced by
+
+  mask_code       uint8, the mask code's buffer at its full capacity;
+  mask_code_bits  int32[1], the bits of it in use (0: masks left out).
+
+Only the used bytes of `mask_code`, ceil(mask_code_bits / 8), need to be
+sent (the rest is zeros): `encoding.payload_num_bytes` counts the upload so,
+as it counts the simulation's uploads.
 """
 
 from typing import Any, Mapping, Sequence
@@ -29,6 +40,8 @@ from tff_feddst.process import mask_codes
 from tff_feddst.process import payload_validation
 
 PACKED_MASKS_NAME = 'packed_masks'
+MASK_CODE_NAME = 'mask_code'
+MASK_CODE_BITS_NAME = 'mask_code_bits'
 NUM_EXAMPLES_NAME = 'num_examples'
 WEIGHT_NAME = 'weight'
 # float16 values cross the signature boundary as their bit patterns.
@@ -60,18 +73,23 @@ def dense_name(index: int) -> str:
   return f'dense_{index}'
 
 
-def payload_to_dict(payload: encoding.SparsePayload) -> dict[str, Any]:
-  """Flattens a `SparsePayload` into the signatures' named tensors.
+def payload_to_dict(payload: encoding.Payload) -> dict[str, Any]:
+  """Flattens a payload into the signatures' named tensors.
 
   Args:
-    payload: The payload (tensors or numpy arrays).
+    payload: A `SparsePayload` or `CodedPayload` (tensors or numpy arrays).
 
   Returns:
-    `{values_<l>: ..., packed_masks: ..., dense_<j>: ...}` with the same
-    objects as in `payload`.
+    `{values_<l>: ..., packed_masks: ..., dense_<j>: ...}` (a
+    `CodedPayload`: `mask_code` and `mask_code_bits` for `packed_masks`)
+    with the same objects as in `payload`.
   """
   named = {values_name(l): v for l, v in enumerate(payload.values)}
-  named[PACKED_MASKS_NAME] = payload.packed_masks
+  if isinstance(payload, encoding.CodedPayload):
+    named[MASK_CODE_NAME] = payload.mask_code
+    named[MASK_CODE_BITS_NAME] = payload.mask_code_bits
+  else:
+    named[PACKED_MASKS_NAME] = payload.packed_masks
   named.update({dense_name(j): d for j, d in enumerate(payload.dense)})
   return named
 
@@ -98,7 +116,37 @@ def payload_from_dict(named: Mapping[str, Any], num_layers: int,
       dense=tuple(named[dense_name(j)] for j in range(num_dense)))
 
 
-def to_wire(payload: encoding.SparsePayload) -> encoding.SparsePayload:
+def coded_payload_from_dict(named: Mapping[str, Any], num_layers: int,
+                            num_dense: int) -> encoding.CodedPayload:
+  """Inverse of `payload_to_dict` for a `CodedPayload`.
+
+  Args:
+    named: Tensors keyed `values_<l>`, `mask_code`, `mask_code_bits`,
+      `dense_<j>` (extra keys are ignored).
+    num_layers: Number of prunable kernels.
+    num_dense: Number of dense parameter tensors.
+
+  Returns:
+    The `CodedPayload` (`mask_code_bits` as given: reshape a device's [1]).
+
+  Raises:
+    KeyError: If a name is missing.
+  """
+  return encoding.CodedPayload(
+      values=tuple(named[values_name(l)] for l in range(num_layers)),
+      mask_code=named[MASK_CODE_NAME],
+      mask_code_bits=named[MASK_CODE_BITS_NAME],
+      dense=tuple(named[dense_name(j)] for j in range(num_dense)))
+
+
+def _one_element_to_scalar(array: Any) -> Any:
+  """A numpy [1] array as its element; anything else unchanged."""
+  if isinstance(array, np.ndarray) and array.shape == (1,):
+    return array[0]
+  return array
+
+
+def to_wire(payload: encoding.Payload) -> encoding.Payload:
   """Bit-casts float16 values to int16 (in a TF graph, for `get_weights`).
 
   Args:
@@ -113,8 +161,8 @@ def to_wire(payload: encoding.SparsePayload) -> encoding.SparsePayload:
       for v in payload.values))
 
 
-def from_wire(payload: encoding.SparsePayload,
-              spec: encoding.SparsePayload) -> encoding.SparsePayload:
+def from_wire(payload: encoding.Payload,
+              spec: encoding.Payload) -> encoding.Payload:
   """Reads int16 values as float16 where `spec` expects float16 (numpy).
 
   Only the dtype is reinterpreted (`ndarray.view`): no value changes, and
@@ -141,7 +189,7 @@ def from_wire(payload: encoding.SparsePayload,
 
 
 def check_device_upload(outputs: Mapping[str, Any],
-                        spec: encoding.SparsePayload
+                        spec: encoding.Payload
                         ) -> payload_validation.UploadCheck:
   """The server's check of one device's `get_weights` outputs.
 
@@ -149,23 +197,26 @@ def check_device_upload(outputs: Mapping[str, Any],
     outputs: `{name: numpy array}` as the app read them from `get_weights`
       (see the module docstring), `weight` included.
     spec: The expected payload (`payload_validation.payload_spec` with the
-      run's upload encoding; bitmap payloads only).
+      run's upload encoding: a `SparsePayload` or `CodedPayload` spec).
 
   Returns:
     `payload_validation.check_upload_arrays`'s verdict on the decoded
     payload and weight: a missing name is a 'shape' rejection; a weight
-    that is not a float32[1] array is handed on as it is (and rejected as
-    'weight' unless it is a number).
+    (or `mask_code_bits`) that is not a [1] array is handed on as it is
+    (and rejected unless it is what the check expects).
   """
   num_layers, num_dense = len(spec.values), len(spec.dense)
   try:
-    payload = payload_from_dict(outputs, num_layers, num_dense)
+    if isinstance(spec, encoding.CodedPayload):
+      payload = coded_payload_from_dict(outputs, num_layers, num_dense)
+      payload = payload._replace(
+          mask_code_bits=_one_element_to_scalar(payload.mask_code_bits))
+    else:
+      payload = payload_from_dict(outputs, num_layers, num_dense)
   except KeyError as error:
     return payload_validation.UploadCheck(
         'shape', f'missing output {error.args[0]!r}', None, None)
-  weight = outputs.get(WEIGHT_NAME)
-  if isinstance(weight, np.ndarray) and weight.shape == (1,):
-    weight = weight[0]
+  weight = _one_element_to_scalar(outputs.get(WEIGHT_NAME))
   return payload_validation.check_upload_arrays(from_wire(payload, spec),
                                                 weight, spec)
 

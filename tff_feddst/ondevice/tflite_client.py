@@ -21,15 +21,19 @@ input and no scalar output (`signature_report.contract_violations`):
       then clear the grow scores.
   get_weights(num_examples f32[]) -> values_<l>, packed_masks, dense_<j>,
                                      weight f32[1]
-      The `SparsePayload` to upload (`ClientTrainer.payload`), values in the
-      configured upload dtype, float16 ones bit-cast to int16
-      (`device_payload.to_wire`), and `num_examples` (the number of local
-      examples in one epoch) echoed as the upload's aggregation weight.
+      The payload to upload, values in the configured upload dtype, float16
+      ones bit-cast to int16 (`device_payload.to_wire`), and `num_examples`
+      (the number of local examples in one epoch) echoed as the upload's
+      aggregation weight. With a bitmap upload encoding, the `SparsePayload`
+      (`ClientTrainer.payload`); with Rice-coded masks or changed-masks-only,
+      the simulation's `CodedPayload` (`ClientTrainer.encoded_upload`, the
+      masks left out when still those `set_weights` received): `mask_code`
+      u8 and `mask_code_bits` i32[1] replace `packed_masks`.
   infer(x) -> logits, probabilities
   save(checkpoint_path string[]) / restore(checkpoint_path string[])
       -> num_tensors i32[1]
       The whole client state (model, momentum, grow scores, the global model
-      kept for FedProx) to and from a TF checkpoint file on the device, so a
+      kept for FedProx, the received masks of changed-masks-only) to and from a TF checkpoint file on the device, so a
       round survives the app being stopped; `num_tensors` counts the state
       tensors written or read.
 
@@ -62,7 +66,7 @@ TF.
 
 import shutil
 import tempfile
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -72,6 +76,7 @@ from tff_feddst.networks import pruning
 from tff_feddst.ondevice import device_payload
 from tff_feddst.process import client_work
 from tff_feddst.process import distributor
+from tff_feddst.process import encoding
 
 TRAINING_SIGNATURES = ('train', 'infer', 'get_weights', 'set_weights',
                        'readjust', 'save', 'restore')
@@ -89,7 +94,8 @@ class TFLiteClient(tf.Module):
   """
 
   def __init__(self, model: tf.keras.Model, layout: models.ModelLayout,
-               num_active: Sequence[int], config: client_work.ClientConfig):
+               num_active: Sequence[int], config: client_work.ClientConfig,
+               upload_encoding: Optional[encoding.PayloadEncoding] = None):
     """Builds the client and its signatures.
 
     Args:
@@ -99,9 +105,12 @@ class TFLiteClient(tf.Module):
       layout: The model's `ModelLayout`.
       num_active: Active weights per prunable kernel.
       config: Local training hyper-parameters (baked into the signatures).
+      upload_encoding: How `get_weights` encodes the upload (the run's
+        upload encoding); None: bitmap masks, `config.value_dtype` values.
     """
     super().__init__(name='feddst_client')
-    trainer = client_work.ClientTrainer(model, layout, num_active, config)
+    trainer = client_work.ClientTrainer(model, layout, num_active, config,
+                                        upload_encoding=upload_encoding)
     # A plain Python object: tf.Module does not track it, so saving does not
     # try to serialise the Keras model; its variables are tracked below.
     self._trainer = trainer
@@ -128,6 +137,17 @@ class TFLiteClient(tf.Module):
     # when prox_mu > 0 and does not expose it publicly.
     global_variables = getattr(trainer, '_global_trainable', [])
     named_state += [(f'global_{i}', v) for i, v in enumerate(global_variables)]
+    # With changed-masks-only uploads, the masks `set_weights` received: the
+    # upload leaves its masks out when they are still these.
+    self._upload_encoding = trainer.upload_encoding
+    self._received_masks = ()
+    if self._upload_encoding.masks_only_when_changed:
+      self._received_masks = tuple(
+          tf.Variable(tf.zeros(mask.shape, mask.dtype), trainable=False,
+                      name=f'received_mask_{l}')
+          for l, mask in enumerate(trainer.masks))
+    named_state += [(f'received_mask_{l}', v)
+                    for l, v in enumerate(self._received_masks)]
     self._state_names = tuple(name for name, _ in named_state)
     self.state_variables = tuple(v for _, v in named_state)
 
@@ -186,8 +206,18 @@ class TFLiteClient(tf.Module):
     return {'logits': logits, 'probabilities': tf.nn.softmax(logits)}
 
   def _get_weights(self, num_examples: tf.Tensor) -> dict[str, tf.Tensor]:
-    named = device_payload.payload_to_dict(
-        device_payload.to_wire(self._trainer.payload()))
+    if self._upload_encoding.is_bitmap_payload:
+      payload = self._trainer.payload()
+    else:
+      # What the TFF client uploads: Rice-coded masks and/or masks left out
+      # when unchanged (`ClientTrainer.encoded_upload`).
+      received = self._received_masks or self._trainer.masks
+      payload = self._trainer.encoded_upload(
+          [mask.read_value() for mask in received])
+    named = device_payload.payload_to_dict(device_payload.to_wire(payload))
+    if device_payload.MASK_CODE_BITS_NAME in named:
+      named[device_payload.MASK_CODE_BITS_NAME] = tf.reshape(
+          named[device_payload.MASK_CODE_BITS_NAME], [1])
     named[device_payload.WEIGHT_NAME] = tf.reshape(num_examples, [1])
     return named
 
@@ -199,6 +229,8 @@ class TFLiteClient(tf.Module):
     weights = distributor.decode_model_weights(payload, self._layout,
                                                self._weights_type)
     self._trainer.set_weights(weights)
+    for received, mask in zip(self._received_masks, self._trainer.masks):
+      received.assign(mask)
     return {'num_active': tf.stack(
         [tf.cast(tf.reduce_sum(mask), tf.int32)
          for mask in self._trainer.masks])}

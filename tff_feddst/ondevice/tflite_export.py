@@ -24,6 +24,7 @@ from tff_feddst.ondevice import signature_report
 from tff_feddst.ondevice import tflite_client
 from tff_feddst.outputs import run_files
 from tff_feddst.process import client_work
+from tff_feddst.process import encoding
 from tff_feddst.running import settings as settings_lib
 
 TRAINING_FILE = 'training.tflite'
@@ -197,7 +198,9 @@ def _tensor_description(spec: tf.TensorSpec) -> dict[str, Any]:
 def export(model_name: str, model_fn: models.ModelFn, weights: Any,
            layout: models.ModelLayout, num_active: Sequence[int],
            client_config: client_work.ClientConfig, output_dir: str,
-           source: Optional[str] = None) -> ExportResult:
+           source: Optional[str] = None,
+           upload_encoding: Optional[encoding.PayloadEncoding] = None
+           ) -> ExportResult:
   """Exports the training model and the stripped inference models.
 
   Writes to `output_dir` (created if needed; existing files are refused
@@ -219,6 +222,8 @@ def export(model_name: str, model_fn: models.ModelFn, weights: Any,
     client_config: Local training hyper-parameters baked into `train`.
     output_dir: Output directory.
     source: Where the weights came from (for the metadata).
+    upload_encoding: The run's upload encoding, used by `get_weights`
+      (None: bitmap masks, `client_config.value_dtype` values).
 
   Returns:
     The `ExportResult`.
@@ -228,7 +233,7 @@ def export(model_name: str, model_fn: models.ModelFn, weights: Any,
   """
   check_output_dir(output_dir)
   client = tflite_client.TFLiteClient(model_fn(), layout, num_active,
-                                      client_config)
+                                      client_config, upload_encoding)
   client.load_weights(weights)
   training_model = tflite_client.convert_client(client)
   stripped = tflite_client.strip_model(model_fn, weights)
@@ -257,6 +262,7 @@ def export(model_name: str, model_fn: models.ModelFn, weights: Any,
           _tensor_description(tf.TensorSpec(v.shape, v.dtype, name=k))
           for k, v in payload.items()],
       'client_config': dataclasses.asdict(client_config),
+      'upload_encoding': client.trainer.upload_encoding.name,
       'readjust_step': 'clip(round(readjust_after_epochs * num_batches), 1, '
                        'num_epochs * num_batches)',
       'signatures': list(tflite_client.TRAINING_SIGNATURES),
@@ -318,7 +324,8 @@ def export_checkpoint(checkpoint: str, output_dir: str) -> ExportResult:
   return export(config.model_name, model_fn, weights, initial.layout,
                 initial.num_active,
                 model_setup.build_client_config(config, initial), output_dir,
-                source=os.path.abspath(npz_path))
+                source=os.path.abspath(npz_path),
+                upload_encoding=config.payload_encodings()[0])
 
 
 def export_initial(config: settings_lib.ExperimentSettings,
@@ -342,4 +349,5 @@ def export_initial(config: settings_lib.ExperimentSettings,
   return export(config.model_name, model_fn, initial.weights, initial.layout,
                 initial.num_active,
                 model_setup.build_client_config(config, initial), output_dir,
-                source=f'initialisation (seed {config.run.seed})')
+                source=f'initialisation (seed {config.run.seed})',
+                upload_encoding=config.payload_encodings()[0])
