@@ -95,7 +95,8 @@ def main(argv):
   print_contract(result.contract_violations)
 
 
-def print_contract(violations):
+def print_contract(violations: list[str]) -> None:
+  """Prints the Java contract check: kept, or each breach."""
   if violations:
     print('Java contract broken:')
     for line in violations:
@@ -105,7 +106,13 @@ def print_contract(violations):
           'output, no float16/float64 tensor, only allowed select TF ops)')
 
 
-def list_ops(prog, path):
+def list_ops(prog: str, path: str) -> None:
+  """--list_ops: prints the ops of each signature of `path` and the contract.
+
+  Args:
+    prog: The program name for error messages.
+    path: A .tflite file.
+  """
   given = [name for name in ('output', 'checkpoint', *SETTING_FLAGS)
            if FLAGS[name].present]
   if given:

@@ -33,9 +33,9 @@ input and no scalar output (`signature_report.contract_violations`):
   save(checkpoint_path string[]) / restore(checkpoint_path string[])
       -> num_tensors i32[1]
       The whole client state (model, momentum, grow scores, the global model
-      kept for FedProx, the received masks of changed-masks-only) to and from a TF checkpoint file on the device, so a
-      round survives the app being stopped; `num_tensors` counts the state
-      tensors written or read.
+      kept for FedProx, the received masks of changed-masks-only) to and
+      from a TF checkpoint file on the device, so a round survives the app
+      being stopped; `num_tensors` counts the state tensors written or read.
 
 How this matches the TF client. `ClientTrainer.update` (one TFF round) calls
 `set_weights`, then `train_step` for every minibatch of E epochs, and on a
@@ -59,7 +59,8 @@ delegate (Android: `org.tensorflow:tensorflow-lite-select-tf-ops`):
   save/restore Save, Restore: checkpoint file I/O.
 `set_weights`, `get_weights`, `readjust` and `infer` and the stripped
 inference models use builtins only (mask bits are unpacked with FLOOR_DIV
-and FLOOR_MOD, values padded before their cast to float16). The stable
+and FLOOR_MOD, values padded before their cast to float16; the Rice encoder
+of compact uploads also uses builtins only). The stable
 argsorts of `masks` become TOPK_V2, whose ties go to the lower index as in
 TF.
 """
