@@ -75,6 +75,20 @@ class ExportTflitePathsTest(tf.test.TestCase):
     self.assertLess(metadata['sizes'][tflite_export.SPARSE_INFERENCE_FILE],
                     metadata['sizes'][tflite_export.INFERENCE_FILE])
     self.assertIn('Conv2DBackpropFilter', metadata['select_tf_ops']['train'])
+    self.assertEqual(metadata['select_tf_ops']['set_weights'], [])
+    self.assertEqual(metadata['contract_violations'], [])
+    self.assertIn('Java contract: kept', result.stdout)
+    self.assertIn('  get_weights: none\n', result.stdout)
+    # --list_ops reads the written model back: the same lists.
+    listing = run_export(
+        f'--list_ops={os.path.join(output, tflite_export.TRAINING_FILE)}')
+    self.assertEqual(listing.returncode, 0, listing.stderr)
+    self.assertIn('get_weights: select TF ops: none; builtins: ',
+                  listing.stdout)
+    self.assertIn('train: select TF ops: Conv2DBackpropFilter, MaxPoolGrad, '
+                  'ReluGrad, SparseSoftmaxCrossEntropyWithLogits; builtins: ',
+                  listing.stdout)
+    self.assertIn('Java contract: kept', listing.stdout)
     # The training model starts from the checkpoint, and its inference
     # agrees with the stripped models.
     with np.load(os.path.join(run_dir, 'global_model.npz')) as archive:
@@ -88,7 +102,8 @@ class ExportTflitePathsTest(tf.test.TestCase):
           model_path=os.path.join(output, name))
       outputs[name] = interpreter.get_signature_runner('infer')(x=x)['logits']
       if name == tflite_export.TRAINING_FILE:
-        weights = interpreter.get_signature_runner('get_weights')()
+        weights = interpreter.get_signature_runner('get_weights')(
+            num_examples=np.float32(1))
         self.assertAllEqual(weights['dense_0'], checkpoint_bias)
     for name in (tflite_export.INFERENCE_FILE,
                  tflite_export.SPARSE_INFERENCE_FILE):
@@ -165,6 +180,17 @@ class ExportTfliteBadInputTest(tf.test.TestCase):
     result = run_export('--prox_mu=inf', f'--output={output}')
     self.assert_one_line_error(result, '--prox_mu=inf is invalid: expected a '
                                'finite number')
+    missing = os.path.join(os.path.dirname(output), 'none.tflite')
+    result = run_export(f'--list_ops={missing}')
+    self.assert_one_line_error(result, f'--list_ops={missing}')
+    garbage = os.path.join(os.path.dirname(output), 'garbage.tflite')
+    with open(garbage, 'wb') as f:
+      f.write(b'not a flatbuffer' * 3)
+    result = run_export(f'--list_ops={garbage}')
+    self.assert_one_line_error(result, f'--list_ops={garbage}', 'not a '
+                               'readable .tflite model')
+    result = run_export(f'--list_ops={garbage}', f'--output={output}')
+    self.assert_one_line_error(result, '--output', '--list_ops')
     self.assertFalse(os.path.exists(output))
 
 

@@ -1,4 +1,5 @@
-"""Tests for tff_feddst.ondevice.tflite_export: TFLite client parity with the TF client.
+"""Tests for tff_feddst.ondevice.tflite_export and tflite_client: TFLite client
+parity with the TF client, the Java contract of every exported signature.
 
 Each class converts once in setUpClass and runs everything that calls a Keras
 model there too (a Keras model built before a TFF computation is traced in
@@ -15,12 +16,16 @@ import tensorflow_federated as tff
 from tff_feddst.methods import fed_dst
 from tff_feddst.methods import model_setup
 from tff_feddst.networks import models
+from tff_feddst.ondevice import device_payload
+from tff_feddst.ondevice import signature_report
+from tff_feddst.ondevice import tflite_client
 from tff_feddst.ondevice import tflite_export
 from tff_feddst.outputs import run_files
 from tff_feddst.process import aggregation
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
+from tff_feddst.process import payload_validation
 from tff_feddst.process import sum_factory
 from tff_feddst.running import settings as settings_lib
 
@@ -33,8 +38,8 @@ MNIST_SELECT_TF_OPS = {
     'train': ('Conv2DBackpropFilter', 'MaxPoolGrad', 'ReluGrad',
               'SparseSoftmaxCrossEntropyWithLogits'),
     'readjust': (),
-    'set_weights': ('BitwiseAnd',),
-    'get_weights': ('EnsureShape',),
+    'set_weights': (),
+    'get_weights': (),
     'save': ('Save',),
     'restore': ('Restore',),
     'infer': (),
@@ -49,12 +54,12 @@ def random_batches(input_shape, sizes, seed):
 
 def numpy_payload(payload: encoding.SparsePayload) -> dict:
   return {k: np.asarray(v) for k, v in
-          tflite_export.payload_to_dict(payload).items()}
+          device_payload.payload_to_dict(payload).items()}
 
 
 def payload_of(named: dict,
                layout: models.ModelLayout) -> encoding.SparsePayload:
-  return tflite_export.payload_from_dict(
+  return device_payload.payload_from_dict(
       {k: tf.constant(v) for k, v in named.items()}, layout.num_prunable,
       len(layout.dense_trainable_indices) +
       len(layout.dense_non_trainable_indices))
@@ -70,7 +75,13 @@ def runners(tflite_model: bytes) -> dict:
   """A fresh interpreter (one variable state) and its signature runners."""
   interpreter = tf.lite.Interpreter(model_content=tflite_model)
   return {name: interpreter.get_signature_runner(name)
-          for name in tflite_export.TRAINING_SIGNATURES}
+          for name in tflite_client.TRAINING_SIGNATURES}
+
+
+def uploaded(run: dict, num_examples: float = 1.0) -> dict:
+  """`get_weights` outputs without the echoed weight."""
+  outputs = run['get_weights'](num_examples=np.float32(num_examples))
+  return {k: v for k, v in outputs.items() if k != device_payload.WEIGHT_NAME}
 
 
 class MnistTrainingModelTest(tf.test.TestCase):
@@ -85,10 +96,10 @@ class MnistTrainingModelTest(tf.test.TestCase):
     layout, num_active = cls.initial.layout, cls.initial.num_active
     cls.config = client_work.ClientConfig(
         learning_rate=0.05, momentum=0.9, weight_decay=1e-3, prox_mu=0.01)
-    client = tflite_export.TFLiteClient(cls.model_fn(), layout, num_active,
+    client = tflite_client.TFLiteClient(cls.model_fn(), layout, num_active,
                                         cls.config)
     client.load_weights(cls.initial.weights)
-    cls.tflite_model = tflite_export.convert_client(client)
+    cls.tflite_model = tflite_client.convert_client(client)
     cls.broadcast = numpy_payload(client_work.encode_weights(
         cls.initial.weights, layout, num_active))
     # Uneven batch sizes: the last batch of an epoch is usually smaller.
@@ -109,23 +120,25 @@ class MnistTrainingModelTest(tf.test.TestCase):
     tf.function(trainer.set_weights)(cls.initial.weights)
     run = runners(cls.tflite_model)
     cls.set_weights_output = run['set_weights'](**cls.broadcast)
-    cls.after_set_weights = run['get_weights']()
+    cls.after_set_weights = uploaded(run)
     cls.tf_losses, cls.tflite_losses = [], []
     for x, y in cls.batches[:NUM_STEPS_BEFORE_READJUST]:
       cls.tf_losses.append(float(tf_step(x, y)))
-      cls.tflite_losses.append(float(run['train'](x=x, y=y)['loss']))
+      cls.tflite_losses.append(float(run['train'](x=x, y=y)['loss'][0]))
     cls.tf_before_readjust = numpy_payload(trainer.payload())
-    cls.tflite_before_readjust = run['get_weights']()
+    cls.tflite_before_readjust = uploaded(run)
     cls.tf_regrown = int(tf_readjust(tf.constant(DROP_FRACTION)))
     cls.tflite_regrown = int(run['readjust'](
-        drop_fraction=np.float32(DROP_FRACTION))['num_regrown'])
+        drop_fraction=np.float32(DROP_FRACTION))['num_regrown'][0])
     cls.tf_after_readjust = numpy_payload(trainer.payload())
-    cls.tflite_after_readjust = run['get_weights']()
+    cls.tflite_after_readjust = uploaded(run)
     for x, y in cls.batches[NUM_STEPS_BEFORE_READJUST:]:
       tf_step(x, y)
       run['train'](x=x, y=y)
     cls.tf_final = numpy_payload(trainer.payload())
-    cls.tflite_final = run['get_weights']()
+    cls.tflite_upload = run['get_weights'](num_examples=np.float32(156.))
+    cls.tflite_final = {k: v for k, v in cls.tflite_upload.items()
+                        if k != device_payload.WEIGHT_NAME}
     # A second client, trained in TF, to aggregate with the first one.
     other = client_work.ClientTrainer(cls.model_fn(), layout, num_active,
                                       cls.config)
@@ -150,7 +163,7 @@ class MnistTrainingModelTest(tf.test.TestCase):
     cls.keras_infer = {'logits': logits.numpy(),
                        'probabilities': tf.nn.softmax(logits).numpy()}
     run = runners(cls.tflite_model)
-    cls.fresh_weights = run['get_weights']()
+    cls.fresh_weights = uploaded(run)
     cls.tflite_infer = run['infer'](x=x)
 
   def masks_of(self, named: dict) -> list[np.ndarray]:
@@ -166,13 +179,16 @@ class MnistTrainingModelTest(tf.test.TestCase):
   def test_signatures_and_their_tensors(self):
     interpreter = tf.lite.Interpreter(model_content=self.tflite_model)
     signatures = interpreter.get_signature_list()
-    self.assertCountEqual(signatures, tflite_export.TRAINING_SIGNATURES)
+    self.assertCountEqual(signatures, tflite_client.TRAINING_SIGNATURES)
     self.assertCountEqual(signatures['train']['inputs'], ['x', 'y'])
     self.assertEqual(signatures['train']['outputs'], ['loss'])
     self.assertCountEqual(signatures['infer']['outputs'],
                           ['logits', 'probabilities'])
     self.assertCountEqual(signatures['set_weights']['inputs'], self.broadcast)
-    self.assertCountEqual(signatures['get_weights']['outputs'], self.broadcast)
+    self.assertEqual(signatures['get_weights']['inputs'], ['num_examples'])
+    self.assertCountEqual(signatures['get_weights']['outputs'],
+                          list(self.broadcast) + ['weight'])
+    self.assertEqual(signatures['save']['outputs'], ['num_tensors'])
     inputs = interpreter.get_signature_runner('set_weights').get_input_details()
     for name, array in self.broadcast.items():
       self.assertEqual(inputs[name]['dtype'], array.dtype, name)
@@ -182,8 +198,32 @@ class MnistTrainingModelTest(tf.test.TestCase):
     self.assertEqual(x['dtype'], np.float32)
 
   def test_select_tf_ops_per_signature(self):
-    self.assertEqual(tflite_export.select_tf_ops(self.tflite_model),
+    self.assertEqual(signature_report.select_tf_ops(self.tflite_model),
                      MNIST_SELECT_TF_OPS)
+
+  def test_every_signature_keeps_the_java_contract(self):
+    self.assertEqual(signature_report.contract_violations(self.tflite_model),
+                     [])
+    tensors = signature_report.signature_tensors(self.tflite_model)
+    self.assertEqual(tensors['train']['outputs'], [('loss', 'FLOAT32', (1,))])
+    self.assertEqual(tensors['readjust']['outputs'],
+                     [('num_regrown', 'INT32', (1,))])
+    self.assertEqual(tensors['get_weights']['inputs'],
+                     [('num_examples', 'FLOAT32', ())])
+
+  def test_get_weights_echoes_the_weight_and_passes_the_upload_check(self):
+    self.assertEqual(self.tflite_upload['weight'].dtype, np.float32)
+    self.assertAllEqual(self.tflite_upload['weight'], [156.])
+    layout, num_active = self.initial.layout, self.initial.num_active
+    dense_shapes = [self.broadcast[device_payload.dense_name(j)].shape
+                    for j in range(len(layout.dense_trainable_indices))]
+    spec = payload_validation.payload_spec(layout.kernel_shapes, num_active,
+                                           dense_shapes)
+    verdict = device_payload.check_device_upload(self.tflite_upload, spec)
+    self.assertIsNone(verdict.rejection, verdict.reason)
+    self.assertEqual(verdict.weight, np.float32(156.))
+    for name, array in numpy_payload(verdict.payload).items():
+      self.assertEqual(array.tobytes(), self.tflite_final[name].tobytes())
 
   def test_exported_start_state_is_the_initial_model(self):
     for name, array in self.broadcast.items():
@@ -232,7 +272,7 @@ class MnistTrainingModelTest(tf.test.TestCase):
 
   def test_server_aggregates_tflite_payload_like_tf_payload(self):
     layout, num_active = self.initial.layout, self.initial.num_active
-    dense_shapes = [self.broadcast[tflite_export.dense_name(j)].shape
+    dense_shapes = [self.broadcast[device_payload.dense_name(j)].shape
                     for j in range(len(layout.dense_trainable_indices))]
     buffers = [tf.zeros_like(v) for v in self.initial.weights.trainable]
 
@@ -293,21 +333,24 @@ class MnistTrainingModelTest(tf.test.TestCase):
     run['set_weights'](**self.broadcast)
     for x, y in self.batches[:2]:
       run['train'](x=x, y=y)
-    run['save'](checkpoint_path=np.array(path.encode()))
-    saved = run['get_weights']()
+    num_saved = run['save'](checkpoint_path=np.array(path.encode()))
+    saved = uploaded(run)
     x, y = self.batches[2]
     run['train'](x=x, y=y)
-    trained_once = run['get_weights']()
+    trained_once = uploaded(run)
     self.assertGreater(max_abs_difference(trained_once, saved), 0)
-    run['restore'](checkpoint_path=np.array(path.encode()))
-    self.assertEqual(max_abs_difference(run['get_weights'](), saved), 0)
+    num_restored = run['restore'](checkpoint_path=np.array(path.encode()))
+    self.assertEqual(max_abs_difference(uploaded(run), saved), 0)
+    # Weights, masks, momentum, grow scores and FedProx's global weights.
+    self.assertGreater(int(num_saved['num_tensors'][0]), 0)
+    self.assertAllEqual(num_restored['num_tensors'], num_saved['num_tensors'])
     # Momentum and grow scores came back too: the same step, the same result.
     run['train'](x=x, y=y)
-    self.assertEqual(max_abs_difference(run['get_weights'](), trained_once), 0)
+    self.assertEqual(max_abs_difference(uploaded(run), trained_once), 0)
     # A new interpreter (the app restarted) resumes from the file.
     restarted = runners(self.tflite_model)
     restarted['restore'](checkpoint_path=np.array(path.encode()))
-    self.assertEqual(max_abs_difference(restarted['get_weights'](), saved), 0)
+    self.assertEqual(max_abs_difference(uploaded(restarted), saved), 0)
 
   def test_restore_of_a_missing_file_fails(self):
     run = runners(self.tflite_model)
@@ -324,9 +367,9 @@ class InferenceModelsTest(tf.test.TestCase):
     super().setUpClass()
     model_fn = models.get_model_fn('mnist_net', seed=1)
     initial = fed_dst.build_initial_model(model_fn, 0.8, 'erk', seed=2)
-    stripped = tflite_export.strip_model(model_fn, initial.weights)
-    cls.plain = tflite_export.convert_inference(stripped, sparse=False)
-    cls.sparse = tflite_export.convert_inference(stripped, sparse=True)
+    stripped = tflite_client.strip_model(model_fn, initial.weights)
+    cls.plain = tflite_client.convert_inference(stripped, sparse=False)
+    cls.sparse = tflite_client.convert_inference(stripped, sparse=True)
     cls.x = random_batches((28, 28, 1), (16,), seed=5)[0][0]
     cls.keras_logits = stripped(cls.x, training=False).numpy()
     cls.wrapped_count = sum(
@@ -337,8 +380,10 @@ class InferenceModelsTest(tf.test.TestCase):
 
   def test_builtins_only(self):
     for model in (self.plain, self.sparse):
-      self.assertEqual(tflite_export.select_tf_ops(model), {'infer': ()})
-    self.assertIn('DENSIFY', tflite_export.signature_ops(self.sparse)['infer'])
+      self.assertEqual(signature_report.select_tf_ops(model), {'infer': ()})
+      self.assertEqual(signature_report.contract_violations(model), [])
+    self.assertIn('DENSIFY',
+                  signature_report.signature_ops(self.sparse)['infer'])
 
   def test_sparse_format_is_smaller(self):
     # Dense float32 storage of 261,840 parameters is about 1.05 MB.
@@ -368,10 +413,10 @@ class Cifar10TrainingModelTest(tf.test.TestCase):
     model_fn, initial = tflite_export.build_initial_for(run_config)
     config = model_setup.build_client_config(run_config, initial)
     cls.config, cls.initial = config, initial
-    client = tflite_export.TFLiteClient(model_fn(), initial.layout,
+    client = tflite_client.TFLiteClient(model_fn(), initial.layout,
                                         initial.num_active, config)
     client.load_weights(initial.weights)
-    cls.tflite_model = tflite_export.convert_client(client)
+    cls.tflite_model = tflite_client.convert_client(client)
     batches = random_batches((32, 32, 3), (8, 8), seed=6)
     trainer = client_work.ClientTrainer(model_fn(), initial.layout,
                                         initial.num_active, config)
@@ -384,9 +429,20 @@ class Cifar10TrainingModelTest(tf.test.TestCase):
       run['train'](x=x, y=y)
     cls.tf_regrown = int(trainer.readjust(tf.constant(0.2)))
     cls.tflite_regrown = int(run['readjust'](
-        drop_fraction=np.float32(0.2))['num_regrown'])
+        drop_fraction=np.float32(0.2))['num_regrown'][0])
     cls.tf_payload = numpy_payload(trainer.payload())
-    cls.tflite_payload = run['get_weights']()
+    cls.tflite_outputs = run['get_weights'](num_examples=np.float32(16.))
+    # The server's reading of the device's outputs (float16 from int16).
+    layout = initial.layout
+    dense_shapes = [v.shape for v in cls.tf_payload.values()][
+        layout.num_prunable + 1:]
+    cls.spec = payload_validation.payload_spec(
+        layout.kernel_shapes, initial.num_active, dense_shapes,
+        encoding.PayloadEncoding(value_dtype='float16'))
+    cls.verdict = device_payload.check_device_upload(cls.tflite_outputs,
+                                                     cls.spec)
+    cls.tflite_payload = (numpy_payload(cls.verdict.payload)
+                          if cls.verdict.payload is not None else None)
 
   def test_config_from_run_settings(self):
     self.assertEqual(self.config.readjust_rule, 'reference')
@@ -396,6 +452,19 @@ class Cifar10TrainingModelTest(tf.test.TestCase):
   def test_infer_matches_keras(self):
     self.assertAllClose(self.tflite_infer, self.tf_infer, atol=PARITY_ATOL,
                         rtol=0)
+
+  def test_java_contract_and_select_tf_ops(self):
+    self.assertEqual(signature_report.contract_violations(self.tflite_model),
+                     [])
+    self.assertEqual(signature_report.select_tf_ops(self.tflite_model),
+                     MNIST_SELECT_TF_OPS)
+
+  def test_float16_values_cross_the_boundary_as_int16(self):
+    self.assertEqual(self.tflite_outputs['values_0'].dtype, np.int16)
+    self.assertIsNone(self.verdict.rejection, self.verdict.reason)
+    self.assertEqual(self.verdict.weight, np.float32(16.))
+    self.assertEqual(self.tflite_payload['values_0'].tobytes(),
+                     self.tflite_outputs['values_0'].tobytes())
 
   def test_float16_payload_and_readjust_match_tf(self):
     self.assertEqual(self.tflite_regrown, self.tf_regrown)
@@ -407,6 +476,111 @@ class Cifar10TrainingModelTest(tf.test.TestCase):
     # Values may differ by one float16 rounding step.
     self.assertLess(max_abs_difference(self.tflite_payload, self.tf_payload),
                     2e-3)
+
+
+class CompactUploadTest(tf.test.TestCase):
+  """CIFAR-10 with the simulation's compact upload: float16 values, Rice-coded
+  masks, masks left out while unchanged."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    run_config = settings_lib.ExperimentSettings.from_flat(
+        dataset='cifar10', target_sparsity=0.8, seed=1, drop_fraction=0.2,
+        upload_encoding='float16+rice+changed_masks_only')
+    model_fn, initial = tflite_export.build_initial_for(run_config)
+    config = model_setup.build_client_config(run_config, initial)
+    cls.upload_encoding = run_config.payload_encodings()[0]
+    layout, num_active = initial.layout, initial.num_active
+    client = tflite_client.TFLiteClient(model_fn(), layout, num_active,
+                                        config, cls.upload_encoding)
+    client.load_weights(initial.weights)
+    cls.tflite_model = tflite_client.convert_client(client)
+    broadcast = numpy_payload(client_work.encode_weights(
+        initial.weights, layout, num_active))
+    trainer = client_work.ClientTrainer(model_fn(), layout, num_active,
+                                        config,
+                                        upload_encoding=cls.upload_encoding)
+    tf.function(trainer.set_weights)(initial.weights)
+    received = [tf.constant(m.numpy()) for m in trainer.masks]
+    tf_step = tf.function(lambda x, y: trainer.train_step(x, y, True))
+    tf_upload = tf.function(lambda: trainer.encoded_upload(received))
+    run = runners(cls.tflite_model)
+    run['set_weights'](**broadcast)
+    batches = random_batches((32, 32, 3), (8, 8, 8), seed=7)
+    for x, y in batches[:2]:
+      tf_step(x, y)
+      run['train'](x=x, y=y)
+    cls.tf_unchanged = tf.nest.map_structure(np.asarray, tf_upload())
+    cls.unchanged = run['get_weights'](num_examples=np.float32(24.))
+    trainer.readjust(tf.constant(0.2))
+    run['readjust'](drop_fraction=np.float32(0.2))
+    x, y = batches[2]
+    tf_step(x, y)
+    run['train'](x=x, y=y)
+    cls.tf_changed = tf.nest.map_structure(np.asarray, tf_upload())
+    cls.changed = run['get_weights'](num_examples=np.float32(24.))
+    cls.masks = [m.numpy() for m in trainer.masks]
+    cls.received = [m.numpy() for m in received]
+    dense_shapes = [np.shape(d) for d in cls.tf_changed.dense]
+    cls.spec = payload_validation.payload_spec(
+        layout.kernel_shapes, num_active, dense_shapes, cls.upload_encoding)
+
+  def test_java_contract_and_select_tf_ops(self):
+    self.assertEqual(signature_report.contract_violations(self.tflite_model),
+                     [])
+    self.assertEqual(signature_report.select_tf_ops(self.tflite_model),
+                     MNIST_SELECT_TF_OPS)
+    tensors = signature_report.signature_tensors(self.tflite_model)
+    outputs = {name: (dtype, shape)
+               for name, dtype, shape in tensors['get_weights']['outputs']}
+    self.assertEqual(outputs['mask_code_bits'], ('INT32', (1,)))
+    self.assertEqual(outputs['mask_code'][0], 'UINT8')
+    self.assertNotIn('packed_masks', outputs)
+
+  def assert_same_upload(self, device_outputs, tf_payload):
+    verdict = device_payload.check_device_upload(device_outputs, self.spec)
+    self.assertIsNone(verdict.rejection, verdict.reason)
+    self.assertEqual(verdict.weight, np.float32(24.))
+    self.assertIsInstance(verdict.payload, encoding.CodedPayload)
+    self.assertEqual(int(verdict.payload.mask_code_bits),
+                     int(tf_payload.mask_code_bits))
+    self.assertEqual(verdict.payload.mask_code.tobytes(),
+                     tf_payload.mask_code.tobytes())
+    for got, want in zip(verdict.payload.values, tf_payload.values):
+      self.assertEqual(got.dtype, np.float16)
+      # Values may differ by one float16 rounding step.
+      self.assertAllClose(got.astype(np.float32), want.astype(np.float32),
+                          atol=2e-3, rtol=0)
+    return verdict.payload
+
+  def test_unchanged_masks_are_left_out(self):
+    payload = self.assert_same_upload(self.unchanged, self.tf_unchanged)
+    self.assertEqual(int(payload.mask_code_bits), 0)
+
+  def test_changed_masks_are_rice_coded_as_in_tf(self):
+    self.assertTrue(any(np.any(m != r)
+                        for m, r in zip(self.masks, self.received)))
+    payload = self.assert_same_upload(self.changed, self.tf_changed)
+    self.assertGreater(int(payload.mask_code_bits), 0)
+
+  def test_bytes_counted_as_the_simulation_counts_them(self):
+    for outputs, tf_payload, masks in (
+        (self.unchanged, self.tf_unchanged, self.received),
+        (self.changed, self.tf_changed, self.masks)):
+      payload = device_payload.check_device_upload(outputs, self.spec).payload
+      device_bytes = int(encoding.payload_num_bytes(
+          tf.nest.map_structure(tf.constant, payload),
+          [tf.constant(m) for m in masks]))
+      tf_bytes = int(encoding.payload_num_bytes(
+          tf.nest.map_structure(tf.constant, tf_payload),
+          [tf.constant(m) for m in masks]))
+      self.assertEqual(device_bytes, tf_bytes)
+    unchanged_bytes = int(encoding.payload_num_bytes(tf.nest.map_structure(
+        tf.constant, self.tf_unchanged)))
+    changed_bytes = int(encoding.payload_num_bytes(tf.nest.map_structure(
+        tf.constant, self.tf_changed)))
+    self.assertLess(unchanged_bytes, changed_bytes)
 
 
 class RunFilesTest(tf.test.TestCase):

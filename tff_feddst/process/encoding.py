@@ -399,15 +399,18 @@ def active_values(kernels: Sequence[tf.Tensor], masks: Sequence[tf.Tensor],
   values = []
   for kernel, mask, count in zip(kernels, masks, num_active):
     positions = tf.where(tf.reshape(mask, [-1]) > 0.5)[:, 0]
-    layer_values = tf.cast(tf.gather(tf.reshape(kernel, [-1]), positions),
-                           value_dtype)
+    layer_values = tf.gather(tf.reshape(kernel, [-1]), positions)
     num_ones = tf.size(positions)
     with tf.control_dependencies([tf.debugging.assert_less_equal(
         num_ones, count,
         message=f'mask {len(values)} has more active positions than the '
         f'payload holds ({count})')]):
       layer_values = tf.pad(layer_values, [[0, count - num_ones]])
-    values.append(tf.ensure_shape(layer_values, [count]))
+    # Padding before the cast and a reshape to the static length (it checks
+    # the length at run time, as tf.ensure_shape would) give the same values
+    # with TFLite builtins only: TFLite's PAD has no float16 kernel and
+    # EnsureShape no builtin.
+    values.append(tf.cast(tf.reshape(layer_values, [count]), value_dtype))
   return tuple(values)
 
 

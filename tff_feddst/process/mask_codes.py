@@ -90,9 +90,12 @@ def unpack_bits(packed: tf.Tensor, num_bits: int) -> tf.Tensor:
   Returns:
     float32 tensor of `num_bits` 0/1 values.
   """
-  shifts = tf.constant([7, 6, 5, 4, 3, 2, 1, 0], tf.int32)
+  # Division and remainder by powers of two give the same bits as a shift and
+  # a bitwise AND, and both are TFLite builtins (TFLite has no bitwise AND):
+  # the on-device `set_weights` needs no select TF op for them.
+  powers = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
   as_int = tf.cast(packed, tf.int32)[:, tf.newaxis]
-  bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(as_int, shifts), 1)
+  bits = tf.math.floormod(tf.math.floordiv(as_int, powers), 2)
   return tf.cast(tf.reshape(bits, [-1])[:num_bits], tf.float32)
 
 
@@ -178,9 +181,12 @@ def rice_layer(size: int, num_active: int, k: Optional[int] = None
 
 def _bits_msb_first(values: tf.Tensor, width: int) -> tf.Tensor:
   """[..., width] int32 bits of non-negative int32 `values`, MSB first."""
-  shifts = tf.range(width - 1, -1, -1, dtype=tf.int32)
-  return tf.bitwise.bitwise_and(
-      tf.bitwise.right_shift(values[..., tf.newaxis], shifts), 1)
+  # Division and remainder by powers of two (TFLite builtins, as in
+  # `unpack_bits`): the bits a shift and a bitwise AND would give.
+  powers = tf.constant([2**shift for shift in range(width - 1, -1, -1)],
+                       tf.int32)
+  return tf.math.floormod(
+      tf.math.floordiv(values[..., tf.newaxis], powers), 2)
 
 
 def _from_bits_msb_first(bits: tf.Tensor, width: int) -> tf.Tensor:
@@ -207,7 +213,8 @@ def rice_encode_layer(flat_mask: tf.Tensor, layer: RiceLayer
   count = tf.size(positions, out_type=tf.int32)
   gaps = positions - tf.concat([[-1], positions[:-1]], axis=0) - 1
   quotients = tf.bitwise.right_shift(gaps, k)
-  remainders = gaps - tf.bitwise.left_shift(quotients, k)
+  # quotients * 2**k is the left shift (TFLite has no LEFT_SHIFT builtin).
+  remainders = gaps - quotients * (2**k)
   unary_ends = tf.cumsum(quotients + 1)
   unary_length = tf.reduce_sum(quotients + 1)
   # Code i's quotient is 1s on [w + end_i - q_i - 1, w + end_i - 1), then
@@ -308,10 +315,12 @@ def encode_masks(masks: Sequence[tf.Tensor], num_active: Sequence[int],
   for flat_mask, layer in zip(flat_masks, layers):
     bits, length = rice_encode_layer(flat_mask, layer)
     # Layer l starts where layer l-1 ends; its unused tail is all zeros,
-    # so adding it over the next layer's region changes nothing.
-    buffer = tf.tensor_scatter_nd_add(
-        buffer, (offset + tf.range(layer.capacity_bits))[:, tf.newaxis],
-        bits)
+    # so adding it over the next layer's region changes nothing. (A
+    # scatter into zeros plus an add: the sum tensor_scatter_nd_add would
+    # give, with TFLite builtins.)
+    buffer += tf.scatter_nd(
+        (offset + tf.range(layer.capacity_bits))[:, tf.newaxis], bits,
+        [capacity])
     offset += length
   return pack_bits(buffer), offset
 

@@ -48,9 +48,10 @@ whole round. `shapes_match` compares each tensor's run-time shape with the
 expected one and the payload is only touched (decoded, summed) in the branch
 where it matched (`tf.cond`). dtypes are fixed by TFF's type system (a
 float64 payload is refused when the computation is called); uploads that
-come from outside TFF (e.g. a TFLite device's `get_weights()` output) are
-checked per tensor for structure, dtype and shape by `check_upload_arrays`
-before anything is converted.
+come from outside TFF (e.g. a TFLite device's `get_weights` outputs, read by
+`ondevice.device_payload.check_device_upload`) are checked per tensor for
+structure, dtype and shape by `check_upload_arrays` before anything is
+converted.
 
 Targets. The mask rule compares each layer's nnz with a per-layer target,
 `num_active[l]` by default (static: the payload's capacity). A per-round
@@ -599,7 +600,9 @@ def check_upload_arrays(payload: encoding.Payload, weight: Any,
 
   Args:
     payload: A `SparsePayload`/`CodedPayload` of numpy arrays (or tensors),
-      e.g. `tflite_export.payload_from_dict(get_weights_outputs, ...)`.
+      e.g. a TFLite device's `get_weights` outputs as
+      `device_payload.check_device_upload` reads them (float16 values sent
+      as int16 bit patterns are viewed as float16 first).
     weight: The example count the client reported.
     spec: The expected payload (`payload_spec`).
 
