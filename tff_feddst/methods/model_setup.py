@@ -135,7 +135,8 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
       clip_norm_multiplier=server.clip_norm_multiplier,
       clip_zeroing_multiple=server.clip_zeroing_multiple,
       max_client_weight=float(cap) if cap else None,
-      client_weighting=server.client_weighting, **screening)
+      client_weighting=server.client_weighting,
+      client_batch_size=settings.client.client_batch_size, **screening)
 
 
 def _screening_is_off(settings: settings_lib.ExperimentSettings) -> bool:

@@ -290,8 +290,9 @@ class ReadjustmentSettings(_Group):
       'reference). Default: E-1, or 0.5 when E=1.')
   grow_score: str = setting(
       'accumulated', 'Regrow by |gradient| accumulated over the steps before '
-      'readjusting (accumulated) or of the last minibatch (last_batch, '
-      'reference).', _mask_choices('GROW_SCORES'))
+      'readjusting (accumulated), of the last minibatch before its step '
+      '(last_batch), or of the last minibatch recomputed after its step '
+      '(last_batch_after_step, the reference).', _mask_choices('GROW_SCORES'))
   readjust_rule: str = setting(
       'feddst', 'feddst (paper) or reference (authors\' prune-then-grow over '
       'all positions).', _mask_choices('READJUST_RULES'))
@@ -382,8 +383,22 @@ class ServerSettings(_Group):
   server_momentum: float = setting(
       0.0, 'Server momentum (> 0: FedAvgM; tune the server lr).')
   min_votes: int = setting(
-      0, 'A weight must be held by at least this many of the round\'s '
-      'clients to stay in the global mask; at most --clients_per_round.')
+      0, 'Vote threshold to stay in the global mask, in --min_votes_unit: '
+      'with clients (default), a weight must be held by at least this many '
+      'of the round\'s clients, at most --clients_per_round; with weight '
+      '(the reference\'s --min-votes), its holders\' summed aggregation '
+      'weights must exceed it (strict >), >= 0.')
+  min_votes_unit: str = setting(
+      'clients', 'What --min_votes counts: clients (holders, >=; ours) or '
+      'weight (holders\' summed aggregation weights, >; the reference, whose '
+      'weights are 2 x minibatches, see --client_weighting).',
+      _mask_choices('MIN_VOTES_UNITS'))
+  server_rule: str = setting(
+      'feddst', 'Next global mask: feddst (re-prune each layer to its count '
+      'among held positions, ties to more votes) or reference (the '
+      'authors\': re-prune the union by |w| over all positions, clearing '
+      'bits only, and only when it is denser than the round\'s counts).',
+      _mask_choices('SERVER_RULES'))
   min_new_position_votes: int = setting(
       2, 'A weight outside the round\'s global mask enters the next mask '
       'only if at least this many of the round\'s clients (all of them, if '
@@ -427,8 +442,10 @@ class ServerSettings(_Group):
       'the model the round broadcast (rejected_stale).')
   client_weighting: str = setting(
       'num_examples', 'Aggregation weight of an accepted client: its '
-      '(capped) example count, or 1 for every client.',
-      ('num_examples', 'uniform'))
+      '(capped) example count, 1 for every client (uniform), or 2 x its '
+      'number of minibatches of --client_batch_size (minibatches_x2, the '
+      'reference\'s train_size).',
+      ('num_examples', 'uniform', 'minibatches_x2'))
   robust_mean: str = setting(
       'mean', 'Value of each weight from its holders\' (clipped) values: '
       'their example-weighted mean, or their unweighted coordinate-wise '
@@ -485,7 +502,12 @@ class RunSettings(_Group):
       'it (e.g. fedavg: target_sparsity 0).', _method_names)
   total_rounds: int = setting(30, 'Server rounds.')
   clients_per_round: int = setting(
-      10, 'Clients sampled (without replacement) per round.')
+      10, 'Clients sampled per round (without replacement unless '
+      '--sample_with_replacement).')
+  sample_with_replacement: bool = setting(
+      False, 'Sample each round\'s clients with replacement (the '
+      'reference): a client drawn twice trains and reports twice, on two '
+      'shuffles of its data.')
   upload_budget_bytes: Optional[int] = setting(
       None, 'Stop before the cumulative client upload would exceed this many '
       'bytes (compare methods at equal upload).')
@@ -680,11 +702,14 @@ class ExperimentSettings:
     """Whether a layer of full capacity (dense) can lose ones in this run.
 
     The server keeps a dense layer dense unless the sparsity grows over the
-    rounds, `min_votes` > 1 drops positions, the 'reference' readjust rule
-    thins it, or the method chooses its own masks (PruneFL).
+    rounds, the vote threshold drops positions, the 'reference' readjust
+    or server rule thins it, or the method chooses its own masks (PruneFL).
     """
     from tff_feddst.methods import registry  # pylint: disable=g-import-not-at-top
-    return (self.network.is_growing_sparsity or self.server.min_votes > 1 or
+    vote_threshold = 0 if self.server.min_votes_unit == 'weight' else 1
+    return (self.network.is_growing_sparsity or
+            self.server.min_votes > vote_threshold or
+            self.server.server_rule == 'reference' or
             self.readjustment.readjust_rule == 'reference' or
             registry.get(self.method).chooses_own_masks)
 
@@ -739,6 +764,12 @@ class ExperimentSettings:
     data, network, run = self.data, self.network, self.run
     require(1 <= run.clients_per_round <= data.total_clients, 'clients_per_round',
             f'an integer in [1, --total_clients={data.total_clients}]')
+    if self.server.server_rule == 'reference':
+      from tff_feddst.methods import registry  # pylint: disable=g-import-not-at-top
+      if registry.get(self.method).chooses_own_masks:
+        raise ConfigError(
+            f'--server_rule=reference is invalid with --method={self.method}: '
+            'expected feddst (that method chooses its masks its own way).')
     if (network.is_growing_sparsity and
         self.readjustment.readjust_rule == 'reference'):
       raise ConfigError(
@@ -770,10 +801,16 @@ class ExperimentSettings:
     # More votes than sampled clients can never be reached: every position
     # would leave the global mask, for good. With --dropout_rate (or
     # rejected uploads) fewer may report; those rounds thin the mask.
-    require(0 <= self.server.min_votes <= run.clients_per_round, 'min_votes',
-            f'an integer in [0, --clients_per_round={run.clients_per_round}] '
-            '(a weight stays only if that many of the round\'s clients hold '
-            'it)')
+    if self.server.min_votes_unit == 'weight':
+      require(self.server.min_votes >= 0, 'min_votes',
+              'an integer >= 0 (with --min_votes_unit=weight: the summed '
+              'aggregation weights a position\'s holders must exceed)')
+    else:
+      require(0 <= self.server.min_votes <= run.clients_per_round,
+              'min_votes',
+              f'an integer in [0, --clients_per_round='
+              f'{run.clients_per_round}] (a weight stays only if that many '
+              'of the round\'s clients hold it)')
 
 
 def setting_choices() -> dict[str, tuple[str, ...]]:
