@@ -397,7 +397,8 @@ class ServerSettings(_Group):
       'feddst', 'Next global mask: feddst (re-prune each layer to its count '
       'among held positions, ties to more votes) or reference (the '
       'authors\': re-prune the union by |w| over all positions, clearing '
-      'bits only, and only when it is denser than the round\'s counts).',
+      'bits only, and only when it is denser than the round\'s counts). '
+      'PruneFL keeps its own mask rule.',
       _mask_choices('SERVER_RULES'))
   min_new_position_votes: int = setting(
       2, 'A weight outside the round\'s global mask enters the next mask '
@@ -764,12 +765,6 @@ class ExperimentSettings:
     data, network, run = self.data, self.network, self.run
     require(1 <= run.clients_per_round <= data.total_clients, 'clients_per_round',
             f'an integer in [1, --total_clients={data.total_clients}]')
-    if self.server.server_rule == 'reference':
-      from tff_feddst.methods import registry  # pylint: disable=g-import-not-at-top
-      if registry.get(self.method).chooses_own_masks:
-        raise ConfigError(
-            f'--server_rule=reference is invalid with --method={self.method}: '
-            'expected feddst (that method chooses its masks its own way).')
     if (network.is_growing_sparsity and
         self.readjustment.readjust_rule == 'reference'):
       raise ConfigError(
