@@ -450,8 +450,9 @@ class ReferenceServerRuleTest(tf.test.TestCase):
   def test_mask_only_shrinks_when_all_clients_readjust(self):
     # Both pruned p0; A regrew p2, B regrew p3 (each sent 0). A's p1 = 3,
     # B's p1 = 5: means [0, 4, 0, 0], union [0,1,1,1] holds 3 > 2. The two
-    # largest |w| over all positions are p1 and the lowest-index zero, p0,
-    # which no client holds: the mask keeps only p1 (1 change: p0 left).
+    # largest |w| over all positions are p1 and a zero, p0 (held zeros
+    # lose ties to positions nobody holds), which no client holds: the mask
+    # keeps only p1 (1 change: p0 left).
     sums, votes = [0., 8., 0., 0.], [0., 2., 1., 1.]
     weights, changed = self.next_weights(sums, votes, server_rule='reference')
     self.assertAllEqual(weights.non_trainable[0], [0., 1., 0., 0.])

@@ -447,9 +447,15 @@ class ServerRepruneReferenceTest(tf.test.TestCase):
     self.assertAllEqual(new[0], [0., 1., 1., 0.])
     self.assertAllEqual(new[1], [0., 1.])
 
-  def test_zero_ties_go_to_the_lower_index(self):
-    # Union [0,1,1,1] (3 > 2), |w| [0,4,0,0]: p1, then the first zero by
-    # index, p0, which nobody holds; so the regrown zeros p2, p3 go.
+  def test_held_zeros_lose_ties_to_positions_nobody_holds(self):
+    # Union [1,1,1,0] (3 > 2), |w| [0,0,3,0]: p2, then among the zeros the
+    # one nobody holds (p3) before the held p0, p1; p3 is not in the union,
+    # so only p2 stays. (By index alone p0 would have stayed.)
+    new = masks.server_reprune_reference(
+        [tf.constant([0., 0., 3., 0.])], [tf.constant([1., 1., 2., 0.])], (2,))
+    self.assertAllEqual(new[0], [0., 0., 1., 0.])
+    # Union [0,1,1,1], |w| [0,4,0,0]: p1, then p0 (nobody holds it); the
+    # regrown zeros p2, p3 go.
     new = masks.server_reprune_reference(
         [tf.constant([0., 4., 0., 0.])], [tf.constant([0., 2., 1., 1.])], (2,))
     self.assertAllEqual(new[0], [0., 1., 0., 0.])

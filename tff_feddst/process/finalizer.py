@@ -87,11 +87,11 @@ its positions, clearing union bits only (`mask_lib.server_reprune_reference`;
 no top-up, no vote tie-break). A regrown weight uploaded as 0 then ties
 with positions nobody holds: when only some clients readjust, exactly the
 regrown positions go and the mask does not move; when all do, every
-nonzero average lies in the old mask, so the mask can gain a position only
-as a 0 (a tie among zeros, lower index first, or a union not denser than
-the counts) and otherwise only shrinks. The target is the round's counts
-(the authors compare with the target sparsity, which the counts round
-down).
+nonzero average lies in the old mask and a held 0 loses every tie to a
+position nobody holds, so the mask only shrinks (it gains regrown zeros
+only if the union is not denser than the counts, with few clients). The
+target is the round's counts (the authors compare with the target
+sparsity, which the counts round down).
 
 A method with its own mask rule (PruneFL's importance-based
 reconfiguration) plugs it in as `mask_rule`: after the averaging step above,

@@ -408,10 +408,14 @@ def server_reprune_reference(mean_weights: Sequence[tf.Tensor],
   than the round's counts (the authors: the model's sparsity is below the
   round's target) is every layer re-pruned: it keeps the union's positions
   among its `num_active` largest |mean_weight| over ALL positions, so a
-  position nobody holds (mean 0) and a regrown weight uploaded as 0 tie,
-  broken by the lower flat index. The rule only clears bits of the union:
-  it never grows a position nobody holds, a layer may end sparser than its
-  count, and the union is kept as it is when it is not denser.
+  position nobody holds (mean 0) and a regrown weight uploaded as 0 tie.
+  The authors' `torch.topk` breaks such ties as it happens to; here a
+  position outside the union wins a tie against one inside it (then the
+  lower flat index wins), so a held 0 never survives a tie and a re-prune
+  only clears bits, as the authors' runs showed. The rule never grows a
+  position nobody holds, a layer may end sparser than its count, and the
+  union is kept as it is when it is not denser (its regrown zeros then
+  stay).
 
   Args:
     mean_weights: Aggregated (averaged) kernels.
@@ -431,6 +435,7 @@ def server_reprune_reference(mean_weights: Sequence[tf.Tensor],
   is_denser = union_active > target_active
   new_masks = []
   for weight, union, count in zip(mean_weights, unions, num_active):
-    largest = tf.cast(_first_k([tf.abs(weight)], count), union.dtype)
+    largest = tf.cast(_first_k([tf.abs(weight), 1 - union], count),
+                      union.dtype)
     new_masks.append(tf.where(is_denser, union * largest, union))
   return new_masks
