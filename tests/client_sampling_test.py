@@ -82,6 +82,28 @@ class ClientSamplerTest(tf.test.TestCase):
     self.assertIn('Round 1: none of the 2 sampled clients reported',
                   '\n'.join(logs.output))
 
+  def test_with_replacement_draws_repeats_with_other_shuffles(self):
+    clients = federated_data()
+    # 8 of 8 with replacement: numpy's seeded draw for round 1 (seed 0).
+    expected = [clients.client_ids[i] for i in np.random.default_rng(
+        [0, 1]).choice(NUM_CLIENTS, size=NUM_CLIENTS, replace=True)]
+    sampler = client_sampling.ClientSampler(clients, NUM_CLIENTS, 5, seed=0,
+                                            with_replacement=True)
+    round_clients = sampler.sample(1)
+    self.assertEqual(round_clients.sampled_ids, tuple(expected))
+    repeated = [c for c in set(expected) if expected.count(c) > 1]
+    self.assertNotEmpty(repeated)  # 8 of 8 with replacement repeats here.
+    client_id = repeated[0]
+    first, second = [i for i, c in enumerate(expected) if c == client_id][:2]
+    orders = [[b.numpy().tolist() for _, b in round_clients.datasets[i]]
+              for i in (first, second)]
+    # The same 5 examples, in another order the second time.
+    self.assertEqual(sorted(orders[0][0]), sorted(orders[1][0]))
+    self.assertNotEqual(orders[0], orders[1])
+    # Without replacement: 8 distinct clients, as before the option.
+    plain = client_sampling.ClientSampler(clients, NUM_CLIENTS, 5, seed=0)
+    self.assertLen(set(plain.sample(1).sampled_ids), NUM_CLIENTS)
+
   def test_too_many_clients_per_round_raises_at_construction(self):
     with self.assertRaisesRegex(ValueError,
                                 r'clients_per_round must be in \[1, 8\]'):

@@ -247,28 +247,38 @@ def dense_classifier(num_inputs: int, num_classes: int) -> tf.keras.Model:
   ])
 
 
-def numpy_data_gradients(kernel, bias, mask, batches, lr, momentum, wd):
+def numpy_data_gradients(kernel, bias, mask, batches, lr, momentum, wd,
+                         after_last_step=False):
   """Dense kernel gradients of the data loss at each step (independent numpy).
 
   The same optimizer as `numpy_client_update`, without FedProx; returns
   dW = x^T (softmax(xW + b) - onehot) / B of every step, at every position
-  (inactive ones included), before that step's update.
+  (inactive ones included), before that step's update. With
+  `after_last_step`, one more: the last batch's, at the weights after its
+  step.
   """
   num_classes = kernel.shape[1]
   kernel_buffer, bias_buffer = np.zeros_like(kernel), np.zeros_like(bias)
   gradients = []
-  for x, y in batches:
+
+  def data_gradient(x, y):
     logits = x @ kernel + bias
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
     delta = (probabilities - np.eye(num_classes)[y]) / len(y)
-    gradients.append(x.T @ delta)
-    kernel_grad = (x.T @ delta + wd * kernel) * mask
+    return x.T @ delta, delta
+
+  for x, y in batches:
+    kernel_data_grad, delta = data_gradient(x, y)
+    gradients.append(kernel_data_grad)
+    kernel_grad = (kernel_data_grad + wd * kernel) * mask
     bias_grad = delta.sum(0) + wd * bias
     kernel_buffer = momentum * kernel_buffer + kernel_grad
     bias_buffer = momentum * bias_buffer + bias_grad
     kernel = (kernel - lr * kernel_buffer) * mask
     bias = bias - lr * bias_buffer
+  if after_last_step:
+    gradients.append(data_gradient(*batches[-1])[0])
   return gradients
 
 
@@ -331,13 +341,15 @@ class GrowScoreInUpdateTest(tf.test.TestCase):
   readjusting after the first (step 3) with drop fraction 0.5: k = 3. The
   pruned positions were active, so the regrown ones are the 3 initially
   inactive positions of largest |score|, whichever are pruned: the sum of the
-  data-loss gradients of steps 1-3 ('accumulated') or that of step 3
-  ('last_batch'), computed here in numpy.
+  data-loss gradients of steps 1-3 ('accumulated'), that of step 3
+  ('last_batch'), or that of batch 3 at the weights after step 3
+  ('last_batch_after_step'), computed here in numpy.
   """
 
   def setUp(self):
     super().setUp()
-    rng = np.random.default_rng(21)
+    # Seed 46: the three grow scores pick three different sets here.
+    rng = np.random.default_rng(46)
     self.x = rng.normal(size=(12, 4)).astype(np.float32)
     self.y = rng.integers(0, 3, size=12).astype(np.int32)
     mask = np.zeros(12, np.float32)
@@ -349,9 +361,11 @@ class GrowScoreInUpdateTest(tf.test.TestCase):
   def expected_regrown(self, grow_score: str) -> set[int]:
     batches = [(self.x[i:i + 4].astype(np.float64), self.y[i:i + 4])
                for i in (0, 4, 8)]
+    after_last_step = grow_score == 'last_batch_after_step'
     gradients = numpy_data_gradients(
         self.kernel.astype(np.float64), self.bias.astype(np.float64),
-        self.mask, batches, lr=0.1, momentum=0.9, wd=0.01)
+        self.mask, batches, lr=0.1, momentum=0.9, wd=0.01,
+        after_last_step=after_last_step)
     score = (np.sum(gradients, axis=0) if grow_score == 'accumulated'
              else gradients[-1])
     candidates = np.flatnonzero(self.mask.reshape(-1) == 0)
@@ -386,6 +400,8 @@ class GrowScoreInUpdateTest(tf.test.TestCase):
                 for name in client_work.GROW_SCORES}
     # The modes disagree on this data, so each is told apart.
     self.assertNotEqual(expected['accumulated'], expected['last_batch'])
+    self.assertNotEqual(expected['last_batch'],
+                        expected['last_batch_after_step'])
     for name in client_work.GROW_SCORES:
       with self.subTest(grow_score=name):
         self.assertEqual(self.regrown_by_update(name), expected[name])

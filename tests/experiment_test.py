@@ -7,6 +7,7 @@ import os
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import types
@@ -14,6 +15,7 @@ import typing
 from typing import Optional
 from unittest import mock
 
+from absl import flags
 import numpy as np
 import psutil
 import tensorflow as tf
@@ -33,7 +35,12 @@ from tff_feddst.running import experiment
 from tff_feddst.running import interruptions
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.running import training_loop
+from tff_feddst.sparse import sparsity_distribution
 from tests import fixtures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'bin'))
+import experiment_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 def small_config(data_dir: str,
                  **overrides) -> settings_lib.ExperimentSettings:
@@ -864,6 +871,63 @@ class DropoutTest(tf.test.TestCase):
     self.assertEqual(reporting, sorted(reporting, key=int))
     self.assertBetween(len(reporting), 120, 180)  # About 150 of 200.
     self.assertEqual(training_loop.drop_out(sampled, 0.0, 3, 2), sampled)
+
+
+class ReferenceFlagfileTest(fixtures.FashionMnistSliceTestCase):
+  """configs/reference.cfg end to end through the TFF process, 2 rounds.
+
+  Its clients readjust after the last local epoch, so regrown weights are
+  uploaded as 0. Every client of a readjustment round readjusts (the
+  authors' per-client lifetime epoch count is not reproduced), and then the
+  authors' server rule only clears mask bits; ours moves the mask.
+  """
+
+  def settings_of(self, *extra_flags: str) -> settings_lib.ExperimentSettings:
+    flag_values = flags.FlagValues()
+    experiment_flags.define_flags(flag_values=flag_values)
+    flag_values(['train.py', '--flagfile=' + os.path.join(
+        ROOT, 'configs', 'reference.cfg'), *extra_flags])
+    settings = experiment_flags.settings_from_flags(flag_values=flag_values)
+    return settings.replace(
+        data_dir=self.data_dir, dirichlet_beta=0.5, total_clients=8,
+        clients_per_round=4, total_rounds=2, eval_every=2,
+        client_epochs_per_round=1, target_sparsity=0.8, drop_fraction=0.5,
+        rounds_between_readjustments=2, annealing_end_round=2,
+        checkpoint_every=0, tensorboard_dir='', seed=0)
+
+  def test_mask_only_loses_positions_and_never_moves_otherwise(self):
+    root = self.create_tempdir().full_path
+    settings = self.settings_of()
+    self.assertEqual(settings.server.server_rule, 'reference')
+    schedule = feddst_methods.build_schedule(settings)
+    # The process counts rounds from 1, the schedule from `first_round`.
+    readjusting = [bool(schedule.should_readjust(t - 1 + schedule.first_round))
+                   for t in (1, 2)]
+    self.assertEqual(readjusting, [False, True])
+    # The model's layout before any TFF process is built (FACTS.md).
+    layout = models.model_layout(models.mnist_net())
+    size = sum(layout.kernel_sizes)
+    initial = sum(sparsity_distribution.compute_layer_num_active(
+        layout.kernel_shapes, 0.8, 'erk_reference',
+        bias_sizes=layout.layer_bias_sizes))
+    rows = experiment.run_experiment(settings, os.path.join(root, 'ref'))
+    # Active prunable weights after each round, from `sparsity`.
+    after = [int(round(size * (1 - row['sparsity']))) for row in rows]
+    before = [initial] + after[:-1]
+    for row, is_readjusting, start, end in zip(rows, readjusting, before,
+                                               after):
+      # Every change is a removal: the count falls by the changes.
+      self.assertEqual(start - end, row['mask_changed_positions'])
+      if not is_readjusting:
+        self.assertEqual(row['mask_changed_positions'], 0)
+    # Here every client pruned half its weights, mostly the same ones.
+    self.assertGreater(rows[1]['mask_changed_positions'], 0)
+    # Our rule refills each layer to its count on the same clients, taking
+    # regrown zeros in place of the positions every client pruned.
+    ours = experiment.run_experiment(self.settings_of('--server_rule=feddst'),
+                                     os.path.join(root, 'ours'))
+    moved = [row['mask_changed_positions'] for row in ours]
+    self.assertGreater(sum(moved), 0)
 
 
 if __name__ == '__main__':

@@ -420,5 +420,77 @@ class GrowingSparsityTest(tf.test.TestCase):
       build(num_active=(2,), num_active_by_round=np.array([[3], [2]]))
 
 
+class ReferenceServerRuleTest(tf.test.TestCase):
+  """server_rule='reference' on two clients of weight 1, by hand.
+
+  Global mask [1,1,0,0] (count 2), kernel [1,2,0,0]; a readjusting client
+  prunes a global position and uploads its regrown one as exactly 0.
+  """
+
+  def next_weights(self, kernel_sums, votes, **kwargs):
+    aggregate = hand_aggregate(2.0)._replace(
+        weighted_kernel_sums=(np.array(kernel_sums, np.float32),),
+        weighted_votes=(np.array(votes, np.float32),),
+        votes=(np.array(votes, np.float32),), num_clients=np.int32(2))
+    _, weights, changed = finalizer.apply_aggregate(
+        [np.zeros(4, np.float32), np.zeros(1, np.float32)], global_weights(),
+        aggregate, LAYOUT, (2,), 1.0, 0.0, **kwargs)
+    return weights, int(changed)
+
+  def test_mask_does_not_move_when_only_some_clients_readjust(self):
+    # A keeps [1,1,0,0] with values 2, 3; B pruned p0, regrew p2 (sent 0),
+    # values [0,4,0,0]. Means [2/1, 7/2, 0/1, 0] = [2, 3.5, 0, 0]; union
+    # [1,1,1,0] holds 3 > 2, so keep the 2 largest |w|: p1, p0.
+    weights, changed = self.next_weights([2., 7., 0., 0.], [1., 2., 1., 0.],
+                                         server_rule='reference')
+    self.assertAllEqual(weights.non_trainable[0], [1., 1., 0., 0.])
+    self.assertAllClose(weights.trainable[0], [2., 3.5, 0., 0.])
+    self.assertEqual(changed, 0)
+
+  def test_mask_only_shrinks_when_all_clients_readjust(self):
+    # Both pruned p0; A regrew p2, B regrew p3 (each sent 0). A's p1 = 3,
+    # B's p1 = 5: means [0, 4, 0, 0], union [0,1,1,1] holds 3 > 2. The two
+    # largest |w| over all positions are p1 and a zero, p0 (held zeros
+    # lose ties to positions nobody holds), which no client holds: the mask
+    # keeps only p1 (1 change: p0 left).
+    sums, votes = [0., 8., 0., 0.], [0., 2., 1., 1.]
+    weights, changed = self.next_weights(sums, votes, server_rule='reference')
+    self.assertAllEqual(weights.non_trainable[0], [0., 1., 0., 0.])
+    self.assertEqual(changed, 1)
+    # Ours instead refills to 2 among held positions (more votes, then the
+    # lower index): p1 and the regrown p2 (2 changes).
+    weights, changed = self.next_weights(sums, votes)
+    self.assertAllEqual(weights.non_trainable[0], [0., 1., 1., 0.])
+    self.assertEqual(changed, 2)
+
+  def test_union_not_denser_than_the_counts_is_the_mask(self):
+    # One holder of p1 (4) and one of p2 (sent 0): union 2 = count 2, so
+    # no re-prune; the regrown zero p2 stays (p0 left, p2 joined: 2).
+    weights, changed = self.next_weights([0., 4., 0., 0.], [0., 1., 1., 0.],
+                                         server_rule='reference')
+    self.assertAllEqual(weights.non_trainable[0], [0., 1., 1., 0.])
+    self.assertEqual(changed, 2)
+
+  def test_weight_unit_thresholds_weighted_votes_strictly(self):
+    # hand_aggregate: weighted votes 3, 4, 5, 0 (votes 2, 2, 2, 0), means
+    # 2.33, 3.5, 7.2. In weight units, min_votes 4 passes only p2 (5 > 4;
+    # 4 is not > 4): the layer keeps p2 alone. In clients, min_votes 2
+    # passes p0..p2 (2 >= 2): keep 7.2 and 3.5.
+    for unit, min_votes, expected in (('weight', 4, [0., 0., 1., 0.]),
+                                      ('weight', 3, [0., 1., 1., 0.]),
+                                      ('clients', 2, [0., 1., 1., 0.])):
+      _, weights, _ = finalizer.apply_aggregate(
+          [np.zeros(4, np.float32), np.zeros(1, np.float32)],
+          global_weights(), hand_aggregate(), LAYOUT, (2,), 1.0, 0.0,
+          min_votes=min_votes, min_votes_unit=unit)
+      self.assertAllEqual(weights.non_trainable[0], expected, msg=unit)
+
+  def test_unknown_rule_or_unit_raises(self):
+    with self.assertRaisesRegex(ValueError, 'server_rule'):
+      build(server_rule='authors')
+    with self.assertRaisesRegex(ValueError, 'min_votes_unit'):
+      build(min_votes_unit='examples')
+
+
 if __name__ == '__main__':
   tf.test.main()

@@ -423,5 +423,43 @@ class ServerRepruneTest(tf.test.TestCase):
         np.abs(mean_weight[voted & ~kept]).max())
 
 
+class ServerRepruneReferenceTest(tf.test.TestCase):
+  """The authors' server mask: union, re-pruned only when denser."""
+
+  def test_denser_union_is_pruned_by_magnitude_over_all_positions(self):
+    # Layer 1: union [1,1,1,0] (3 held), |w| [3,0,1,5], count 2: the two
+    # largest over ALL positions are p3 (5, held by nobody) and p0 (3);
+    # only union bits survive, so p3 is not grown and the layer ends with
+    # 1 < 2 ones. Layer 2: union [0,1], |w| [0,2], count 1: keeps p1.
+    # Union total 3 + 1 = 4 > counts 2 + 1 = 3, so both layers are pruned.
+    new = masks.server_reprune_reference(
+        [tf.constant([3., 0., -1., 5.]), tf.constant([0., 2.])],
+        [tf.constant([2., 1., 1., 0.]), tf.constant([0., 1.])], (2, 1))
+    self.assertAllEqual(new[0], [1., 0., 0., 0.])
+    self.assertAllEqual(new[1], [0., 1.])
+
+  def test_union_not_denser_than_counts_is_kept(self):
+    # Union totals 2 + 1 = 3 = counts 2 + 1: no re-prune, the zero-valued
+    # held p2 stays (the authors' server never re-prunes then).
+    new = masks.server_reprune_reference(
+        [tf.constant([0., 4., 0., 0.]), tf.constant([0., 2.])],
+        [tf.constant([0., 1., 1., 0.]), tf.constant([0., 1.])], (2, 1))
+    self.assertAllEqual(new[0], [0., 1., 1., 0.])
+    self.assertAllEqual(new[1], [0., 1.])
+
+  def test_held_zeros_lose_ties_to_positions_nobody_holds(self):
+    # Union [1,1,1,0] (3 > 2), |w| [0,0,3,0]: p2, then among the zeros the
+    # one nobody holds (p3) before the held p0, p1; p3 is not in the union,
+    # so only p2 stays. (By index alone p0 would have stayed.)
+    new = masks.server_reprune_reference(
+        [tf.constant([0., 0., 3., 0.])], [tf.constant([1., 1., 2., 0.])], (2,))
+    self.assertAllEqual(new[0], [0., 0., 1., 0.])
+    # Union [0,1,1,1], |w| [0,4,0,0]: p1, then p0 (nobody holds it); the
+    # regrown zeros p2, p3 go.
+    new = masks.server_reprune_reference(
+        [tf.constant([0., 4., 0., 0.])], [tf.constant([0., 2., 1., 1.])], (2,))
+    self.assertAllEqual(new[0], [0., 1., 0., 0.])
+
+
 if __name__ == '__main__':
   tf.test.main()

@@ -225,6 +225,21 @@ class WeightTest(tf.test.TestCase):
     self.assertAllClose(aggregate.total_weight, 1.0)
     self.assertEqual(int(aggregate.capped_weights), 0)
 
+  def test_minibatches_x2_weighs_twice_the_batches_of_the_capped_count(self):
+    # 70 examples in batches of 32: ceil(70 / 32) = 3 batches, weight 6.
+    # Stated 1e9 is first capped at 600: ceil(600 / 32) = 19, weight 38.
+    robust = robust_lib.RobustAggregation(
+        clip_updates=False, client_weighting='minibatches_x2',
+        client_batch_size=32, max_client_weight=600.0)
+    aggregate = accumulate(payload(*CLIENT), 70.0, robust)
+    self.assertAllClose(aggregate.total_weight, 6.0)
+    self.assertEqual(int(aggregate.capped_weights), 0)
+    capped = accumulate(payload(*CLIENT), 1e9, robust)
+    self.assertAllClose(capped.total_weight, 38.0)
+    self.assertEqual(int(capped.capped_weights), 1)
+    with self.assertRaisesRegex(ValueError, 'client_batch_size'):
+      robust_lib.RobustAggregation(client_weighting='minibatches_x2')
+
   def test_invalid_weight_is_still_rejected(self):
     robust = robust_lib.RobustAggregation(client_weighting='uniform')
     for weight in (0.0, -1.0, math.nan, math.inf):

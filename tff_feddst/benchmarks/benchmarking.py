@@ -125,11 +125,16 @@ class BenchmarkConfig:
       encoding.PayloadEncoding.parse(name)  # Raises ValueError if bad.
     # As a run checks them: a ConfigError naming the flag.
     self.experiment.validate()
-    optimizer = self.experiment.server.server_optimizer
-    if optimizer != 'sgd':
-      # The plain loop it is timed against steps the server with SGD only.
-      raise ValueError(f'--server_optimizer={optimizer} is not benchmarked; '
-                       'expected sgd.')
+    # The plain loop it is timed against steps the server with SGD only and
+    # re-prunes by the FedDST rule.
+    server = self.experiment.server
+    for name, value, expected in (
+        ('server_optimizer', server.server_optimizer, 'sgd'),
+        ('server_rule', server.server_rule, 'feddst'),
+        ('min_votes_unit', server.min_votes_unit, 'clients')):
+      if value != expected:
+        raise ValueError(f'--{name}={value} is not benchmarked; expected '
+                         f'{expected}.')
 
   def flat(self) -> dict[str, Any]:
     """Every setting by flag name (the result's `config`)."""

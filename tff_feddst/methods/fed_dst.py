@@ -133,7 +133,9 @@ def build_fed_dst(model_fn: models.ModelFn,
                       robust_aggregation.RobustAggregation] = None,
                   min_new_position_votes: int = 1,
                   server_optimizer: Optional[
-                      tff.learning.optimizers.Optimizer] = None
+                      tff.learning.optimizers.Optimizer] = None,
+                  server_rule: str = 'feddst',
+                  min_votes_unit: str = 'clients'
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the FedDST `LearningProcess`.
 
@@ -153,7 +155,9 @@ def build_fed_dst(model_fn: models.ModelFn,
     server_learning_rate: Server step size (1.0: the averages are the model).
     server_momentum: Server momentum in [0, 1) (> 0: FedAvgM).
     min_votes: A position needs at least this many clients holding it to
-      stay in (or enter) the global mask (0 or 1: any holder suffices).
+      stay in (or enter) the global mask (0 or 1: any holder suffices);
+      with `min_votes_unit='weight'`, holders whose summed aggregation
+      weights exceed it.
     upload_encoding: How clients encode uploads (`encoding.PayloadEncoding`:
       value dtype, 'bitmap' or 'rice' masks, masks only when changed). None:
       bitmap masks, values in `client_config.value_dtype`.
@@ -181,6 +185,9 @@ def build_fed_dst(model_fn: models.ModelFn,
     server_optimizer: An adaptive server optimizer (`server_optimizers`:
       Adam, Yogi, Adagrad on the global mask) in place of server SGD with
       `server_learning_rate` and `server_momentum`. None: server SGD.
+    server_rule: 'feddst' (re-prune to each layer's count) or 'reference'
+      (the authors' conditional re-prune; `finalizer` module docstring).
+    min_votes_unit: 'clients' or 'weight' (`finalizer.eligible_votes`).
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
@@ -196,7 +203,8 @@ def build_fed_dst(model_fn: models.ModelFn,
   settings = resolve_round_settings(
       initial_model, client_config, min_votes=min_votes,
       upload_encoding=upload_encoding, download_encoding=download_encoding,
-      num_active_by_round=num_active_by_round, payload_checks=payload_checks)
+      num_active_by_round=num_active_by_round, payload_checks=payload_checks,
+      server_rule=server_rule, min_votes_unit=min_votes_unit)
   upload_encoding = settings.upload_encoding
   download_encoding = settings.download_encoding
   num_active_by_round = settings.num_active_by_round
@@ -234,7 +242,8 @@ def build_fed_dst(model_fn: models.ModelFn,
         server_learning_rate, server_momentum, min_votes,
         remember_old=remember_old, num_active_by_round=num_active_by_round,
         min_new_position_votes=min_new_position_votes,
-        server_optimizer=server_optimizer)
+        server_optimizer=server_optimizer,
+        server_rule=server_rule, min_votes_unit=min_votes_unit)
   else:
     server_finalizer = finalizer.build_finalizer(
         layout, num_active, model_weights_type, aggregate_type,
@@ -242,7 +251,8 @@ def build_fed_dst(model_fn: models.ModelFn,
         server_momentum=server_momentum, min_votes=min_votes,
         remember_old=remember_old, num_active_by_round=num_active_by_round,
         min_new_position_votes=min_new_position_votes,
-        server_optimizer=server_optimizer)
+        server_optimizer=server_optimizer,
+        server_rule=server_rule, min_votes_unit=min_votes_unit)
   process = tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, broadcast, work, aggregator, server_finalizer)
   if aggregator_factory.holds_reference:
@@ -274,7 +284,9 @@ def resolve_round_settings(
     upload_encoding: Optional[encoding.PayloadEncoding] = None,
     download_encoding: Optional[encoding.PayloadEncoding] = None,
     num_active_by_round: Optional[np.ndarray] = None,
-    payload_checks: Optional[payload_validation.PayloadChecks] = None
+    payload_checks: Optional[payload_validation.PayloadChecks] = None,
+    server_rule: str = 'feddst',
+    min_votes_unit: str = 'clients'
 ) -> RoundSettings:
   """Fills in and checks what `build_fed_dst` passes to its parts.
 
@@ -302,7 +314,8 @@ def resolve_round_settings(
         download_encoding, layout, num_active_by_round)
   if payload_checks is None:
     payload_checks = payload_validation.default_checks(
-        client_config.readjust_rule, min_votes)
+        client_config.readjust_rule, min_votes, server_rule=server_rule,
+        min_votes_unit=min_votes_unit)
   # Growing sparsity: clients of round t hold the global counts after round
   # t - 1, which is the validator's row t - 1 (row r checks round r + 1).
   if num_active_by_round is not None:
@@ -321,7 +334,9 @@ def _expanding_finalizer(layout: models.ModelLayout,
                          num_active_by_round: Optional[np.ndarray] = None,
                          min_new_position_votes: int = 1,
                          server_optimizer: Optional[
-                             tff.learning.optimizers.Optimizer] = None
+                             tff.learning.optimizers.Optimizer] = None,
+                         server_rule: str = 'feddst',
+                         min_votes_unit: str = 'clients'
                          ) -> tff.learning.templates.FinalizerProcess:
   """`finalizer.build_finalizer` fed by a `CompactAggregate`.
 
@@ -343,7 +358,8 @@ def _expanding_finalizer(layout: models.ModelLayout,
       server_momentum=server_momentum, min_votes=min_votes,
       remember_old=remember_old, num_active_by_round=num_active_by_round,
       min_new_position_votes=min_new_position_votes,
-      server_optimizer=server_optimizer)
+      server_optimizer=server_optimizer,
+      server_rule=server_rule, min_votes_unit=min_votes_unit)
 
   @tff.federated_computation(
       inner.next.type_signature.parameter[0],

@@ -158,10 +158,13 @@ class FeddstMethod(registry.Method):
           download_encoding=download_encoding,
           payload_checks=payload_validation.default_checks(
               client_config.readjust_rule, server.min_votes,
-              server.max_payload_norm),
+              server.max_payload_norm, server_rule=server.server_rule,
+              min_votes_unit=server.min_votes_unit),
           robust=robust,
           min_new_position_votes=server.min_new_position_votes,
-          server_optimizer=model_setup.build_server_optimizer(settings))
+          server_optimizer=model_setup.build_server_optimizer(settings),
+          server_rule=server.server_rule,
+          min_votes_unit=server.min_votes_unit)
 
     return registry.MethodPlan(
         model_fn=model_fn, initial_model=initial_model,

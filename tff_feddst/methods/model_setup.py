@@ -154,7 +154,8 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
       min_update_cosine=(server.min_update_cosine
                          if server.reject_opposed_updates else None),
       max_client_weight=float(cap) if cap else None,
-      client_weighting=server.client_weighting, **screening)
+      client_weighting=server.client_weighting,
+      client_batch_size=settings.client.client_batch_size, **screening)
 
 
 def _screening_is_off(settings: settings_lib.ExperimentSettings) -> bool:

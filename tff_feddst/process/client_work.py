@@ -21,8 +21,11 @@ buffer without dampening), started fresh each round (stateless clients).
 
 The grow score is the dense gradient of the data loss with respect to each
 kernel (inactive positions included): summed over every step before the
-readjustment ('accumulated', default) or of the last minibatch before it
-('last_batch', as the reference). Readjusting before the last local epoch lets
+readjustment ('accumulated', default), of the last minibatch before it, at
+the weights before that minibatch's step ('last_batch'), or of that
+minibatch recomputed at the weights after its step ('last_batch_after_step',
+as the reference, which calls backward once more on the last batch before
+pruning). Readjusting before the last local epoch lets
 regrown weights train before upload; after the last epoch (the reference) they
 are uploaded as exact zeros and the server's magnitude re-prune removes them.
 """
@@ -63,7 +66,8 @@ class ClientConfig:
       counts back from the end (0: after the last epoch, as the reference;
       -1: one epoch before the end). None means num_epochs - 1 (one epoch
       left to train regrown weights), or 0.5 when num_epochs is 1.
-    grow_score: 'accumulated' or 'last_batch' (see module docstring).
+    grow_score: 'accumulated', 'last_batch' or 'last_batch_after_step' (see
+      module docstring).
     readjust_rule: 'feddst' (prune k active, regrow k inactive) or
       'reference' (the authors' prune-then-grow over all positions).
     reference_keep_after_prune: Per layer, active weights kept by the
@@ -230,6 +234,23 @@ class ClientTrainer:
       variable.assign(updated if mask is None else updated * mask)
     return loss
 
+  def recompute_grow_scores(self, x: tf.Tensor, y: tf.Tensor) -> None:
+    """Sets the grow scores to the data-loss gradient of `(x, y)` now.
+
+    The 'last_batch_after_step' score: the gradient of the minibatch just
+    trained, at the weights after its step (no weight decay or proximal
+    term, as the reference's recomputation).
+
+    Args:
+      x: Input batch.
+      y: int labels.
+    """
+    with tf.GradientTape() as tape:
+      loss = self._loss_fn(y, self.model(x, training=True))
+    gradients = tape.gradient(loss, self._trainable)
+    for position, kernel_index in enumerate(self.layout.kernel_indices):
+      self.grow_scores[position].assign(gradients[kernel_index])
+
   def readjust(self, drop_fraction: tf.Tensor) -> tf.Tensor:
     """Prunes and regrows every layer from the current grow scores.
 
@@ -336,6 +357,8 @@ class ClientTrainer:
           x, y, tf.logical_and(should_readjust, step <= readjust_step))
       loss_sum += loss * tf.cast(tf.shape(y)[0], tf.float32)
       if tf.logical_and(should_readjust, tf.equal(step, readjust_step)):
+        if self.config.grow_score == 'last_batch_after_step':
+          self.recompute_grow_scores(x, y)
         num_regrown += self.readjust(
             tf.cast(instructions.drop_fraction, tf.float32))
 

@@ -83,6 +83,20 @@ the kept model; a mask rule's own measurements are those of the rejected
 step. The round loop stops a run after `--max_failed_rounds` such rounds in
 a row.
 
+The authors' server rule (`server_rule='reference'`, bibikar/feddst
+`dst.py`): the next mask is the union of the clients' masks (positions
+passing the vote threshold), and only when that union holds more active
+positions than the round's counts is each layer re-pruned by |w| over ALL
+its positions, clearing union bits only (`mask_lib.server_reprune_reference`;
+no top-up, no vote tie-break). A regrown weight uploaded as 0 then ties
+with positions nobody holds: when only some clients readjust, exactly the
+regrown positions go and the mask does not move; when all do, every
+nonzero average lies in the old mask and a held 0 loses every tie to a
+position nobody holds, so the mask only shrinks (it gains regrown zeros
+only if the union is not denser than the counts, with few clients). The
+target is the round's counts (the authors compare with the target
+sparsity, which the counts round down).
+
 A method with its own mask rule (PruneFL's importance-based
 reconfiguration) plugs it in as `mask_rule`: after the averaging step above,
 the rule sees the averaged weights, the round's global masks and the whole
@@ -375,7 +389,9 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
                     layout: models.ModelLayout, num_active: Sequence[int],
                     server_learning_rate: float, server_momentum: float,
                     min_votes: int = 0, remember_old: bool = False,
-                    min_new_position_votes: int = 1):
+                    min_new_position_votes: int = 1,
+                    server_rule: str = 'feddst',
+                    min_votes_unit: str = 'clients'):
   """Computes the next global model from the current one and the sums.
 
   Args:
@@ -387,13 +403,19 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
       scalar tensors for a per-round count).
     server_learning_rate: Server step size (1.0 for FedAvg).
     server_momentum: Server momentum in [0, 1) (0 for FedAvg).
-    min_votes: Positions held by fewer clients are not eligible for the
-      next mask (the reference's `--min-votes`, counted in clients).
+    min_votes: Vote threshold for a position to be eligible for the next
+      mask, in `min_votes_unit`.
     remember_old: Count clients lacking a global-mask position as sending
       the old global weight there (`remember_global_weights`).
     min_new_position_votes: A position outside the global mask needs at
       least this many holders (at most all the round's clients) to count at
       all (`admit_new_positions`; 1: any holder).
+    server_rule: 'feddst' (`mask_lib.server_reprune` to each layer's count,
+      topped up by `fill_from_global_mask`) or 'reference' (the authors'
+      conditional re-prune of the union, `mask_lib.server_reprune_reference`).
+    min_votes_unit: 'clients': a position needs at least `min_votes`
+      holders; 'weight': its holders' summed aggregation weights must
+      exceed `min_votes` (strict, as the authors' threshold).
 
   Returns:
     `(new_buffers, new_weights, mask_changed_positions)` where the last is the
@@ -410,7 +432,8 @@ def apply_aggregate(buffers: Sequence[tf.Tensor], weights,
   new_trainable = [current + server_learning_rate * buffer
                    for current, buffer in zip(trainable, new_buffers)]
   return reprune(new_buffers, new_trainable, weights, aggregate, dense_targets,
-                 layout, num_active, min_votes, min_new_position_votes)
+                 layout, num_active, min_votes, min_new_position_votes,
+                 server_rule, min_votes_unit)
 
 
 def round_targets(weights, aggregate: aggregation.SparseAggregate,
@@ -461,7 +484,8 @@ def round_targets(weights, aggregate: aggregation.SparseAggregate,
 def reprune(new_buffers: list, new_trainable: list, weights,
             aggregate: aggregation.SparseAggregate, dense_targets: list,
             layout: models.ModelLayout, num_active: Sequence[mask_lib.Count],
-            min_votes: int, min_new_position_votes: int):
+            min_votes: int, min_new_position_votes: int,
+            server_rule: str = 'feddst', min_votes_unit: str = 'clients'):
   """Chooses the next masks from the stepped weights; zeroes off them.
 
   Args:
@@ -475,6 +499,8 @@ def reprune(new_buffers: list, new_trainable: list, weights,
     num_active: Active weights per kernel in the next mask.
     min_votes: As `apply_aggregate`.
     min_new_position_votes: As `apply_aggregate`.
+    server_rule: As `apply_aggregate`.
+    min_votes_unit: As `apply_aggregate`.
 
   Returns:
     `(new_buffers, new_weights, mask_changed_positions)`.
@@ -483,14 +509,21 @@ def reprune(new_buffers: list, new_trainable: list, weights,
   num_dense_trainable = len(layout.dense_trainable_indices)
   new_non_trainable = list(non_trainable)
   mask_changed_positions = tf.constant(0, tf.int32)
+  all_votes = eligible_votes(aggregate, min_votes, min_votes_unit)
+  if server_rule == 'reference':
+    reference_masks = mask_lib.server_reprune_reference(
+        [new_trainable[i] for i in layout.kernel_indices], all_votes,
+        num_active)
   for position, (kernel_index, mask_index) in enumerate(
       zip(layout.kernel_indices, layout.mask_indices)):
-    votes = aggregate.votes[position]
-    if min_votes > 1:
-      votes = votes * tf.cast(votes >= min_votes, votes.dtype)
-    new_mask = mask_lib.server_reprune(new_trainable[kernel_index], votes,
-                                       num_active[position])
-    if min_new_position_votes > 1 and min_votes <= 1:
+    if server_rule == 'reference':
+      new_mask = reference_masks[position]
+    else:
+      new_mask = mask_lib.server_reprune(new_trainable[kernel_index],
+                                         all_votes[position],
+                                         num_active[position])
+    if (server_rule != 'reference' and min_new_position_votes > 1 and
+        not min_votes_thin(min_votes, min_votes_unit)):
       new_mask = fill_from_global_mask(
           new_mask, new_trainable[kernel_index], non_trainable[mask_index],
           num_active[position])
@@ -513,6 +546,55 @@ def kernel_masks(weights, layout: models.ModelLayout) -> dict:
                                 weights.trainable[kernel_index].dtype)
           for kernel_index, mask_index in zip(layout.kernel_indices,
                                               layout.mask_indices)}
+
+
+def min_votes_thin(min_votes: int, min_votes_unit: str = 'clients') -> bool:
+  """Whether the vote threshold can leave a position with holders out.
+
+  Args:
+    min_votes: The threshold.
+    min_votes_unit: 'clients' (at least `min_votes` holders: 0 and 1 let
+      every held position through) or 'weight' (summed weights above
+      `min_votes`: 0 lets every held position through, weights being > 0).
+
+  Returns:
+    True when some held position may fail the threshold.
+  """
+  if min_votes_unit == 'weight':
+    return min_votes > 0
+  return min_votes > 1
+
+
+def eligible_votes(aggregate: aggregation.SparseAggregate, min_votes: int,
+                   min_votes_unit: str = 'clients') -> list[tf.Tensor]:
+  """Each kernel's votes, 0 where the position fails the vote threshold.
+
+  Args:
+    aggregate: The round's `SparseAggregate`.
+    min_votes: The threshold.
+    min_votes_unit: 'clients': votes[p] >= min_votes passes; 'weight':
+      weighted_votes[p] > min_votes passes (the authors' `--min-votes` on
+      train-size-weighted sums).
+
+  Returns:
+    The votes (`aggregate.votes`, unchanged where no threshold applies).
+
+  Raises:
+    ValueError: For an unknown unit.
+  """
+  if min_votes_unit not in mask_lib.MIN_VOTES_UNITS:
+    raise ValueError(f'min_votes_unit must be one of '
+                     f'{mask_lib.MIN_VOTES_UNITS}, got {min_votes_unit!r}.')
+  votes = list(aggregate.votes)
+  if not min_votes_thin(min_votes, min_votes_unit):
+    return votes
+  for position, position_votes in enumerate(votes):
+    if min_votes_unit == 'weight':
+      passes = aggregate.weighted_votes[position] > float(min_votes)
+    else:
+      passes = position_votes >= min_votes
+    votes[position] = position_votes * tf.cast(passes, position_votes.dtype)
+  return votes
 
 
 def global_sparsity(weights, layout: models.ModelLayout) -> tf.Tensor:
@@ -555,7 +637,9 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
                     mask_rule: Optional[MaskRule] = None,
                     min_new_position_votes: int = 1,
                     server_optimizer: Optional[
-                        tff.learning.optimizers.Optimizer] = None
+                        tff.learning.optimizers.Optimizer] = None,
+                    server_rule: str = 'feddst',
+                    min_votes_unit: str = 'clients'
                     ) -> tff.learning.templates.FinalizerProcess:
   """Builds FedDST's `FinalizerProcess` (or another method's, `mask_rule`).
 
@@ -575,8 +659,8 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
     aggregate_type: TFF type of the (unplaced) `SparseAggregate`.
     server_learning_rate: Server step size, > 0.
     server_momentum: Server momentum in [0, 1).
-    min_votes: Minimum number of clients holding a position for it to be
-      eligible for the next mask.
+    min_votes: Vote threshold for a position to be eligible for the next
+      mask, in `min_votes_unit` (`eligible_votes`).
     remember_old: Count a client lacking a global-mask position as sending
       the old global weight there (see the module docstring).
     num_active_by_round: Optional int array [T_end + 1, num_layers]: round
@@ -591,21 +675,26 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
       (`server_optimizers`) for the step instead of server SGD with
       momentum; its state is in an `AdaptiveFinalizerState`. None: the
       momentum buffers with `server_learning_rate` and `server_momentum`.
+    server_rule: 'feddst' or 'reference' (the authors' conditional re-prune;
+      see the module docstring).
+    min_votes_unit: 'clients' or 'weight' (`eligible_votes`).
 
   Returns:
     A `tff.learning.templates.FinalizerProcess`.
 
   Raises:
     ValueError: For a server learning rate <= 0, momentum outside [0, 1),
-      `min_new_position_votes` < 1, or a count table of the wrong shape or
-      with counts outside [0, num_active].
+      `min_new_position_votes` < 1, an unknown server rule or vote unit, or
+      a count table of the wrong shape or with counts outside
+      [0, num_active].
   """
   update = server_update_fn(
       layout, num_active, server_learning_rate=server_learning_rate,
       server_momentum=server_momentum, min_votes=min_votes,
       remember_old=remember_old, num_active_by_round=num_active_by_round,
       mask_rule=mask_rule, min_new_position_votes=min_new_position_votes,
-      server_optimizer=server_optimizer)
+      server_optimizer=server_optimizer,
+      server_rule=server_rule, min_votes_unit=min_votes_unit)
   trainable_specs = [(t.shape, t.dtype) for t in model_weights_type.trainable]
 
   @tff.tensorflow.computation
@@ -655,8 +744,9 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
                      mask_rule: Optional[MaskRule] = None,
                      min_new_position_votes: int = 1,
                      server_optimizer: Optional[
-                         tff.learning.optimizers.Optimizer] = None
-                     ) -> ServerUpdate:
+                         tff.learning.optimizers.Optimizer] = None,
+                     server_rule: str = 'feddst',
+                     min_votes_unit: str = 'clients') -> ServerUpdate:
   """The finalizer's server step as a plain TF function.
 
   `build_finalizer` wraps it in a TFF computation; the plain-TF benchmark
@@ -681,6 +771,12 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
   if min_new_position_votes < 1:
     raise ValueError('min_new_position_votes must be >= 1, got '
                      f'{min_new_position_votes}.')
+  if server_rule not in mask_lib.SERVER_RULES:
+    raise ValueError(f'server_rule must be one of {mask_lib.SERVER_RULES}, '
+                     f'got {server_rule!r}.')
+  if min_votes_unit not in mask_lib.MIN_VOTES_UNITS:
+    raise ValueError(f'min_votes_unit must be one of '
+                     f'{mask_lib.MIN_VOTES_UNITS}, got {min_votes_unit!r}.')
   count_table = _checked_count_table(num_active, num_active_by_round, layout)
   last_row = count_table.shape[0] - 1
 
@@ -706,7 +802,7 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
         new_buffers, new_weights, changed = apply_aggregate(
             buffers, weights, aggregate, layout, counts,
             server_learning_rate, server_momentum, min_votes, remember_old,
-            min_new_position_votes)
+            min_new_position_votes, server_rule, min_votes_unit)
         new_optimizer_state = ()
       else:  # Averages as above; the optimizer's step (server_optimizers).
         admitted, targets, dense_targets = round_targets(
@@ -716,7 +812,8 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
             targets, kernel_masks(weights, layout))
         new_buffers, new_weights, changed = reprune(
             list(buffers), new_trainable, weights, admitted, dense_targets,
-            layout, counts, min_votes, min_new_position_votes)
+            layout, counts, min_votes, min_new_position_votes, server_rule,
+            min_votes_unit)
       return tuple(new_buffers), new_weights, changed, new_optimizer_state
 
     def unchanged():

@@ -174,7 +174,9 @@ class PayloadChecks:
 
 def default_checks(readjust_rule: str = 'feddst', min_votes: int = 0,
                    max_norm: float = 0.0,
-                   num_active_by_round: Optional[Sequence[Sequence[int]]] = None
+                   num_active_by_round: Optional[Sequence[Sequence[int]]] = None,
+                   server_rule: str = 'feddst',
+                   min_votes_unit: str = 'clients'
                    ) -> PayloadChecks:
   """The checks that fit a configuration.
 
@@ -185,12 +187,18 @@ def default_checks(readjust_rule: str = 'feddst', min_votes: int = 0,
       hence the next uploads, sparser than the target).
     max_norm: Norm bound (0: none).
     num_active_by_round: Optional per-round targets (see `PayloadChecks`).
+    server_rule: The server's mask rule ('reference' may leave the global
+      mask sparser than the target).
+    min_votes_unit: 'clients' (`min_votes` > 1 thins) or 'weight'
+      (`min_votes` > 0 thins).
 
   Returns:
     `PayloadChecks` with rule 'at_most' when honest clients may upload fewer
     active weights than the target, else 'exact'.
   """
-  sparser = readjust_rule == 'reference' or min_votes > 1
+  vote_threshold = 0 if min_votes_unit == 'weight' else 1
+  sparser = (readjust_rule == 'reference' or server_rule == 'reference' or
+             min_votes > vote_threshold)
   return PayloadChecks(num_active_rule='at_most' if sparser else 'exact',
                        max_norm=max_norm or None,
                        num_active_by_round=num_active_by_round)

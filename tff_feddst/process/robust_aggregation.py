@@ -57,8 +57,11 @@ echoes, which the payload format does not carry yet.
 Weights. The server caps the example count a client states at
 `max_client_weight` (in simulation the default is the largest local data
 set of the partition, which no honest client exceeds), or weighs every
-accepted client 1 ('uniform'). The count must still be a finite number > 0
-(else the upload is rejected as 'weight').
+accepted client 1 ('uniform'), or weighs it 2 x its number of minibatches,
+2 * ceil(capped count / client_batch_size) ('minibatches_x2': the
+authors' `train_size`, which sums len() over the batches of a loader, each
+an (x, y) pair). The count must still be a finite number > 0 (else the
+upload is rejected as 'weight').
 """
 
 import dataclasses
@@ -71,7 +74,7 @@ import tensorflow as tf
 from tff_feddst.process import encoding
 from tff_feddst.process import robust_means
 
-CLIENT_WEIGHTINGS = ('num_examples', 'uniform')
+CLIENT_WEIGHTINGS = ('num_examples', 'uniform', 'minibatches_x2')
 NORM_BINS_PER_OCTAVE = 8
 NORM_LOWEST_OCTAVE = -40  # The first bin holds every norm <= 2**-40.
 NUM_NORM_BINS = 80 * NORM_BINS_PER_OCTAVE  # Up to 2**40; larger ones: last bin.
@@ -89,7 +92,10 @@ class RobustAggregation:
     clip_zeroing_multiple: Uploads whose delta norm exceeds this (>= 1)
       times the bound are left out.
     max_client_weight: Cap on a client's example count (> 0); None: no cap.
-    client_weighting: 'num_examples' (the capped count) or 'uniform' (1).
+    client_weighting: 'num_examples' (the capped count), 'uniform' (1) or
+      'minibatches_x2' (2 x the minibatches of the capped count).
+    client_batch_size: The clients' minibatch size (> 0), for
+      'minibatches_x2'.
     reject_replays: Reject every copy of an upload sent more than once in
       a round.
     max_weight_multiple: Cap each stated example count also at this (>= 1)
@@ -126,6 +132,7 @@ class RobustAggregation:
   reject_stale: bool = False
   robust_mean: Optional[robust_means.RobustMean] = None
   min_update_cosine: Optional[float] = None
+  client_batch_size: int = 0
 
   def __post_init__(self):
     def finite(value) -> bool:
@@ -160,6 +167,11 @@ class RobustAggregation:
     if self.client_weighting not in CLIENT_WEIGHTINGS:
       raise ValueError(f'client_weighting must be one of {CLIENT_WEIGHTINGS}'
                        f', got {self.client_weighting!r}.')
+    if (self.client_weighting == 'minibatches_x2' and
+        not self.client_batch_size >= 1):
+      raise ValueError('client_weighting minibatches_x2 needs a '
+                       'client_batch_size >= 1, got '
+                       f'{self.client_batch_size!r}.')
 
   @property
   def screens_uploads(self) -> bool:
@@ -188,7 +200,7 @@ class RobustAggregation:
   @property
   def caps_weights_by_round(self) -> bool:
     return (self.max_weight_multiple is not None and
-            self.client_weighting == 'num_examples')
+            self.client_weighting != 'uniform')
 
 
 class Reference(NamedTuple):
@@ -389,11 +401,21 @@ def effective_weight(weight: tf.Tensor, config: RobustAggregation,
 
   Returns:
     float32: 1 under uniform weighting, else the count capped at
-    `max_client_weight` and `round_cap`.
+    `max_client_weight` and `round_cap` (for 'minibatches_x2': 2 x
+    ceil(that / client_batch_size)).
   """
-  weight = tf.cast(weight, tf.float32)
   if config.client_weighting == 'uniform':
-    return tf.ones_like(weight)
+    return tf.ones_like(tf.cast(weight, tf.float32))
+  count = capped_count(weight, config, round_cap)
+  if config.client_weighting == 'minibatches_x2':
+    return 2.0 * tf.math.ceil(count / float(config.client_batch_size))
+  return count
+
+
+def capped_count(weight: tf.Tensor, config: RobustAggregation,
+                 round_cap: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """float32: the stated count capped at `max_client_weight`, `round_cap`."""
+  weight = tf.cast(weight, tf.float32)
   if config.max_client_weight is not None:
     weight = tf.minimum(weight, tf.constant(config.max_client_weight,
                                             tf.float32))
@@ -407,7 +429,7 @@ def weight_was_capped(weight: tf.Tensor, config: RobustAggregation,
   """int32 1 if a cap lowered the stated count, else 0 (0 if uniform)."""
   if config.client_weighting == 'uniform':
     return tf.constant(0, tf.int32)
-  return tf.cast(effective_weight(weight, config, round_cap) <
+  return tf.cast(capped_count(weight, config, round_cap) <
                  tf.cast(weight, tf.float32), tf.int32)
 
 

@@ -25,14 +25,18 @@ from tff_feddst.data import pipelines
 
 
 def sample_clients(client_ids: Sequence[str], clients_per_round: int,
-                   seed: int, round_num: int) -> list[str]:
-  """Samples clients for a round uniformly WITHOUT replacement.
+                   seed: int, round_num: int,
+                   with_replacement: bool = False) -> list[str]:
+  """Samples clients for a round uniformly, by default WITHOUT replacement.
 
   Args:
     client_ids: All client ids.
     clients_per_round: How many to sample, in [1, len(client_ids)].
     seed: Run seed.
     round_num: 1-based round.
+    with_replacement: Draw with replacement, as the reference
+      (`rng.choice(clients, size=K)`): a client may be drawn more than once
+      and then trains (and reports) once per draw.
 
   Returns:
     The sampled ids, in sampling order.
@@ -44,7 +48,8 @@ def sample_clients(client_ids: Sequence[str], clients_per_round: int,
     raise ValueError(f'clients_per_round must be in [1, {len(client_ids)}], '
                      f'got {clients_per_round}.')
   rng = np.random.default_rng([seed, round_num])
-  chosen = rng.choice(len(client_ids), size=clients_per_round, replace=False)
+  chosen = rng.choice(len(client_ids), size=clients_per_round,
+                      replace=with_replacement)
   return [client_ids[i] for i in chosen]
 
 
@@ -68,9 +73,12 @@ def drop_out(sampled: Sequence[str], dropout_rate: float, seed: int,
   return [client for client, failed in zip(sampled, failures) if not failed]
 
 
-def _shuffle_seed(seed: int, round_num: int, client_position: int) -> int:
-  return int(np.random.SeedSequence(
-      [seed, round_num, client_position]).generate_state(1)[0])
+def _shuffle_seed(seed: int, round_num: int, client_position: int,
+                  draw: int = 0) -> int:
+  # A client's first draw of a round keeps the entropy of runs without
+  # replacement; a further draw (with replacement) shuffles differently.
+  entropy = [seed, round_num, client_position] + ([draw] if draw else [])
+  return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def client_datasets(federated_data: federated.FederatedData,
@@ -86,14 +94,19 @@ def client_datasets(federated_data: federated.FederatedData,
     round_num: 1-based round (the shuffle order depends on it).
 
   Returns:
-    One `tf.data.Dataset` of `(x, y)` batches per client.
+    One `tf.data.Dataset` of `(x, y)` batches per client; a client listed
+    twice (sampling with replacement) gets another order the second time.
   """
   datasets = []
+  draws = {}
   for client_id in client_ids:
     x, y = federated_data.train_arrays(client_id)
     position = federated_data.client_ids.index(client_id)
+    draw = draws.get(client_id, 0)
+    draws[client_id] = draw + 1
     datasets.append(pipelines.make_client_dataset(
-        x, y, batch_size, shuffle_seed=_shuffle_seed(seed, round_num, position)))
+        x, y, batch_size,
+        shuffle_seed=_shuffle_seed(seed, round_num, position, draw)))
   return datasets
 
 
@@ -125,7 +138,7 @@ class ClientSampler:
 
   def __init__(self, federated_data: federated.FederatedData,
                clients_per_round: int, batch_size: int, seed: int,
-               dropout_rate: float = 0.0):
+               dropout_rate: float = 0.0, with_replacement: bool = False):
     """Checks the settings; nothing is drawn yet.
 
     Args:
@@ -136,6 +149,7 @@ class ClientSampler:
       seed: Run seed.
       dropout_rate: Probability in [0, 1) that a sampled client fails to
         report (seeded per round and client).
+      with_replacement: Sample with replacement (`sample_clients`).
 
     Raises:
       ValueError: If `clients_per_round` is out of range.
@@ -149,6 +163,7 @@ class ClientSampler:
     self._batch_size = batch_size
     self._seed = seed
     self._dropout_rate = dropout_rate
+    self._with_replacement = with_replacement
 
   def sample(self, round_num: int) -> RoundClients:
     """Returns round `round_num`'s clients and the reporters' datasets.
@@ -162,7 +177,8 @@ class ClientSampler:
       then leaves the global model as it is).
     """
     sampled = sample_clients(self._federated_data.client_ids,
-                             self._clients_per_round, self._seed, round_num)
+                             self._clients_per_round, self._seed, round_num,
+                             self._with_replacement)
     reporting = drop_out(sampled, self._dropout_rate, self._seed, round_num)
     logging.debug('Round %d: sampled clients %s, reporting %s.', round_num,
                   sampled, reporting)

@@ -296,8 +296,9 @@ class ReadjustmentSettings(_Group):
       'reference). Default: E-1, or 0.5 when E=1.')
   grow_score: str = setting(
       'accumulated', 'Regrow by |gradient| accumulated over the steps before '
-      'readjusting (accumulated) or of the last minibatch (last_batch, '
-      'reference).', _mask_choices('GROW_SCORES'))
+      'readjusting (accumulated), of the last minibatch before its step '
+      '(last_batch), or of the last minibatch recomputed after its step '
+      '(last_batch_after_step, the reference).', _mask_choices('GROW_SCORES'))
   readjust_rule: str = setting(
       'feddst', 'feddst (paper) or reference (authors\' prune-then-grow over '
       'all positions).', _mask_choices('READJUST_RULES'))
@@ -403,8 +404,23 @@ class ServerSettings(_Group):
       1e-3, 'Adam/Yogi/Adagrad server optimizer: added to the denominator, '
       '> 0 (FedOpt\'s tau).')
   min_votes: int = setting(
-      0, 'A weight must be held by at least this many of the round\'s '
-      'clients to stay in the global mask; at most --clients_per_round.')
+      0, 'Vote threshold to stay in the global mask, in --min_votes_unit: '
+      'with clients (default), a weight must be held by at least this many '
+      'of the round\'s clients, at most --clients_per_round; with weight '
+      '(the reference\'s --min-votes), its holders\' summed aggregation '
+      'weights must exceed it (strict >), >= 0.')
+  min_votes_unit: str = setting(
+      'clients', 'What --min_votes counts: clients (holders, >=; ours) or '
+      'weight (holders\' summed aggregation weights, >; the reference, whose '
+      'weights are 2 x minibatches, see --client_weighting).',
+      _mask_choices('MIN_VOTES_UNITS'))
+  server_rule: str = setting(
+      'feddst', 'Next global mask: feddst (re-prune each layer to its count '
+      'among held positions, ties to more votes) or reference (the '
+      'authors\': re-prune the union by |w| over all positions, clearing '
+      'bits only, and only when it is denser than the round\'s counts). '
+      'PruneFL keeps its own mask rule.',
+      _mask_choices('SERVER_RULES'))
   min_new_position_votes: int = setting(
       2, 'A weight outside the round\'s global mask enters the next mask '
       'only if at least this many of the round\'s clients (all of them, if '
@@ -457,8 +473,10 @@ class ServerSettings(_Group):
       '[-1, 1).')
   client_weighting: str = setting(
       'num_examples', 'Aggregation weight of an accepted client: its '
-      '(capped) example count, or 1 for every client.',
-      ('num_examples', 'uniform'))
+      '(capped) example count, 1 for every client (uniform), or 2 x its '
+      'number of minibatches of --client_batch_size (minibatches_x2, the '
+      'reference\'s train_size).',
+      ('num_examples', 'uniform', 'minibatches_x2'))
   robust_mean: str = setting(
       'mean', 'Value of each weight from its holders\' (clipped) values: '
       'their example-weighted mean, or their unweighted coordinate-wise '
@@ -531,7 +549,12 @@ class RunSettings(_Group):
       'it (e.g. fedavg: target_sparsity 0).', _method_names)
   total_rounds: int = setting(30, 'Server rounds.')
   clients_per_round: int = setting(
-      10, 'Clients sampled (without replacement) per round.')
+      10, 'Clients sampled per round (without replacement unless '
+      '--sample_with_replacement).')
+  sample_with_replacement: bool = setting(
+      False, 'Sample each round\'s clients with replacement (the '
+      'reference): a client drawn twice trains and reports twice, on two '
+      'shuffles of its data.')
   upload_budget_bytes: Optional[int] = setting(
       None, 'Stop before the cumulative client upload would exceed this many '
       'bytes (compare methods at equal upload).')
@@ -726,11 +749,14 @@ class ExperimentSettings:
     """Whether a layer of full capacity (dense) can lose ones in this run.
 
     The server keeps a dense layer dense unless the sparsity grows over the
-    rounds, `min_votes` > 1 drops positions, the 'reference' readjust rule
-    thins it, or the method chooses its own masks (PruneFL).
+    rounds, the vote threshold drops positions, the 'reference' readjust
+    or server rule thins it, or the method chooses its own masks (PruneFL).
     """
     from tff_feddst.methods import registry  # pylint: disable=g-import-not-at-top
-    return (self.network.is_growing_sparsity or self.server.min_votes > 1 or
+    vote_threshold = 0 if self.server.min_votes_unit == 'weight' else 1
+    return (self.network.is_growing_sparsity or
+            self.server.min_votes > vote_threshold or
+            self.server.server_rule == 'reference' or
             self.readjustment.readjust_rule == 'reference' or
             registry.get(self.method).chooses_own_masks)
 
@@ -819,10 +845,16 @@ class ExperimentSettings:
     # More votes than sampled clients can never be reached: every position
     # would leave the global mask, for good. With --dropout_rate (or
     # rejected uploads) fewer may report; those rounds thin the mask.
-    require(0 <= self.server.min_votes <= run.clients_per_round, 'min_votes',
-            f'an integer in [0, --clients_per_round={run.clients_per_round}] '
-            '(a weight stays only if that many of the round\'s clients hold '
-            'it)')
+    if self.server.min_votes_unit == 'weight':
+      require(self.server.min_votes >= 0, 'min_votes',
+              'an integer >= 0 (with --min_votes_unit=weight: the summed '
+              'aggregation weights a position\'s holders must exceed)')
+    else:
+      require(0 <= self.server.min_votes <= run.clients_per_round,
+              'min_votes',
+              f'an integer in [0, --clients_per_round='
+              f'{run.clients_per_round}] (a weight stays only if that many '
+              'of the round\'s clients hold it)')
 
 
 def setting_choices() -> dict[str, tuple[str, ...]]:

@@ -18,7 +18,8 @@ active weights per layer. This module reads them:
   is the dense gradient of every step before the readjustment
   ('accumulated': readjust_epochs x the epoch's examples, exact when that
   is a whole number of epochs, else within one minibatch per client) or of
-  the last minibatch before it ('last_batch': at most one batch per client);
+  the last minibatch before it ('last_batch', and 'last_batch_after_step',
+  whose one extra forward pass is not counted: at most one batch per client);
   on a PruneFL reconfiguration round (`client_work/should_reconfigure`) the
   importance sums the dense gradient of every local step.
 Not counted: PruneFL's initial pruning on one client before round 1, and
@@ -44,7 +45,7 @@ class RoundFlopsCounter:
     num_epochs: Local epochs per round.
     readjust_epochs: Epochs trained before a FedDST readjustment
       (`ClientConfig.effective_readjust_after_epochs`).
-    grow_score: 'accumulated' or 'last_batch'.
+    grow_score: 'accumulated', 'last_batch' or 'last_batch_after_step'.
     batch_size: Client minibatch size.
   """
   uses: tuple[int, ...]

@@ -198,6 +198,7 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  round_upload_bytes: Optional[Callable[[int, Any],
                                                        int]] = None,
                  dropout_rate: float = 0.0,
+                 sample_with_replacement: bool = False,
                  client_download_bytes: int = 0,
                  checkpoint_dir: Optional[str] = None,
                  checkpoint_every: int = 0,
@@ -265,6 +266,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
       per round and client). The round aggregates those that report; if none
       does, the global model stays as it is (the round is still counted, and
       logged).
+    sample_with_replacement: Sample each round's clients with replacement
+      (`client_sampling.sample_clients`).
     client_download_bytes: Download of one client, charged for clients that
       dropped out after receiving the model.
     checkpoint_dir: Where checkpoints go (required with checkpoint_every or
@@ -328,7 +331,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
   _check_arguments(process, upload_budget_bytes, round_upload_bytes,
                    checkpoint_dir, resume or checkpoint_every)
   sampler = client_sampling.ClientSampler(
-      federated_data, clients_per_round, batch_size, seed, dropout_rate)
+      federated_data, clients_per_round, batch_size, seed, dropout_rate,
+      with_replacement=sample_with_replacement)
   csv_manager = release_managers_lib.MetricsCsvReleaseManager(metrics_path)
   state_manager = (program_state.CheckpointManager(checkpoint_dir)
                    if resume or checkpoint_every else None)

@@ -26,8 +26,15 @@ Count = int | tf.Tensor
 # The names of the mask rules a run chooses from (kept here, in a module
 # without TFF, so that flag definitions can list them cheaply).
 INITIAL_MASKS = ('random', 'magnitude')  # `random_mask`, or `top_k_mask`.
-GROW_SCORES = ('accumulated', 'last_batch')  # Gradient summed, or last.
+# Gradient summed, of the last batch before the last step, or of the last
+# batch recomputed after it (the reference).
+GROW_SCORES = ('accumulated', 'last_batch', 'last_batch_after_step')
 READJUST_RULES = ('feddst', 'reference')  # `readjust`, `readjust_reference`.
+# The server's next mask: `server_reprune`, or `server_reprune_reference`.
+SERVER_RULES = ('feddst', 'reference')
+# What --min_votes counts: holders (>=), or their summed aggregation weights
+# (>, the authors' threshold on train-size-weighted votes).
+MIN_VOTES_UNITS = ('clients', 'weight')
 
 
 class ReadjustResult(NamedTuple):
@@ -389,3 +396,46 @@ def server_reprune(mean_weight: tf.Tensor, votes: tf.Tensor,
   chosen = _first_k([has_vote, tf.abs(mean_weight), votes], num_active)
   return tf.cast(chosen, mean_weight.dtype) * tf.cast(has_vote,
                                                       mean_weight.dtype)
+
+
+def server_reprune_reference(mean_weights: Sequence[tf.Tensor],
+                             votes: Sequence[tf.Tensor],
+                             num_active: Sequence[Count]) -> list[tf.Tensor]:
+  """The FedDST authors' server mask: a conditional re-prune of the union.
+
+  The union mask of a layer is every position some client holds (votes >
+  0). Only when the union holds more active positions over all layers
+  than the round's counts (the authors: the model's sparsity is below the
+  round's target) is every layer re-pruned: it keeps the union's positions
+  among its `num_active` largest |mean_weight| over ALL positions, so a
+  position nobody holds (mean 0) and a regrown weight uploaded as 0 tie.
+  The authors' `torch.topk` breaks such ties as it happens to; here a
+  position outside the union wins a tie against one inside it (then the
+  lower flat index wins), so a held 0 never survives a tie and a re-prune
+  only clears bits, as the authors' runs showed. The rule never grows a
+  position nobody holds, a layer may end sparser than its count, and the
+  union is kept as it is when it is not denser (its regrown zeros then
+  stay).
+
+  Args:
+    mean_weights: Aggregated (averaged) kernels.
+    votes: Per-position count (or weighted count) of holders, one per
+      kernel, same shapes.
+    num_active: Each layer's count for the round (ints or int scalar
+      tensors), in [0, size].
+
+  Returns:
+    One mask per kernel, in `mean_weights`' shapes and dtypes.
+  """
+  unions = [tf.cast(tf.convert_to_tensor(v) > 0, tf.convert_to_tensor(w).dtype)
+            for w, v in zip(mean_weights, votes)]
+  union_active = tf.add_n([tf.cast(count_active(u), tf.int64)
+                           for u in unions])
+  target_active = tf.add_n([tf.cast(n, tf.int64) for n in num_active])
+  is_denser = union_active > target_active
+  new_masks = []
+  for weight, union, count in zip(mean_weights, unions, num_active):
+    largest = tf.cast(_first_k([tf.abs(weight), 1 - union], count),
+                      union.dtype)
+    new_masks.append(tf.where(is_denser, union * largest, union))
+  return new_masks
