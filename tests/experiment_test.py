@@ -674,10 +674,7 @@ class GrowingSparsityExperimentTest(fixtures.FashionMnistSliceTestCase):
     # A copy killed after round 3 (its last checkpoint is round 2's)
     # resumes with the finalizer's round counter from the checkpoint.
     killed = os.path.join(root, 'killed')
-    shutil.copytree(whole, killed)
-    for name in ('summary.json', 'global_model.npz',
-                 os.path.join('checkpoints', 'ckpt-000004.npz')):
-      os.remove(os.path.join(killed, name))
+    fixtures.copy_killed_before_round_4(whole, killed)
     experiment.run_experiment(config, killed, resume=True)
     self.assertEqual(self.csv_without_timing(killed),
                      self.csv_without_timing(whole))

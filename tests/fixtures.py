@@ -81,3 +81,19 @@ def assert_one_line_error(test_case: tf.test.TestCase,
   test_case.assertNotIn('Traceback', result.stderr)
   for word in expected_words:
     test_case.assertIn(word, lines[0])
+
+
+def copy_killed_before_round_4(whole: str, killed: str) -> None:
+  """Copies a finished 4-round run as if killed after round 3.
+
+  Its last checkpoint is then round 2's; round 3's metrics row stays, to be
+  dropped and recomputed on resume.
+
+  Args:
+    whole: The finished run's output directory (checkpoint every 2 rounds).
+    killed: Where the copy goes (must not exist).
+  """
+  shutil.copytree(whole, killed)
+  for name in ('summary.json', 'global_model.npz',
+               os.path.join('checkpoints', 'ckpt-000004.npz')):
+    os.remove(os.path.join(killed, name))

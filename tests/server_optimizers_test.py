@@ -2,7 +2,6 @@
 
 import collections
 import os
-import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -215,10 +214,7 @@ class AdaptiveResumeTest(fixtures.FashionMnistSliceTestCase):
     # Killed after round 3 (last checkpoint: round 2's); rounds 3 and 4
     # need round 2's Adam moments and step to come out the same.
     killed = os.path.join(root, 'killed')
-    shutil.copytree(whole, killed)
-    for name in ('summary.json', 'global_model.npz',
-                 os.path.join('checkpoints', 'ckpt-000004.npz')):
-      os.remove(os.path.join(killed, name))
+    fixtures.copy_killed_before_round_4(whole, killed)
     experiment.run_experiment(config, killed, resume=True)
     self.assertEqual(experiment_test.metrics_without_timing(killed),
                      experiment_test.metrics_without_timing(whole))

@@ -40,11 +40,7 @@ def plot_runs(run_dirs: Sequence[str], output_prefix: str,
     name = label or comparison.summarize_run(run_dir)['method']
     evaluated = [r for r in rows if r['test_accuracy'] is not None]
     runs.append((name, evaluated))
-  paths = [f'{output_prefix}.png', f'{output_prefix}.svg']
-  for path in paths:
-    if os.path.exists(path):
-      raise FileExistsError(f'{path} exists; choose another --output.')
-
+  paths = _unused_figure_paths(output_prefix)
   figure, (by_upload, by_round) = plt.subplots(1, 2, figsize=(12, 4.5))
   for name, evaluated in runs:
     upload_mb = [r['upload_bytes_cumulative'] / 1e6 for r in evaluated]
@@ -53,9 +49,44 @@ def plot_runs(run_dirs: Sequence[str], output_prefix: str,
     by_round.plot([r['round'] for r in evaluated], accuracy, marker='o',
                   markersize=3, label=name)
   by_upload.set_xlabel('cumulative client upload (MB, all clients)')
-  by_round.set_xlabel('round')
-  for axes in (by_upload, by_round):
-    axes.set_ylabel('test accuracy (global test set)')
+  _finish_and_save(figure, (by_upload, by_round),
+                   'test accuracy (global test set)', title, paths)
+  return paths
+
+
+def _unused_figure_paths(output_prefix: str) -> list[str]:
+  """The .png and .svg paths of a figure; refuses to overwrite either.
+
+  Args:
+    output_prefix: Path without extension.
+
+  Returns:
+    `[<output_prefix>.png, <output_prefix>.svg]`.
+
+  Raises:
+    FileExistsError: If either exists.
+  """
+  paths = [f'{output_prefix}.png', f'{output_prefix}.svg']
+  for path in paths:
+    if os.path.exists(path):
+      raise FileExistsError(f'{path} exists; choose another --output.')
+  return paths
+
+
+def _finish_and_save(figure, axes_pair, accuracy_label: str,
+                     title: Optional[str], paths: Sequence[str]) -> None:
+  """Labels the by-round axes, adds grids and legends, writes and closes.
+
+  Args:
+    figure: The matplotlib figure.
+    axes_pair: `(by_upload, by_round)` axes.
+    accuracy_label: The y label of both.
+    title: Figure title, or None.
+    paths: Where to save it.
+  """
+  axes_pair[1].set_xlabel('round')
+  for axes in axes_pair:
+    axes.set_ylabel(accuracy_label)
     axes.grid(True, alpha=0.3)
     axes.legend()
   if title:
@@ -64,7 +95,6 @@ def plot_runs(run_dirs: Sequence[str], output_prefix: str,
   for path in paths:
     figure.savefig(path, dpi=120)
   plt.close(figure)
-  return paths
 
 
 def plot_seed_bands(run_dirs_by_method: Mapping[str, Sequence[str]],
@@ -106,11 +136,7 @@ def plot_seed_bands(run_dirs_by_method: Mapping[str, Sequence[str]],
       points.append((round_num, upload.mean / 1e6, accuracy.mean,
                      accuracy.std or 0.0))
     curves.append((f'{method} (n={len(run_dirs)})', points))
-  paths = [f'{output_prefix}.png', f'{output_prefix}.svg']
-  for path in paths:
-    if os.path.exists(path):
-      raise FileExistsError(f'{path} exists; choose another --output.')
-
+  paths = _unused_figure_paths(output_prefix)
   figure, (by_upload, by_round) = plt.subplots(1, 2, figsize=(12, 4.5))
   for name, points in curves:
     rounds, upload_mb, means, stds = (list(c) for c in zip(*points)) if (
@@ -121,15 +147,6 @@ def plot_seed_bands(run_dirs_by_method: Mapping[str, Sequence[str]],
       line, = axes.plot(x, means, marker='o', markersize=3, label=name)
       axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
   by_upload.set_xlabel('mean cumulative client upload (MB, all clients)')
-  by_round.set_xlabel('round')
-  for axes in (by_upload, by_round):
-    axes.set_ylabel('test accuracy, mean +- std over seeds')
-    axes.grid(True, alpha=0.3)
-    axes.legend()
-  if title:
-    figure.suptitle(title)
-  figure.tight_layout()
-  for path in paths:
-    figure.savefig(path, dpi=120)
-  plt.close(figure)
+  _finish_and_save(figure, (by_upload, by_round),
+                   'test accuracy, mean +- std over seeds', title, paths)
   return paths
