@@ -9,6 +9,7 @@ from tff_feddst.networks import models
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
+from tff_feddst.running import settings as settings_lib
 from tff_feddst.sparse import schedules
 from tff_feddst.sparse import sparsity_distribution
 
@@ -201,6 +202,22 @@ class UploadHookTest(tf.test.TestCase):
     self.assertLen(uploads, 2)
     for kind in payload_validation.REJECTION_KINDS:
       self.assertEqual(doubled_metrics[f'rejected_{kind}'], 0)
+
+
+class UnsupportedServerSettingTest(tf.test.TestCase):
+
+  def test_names_the_first_setting_the_loop_lacks(self):
+    settings = settings_lib.ExperimentSettings.from_flat
+    self.assertIsNone(plain_loop.unsupported_server_setting(
+        settings().server))
+    self.assertEqual(
+        plain_loop.unsupported_server_setting(
+            settings(server_rule='reference').server),
+        ('server_rule', 'reference', 'feddst'))
+    self.assertEqual(
+        plain_loop.unsupported_server_setting(
+            settings(server_optimizer='adam', min_votes_unit='weight').server),
+        ('server_optimizer', 'adam', 'sgd'))
 
 
 if __name__ == '__main__':

@@ -164,16 +164,14 @@ def check_settings(settings: settings_lib.ExperimentSettings) -> None:
     raise errors.ConfigError(
         f'--dropout_rate={settings.run.dropout_rate} is invalid here: '
         'expected 0 (every sampled client reports).')
-  server = settings.server
-  for name, value, expected in (
-      ('server_optimizer', server.server_optimizer,
-       'sgd (with --server_momentum for momentum)'),
-      ('server_rule', server.server_rule, 'feddst'),
-      ('min_votes_unit', server.min_votes_unit, 'clients')):
-    if value != expected.split()[0]:
-      raise errors.ConfigError(
-          f'--{name}={value} is not run by the plain loop; expected '
-          f'{expected}.')
+  unsupported = plain_loop.unsupported_server_setting(settings.server)
+  if unsupported:
+    name, value, supported = unsupported
+    hint = (' (with --server_momentum for momentum)'
+            if name == 'server_optimizer' else '')
+    raise errors.ConfigError(
+        f'--{name}={value} is not run by the plain loop; expected '
+        f'{supported}{hint}.')
 
 
 def plain_loop_arguments(settings: settings_lib.ExperimentSettings,

@@ -67,6 +67,27 @@ AGGREGATION = 'aggregation'
 SERVER_UPDATE = 'server_update'
 PHASES = (BROADCAST, CLIENT_UPDATE, AGGREGATION, SERVER_UPDATE)
 
+# Server settings the plain loop has only at these values: it steps the
+# server with SGD (and momentum) and re-prunes by the FedDST rule.
+SERVER_SETTINGS = (('server_optimizer', 'sgd'), ('server_rule', 'feddst'),
+                   ('min_votes_unit', 'clients'))
+
+
+def unsupported_server_setting(server: Any) -> Optional[tuple[str, Any, str]]:
+  """The first server setting the plain loop cannot run, if any.
+
+  Args:
+    server: A run's server settings (`settings.ServerSettings`).
+
+  Returns:
+    `(flag name, its value, the value the plain loop runs)`, or None.
+  """
+  for name, supported in SERVER_SETTINGS:
+    value = getattr(server, name)
+    if value != supported:
+      return name, value, supported
+  return None
+
 
 class PhaseTimer:
   """Seconds spent in named phases, summed over calls.
