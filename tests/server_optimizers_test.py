@@ -13,6 +13,7 @@ from tests import fixtures
 from tff_feddst.outputs import run_files
 from tff_feddst.process import finalizer
 from tff_feddst.process import server_optimizers
+from tff_feddst.process import server_step
 from tff_feddst.running import experiment
 
 LAYOUT = finalizer_test.LAYOUT
@@ -139,7 +140,7 @@ class AdaptiveStepTest(tf.test.TestCase):
     # build_sgdm, and the same weights on the kept positions.
     buffers = [np.array([1., 1., 0., 0.], np.float32),
                np.array([0.5], np.float32)]
-    new_buffers, new_weights, _ = finalizer.apply_aggregate(
+    new_buffers, new_weights, _ = server_step.apply_aggregate(
         buffers, finalizer_test.global_weights(),
         finalizer_test.hand_aggregate(), LAYOUT, (2,), 0.5, 0.5)
     sgdm = tff.learning.optimizers.build_sgdm(learning_rate=0.5,

@@ -24,7 +24,7 @@ from tff_feddst.outputs import run_files
 from tff_feddst.process import aggregation
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
-from tff_feddst.process import finalizer
+from tff_feddst.process import server_step
 from tff_feddst.process import payload_validation
 from tff_feddst.process import sum_factory
 from tff_feddst.running import settings as settings_lib
@@ -283,7 +283,7 @@ class MnistTrainingModelTest(tf.test.TestCase):
         aggregate = aggregation.accumulate_payload(
             aggregate, payload_of(named, layout), tf.constant(weight),
             layout.kernel_shapes)
-      _, weights, changed = finalizer.apply_aggregate(
+      _, weights, changed = server_step.apply_aggregate(
           buffers, self.initial.weights, aggregate, layout, num_active,
           server_learning_rate=1.0, server_momentum=0.0)
       return weights, int(changed)

@@ -164,7 +164,7 @@ def build_fed_dst(model_fn: models.ModelFn,
     download_encoding: How the server encodes the broadcast (value dtype,
       mask code; masks always sent). None: float32 values, bitmap masks.
     remember_old: A client lacking a position of the global mask counts as
-      sending the old global weight there (`finalizer` module docstring).
+      sending the old global weight there (`server_step` module docstring).
     num_active_by_round: Growing sparsity: int array [T_end + 1, layers]
       from `sparsity_distribution.num_active_by_round`, row t = per-layer
       counts of the global model after round t (row 0 must be
@@ -181,13 +181,13 @@ def build_fed_dst(model_fn: models.ModelFn,
       uniform weights). None: no clipping, the stated example counts.
     min_new_position_votes: A position outside the global mask needs at
       least this many clients holding it to enter the mask (1: any holder;
-      `finalizer` module docstring).
+      `server_step` module docstring).
     server_optimizer: An adaptive server optimizer (`server_optimizers`:
       Adam, Yogi, Adagrad on the global mask) in place of server SGD with
       `server_learning_rate` and `server_momentum`. None: server SGD.
     server_rule: 'feddst' (re-prune to each layer's count) or 'reference'
-      (the authors' conditional re-prune; `finalizer` module docstring).
-    min_votes_unit: 'clients' or 'weight' (`finalizer.eligible_votes`).
+      (the authors' conditional re-prune; `server_step` module docstring).
+    min_votes_unit: 'clients' or 'weight' (`server_step.eligible_votes`).
 
   Returns:
     A `tff.learning.templates.LearningProcess`.

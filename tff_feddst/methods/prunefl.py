@@ -549,7 +549,7 @@ def build_prunefl(model_fn: models.ModelFn,
       weights. None: neither.
     min_new_position_votes: Values a client sends outside the global mask
       count only where at least this many clients hold the position
-      (`finalizer.admit_new_positions`). Honest PruneFL clients hold the
+      (`server_step.admit_new_positions`). Honest PruneFL clients hold the
       global mask exactly, so this changes nothing for them; it keeps one
       client's off-mask values out of positions the importance rule adds.
     server_optimizer: An adaptive server optimizer (`server_optimizers`) in

@@ -1,7 +1,7 @@
 """Coordinate-wise trimmed mean and median over the holders of each position.
 
 The server's default value of a position is the weighted mean of the values
-its holders sent (`finalizer.apply_aggregate`): one client far from the
+its holders sent (`server_step.apply_aggregate`): one client far from the
 others moves it in proportion to its weight. A robust mean (as Flower's
 FedTrimmedAvg and FedMedian do for dense models) takes, per position, the
 UNWEIGHTED trimmed mean or median of the holders' values instead, so a
