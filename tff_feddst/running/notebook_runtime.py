@@ -132,13 +132,15 @@ def is_venv_ready(venv_dir: str) -> bool:
           os.path.isfile(os.path.join(venv_dir, INSTALLED_MARKER)))
 
 
-def prepare(route: Route, venv_dir: str, out: TextIO = sys.stdout) -> None:
+def prepare(route: Route, venv_dir: str, out: Optional[TextIO] = None
+            ) -> None:
   """Runs the route's commands; marks the venv ready when they all worked.
 
   Args:
     route: From `choose_route`.
     venv_dir: The venv the commands fill (for the marker file).
-    out: Where the commands' output goes.
+    out: Where the commands' output goes (None: `sys.stdout` at the call,
+      the notebook cell's output in a kernel).
 
   Raises:
     RuntimeSetupError: If a command fails (naming it and its exit code).
@@ -150,7 +152,7 @@ def prepare(route: Route, venv_dir: str, out: TextIO = sys.stdout) -> None:
       f.write(' '.join(route.commands[-1]) + '\n')
 
 
-def run_step(command: Sequence[str], out: TextIO = sys.stdout,
+def run_step(command: Sequence[str], out: Optional[TextIO] = None,
              cwd: Optional[str] = None, poll_seconds: float = 0.2) -> None:
   """Runs a command, copying its output (stdout and stderr) to `out`.
 
@@ -160,7 +162,8 @@ def run_step(command: Sequence[str], out: TextIO = sys.stdout,
 
   Args:
     command: argv.
-    out: Where the output is copied (the notebook cell's output).
+    out: Where the output is copied (None: `sys.stdout` at the call, the
+      notebook cell's output in a kernel).
     cwd: Working directory (None: the current one).
     poll_seconds: How often the output is copied while it runs.
 
@@ -168,6 +171,7 @@ def run_step(command: Sequence[str], out: TextIO = sys.stdout,
     RuntimeSetupError: If the command exits with a non-zero code; the
       message names the program and the code, its output already shown.
   """
+  out = sys.stdout if out is None else out
   decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
   with tempfile.TemporaryFile(mode='w+b') as log:
     process = subprocess.Popen(list(command), stdout=log,
