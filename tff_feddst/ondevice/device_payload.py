@@ -27,9 +27,16 @@ masks left out when unchanged: the simulation's `CodedPayload`),
 Only the used bytes of `mask_code`, ceil(mask_code_bits / 8), need to be
 sent (the rest is zeros): `encoding.payload_num_bytes` counts the upload so,
 as it counts the simulation's uploads.
+
+The broadcast follows the run's download encoding the same way
+(`broadcast_specs`, `broadcast_inputs`): float16 values as int16, Rice-coded
+masks as `mask_code` and `mask_code_bits`, and `packed_masks` holding the
+dense layers' masks too when the encoding sends them ('dense_masks': runs
+whose server can thin a dense layer: the 'reference' rules, `min_votes` > 1,
+a growing sparsity, PruneFL).
 """
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -221,34 +228,132 @@ def check_device_upload(outputs: Mapping[str, Any],
                                                 weight, spec)
 
 
+def check_download_encoding(download_encoding: encoding.PayloadEncoding
+                            ) -> None:
+  """Refuses a download encoding that a broadcast cannot have.
+
+  Args:
+    download_encoding: The broadcast's encoding.
+
+  Raises:
+    ValueError: If it would leave the masks out (a device holds no masks
+      between rounds, as `distributor.build_sparse_broadcast` says).
+  """
+  if download_encoding.masks_only_when_changed:
+    raise ValueError(
+        f'download encoding {download_encoding.name!r} is invalid: a '
+        'broadcast always carries the masks (changed_masks_only applies to '
+        'uploads only).')
+
+
 def broadcast_specs(model: tf.keras.Model, layout: models.ModelLayout,
-                    num_active: Sequence[int]) -> tuple[tf.TensorSpec, ...]:
+                    num_active: Sequence[int],
+                    download_encoding: Optional[
+                        encoding.PayloadEncoding] = None
+                    ) -> tuple[tf.TensorSpec, ...]:
   """Named specs of the payload the server broadcasts, in signature order.
 
-  The server encodes with float32 values (`distributor`), whatever dtype the
-  clients upload in.
+  They follow the run's download encoding, as the TF client's decoding
+  (`distributor.decode_model_weights`) does: float16 values come as their
+  int16 bit patterns (`broadcast_inputs`), the masks of dense layers are
+  there when the encoding sends them ('dense_masks', which the settings
+  turn on for runs that can thin a dense layer), and a Rice-coded broadcast
+  has `mask_code` and `mask_code_bits` in place of `packed_masks`.
 
   Args:
     model: The wrapped Keras model.
     layout: Its `ModelLayout`.
-    num_active: Active weights per prunable kernel.
+    num_active: Payload capacity per prunable kernel.
+    download_encoding: The broadcast's encoding (None: float32 values,
+      bitmap masks, dense layers without mask: `PayloadEncoding()`).
 
   Returns:
-    `values_<l>` float32 [num_active[l]], `packed_masks` uint8
-    [ceil(positions of the layers that are not dense / 8)], `dense_<j>`
-    float32 with the parameter's shape.
+    `values_<l>` float32 (float16 broadcast: int16) [num_active[l]]; for a
+    bitmap broadcast `packed_masks` uint8 [ceil(positions of the layers
+    that carry a mask / 8)], else `mask_code` uint8 [code capacity] and
+    `mask_code_bits` int32 [1]; then `dense_<j>` float32 with the
+    parameter's shape.
+
+  Raises:
+    ValueError: For a download encoding that leaves the masks out.
   """
+  download_encoding = download_encoding or encoding.PayloadEncoding()
+  check_download_encoding(download_encoding)
   trainable = model.trainable_variables
   non_trainable = model.non_trainable_variables
   dense = ([trainable[i] for i in layout.dense_trainable_indices] +
            [non_trainable[i] for i in layout.dense_non_trainable_indices])
-  specs = [tf.TensorSpec((int(count),), tf.float32, name=values_name(l))
+  value_dtype = (FLOAT16_WIRE_DTYPE if download_encoding.value_bits == 16
+                 else tf.float32)
+  specs = [tf.TensorSpec((int(count),), value_dtype, name=values_name(l))
            for l, count in enumerate(num_active)]
-  # Dense layers (capacity == size) carry no mask bits (`encoding`).
-  specs.append(tf.TensorSpec(
-      (mask_codes.num_packed_bytes(mask_codes.num_mask_bits(
-          layout.kernel_sizes, num_active)),), tf.uint8,
-      name=PACKED_MASKS_NAME))
+  omit_dense_masks = download_encoding.omit_dense_masks
+  if download_encoding.is_bitmap_payload:
+    specs.append(tf.TensorSpec(
+        (mask_codes.num_packed_bytes(mask_codes.num_mask_bits(
+            layout.kernel_sizes, num_active, omit_dense_masks)),), tf.uint8,
+        name=PACKED_MASKS_NAME))
+  else:
+    specs.append(tf.TensorSpec(
+        (mask_codes.num_packed_bytes(mask_codes.mask_code_capacity_bits(
+            layout.kernel_sizes, num_active, download_encoding.mask_code,
+            omit_dense_masks)),), tf.uint8, name=MASK_CODE_NAME))
+    specs.append(tf.TensorSpec((1,), tf.int32, name=MASK_CODE_BITS_NAME))
   specs += [tf.TensorSpec(v.shape, tf.float32, name=dense_name(j))
             for j, v in enumerate(dense)]
   return tuple(specs)
+
+
+def broadcast_from_inputs(named: Mapping[str, tf.Tensor], num_layers: int,
+                          num_dense: int,
+                          download_encoding: encoding.PayloadEncoding
+                          ) -> encoding.Payload:
+  """The broadcast payload from `set_weights`' inputs (in a TF graph).
+
+  Inverse of `broadcast_inputs`: int16 values are bit-cast back to float16
+  and `mask_code_bits` [1] becomes a scalar, so the payload is the one the
+  server encoded, for `distributor.decode_model_weights`.
+
+  Args:
+    named: Tensors keyed as `broadcast_specs` names them.
+    num_layers: Number of prunable kernels.
+    num_dense: Number of dense parameter tensors.
+    download_encoding: The broadcast's encoding.
+
+  Returns:
+    A `SparsePayload` (bitmap broadcast) or a `CodedPayload`.
+  """
+  if download_encoding.is_bitmap_payload:
+    payload = payload_from_dict(named, num_layers, num_dense)
+  else:
+    payload = coded_payload_from_dict(named, num_layers, num_dense)
+    payload = payload._replace(
+        mask_code_bits=tf.reshape(payload.mask_code_bits, []))
+  return payload._replace(values=tuple(
+      tf.bitcast(v, tf.float16) if v.dtype == FLOAT16_WIRE_DTYPE else v
+      for v in payload.values))
+
+
+def broadcast_inputs(payload: encoding.Payload) -> dict[str, np.ndarray]:
+  """The inputs of `set_weights` for a broadcast payload (numpy).
+
+  What the server (or the app) hands the device: float16 values as their
+  int16 bit patterns (`ndarray.view`, no value changes) and
+  `mask_code_bits` as a [1] array, the rest as it is.
+
+  Args:
+    payload: The server's `SparsePayload` or `CodedPayload` (tensors or
+      numpy arrays), e.g. from `client_work.encode_weights` with the run's
+      download encoding.
+
+  Returns:
+    `{name: numpy array}` keyed as `broadcast_specs` names them.
+  """
+  named = {name: np.asarray(value)
+           for name, value in payload_to_dict(payload).items()}
+  for name, value in named.items():
+    if value.dtype == np.float16:
+      named[name] = value.view(np.int16)
+  if MASK_CODE_BITS_NAME in named:
+    named[MASK_CODE_BITS_NAME] = np.reshape(named[MASK_CODE_BITS_NAME], [1])
+  return named

@@ -8,9 +8,15 @@ payload tensors are named as in `device_payload`. Every signature has an
 input and no scalar output (`signature_report.contract_violations`):
 
   set_weights(values_<l>, packed_masks, dense_<j>) -> num_active i32[L]
-      Loads the broadcast `SparsePayload` (float32 values) exactly as the TFF
-      client decodes it (`distributor.decode_model_weights`) and starts a
-      round: momentum buffers and grow scores are reset to 0.
+      Loads the broadcast payload in the run's download encoding exactly as
+      the TFF client decodes it (`distributor.decode_model_weights`) and
+      starts a round: momentum buffers and grow scores are reset to 0. The
+      inputs are `device_payload.broadcast_specs`: float32 values (float16
+      ones as int16 bits), the masks of the layers the encoding sends them
+      for (dense layers' too under 'dense_masks', which runs that can thin
+      a dense layer use), or `mask_code` u8 and `mask_code_bits` i32[1] for
+      a Rice-coded broadcast; a mask may hold fewer ones than the capacity
+      (the values are then zero-padded). `num_active` counts the ones.
   train(x, y) -> loss f32[1]
       One masked SGD step (`ClientTrainer.train_step`), adding this step's
       dense kernel gradients to the grow scores ('accumulated') or storing
@@ -96,7 +102,8 @@ class TFLiteClient(tf.Module):
 
   def __init__(self, model: tf.keras.Model, layout: models.ModelLayout,
                num_active: Sequence[int], config: client_work.ClientConfig,
-               upload_encoding: Optional[encoding.PayloadEncoding] = None):
+               upload_encoding: Optional[encoding.PayloadEncoding] = None,
+               download_encoding: Optional[encoding.PayloadEncoding] = None):
     """Builds the client and its signatures.
 
     Args:
@@ -108,6 +115,12 @@ class TFLiteClient(tf.Module):
       config: Local training hyper-parameters (baked into the signatures).
       upload_encoding: How `get_weights` encodes the upload (the run's
         upload encoding); None: bitmap masks, `config.value_dtype` values.
+      download_encoding: How the broadcast `set_weights` takes is encoded
+        (the run's download encoding, `ExperimentSettings.payload_encodings`);
+        None: float32 values, bitmap masks, dense layers without mask.
+
+    Raises:
+      ValueError: If `download_encoding` would leave the masks out.
     """
     super().__init__(name='feddst_client')
     trainer = client_work.ClientTrainer(model, layout, num_active, config,
@@ -116,6 +129,8 @@ class TFLiteClient(tf.Module):
     # try to serialise the Keras model; its variables are tracked below.
     self._trainer = trainer
     self._layout = layout
+    self._num_active = tuple(int(n) for n in num_active)
+    self._download_encoding = download_encoding or encoding.PayloadEncoding()
     self._num_layers = layout.num_prunable
     self._num_dense = (len(layout.dense_trainable_indices) +
                        len(layout.dense_non_trainable_indices))
@@ -156,7 +171,7 @@ class TFLiteClient(tf.Module):
     x_spec = tf.TensorSpec((None,) + input_shape, tf.float32, name='x')
     y_spec = tf.TensorSpec((None,), tf.int32, name='y')
     self._set_weights_specs = device_payload.broadcast_specs(
-        model, layout, num_active)
+        model, layout, num_active, self._download_encoding)
     path_spec = tf.TensorSpec((), tf.string, name='checkpoint_path')
     num_examples_spec = tf.TensorSpec((), tf.float32,
                                       name=device_payload.NUM_EXAMPLES_NAME)
@@ -182,6 +197,11 @@ class TFLiteClient(tf.Module):
   def set_weights_specs(self) -> tuple[tf.TensorSpec, ...]:
     """Named inputs of `set_weights`, in order."""
     return self._set_weights_specs
+
+  @property
+  def download_encoding(self) -> encoding.PayloadEncoding:
+    """The broadcast encoding `set_weights` decodes."""
+    return self._download_encoding
 
   def load_weights(self, weights: Any) -> None:
     """Eagerly loads global `ModelWeights` (resets optimizer state).
@@ -225,10 +245,11 @@ class TFLiteClient(tf.Module):
   def _set_weights(self, *tensors: tf.Tensor) -> dict[str, tf.Tensor]:
     named = {spec.name: tensor
              for spec, tensor in zip(self._set_weights_specs, tensors)}
-    payload = device_payload.payload_from_dict(named, self._num_layers,
-                                               self._num_dense)
-    weights = distributor.decode_model_weights(payload, self._layout,
-                                               self._weights_type)
+    payload = device_payload.broadcast_from_inputs(
+        named, self._num_layers, self._num_dense, self._download_encoding)
+    weights = distributor.decode_model_weights(
+        payload, self._layout, self._weights_type, self._num_active,
+        self._download_encoding)
     self._trainer.set_weights(weights)
     for received, mask in zip(self._received_masks, self._trainer.masks):
       received.assign(mask)

@@ -199,7 +199,8 @@ def export(model_name: str, model_fn: models.ModelFn, weights: Any,
            layout: models.ModelLayout, num_active: Sequence[int],
            client_config: client_work.ClientConfig, output_dir: str,
            source: Optional[str] = None,
-           upload_encoding: Optional[encoding.PayloadEncoding] = None
+           upload_encoding: Optional[encoding.PayloadEncoding] = None,
+           download_encoding: Optional[encoding.PayloadEncoding] = None
            ) -> ExportResult:
   """Exports the training model and the stripped inference models.
 
@@ -224,6 +225,8 @@ def export(model_name: str, model_fn: models.ModelFn, weights: Any,
     source: Where the weights came from (for the metadata).
     upload_encoding: The run's upload encoding, used by `get_weights`
       (None: bitmap masks, `client_config.value_dtype` values).
+    download_encoding: The run's download encoding, which `set_weights`
+      takes (None: float32 values, bitmap masks, dense layers without mask).
 
   Returns:
     The `ExportResult`.
@@ -233,7 +236,8 @@ def export(model_name: str, model_fn: models.ModelFn, weights: Any,
   """
   check_output_dir(output_dir)
   client = tflite_client.TFLiteClient(model_fn(), layout, num_active,
-                                      client_config, upload_encoding)
+                                      client_config, upload_encoding,
+                                      download_encoding)
   client.load_weights(weights)
   training_model = tflite_client.convert_client(client)
   stripped = tflite_client.strip_model(model_fn, weights)
@@ -263,6 +267,7 @@ def export(model_name: str, model_fn: models.ModelFn, weights: Any,
           for k, v in payload.items()],
       'client_config': dataclasses.asdict(client_config),
       'upload_encoding': client.trainer.upload_encoding.name,
+      'download_encoding': client.download_encoding.name,
       'readjust_step': 'clip(round(readjust_after_epochs * num_batches), 1, '
                        'num_epochs * num_batches)',
       'signatures': list(tflite_client.TRAINING_SIGNATURES),
@@ -325,7 +330,8 @@ def export_checkpoint(checkpoint: str, output_dir: str) -> ExportResult:
                 initial.num_active,
                 model_setup.build_client_config(config, initial), output_dir,
                 source=os.path.abspath(npz_path),
-                upload_encoding=config.payload_encodings()[0])
+                upload_encoding=config.payload_encodings()[0],
+                download_encoding=config.payload_encodings()[1])
 
 
 def export_initial(config: settings_lib.ExperimentSettings,
@@ -350,4 +356,5 @@ def export_initial(config: settings_lib.ExperimentSettings,
                 initial.num_active,
                 model_setup.build_client_config(config, initial), output_dir,
                 source=f'initialisation (seed {config.run.seed})',
-                upload_encoding=config.payload_encodings()[0])
+                upload_encoding=config.payload_encodings()[0],
+                download_encoding=config.payload_encodings()[1])

@@ -430,7 +430,9 @@ def scatter_values(values: Sequence[tf.Tensor], masks: Sequence[tf.Tensor]
   for layer_values, mask in zip(values, masks):
     shape = mask.shape.as_list()
     positions = tf.where(tf.reshape(mask, [-1]) > 0.5)
-    active = tf.cast(layer_values[:tf.shape(positions)[0]], tf.float32)
+    # Cast before slicing: the same values, and TFLite's STRIDED_SLICE has
+    # no float16 kernel (a device decoding a float16 broadcast).
+    active = tf.cast(layer_values, tf.float32)[:tf.shape(positions)[0]]
     flat = tf.scatter_nd(positions, active, [math.prod(shape)])
     kernels.append(tf.reshape(flat, shape))
   return kernels

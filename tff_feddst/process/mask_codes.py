@@ -255,7 +255,8 @@ def rice_decode_layer(bits: tf.Tensor, layer: RiceLayer
   zeros = tf.cast(tf.where(tf.equal(bits[w:], 0))[:, 0], tf.int32)[:count]
   quotients = zeros - tf.concat([[-1], zeros[:-1]], axis=0) - 1
   unary_length = tf.reduce_sum(quotients + 1)
-  gaps = tf.bitwise.left_shift(quotients, k)
+  # quotients * 2**k is the left shift (TFLite has no LEFT_SHIFT builtin).
+  gaps = quotients * (2**k)
   if k:
     indices = (w + unary_length + tf.range(count)[:, tf.newaxis] * k +
                tf.range(k)[tf.newaxis, :])
