@@ -1,10 +1,10 @@
 """The server side of FedDST rounds with real devices, one command a step.
 
-  python bin/device_server.py init --flagfile=configs/fashion_mnist_quick.cfg \
+  python bin/device_round.py init --flagfile=configs/fashion_mnist_quick.cfg \
       --max_client_weight=0 --state_dir=server
-  python bin/device_server.py broadcast --state_dir=server --output_dir=out/1
+  python bin/device_round.py broadcast --state_dir=server --output_dir=out/1
   # ... the devices read out/1, train, and their uploads land in in/1 ...
-  python bin/device_server.py aggregate --state_dir=server --uploads_dir=in/1
+  python bin/device_round.py aggregate --state_dir=server --uploads_dir=in/1
 
 `init` writes the settings, the initial global model and server state, and
 the TFLite export the devices run (server/model/training.tflite);
@@ -47,7 +47,7 @@ flags.DEFINE_bool('export_model', True, 'init: also write the TFLite export '
                   'to <state_dir>/model.')
 
 FLAGS = flags.FLAGS
-PROG = 'device_server.py'
+PROG = 'device_round.py'
 
 
 def _require(name: str) -> str:

@@ -192,7 +192,7 @@ class DeviceRoundCliTest(tf.test.TestCase):
 
   def run_cli(self, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'bin', 'device_server.py'),
+        [sys.executable, os.path.join(ROOT, 'bin', 'device_round.py'),
          *args], capture_output=True, text=True, cwd=ROOT, check=False,
         timeout=300)
 
