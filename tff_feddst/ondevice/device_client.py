@@ -13,7 +13,10 @@ signatures of `training.tflite` in a `tf.lite.Interpreter` and nothing else:
 
 The TF client (`client_work.ClientTrainer.update`) trains the same
 minibatches in the same order, so a device's upload equals the simulated
-client's to float rounding.
+client's to float rounding; a readjustment's top-k may still choose
+differently where two magnitudes nearly tie (measured on the quick
+flagfile's round 1, ten clients: train loss within 2e-6 of the TF clients',
+the global mask 9,594 changed positions against 9,592).
 """
 
 from typing import Any, Mapping, Optional, Sequence
