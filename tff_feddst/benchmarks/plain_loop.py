@@ -142,12 +142,16 @@ def _as_tensors(weights) -> tff.learning.models.ModelWeights:
       non_trainable=[tf.convert_to_tensor(v) for v in weights.non_trainable])
 
 
-class PlainFedDst:
-  """FedDST rounds as plain `tf.function` calls (see module docstring)."""
+class PlainServer:
+  """The server side of plain FedDST rounds (see the module docstring).
 
-  def __init__(self, model_fn: models.ModelFn,
-               initial_model: fed_dst.InitialModel,
-               data_element_spec: Any,
+  It encodes the broadcast, checks and sums uploads (screening them in two
+  passes when `robust` asks for it) and steps the global model, with the
+  calls the TFF process makes. `PlainFedDst` drives it with clients trained
+  in this process; `ondevice.device_round` with uploads read from files.
+  """
+
+  def __init__(self, initial_model: fed_dst.InitialModel,
                schedule: Any,
                client_config: client_work.ClientConfig,
                *,
@@ -162,36 +166,7 @@ class PlainFedDst:
                    payload_validation.PayloadChecks] = None,
                robust: Optional[robust_aggregation.RobustAggregation] = None,
                min_new_position_votes: int = 1):
-    """Builds the client model, its trainer and the server functions.
-
-    Arguments mean what they mean for `fed_dst.build_fed_dst`.
-
-    Args:
-      model_fn: Builds the wrapped Keras model.
-      initial_model: From `fed_dst.build_initial_model` with `model_fn`.
-      data_element_spec: `element_spec` of a client's batched `(x, y)`
-        dataset.
-      schedule: Readjustment schedule.
-      client_config: Local training hyper-parameters.
-      server_learning_rate: Server step size.
-      server_momentum: Server momentum in [0, 1).
-      min_votes: Minimum number of clients holding an eligible position.
-      upload_encoding: How clients encode uploads (None: bitmap masks,
-        `client_config.value_dtype` values).
-      download_encoding: How the server encodes the broadcast (None:
-        float32 values, bitmap masks).
-      remember_old: Count a client lacking a global-mask position as sending
-        the old global weight there.
-      num_active_by_round: Must be None (growing sparsity is refused, see
-        the module docstring).
-      payload_checks: What an upload must satisfy to be aggregated (None:
-        `payload_validation.default_checks`).
-      robust: How the server bounds each client (None: not at all). When it
-        screens uploads (clipping, replays), a round keeps its uploads until
-        every client has reported: the clip bound and the replay counts come
-        from all of them, as in the TFF aggregator's first pass.
-      min_new_position_votes: Minimum number of clients holding a position
-        outside the global mask for it to enter.
+    """Builds the server functions; arguments as for `PlainFedDst`.
 
     Raises:
       ValueError: For `num_active_by_round`, or as `fed_dst.build_fed_dst`
@@ -204,19 +179,17 @@ class PlainFedDst:
     self._schedule = schedule
     layout = initial_model.layout
     num_active = initial_model.num_active
-    self._layout = layout
+    self.layout = layout
     settings = fed_dst.resolve_round_settings(
         initial_model, client_config, min_votes=min_votes,
         upload_encoding=upload_encoding, download_encoding=download_encoding,
         num_active_by_round=num_active_by_round,
         payload_checks=payload_checks)
-    self._trainer = client_work.ClientTrainer(
-        model_fn(), layout, num_active, client_config,
-        settings.upload_encoding)
-    upload_encoding = self._trainer.upload_encoding
-    download_encoding = settings.download_encoding
+    self.upload_encoding = settings.upload_encoding
+    self.download_encoding = download_encoding = settings.download_encoding
+    upload_encoding = settings.upload_encoding
     # `decode_model_weights` reads only shapes and dtypes from the type.
-    weights_type = tff.learning.models.ModelWeights(
+    self.weights_type = weights_type = tff.learning.models.ModelWeights(
         trainable=[tf.TensorSpec(np.shape(v), np.asarray(v).dtype)
                    for v in initial_model.weights.trainable],
         non_trainable=[tf.TensorSpec(np.shape(v), np.asarray(v).dtype)
@@ -227,6 +200,7 @@ class PlainFedDst:
             tuple(np.shape(initial_model.weights.non_trainable[i]))
             for i in layout.dense_non_trainable_indices)
     kernel_shapes = layout.kernel_shapes
+    self.dense_shapes = dense_shapes
     payload_checks = settings.payload_checks
     # Row r of the targets checks round r + 1 (the TFF aggregator's state).
     self._targets_table = payload_checks.targets_table(num_active)
@@ -300,31 +274,22 @@ class PlainFedDst:
       return (new_state, new_weights, measurements['mask_changed_positions'],
               measurements['sparsity'], measurements['server_update_failed'])
 
-    # Traced now, once: calling Keras layers after TFF has traced its own
-    # copy of the model can fail, calling a traced function does not.
-    self._trainer.update.get_concrete_function(
-        tf.nest.map_structure(
-            lambda spec: tf.TensorSpec(spec.shape, spec.dtype), weights_type),
-        tf.data.DatasetSpec(data_element_spec),
-        client_work.RoundInstructions(
-            should_readjust=tf.TensorSpec([], tf.bool),
-            drop_fraction=tf.TensorSpec([], tf.float32)))
-    self._encode_global = encode_global
-    self._decode_global = decode_global
-    self._zero_aggregate = zero_aggregate
-    self._accumulate = accumulate
+    self.encode_global = encode_global
+    self.decode_global = decode_global
+    self.zero_aggregate = zero_aggregate
+    self.accumulate = accumulate
     self._server_update = server_update
-    self._robust = robust
+    self.robust = robust
     self._reference_of = reference_of
     self._screen = screen
     self._direction_shapes = ((tuple(kernel_shapes), dense_shapes)
                               if checks_direction else None)
-    self._weights_digest = weights_digest
+    self.weights_digest = weights_digest
 
   @property
-  def trainer(self) -> client_work.ClientTrainer:
-    """The one `ClientTrainer` every client's update runs on."""
-    return self._trainer
+  def screens_uploads(self) -> bool:
+    """Whether a round needs all its uploads before summing any."""
+    return self.robust is not None and self.robust.screens_uploads
 
   def initialize(self) -> PlainState:
     """Returns the state before round 1 (the initial model, zero buffers)."""
@@ -341,6 +306,164 @@ class PlainFedDst:
             self._schedule.should_readjust(schedule_round)),
         drop_fraction=tf.cast(self._schedule.drop_fraction_at(schedule_round),
                               tf.float32))
+
+  def targets(self, round_num: int) -> tf.Tensor:
+    """The per-layer nnz targets uploads of round `round_num` must meet."""
+    return tf.constant(self._targets_table[
+        min(round_num - 1, len(self._targets_table) - 1)], tf.int32)
+
+  def round_digest(self, weights) -> Optional[tf.Tensor]:
+    """The digest uploads answering a broadcast of `weights` must carry
+    (None when the server does not reject stale uploads)."""
+    if self.robust is None or not self.robust.reject_stale:
+      return None
+    return upload_binding.reference_digest(self._reference_of(weights))
+
+  def aggregate_screened(self, aggregate, uploads, global_weights,
+                         targets, round_digest=None):
+    """Both passes of a screening aggregator (`robust_aggregation`)."""
+    robust = self.robust
+    reference = (self._reference_of(global_weights) if robust.clip_updates
+                 else None)
+    counts = upload_screening.zero_counts(self._direction_shapes)
+    for upload, weight in uploads:
+      counts = self._screen(counts, upload, weight, targets, reference,
+                            round_digest)
+    bound, replay_counts, weight_cap = upload_screening.screening_findings(
+        counts, robust)
+    direction_sum = None
+    if self._direction_shapes is not None:
+      direction_sum = upload_screening.direction_sum_of(
+          counts, *self._direction_shapes)
+    round_bound = robust_aggregation.RoundBound(
+        reference, bound, replay_counts if robust.reject_replays else None,
+        weight_cap if robust.caps_weights_by_round else None, direction_sum)
+    for upload, weight in uploads:
+      aggregate = self.accumulate(aggregate, upload, weight, targets,
+                                  round_bound, round_digest)
+    tf.nest.flatten(aggregate)[-1].numpy()  # Waits for the result.
+    return aggregate
+
+  def server_update(self, state: PlainState, aggregate
+                    ) -> tuple[PlainState, collections.OrderedDict]:
+    """Steps the global model with a round's aggregate.
+
+    Args:
+      state: The state the round started from.
+      aggregate: The round's sums (`zero_aggregate` plus every upload).
+
+    Returns:
+      `(new_state, metrics)`: `upload_bytes`, `mask_changed_positions`,
+      `sparsity`, `rejected_clients`, `clipped_clients`, `capped_weights`,
+      `server_update_failed` and `rejected_<kind>` for each of
+      `payload_validation.REJECTION_KINDS`.
+    """
+    server_state, weights, changed, sparsity, failed = self._server_update(
+        finalizer.FinalizerState(
+            buffers=state.buffers,
+            round_num=tf.constant(state.round_num, tf.int32)),
+        state.weights, aggregate)
+    totals = (aggregate.sums
+              if isinstance(aggregate, robust_means.RobustSums)
+              else aggregate)
+    totals = (totals.with_masks
+              if isinstance(totals, aggregation.CompactAggregate)
+              else totals)
+    metrics = collections.OrderedDict(
+        upload_bytes=int(totals.upload_bytes),
+        mask_changed_positions=int(changed),
+        sparsity=float(sparsity),
+        rejected_clients=int(tf.reduce_sum(totals.rejected)),
+        clipped_clients=int(totals.clipped_clients),
+        capped_weights=int(totals.capped_weights),
+        server_update_failed=int(failed))
+    for index, kind in enumerate(payload_validation.REJECTION_KINDS):
+      metrics[f'rejected_{kind}'] = int(totals.rejected[index])
+    new_state = PlainState(state.round_num + 1, weights,
+                           tuple(server_state.buffers))
+    return new_state, metrics
+
+
+class PlainFedDst:
+  """FedDST rounds as plain `tf.function` calls (see module docstring)."""
+
+  def __init__(self, model_fn: models.ModelFn,
+               initial_model: fed_dst.InitialModel,
+               data_element_spec: Any,
+               schedule: Any,
+               client_config: client_work.ClientConfig,
+               **server_arguments: Any):
+    """Builds the client model, its trainer and the server (`PlainServer`).
+
+    Arguments mean what they mean for `fed_dst.build_fed_dst`.
+
+    Args:
+      model_fn: Builds the wrapped Keras model.
+      initial_model: From `fed_dst.build_initial_model` with `model_fn`.
+      data_element_spec: `element_spec` of a client's batched `(x, y)`
+        dataset.
+      schedule: Readjustment schedule.
+      client_config: Local training hyper-parameters.
+      **server_arguments: Keyword arguments of `PlainServer`:
+        server_learning_rate: Server step size.
+        server_momentum: Server momentum in [0, 1).
+        min_votes: Minimum number of clients holding an eligible position.
+        upload_encoding: How clients encode uploads (None: bitmap masks,
+          `client_config.value_dtype` values).
+        download_encoding: How the server encodes the broadcast (None:
+          float32 values, bitmap masks).
+        remember_old: Count a client lacking a global-mask position as
+          sending the old global weight there.
+        num_active_by_round: Must be None (growing sparsity is refused, see
+          the module docstring).
+        payload_checks: What an upload must satisfy to be aggregated (None:
+          `payload_validation.default_checks`).
+        robust: How the server bounds each client (None: not at all). When
+          it screens uploads (clipping, replays), a round keeps its uploads
+          until every client has reported: the clip bound and the replay
+          counts come from all of them, as in the TFF aggregator's first
+          pass.
+        min_new_position_votes: Minimum number of clients holding a
+          position outside the global mask for it to enter.
+
+    Raises:
+      ValueError: For `num_active_by_round`, or as `fed_dst.build_fed_dst`
+        for the same settings.
+    """
+    self._server = PlainServer(initial_model, schedule, client_config,
+                               **server_arguments)
+    server = self._server
+    self._trainer = client_work.ClientTrainer(
+        model_fn(), server.layout, initial_model.num_active, client_config,
+        server.upload_encoding)
+    # Traced now, once: calling Keras layers after TFF has traced its own
+    # copy of the model can fail, calling a traced function does not.
+    self._trainer.update.get_concrete_function(
+        tf.nest.map_structure(
+            lambda spec: tf.TensorSpec(spec.shape, spec.dtype),
+            server.weights_type),
+        tf.data.DatasetSpec(data_element_spec),
+        client_work.RoundInstructions(
+            should_readjust=tf.TensorSpec([], tf.bool),
+            drop_fraction=tf.TensorSpec([], tf.float32)))
+
+  @property
+  def trainer(self) -> client_work.ClientTrainer:
+    """The one `ClientTrainer` every client's update runs on."""
+    return self._trainer
+
+  @property
+  def server(self) -> PlainServer:
+    """The `PlainServer` the rounds aggregate and step with."""
+    return self._server
+
+  def initialize(self) -> PlainState:
+    """Returns the state before round 1 (the initial model, zero buffers)."""
+    return self._server.initialize()
+
+  def instructions(self, round_num: int) -> client_work.RoundInstructions:
+    """The `RoundInstructions` of 1-based round `round_num`."""
+    return self._server.instructions(round_num)
 
   def next(self, state: PlainState, datasets: Sequence[tf.data.Dataset],
            timer: Optional[PhaseTimer] = None,
@@ -373,23 +496,20 @@ class PlainFedDst:
       sends.
     """
     timer = timer or PhaseTimer()
+    server = self._server
     round_num = state.round_num + 1
-    instructions = self.instructions(round_num)
-    targets = tf.constant(self._targets_table[
-        min(round_num - 1, len(self._targets_table) - 1)], tf.int32)
+    instructions = server.instructions(round_num)
+    targets = server.targets(round_num)
     with timer.phase(BROADCAST):
-      payload, payload_bytes = self._encode_global(state.weights)
-    aggregate = self._zero_aggregate()
+      payload, payload_bytes = server.encode_global(state.weights)
+    aggregate = server.zero_aggregate()
     loss_terms, num_regrown = exact_sum.zero_mean_terms(), 0
-    screens = self._robust is not None and self._robust.screens_uploads
-    round_digest = None
-    if self._robust is not None and self._robust.reject_stale:
-      round_digest = upload_binding.reference_digest(
-          self._reference_of(state.weights))
+    screens = server.screens_uploads
+    round_digest = server.round_digest(state.weights)
     kept_uploads = []
     for client_index, dataset in enumerate(datasets):
       with timer.phase(BROADCAST):
-        client_weights = self._decode_global(payload)
+        client_weights = server.decode_global(payload)
       with timer.phase(CLIENT_UPDATE):
         upload, weight, stats = self._trainer.update(client_weights, dataset,
                                                      instructions)
@@ -399,7 +519,7 @@ class PlainFedDst:
         received = [(sent, np.float32(sent_weight)) for sent, sent_weight in
                     upload_hook(client_index, upload, weight, client_weights)]
       if round_digest is not None:
-        digest = self._weights_digest(client_weights)
+        digest = server.weights_digest(client_weights)
         received = [
             (sent if isinstance(sent, upload_binding.BoundUpload) else
              upload_binding.BoundUpload(sent, digest), sent_weight)
@@ -413,73 +533,29 @@ class PlainFedDst:
       else:
         with timer.phase(AGGREGATION):
           for sent, sent_weight in received:
-            aggregate = self._accumulate(aggregate, sent, sent_weight,
-                                         targets, None, round_digest)
+            aggregate = server.accumulate(aggregate, sent, sent_weight,
+                                          targets, None, round_digest)
           tf.nest.flatten(aggregate)[-1].numpy()  # Waits for the result.
       loss_terms = exact_sum.add(loss_terms, exact_sum.mean_terms(
           stats.train_loss, stats.num_examples))
       num_regrown += int(stats.num_regrown)
     if screens:
       with timer.phase(AGGREGATION):
-        aggregate = self._aggregate_screened(aggregate, kept_uploads,
-                                             state.weights, targets,
-                                             round_digest)
+        aggregate = server.aggregate_screened(aggregate, kept_uploads,
+                                              state.weights, targets,
+                                              round_digest)
     with timer.phase(SERVER_UPDATE):
-      server_state, weights, changed, sparsity, failed = self._server_update(
-          finalizer.FinalizerState(
-              buffers=state.buffers,
-              round_num=tf.constant(state.round_num, tf.int32)),
-          state.weights, aggregate)
-      buffers = tuple(server_state.buffers)
-      sparsity = float(sparsity)
-    totals = (aggregate.sums
-              if isinstance(aggregate, robust_means.RobustSums)
-              else aggregate)
-    totals = (totals.with_masks
-              if isinstance(totals, aggregation.CompactAggregate)
-              else totals)
+      new_state, server_metrics = server.server_update(state, aggregate)
     metrics = collections.OrderedDict(
         round_num=round_num,
         train_loss=(float(exact_sum.mean_of(loss_terms)) if datasets
                     else 0.0),
         num_regrown=num_regrown,
         should_readjust=bool(instructions.should_readjust),
-        upload_bytes=int(totals.upload_bytes),
-        download_bytes=int(payload_bytes) * len(datasets),
-        mask_changed_positions=int(changed),
-        sparsity=sparsity,
-        rejected_clients=int(tf.reduce_sum(totals.rejected)),
-        clipped_clients=int(totals.clipped_clients),
-        capped_weights=int(totals.capped_weights),
-        server_update_failed=int(failed))
-    for index, kind in enumerate(payload_validation.REJECTION_KINDS):
-      metrics[f'rejected_{kind}'] = int(totals.rejected[index])
-    return PlainState(round_num, weights, buffers), metrics
-
-  def _aggregate_screened(self, aggregate, uploads, global_weights,
-                          targets, round_digest=None):
-    """Both passes of a screening aggregator (`robust_aggregation`)."""
-    robust = self._robust
-    reference = (self._reference_of(global_weights) if robust.clip_updates
-                 else None)
-    counts = upload_screening.zero_counts(self._direction_shapes)
-    for upload, weight in uploads:
-      counts = self._screen(counts, upload, weight, targets, reference,
-                            round_digest)
-    bound, replay_counts, weight_cap = upload_screening.screening_findings(
-        counts, robust)
-    direction_sum = None
-    if self._direction_shapes is not None:
-      direction_sum = upload_screening.direction_sum_of(
-          counts, *self._direction_shapes)
-    round_bound = robust_aggregation.RoundBound(
-        reference, bound, replay_counts if robust.reject_replays else None,
-        weight_cap if robust.caps_weights_by_round else None, direction_sum)
-    for upload, weight in uploads:
-      aggregate = self._accumulate(aggregate, upload, weight, targets,
-                                   round_bound, round_digest)
-    tf.nest.flatten(aggregate)[-1].numpy()  # Waits for the result.
-    return aggregate
+        upload_bytes=server_metrics.pop('upload_bytes'),
+        download_bytes=int(payload_bytes) * len(datasets))
+    metrics.update(server_metrics)
+    return new_state, metrics
 
   @staticmethod
   def get_model_weights(state: PlainState) -> tff.learning.models.ModelWeights:
