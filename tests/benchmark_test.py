@@ -42,8 +42,18 @@ class BenchmarkTest(fixtures.FashionMnistSliceTestCase):
     for key in ('config', 'num_active', 'tff', 'plain', 'tff_to_plain_ratio',
                 'tff_to_plain_cpu_ratio', 'tff_build_seconds', 'breakdown',
                 'breakdown_cpu', 'sweep', 'traces', 'message_bytes',
-                'agreement', 'rounds', 'peak_rss_mb'):
+                'agreement', 'rounds', 'peak_rss_mb', 'sparse_to_dense',
+                'sparse_to_dense_round_ratio'):
       self.assertIn(key, result)
+    # Plain FedDST and dense FedAvg rounds after the warm-up round.
+    sparse_to_dense = result['sparse_to_dense']
+    self.assertEqual(sparse_to_dense['rounds'], [2, 3])
+    self.assertGreater(result['sparse_to_dense_round_ratio'], 0)
+    self.assertAlmostEqual(
+        result['sparse_to_dense_round_ratio'],
+        sparse_to_dense['sparse_seconds_per_round'] /
+        sparse_to_dense['dense_seconds_per_round'])
+    self.assertGreater(sparse_to_dense['sparse_to_dense_cpu_ratio'], 0)
     for path_name in ('tff', 'plain'):
       self.assertCountEqual(
           result[path_name],

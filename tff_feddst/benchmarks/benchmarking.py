@@ -20,7 +20,9 @@ client datasets, and iterating the tf.data pipelines once on their own),
 client training, mask readjustment (a `ClientTrainer.readjust` call timed on
 its own, times the readjusting clients), broadcast (encode + per-client
 decode), aggregation, server update, and evaluation on the global test set.
-A sweep over clients per round shows how the round time grows.
+A sweep over clients per round shows how the round time grows. Last, plain
+FedDST rounds alternate with dense FedAvg rounds on the same clients
+(`sparse_dense`): `sparse_to_dense_round_ratio`.
 
 Each round is timed in wall-clock seconds and in CPU seconds (this process
 plus the TFF worker). On a shared machine wall time depends on the other
@@ -40,6 +42,7 @@ import psutil
 import tensorflow as tf
 
 from tff_feddst.benchmarks import plain_loop
+from tff_feddst.benchmarks import sparse_dense
 from tff_feddst.methods import fed_dst
 from tff_feddst.methods import feddst_methods
 from tff_feddst.methods import model_setup
@@ -82,6 +85,10 @@ class TimingSettings:
       (5, 10, 20, 40), 'Clients per round of the sweep (empty: no sweep).')
   sweep_rounds: int = settings_lib.setting(
       2, 'Timed rounds per sweep point (from the initial model).')
+  sparse_dense_rounds: int = settings_lib.setting(
+      2, 'Timed plain rounds of FedDST and of dense FedAvg (S=0) each, '
+      'alternating after --warmup_rounds, for sparse_to_dense_round_ratio '
+      '(0: not measured).')
   max_concurrent_computation_calls: int = settings_lib.setting(
       -1, 'TFF worker concurrency limit (<= 0: none).')
   report_encodings: tuple[str, ...] = settings_lib.setting(
@@ -113,6 +120,9 @@ class BenchmarkConfig:
     timing, run = self.timing, self.experiment.run
     if timing.warmup_rounds < 0 or timing.timed_rounds < 1:
       raise ValueError('warmup_rounds must be >= 0 and timed_rounds >= 1.')
+    if timing.sparse_dense_rounds < 0:
+      raise ValueError('sparse_dense_rounds must be >= 0, got '
+                       f'{timing.sparse_dense_rounds}.')
     if timing.sweep_rounds < 1:
       raise ValueError(f'sweep_rounds must be >= 1, got {timing.sweep_rounds}.')
     total_clients = self.experiment.data.total_clients
@@ -306,7 +316,10 @@ def run_benchmark(config: BenchmarkConfig,
     `ClientTrainer.update` was traced: building each path, and while rounds
     ran), `message_bytes` (`encoding_sizes` per reported encoding),
     `agreement` (TFF vs plain global model after round 1 and at the end),
-    `rounds` (per-round records) and `peak_rss_mb`.
+    `rounds` (per-round records), `sparse_to_dense` (plain FedDST rounds
+    against dense FedAvg rounds on the same clients, `sparse_dense`; None
+    when `sparse_dense_rounds` is 0) with its `sparse_to_dense_round_ratio`
+    also at the top level, and `peak_rss_mb`.
   """
   log = log or (lambda line: None)
   setup = _Setup(config)
@@ -321,6 +334,9 @@ def run_benchmark(config: BenchmarkConfig,
       download_encoding=setup.download_encoding, robust=setup.robust,
       min_new_position_votes=setup.settings.server.min_new_position_votes)
   traces['plain_build'] = client_work.update_trace_count() - traces_before
+  dense_plain = (sparse_dense.build_dense_plain(
+      setup.settings, setup.federated_data, element_spec)
+                 if config.timing.sparse_dense_rounds else None)
   with execution.local_execution_context(
       config.timing.max_concurrent_computation_calls) as worker:
     watch = _Stopwatch(worker.worker_pid)
@@ -344,6 +360,12 @@ def run_benchmark(config: BenchmarkConfig,
   traces['during_rounds'] = (
       client_work.update_trace_count() - traces_before_rounds)
   traces['plain_tf_function'] = plain.client_update_tracing_count()
+  # Plain rounds only (after the trace counts: the dense loop traces).
+  sparse_to_dense = dense_plain and sparse_dense.measure(
+      plain, dense_plain, lambda r: setup.datasets(
+          setup.settings.run.clients_per_round, r),
+      _Stopwatch(None), config.timing.warmup_rounds,
+      config.timing.sparse_dense_rounds, log)
   timed = [r for r in records if r['timed']]
   result = {
       'config': config.flat(),
@@ -364,6 +386,10 @@ def run_benchmark(config: BenchmarkConfig,
               for r in records),
       },
       'rounds': records,
+      'sparse_to_dense': sparse_to_dense,
+      'sparse_to_dense_round_ratio': (
+          sparse_to_dense['sparse_to_dense_round_ratio']
+          if sparse_to_dense else None),
   }
   result['tff_to_plain_ratio'] = _ratio(result['tff']['seconds_per_round'],
                                         result['plain']['seconds_per_round'])
@@ -675,6 +701,7 @@ def format_report(result: dict[str, Any]) -> str:
       f'{agreement["max_abs_weight_difference"]:.1e} and '
       f'{agreement["mask_positions_differing"]} after the last round',
       f'traces of ClientTrainer.update: {result["traces"]}',
+      sparse_dense.format_line(result.get('sparse_to_dense')),
       f'peak RSS: {result["peak_rss_mb"]["self"]:.0f} MiB (this process), '
       f'{result["peak_rss_mb"]["children"]:.0f} MiB (TFF worker)',
       '',
