@@ -322,6 +322,12 @@ def run_benchmark(config: BenchmarkConfig,
     also at the top level, and `peak_rss_mb`.
   """
   log = log or (lambda line: None)
+  # The workers' kernels in this process too (before its first TF op), so
+  # that the plain loop computes what the worker computes and the two are
+  # timed on the same kernels.
+  if not execution.use_bit_exact_kernels():
+    log('warning: this process runs other kernels than the TFF worker; '
+        'TFF and plain results may differ in the last bits.')
   setup = _Setup(config)
   # Keras models are built before the TFF process (see evaluation.py).
   evaluator = evaluation.Evaluator(setup.model_fn, setup.federated_data)
