@@ -270,7 +270,13 @@ class LotteryTrainer(client_work.ClientTrainer):
       self._prune()
     num_examples = tf.constant(0.0, tf.float32)
     loss_sum = tf.constant(0.0, tf.float32)
-    for x, y in iter(dataset.repeat(self.config.num_epochs)):
+    # A shuffled dataset reshuffles on each pass, in the order its passes
+    # start; nothing else orders this pass after the accuracy pass (the
+    # dataset is no resource), so without this the two could start in
+    # either order and training would see either shuffle: not repeatable.
+    with tf.control_dependencies([accuracy]):
+      batches = iter(dataset.repeat(self.config.num_epochs))
+    for x, y in batches:
       loss = self.train_step(x, y, tf.constant(False))
       batch = tf.cast(tf.shape(y)[0], tf.float32)
       loss_sum += loss * batch
