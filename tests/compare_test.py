@@ -48,7 +48,7 @@ class CompareTest(fixtures.FashionMnistSliceTestCase):
     output_dir = os.path.join(self.create_tempdir().full_path, 'never')
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'bin', 'compare.py'),
-         '--methods=fedavg,lotteryfl', f'--output_dir={output_dir}'],
+         '--methods=fedavg,scaffold', f'--output_dir={output_dir}'],
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
     self.assertEqual(result.returncode, 1)

@@ -11,7 +11,7 @@ from tff_feddst.running import training_loop
 
 
 def write_run(run_dir: str, accuracies, upload_per_round: int,
-              method: str = 'feddst') -> None:
+              method: str = 'feddst', personal_offset=None) -> None:
   """Writes a fixture metrics.csv (+ summary.json) with given accuracies."""
   os.makedirs(run_dir, exist_ok=True)
   with open(os.path.join(run_dir, 'metrics.csv'), 'w', newline='') as f:
@@ -28,12 +28,27 @@ def write_run(run_dir: str, accuracies, upload_per_round: int,
           'download_bytes': upload_per_round - 4,
           'upload_bytes_cumulative': upload_per_round * round_num,
           'download_bytes_cumulative': (upload_per_round - 4) * round_num,
-          'round_seconds': 2.0})
+          'round_seconds': 2.0,
+          **({} if personal_offset is None or accuracy is None else {
+              'personal_test_accuracy': accuracy + personal_offset,
+              'personal_test_accuracy_std': 0.1})})
   with open(os.path.join(run_dir, 'summary.json'), 'w') as f:
     json.dump({'method': method, 'stop_reason': 'upload_budget'}, f)
 
 
 class ComparisonTest(tf.test.TestCase):
+
+  def test_personalised_accuracy_beside_global(self):
+    plain, personal = (self.create_tempdir().full_path for _ in range(2))
+    write_run(plain, [None, 0.5], upload_per_round=100)
+    write_run(personal, [0.4, 0.5], upload_per_round=100,
+              method='lotteryfl', personal_offset=0.25)
+    summary = comparison.summarize_run(personal)
+    self.assertAlmostEqual(summary['final_test_accuracy'], 0.5)
+    self.assertAlmostEqual(summary['final_personal_test_accuracy'], 0.75)
+    self.assertAlmostEqual(summary['final_personal_test_accuracy_std'], 0.1)
+    self.assertIsNone(
+        comparison.summarize_run(plain)['final_personal_test_accuracy'])
 
   def test_summary_by_hand(self):
     run_dir = self.create_tempdir().full_path

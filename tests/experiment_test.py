@@ -625,7 +625,7 @@ class MethodTest(tf.test.TestCase):
 
   def test_unknown_method_and_bad_budget_name_the_flag(self):
     with self.assertRaisesRegex(experiment.ConfigError, '--method='):
-      settings_lib.ExperimentSettings.from_flat(method='lotteryfl').validate()
+      settings_lib.ExperimentSettings.from_flat(method='scaffold').validate()
     for budget in (0, -5):
       with self.assertRaisesRegex(experiment.ConfigError,
                                   '--upload_budget_bytes='):

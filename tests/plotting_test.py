@@ -32,6 +32,17 @@ class PlottingTest(tf.test.TestCase):
       plotting.plot_runs([os.path.join(root, 'dense')],
                          os.path.join(root, 'figure'))
 
+  def test_personalised_accuracy_gets_its_own_line(self):
+    root = self.create_tempdir().full_path
+    comparison_test.write_run(os.path.join(root, 'lottery'), [None, 0.4, 0.6],
+                              500_000, method='lotteryfl',
+                              personal_offset=0.2)
+    paths = plotting.plot_runs([os.path.join(root, 'lottery')],
+                               os.path.join(root, 'figure'))
+    with open(paths[1]) as f:
+      svg = f.read()
+    self.assertIn('lotteryfl (personalised, local test)', svg)
+
   def test_seed_bands_from_fixture_runs(self):
     root = self.create_tempdir().full_path
     run_dirs = {'fedavg': [], 'feddst': []}

@@ -12,7 +12,7 @@ from tff_feddst.running import training_loop
 from tests import fixtures
 
 METHODS = ('feddst', 'feddst_fedprox', 'fedavg', 'fedavgm', 'fedprox',
-           'randommask', 'prunefl')
+           'randommask', 'lotteryfl', 'prunefl')
 
 
 class RegistryTest(tf.test.TestCase):
@@ -27,14 +27,14 @@ class RegistryTest(tf.test.TestCase):
 
   def test_unknown_method_is_a_one_line_error_with_the_choices(self):
     with self.assertRaises(settings_lib.ConfigError) as raised:
-      registry.get('lotteryfl')
+      registry.get('scaffold')
     self.assertEqual(str(raised.exception),
-                     "--method='lotteryfl' is invalid: expected one of "
+                     "--method='scaffold' is invalid: expected one of "
                      f'{", ".join(METHODS)}.')
 
-  def test_only_prunefl_chooses_its_own_masks(self):
+  def test_only_lotteryfl_and_prunefl_choose_their_own_masks(self):
     self.assertEqual([m for m in METHODS if registry.get(m).chooses_own_masks],
-                     ['prunefl'])
+                     ['lotteryfl', 'prunefl'])
 
 
 class MethodBuildTest(fixtures.FashionMnistSliceTestCase):

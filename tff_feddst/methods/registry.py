@@ -24,7 +24,7 @@ import abc
 import dataclasses
 import importlib
 import pkgutil
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from tff_feddst.running import errors
 
@@ -45,12 +45,24 @@ class MethodPlan:
       from `state` (the process state; None before the process is built).
     start_files: Files (name -> text) written next to flags.txt when the
       run starts (e.g. PruneFL's record of its initial pruning).
+    client_inputs: For a method with per-client state kept in the process
+      state (`process.client_states`): `(state, RoundClients) -> client
+      data` of `process.next`. None: the reporters' datasets.
+    personal_evaluation: `(evaluator, state, global weights) -> (mean,
+      std)` of the clients' personal models' local test accuracy; None for
+      methods without personal models.
+    client_state_bytes: Bytes the per-client state store keeps per client
+      (0 without one); written to the summary.
   """
   model_fn: Callable[[], Any]
   initial_model: Any
   build_process: Callable[[Any], Any]
   round_upload_bytes: Callable[[int, Any], int]
   start_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  client_inputs: Optional[Callable[[Any, Any], list]] = None
+  personal_evaluation: Optional[Callable[[Any, Any, Any],
+                                         tuple[float, float]]] = None
+  client_state_bytes: int = 0
 
 
 class Method(abc.ABC):

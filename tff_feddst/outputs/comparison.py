@@ -2,7 +2,9 @@
 
 Reads each run's `metrics.csv` and `summary.json` (written by
 `experiment.run_experiment`) and tabulates, per run: final and best test
-accuracy, final mean client-local accuracy, cumulative upload and download
+accuracy, final mean client-local accuracy (and, for methods with personal
+models such as LotteryFL, the final mean and standard deviation over clients
+of each client's own model on its local test split), cumulative upload and download
 bytes, cumulative training FLOPs (over the active weights, and the dense
 equivalent: `networks.flops`), the upload spent until the test accuracy
 first reached a target, the rounds run, why the run stopped, and its wall
@@ -16,7 +18,8 @@ from typing import Optional, Sequence
 
 SUMMARY_COLUMNS = (
     'method', 'final_test_accuracy', 'best_test_accuracy',
-    'final_client_test_accuracy', 'upload_bytes_cumulative',
+    'final_client_test_accuracy', 'final_personal_test_accuracy',
+    'final_personal_test_accuracy_std', 'upload_bytes_cumulative',
     'download_bytes_cumulative', 'training_flops_cumulative',
     'training_flops_dense_cumulative', 'upload_bytes_to_target',
     'rounds_completed', 'stop_reason', 'seconds')
@@ -94,6 +97,10 @@ def summarize_run(run_dir: str, label: Optional[str] = None,
                             if evaluated else None,
       'final_client_test_accuracy': evaluated[-1]['client_test_accuracy']
                                     if evaluated else None,
+      # Empty for methods without personal models (and older runs).
+      **{f'final_{column}': evaluated[-1].get(column) if evaluated else None
+         for column in ('personal_test_accuracy',
+                        'personal_test_accuracy_std')},
       'upload_bytes_cumulative': int(rows[-1]['upload_bytes_cumulative']),
       'download_bytes_cumulative': int(rows[-1]['download_bytes_cumulative']),
       **{column: _int_or_none(rows[-1].get(column))

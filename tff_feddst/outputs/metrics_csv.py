@@ -26,9 +26,11 @@ METRICS_COLUMNS = (
     'sparsity', 'mask_changed_positions', 'upload_bytes', 'download_bytes',
     'upload_bytes_cumulative', 'download_bytes_cumulative', 'round_seconds',
     'clients_sampled', 'clients_reported', 'rejected_clients',
-    'server_update_failed', 'clipped_clients', *FLOPS_COLUMNS)
+    'server_update_failed', 'clipped_clients', *FLOPS_COLUMNS,
+    'personal_test_accuracy', 'personal_test_accuracy_std')
 _FLOAT_COLUMNS = ('test_accuracy', 'client_test_accuracy', 'train_loss',
-                  'sparsity', 'round_seconds')
+                  'sparsity', 'round_seconds', 'personal_test_accuracy',
+                  'personal_test_accuracy_std')
 
 
 class MetricsFileError(ValueError):

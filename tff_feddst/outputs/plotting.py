@@ -17,7 +17,8 @@ def plot_runs(run_dirs: Sequence[str], output_prefix: str,
               title: Optional[str] = None) -> list[str]:
   """Draws test accuracy against cumulative upload and against rounds.
 
-  One line per run, points at evaluated rounds. Writes
+  One line per run, points at evaluated rounds; a run with personalised
+  accuracy (LotteryFL) gets a second, dashed line of it. Writes
   `<output_prefix>.png` and `<output_prefix>.svg`.
 
   Args:
@@ -48,6 +49,17 @@ def plot_runs(run_dirs: Sequence[str], output_prefix: str,
     by_upload.plot(upload_mb, accuracy, marker='o', markersize=3, label=name)
     by_round.plot([r['round'] for r in evaluated], accuracy, marker='o',
                   markersize=3, label=name)
+    personal = [r for r in evaluated
+                if r.get('personal_test_accuracy') is not None]
+    if personal:  # Methods with personal models: dashed, same axes.
+      by_upload.plot([r['upload_bytes_cumulative'] / 1e6 for r in personal],
+                     [r['personal_test_accuracy'] for r in personal],
+                     linestyle='--', marker='x', markersize=3,
+                     label=f'{name} (personalised, local test)')
+      by_round.plot([r['round'] for r in personal],
+                    [r['personal_test_accuracy'] for r in personal],
+                    linestyle='--', marker='x', markersize=3,
+                    label=f'{name} (personalised, local test)')
   by_upload.set_xlabel('cumulative client upload (MB, all clients)')
   _finish_and_save(figure, (by_upload, by_round),
                    'test accuracy (global test set)', title, paths)

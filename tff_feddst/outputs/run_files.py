@@ -167,10 +167,13 @@ def load_model_weights(path: str):
 
 
 def write_summary(path: str, settings: settings_lib.ExperimentSettings,
-                  rows: list, stop_reason: str) -> None:
+                  rows: list, stop_reason: str,
+                  client_state_bytes: int = 0) -> None:
   """Writes where and why a run stopped, and its headline figures.
 
   The file is created atomically and exclusively: it marks a finished run.
+  A method with per-client state (`client_state_bytes` > 0) also gets its
+  store's bytes per client and its last personalised accuracy.
 
   Raises:
     FileExistsError: If `path` exists.
@@ -194,6 +197,10 @@ def write_summary(path: str, settings: settings_lib.ExperimentSettings,
                             if evaluated else None,
       'seconds': sum(r['round_seconds'] for r in rows),
   }
+  if client_state_bytes:
+    summary['client_state_bytes_per_client'] = client_state_bytes
+    summary['final_personal_test_accuracy'] = (
+        evaluated[-1].get('personal_test_accuracy') if evaluated else None)
   atomic_files.write_text(path, json.dumps(summary, indent=2) + '\n',
                           exclusive=True)
 

@@ -2,13 +2,21 @@
 
 Two numbers, as the paper reports them: accuracy on the global test set, and
 the mean over clients of accuracy on each client's local test split (which
-has that client's class proportions).
+has that client's class proportions). For methods with a personal model per
+client (LotteryFL: the global model under the client's own mask),
+`evaluate_personalised` scores each client's own model on its local test
+split: the mean and the standard deviation over clients.
+
+The local test split (`data.federated`, built by `partitions`) is seeded and
+deterministic: each client's test examples are drawn from the global test
+set with that client's class proportions, so a personal model is scored on
+the distribution it was trained for.
 
 Build the `Evaluator` before any TFF process: its Keras model must exist
 before TFF traces the client model (a later Keras build can fail).
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +29,8 @@ from tff_feddst.networks import models
 class EvalResult(NamedTuple):
   test_accuracy: float
   client_test_accuracy: float
+  personal_test_accuracy: Optional[float] = None
+  personal_test_accuracy_std: Optional[float] = None
 
 
 class Evaluator:
@@ -94,3 +104,45 @@ class Evaluator:
         per_client_correct[has_examples] / per_client_count[has_examples])
     ) if has_examples.any() else float('nan')
     return EvalResult(test_accuracy, client_accuracy)
+
+  def evaluate_personalised(
+      self, weights: tff.learning.models.ModelWeights,
+      layout: models.ModelLayout,
+      masks_of_client: Callable[[int], Sequence[np.ndarray]]
+  ) -> tuple[float, float]:
+    """Mean and std over clients of each personal model's local accuracy.
+
+    Client c's personal model is `weights` with every prunable kernel
+    multiplied by, and every mask replaced with, `masks_of_client(c)`.
+
+    Args:
+      weights: The global `ModelWeights`.
+      layout: The model's `ModelLayout`.
+      masks_of_client: Client position -> its masks (one per prunable
+        kernel, in layout order).
+
+    Returns:
+      `(mean, std)` over the clients with local test examples (population
+      std); NaNs if there are none.
+    """
+    accuracies = []
+    for position in range(self._num_clients):
+      selected = self._client_of_example == position
+      if not selected.any():
+        continue
+      masks = masks_of_client(position)
+      trainable = [np.asarray(v) for v in weights.trainable]
+      non_trainable = [np.asarray(v) for v in weights.non_trainable]
+      for mask, kernel_index, mask_index in zip(
+          masks, layout.kernel_indices, layout.mask_indices):
+        trainable[kernel_index] = trainable[kernel_index] * mask
+        non_trainable[mask_index] = mask.astype(non_trainable[mask_index].dtype)
+      tff.learning.models.ModelWeights(
+          trainable=trainable, non_trainable=non_trainable).assign_weights_to(
+              self._model)
+      indices = self._client_example_indices[selected]
+      predictions = self._predictions(self._x_test[indices])
+      accuracies.append(float(np.mean(predictions == self._y_test[indices])))
+    if not accuracies:
+      return float('nan'), float('nan')
+    return float(np.mean(accuracies)), float(np.std(accuracies))

@@ -191,14 +191,18 @@ def _train(stack: contextlib.ExitStack,
       on_round_start=hooks.before_round,
       on_round_state=hooks.keep_completed,
       max_failed_rounds=settings.server.max_failed_rounds,
-      flops_counter=flops_counter)
+      flops_counter=flops_counter, client_inputs=plan.client_inputs,
+      personal_evaluation=None if plan.personal_evaluation is None else (
+          lambda state, weights: plan.personal_evaluation(evaluator, state,
+                                                          weights)))
   # The model first, the summary last: summary.json marks a finished run. A
   # resumed run rewrites the model of its own last round.
   run_files.save_model_weights(os.path.join(output_dir, 'global_model.npz'),
                                process.get_model_weights(state),
                                exclusive=not resume)
   run_files.write_summary(os.path.join(output_dir, 'summary.json'), settings,
-                          rows, stop_reason)
+                          rows, stop_reason,
+                          client_state_bytes=plan.client_state_bytes)
   return rows
 
 

@@ -243,4 +243,10 @@ def metrics_row(round_num: int, round_metrics: Mapping[str, Any],
                                     'finalizer/server_update_failed'),
       'clipped_clients': value(round_metrics, 'aggregator/clipped_clients'),
       **flops_columns,
+      # Methods with personal models (LotteryFL): mean and standard
+      # deviation over clients of their own model's local test accuracy.
+      'personal_test_accuracy': (
+          eval_result.personal_test_accuracy if eval_result else None),
+      'personal_test_accuracy_std': (
+          eval_result.personal_test_accuracy_std if eval_result else None),
   }

@@ -629,6 +629,25 @@ class PruneflSettings(_Group):
 
 
 @dataclasses.dataclass(frozen=True)
+class LotteryflSettings(_Group):
+  """LotteryFL's own settings (--method=lotteryfl; see methods/lotteryfl.py;
+  its target is --target_sparsity)."""
+  lotteryfl_accuracy_threshold: float = setting(
+      0.5, 'LotteryFL: a client prunes its personal mask when the local '
+      'accuracy of its personal model is above this, in [0, 1].')
+  lotteryfl_prune_rate: float = setting(
+      0.2, 'LotteryFL: share of each layer\'s surviving weights a prune step '
+      'removes (the smallest), in (0, 1).')
+
+  def validate(self) -> None:
+    super().validate()
+    self._require(0 <= self.lotteryfl_accuracy_threshold <= 1,
+                  'lotteryfl_accuracy_threshold', 'an accuracy in [0, 1]')
+    self._require(0 < self.lotteryfl_prune_rate < 1, 'lotteryfl_prune_rate',
+                  'a fraction in (0, 1)')
+
+
+@dataclasses.dataclass(frozen=True)
 class ExecutionSettings(_Group):
   """Where the rounds run (may change when a run is resumed)."""
   num_local_workers: int = setting(
@@ -665,6 +684,7 @@ GROUPS = {
     'server': ServerSettings,
     'run': RunSettings,
     'prunefl': PruneflSettings,
+    'lotteryfl': LotteryflSettings,
     'execution': ExecutionSettings,
 }
 
@@ -689,6 +709,8 @@ class ExperimentSettings:
   run: RunSettings = dataclasses.field(default_factory=RunSettings)
   prunefl: PruneflSettings = dataclasses.field(
       default_factory=PruneflSettings)
+  lotteryfl: LotteryflSettings = dataclasses.field(
+      default_factory=LotteryflSettings)
   execution: ExecutionSettings = dataclasses.field(
       default_factory=ExecutionSettings)
 

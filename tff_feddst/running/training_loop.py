@@ -216,7 +216,12 @@ def run_training(process: tff.learning.templates.LearningProcess,
                      tff.program.ReleaseManager] = (),
                  max_failed_rounds: int = 0,
                  flops_counter: Optional[
-                     training_flops.RoundFlopsCounter] = None):
+                     training_flops.RoundFlopsCounter] = None,
+                 client_inputs: Optional[Callable[
+                     [Any, client_sampling.RoundClients], list]] = None,
+                 personal_evaluation: Optional[Callable[
+                     [Any, tff.learning.models.ModelWeights],
+                     tuple[float, float]]] = None):
   """Runs up to `total_rounds` rounds, one metrics.csv row per round.
 
   Each round: sample the clients (`client_sampling.ClientSampler`), run
@@ -311,6 +316,12 @@ def run_training(process: tff.learning.templates.LearningProcess,
       `round_seconds`); None leaves the FLOPs columns empty. A resumed run
       continues the cumulative FLOPs of its kept rows (unknown, so empty,
       when those rows predate the columns).
+    client_inputs: For a process with per-client state
+      (`process.client_states`): `(state, RoundClients) -> client data`,
+      the reporters' datasets with their stored rows. None: the datasets.
+    personal_evaluation: `(state, global weights) -> (mean, std)` of the
+      clients' personal models' local test accuracy, run with every
+      evaluation (the `personal_test_accuracy` columns); None: empty.
 
   Returns:
     `(final_state, rows, stop_reason)`, where `stop_reason` is
@@ -371,7 +382,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
     clients = sampler.sample(round_num)
     if on_round_clients is not None:
       on_round_clients(clients)
-    output = process.next(state, list(clients.datasets))
+    output = process.next(state, list(clients.datasets) if client_inputs is
+                          None else client_inputs(state, clients))
     state = output.state
     if has_budget and round_num < total_rounds:
       next_bound = round_upload_bytes(round_num + 1, state)
@@ -383,6 +395,10 @@ def run_training(process: tff.learning.templates.LearningProcess,
     if round_num % eval_every == 0 or is_last:
       weights = process.get_model_weights(state)
       eval_result = evaluator.evaluate(weights)
+      if personal_evaluation is not None:
+        mean, std = personal_evaluation(state, weights)
+        eval_result = eval_result._replace(personal_test_accuracy=mean,
+                                           personal_test_accuracy_std=std)
     row = measurements.metrics_row(
         round_num, output.metrics, eval_result, cumulative,
         time.perf_counter() - round_start,
