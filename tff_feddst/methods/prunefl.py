@@ -217,7 +217,10 @@ class ImportanceTrainer(client_work.ClientTrainer):
         tf.constant(0, tf.int64),
         lambda count, batch: count + tf.shape(batch[1], out_type=tf.int64)[0])
     loss_sum = tf.constant(0.0, tf.float32)
-    for x, y in iter(dataset.repeat(self.config.num_epochs)):
+    # After the counting pass, as in `client_work.ClientTrainer.update`.
+    with tf.control_dependencies([num_examples]):
+      batches = iter(dataset.repeat(self.config.num_epochs))
+    for x, y in batches:
       loss = self.train_step(x, y, should_report)
       loss_sum += loss * tf.cast(tf.shape(y)[0], tf.float32)
     report = tf.cast(should_report, tf.float32)

@@ -350,7 +350,13 @@ class ClientTrainer:
     # function's graph. Looping over the dataset itself would run the body
     # as a tf.data reduce function, which TF instantiates (and optimizes)
     # again on every call: about 0.35 s per client for the MNIST net.
-    for x, y in iter(dataset.repeat(self.config.num_epochs)):
+    # The training pass starts after the counting pass: a shuffled dataset
+    # takes its next order at the start of each pass, and nothing else
+    # orders the two passes (the dataset is no resource), so they could
+    # start either way round and training would see either order.
+    with tf.control_dependencies([num_batches, num_examples]):
+      batches = iter(dataset.repeat(self.config.num_epochs))
+    for x, y in batches:
       step += 1
       # Grow scores are read only by a readjustment.
       loss = self.train_step(
