@@ -40,6 +40,7 @@ import psutil
 import tensorflow as tf
 
 from tff_feddst.benchmarks import plain_loop
+from tff_feddst.data import client_files
 from tff_feddst.methods import fed_dst
 from tff_feddst.methods import feddst_methods
 from tff_feddst.methods import model_setup
@@ -248,6 +249,9 @@ class _Setup:
     self.timing = config.timing
     self.seed = settings.run.seed
     self.num_epochs = settings.client.client_epochs_per_round
+    # Set while the paths run: datasets read the examples from these files
+    # (`client_files`), as training's do.
+    self.client_files = None
 
   def datasets(self, clients_per_round: int,
                round_num: int) -> list[tf.data.Dataset]:
@@ -256,7 +260,7 @@ class _Setup:
         round_num)
     return training_loop.client_datasets(
         self.federated_data, sampled, self.settings.client.client_batch_size,
-        self.seed, round_num)
+        self.seed, round_num, self.client_files)
 
   def examples_per_round(self, clients_per_round: int, round_num: int) -> int:
     sampled = training_loop.sample_clients(
@@ -322,7 +326,9 @@ def run_benchmark(config: BenchmarkConfig,
       min_new_position_votes=setup.settings.server.min_new_position_votes)
   traces['plain_build'] = client_work.update_trace_count() - traces_before
   with execution.local_execution_context(
-      config.timing.max_concurrent_computation_calls) as worker:
+      config.timing.max_concurrent_computation_calls) as worker, (
+          client_files.ClientFiles(setup.federated_data)) as files:
+    setup.client_files = files
     watch = _Stopwatch(worker.worker_pid)
     start = time.perf_counter()
     traces_before_build = client_work.update_trace_count()
