@@ -7,10 +7,10 @@ both processes then hold several copies of every example for the round
 (measured on the MNIST net's Fashion-MNIST clients of 600 examples: about
 8 MB of resident memory per client in each process, so a 40-client round
 held about 320 MB more in each). Here each client's examples are written
-once, on first use, to two files of raw little-endian records (float32
+once, on first use, to two files of raw little-endian values (float32
 images, int32 labels) in a private directory, and the client's dataset reads
-them back (`tf.data.FixedLengthRecordDataset`): its graph names the files,
-and the worker reads the examples from disk as it trains.
+them back (`tf.io.read_file`, once per pass over the data): its graph names
+the files, and the worker reads the examples from disk as it trains.
 
 The examples read back are the arrays' bytes, in the arrays' order, with the
 element spec of `from_tensor_slices((x, y))`, so shuffling, batching and
@@ -19,7 +19,6 @@ Only processes that see this machine's file system can read the files:
 local workers, not workers given by address on other hosts.
 """
 
-import math
 import os
 import shutil
 import tempfile
@@ -80,14 +79,20 @@ class ClientFiles:
       raise ValueError(f'client files in {self._directory} were removed.')
     images_path, labels_path, num_examples = self._write_once(client_id)
     image_shape = self._image_shape
-    image_bytes = _IMAGE_DTYPE.itemsize * math.prod(image_shape)
-    images = tf.data.FixedLengthRecordDataset(images_path, image_bytes).map(
-        lambda record: tf.reshape(tf.io.decode_raw(record, tf.float32),
-                                  image_shape))
-    labels = tf.data.FixedLengthRecordDataset(
-        labels_path, _LABEL_DTYPE.itemsize).map(
-            lambda record: tf.reshape(tf.io.decode_raw(record, tf.int32), []))
-    return tf.data.Dataset.zip((images, labels)), num_examples
+
+    def read(paths):
+      # One read per file and pass, then one element per example. Reading
+      # record by record (FixedLengthRecordDataset) cost 10x the CPU time
+      # of iterating in-memory arrays, this 2.5x (measured: 5 and 1.3 vs
+      # 0.5 CPU-s to iterate 20 clients x 5 epochs of 600 examples).
+      images = tf.io.decode_raw(tf.io.read_file(paths[0]), tf.float32)
+      labels = tf.io.decode_raw(tf.io.read_file(paths[1]), tf.int32)
+      return (tf.reshape(images, (-1,) + image_shape),
+              tf.reshape(labels, (-1,)))
+
+    examples = tf.data.Dataset.from_tensors(
+        tf.constant([images_path, labels_path])).map(read).unbatch()
+    return examples, num_examples
 
   def _write_once(self, client_id: str) -> tuple[str, str, int]:
     """The client's two files (written on first call) and example count."""
