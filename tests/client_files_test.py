@@ -1,6 +1,7 @@
 """Tests for tff_feddst.data.client_files: examples read back from files."""
 
 import os
+import subprocess
 
 import numpy as np
 import tensorflow as tf
@@ -93,6 +94,24 @@ class ClientFilesTest(tf.test.TestCase):
           (number + 1) * int(np.sum(x.view(np.int32).astype(np.int64)))
           for number, (x, _) in enumerate(dataset.as_numpy_iterator()))
       self.assertEqual(int(from_worker), expected)
+
+  def test_directories_of_dead_runs_are_removed_and_live_ones_kept(self):
+    parent = self.create_tempdir().full_path
+    finished = subprocess.Popen(['true'])
+    finished.wait()
+    dead = os.path.join(parent, f'tff_feddst_clients_{finished.pid}_abc')
+    live = os.path.join(parent, f'tff_feddst_clients_{os.getppid()}_abc')
+    other = os.path.join(parent, 'tff_feddst_clients_x')
+    for path in (dead, live, other):
+      os.mkdir(path)
+    with open(os.path.join(dead, 'client_0.images'), 'wb') as f:
+      f.write(b'1234')
+    with client_files.ClientFiles(federated_data(), parent) as files:
+      self.assertFalse(os.path.exists(dead))
+      self.assertTrue(os.path.isdir(live))
+      self.assertTrue(os.path.isdir(other))
+      self.assertTrue(os.path.basename(files.directory).startswith(
+          f'tff_feddst_clients_{os.getpid()}_'))
 
   def test_close_removes_the_files(self):
     files = client_files.ClientFiles(federated_data(), self.get_temp_dir())

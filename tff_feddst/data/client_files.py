@@ -17,6 +17,11 @@ element spec of `from_tensor_slices((x, y))`, so shuffling, batching and
 training see exactly the same values (a test checks the batches are equal).
 Only processes that see this machine's file system can read the files:
 local workers, not workers given by address on other hosts.
+
+A run killed outside Python's control (SIGKILL) cannot remove its directory;
+the directory's name carries the run's process id, and the next
+`ClientFiles` in the same parent directory removes those whose process is
+gone.
 """
 
 import os
@@ -29,6 +34,7 @@ import tensorflow as tf
 
 from tff_feddst.data import federated
 
+_DIRECTORY_PREFIX = 'tff_feddst_clients_'
 _IMAGE_DTYPE = np.dtype('<f4')
 _LABEL_DTYPE = np.dtype('<i4')
 
@@ -49,8 +55,10 @@ class ClientFiles:
         directory).
     """
     self._federated_data = federated_data
-    self._directory = tempfile.mkdtemp(prefix='tff_feddst_clients_',
-                                       dir=directory)
+    parent = directory or tempfile.gettempdir()
+    remove_directories_of_dead_runs(parent)
+    self._directory = tempfile.mkdtemp(
+        prefix=f'{_DIRECTORY_PREFIX}{os.getpid()}_', dir=parent)
     self._image_shape = tuple(
         int(size) for size in federated_data.dataset.x_train.shape[1:])
     self._written = {}
@@ -117,3 +125,36 @@ class ClientFiles:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+def remove_directories_of_dead_runs(parent: str) -> None:
+  """Removes `ClientFiles` directories in `parent` whose process is gone.
+
+  A directory whose process id is alive (or not ours to signal) is kept, so
+  a running run's files are never removed; one of another user is left
+  alone.
+
+  Args:
+    parent: The directory holding `ClientFiles` directories.
+  """
+  try:
+    names = os.listdir(parent)
+  except OSError:
+    return
+  for name in names:
+    if not name.startswith(_DIRECTORY_PREFIX):
+      continue
+    pid_text = name[len(_DIRECTORY_PREFIX):].split('_', 1)[0]
+    if pid_text.isdigit() and not _is_alive(int(pid_text)):
+      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _is_alive(pid: int) -> bool:
+  """Whether process `pid` exists (True when not ours to signal)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
