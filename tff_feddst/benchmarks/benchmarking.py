@@ -345,6 +345,7 @@ def run_benchmark(config: BenchmarkConfig,
     message_sizes = _message_sizes(setup, plain, plain_state)
     sweep = [_sweep_point(setup, process, plain, watch, k, log)
              for k in config.timing.sweep_clients_per_round]
+  setup.client_files = None  # Removed: later datasets hold their arrays.
   # A retrace in either path while rounds run would show here: TFF traces
   # its computations in this process when they are built, never per round.
   traces['during_rounds'] = (
