@@ -27,12 +27,14 @@ class CompareTest(fixtures.FashionMnistSliceTestCase):
 
   def test_two_methods_at_equal_budget(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'cmp')
-    # Dense round: 2 clients x (4 * 261840 + 4) bytes = 2094728; a budget of
-    # 2.5 dense rounds runs 2 dense rounds and more sparse ones (capped at 4).
+    # Dense round: 2 clients x (4 * 261840 + 4) bytes = 2094728 (float32
+    # values); a budget of 2.5 dense rounds runs 2 dense rounds and more
+    # sparse ones (capped at 4).
     with flagsaver.flagsaver(
         data_dir=self.data_dir, total_clients=6, clients_per_round=2,
         total_rounds=4, eval_every=2, methods=['fedavg', 'feddst'],
-        upload_budget_bytes=5_236_820, output_dir=output_dir,
+        upload_budget_bytes=5_236_820, upload_encoding='float32+bitmap',
+        output_dir=output_dir,
         target_accuracy=0.05, progress=False):
       compare.main(['compare.py'])
     with open(os.path.join(output_dir, 'summary.csv')) as f:

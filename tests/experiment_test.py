@@ -156,12 +156,14 @@ class ExperimentTest(tf.test.TestCase):
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')
     # One round: 3 clients x (4 * 52349 values + 32657 mask bytes (the
     # dense last layer's 500 positions carry none) + 4 * 90 bias bytes + 4
-    # weight bytes + 4 model digest bytes) = 3 x 242421 = 727263 bytes. A
-    # budget of 2.5 rounds allows exactly 2.
+    # weight bytes + 4 model digest bytes) = 3 x 242421 = 727263 bytes
+    # (float32 values with bitmap masks). A budget of 2.5 rounds allows
+    # exactly 2.
     budget = int(2.5 * 727263)
     rows = experiment.run_experiment(
         small_config(self.data_dir, total_rounds=5, eval_every=5,
-                     upload_budget_bytes=budget), output_dir)
+                     upload_budget_bytes=budget,
+                     upload_encoding='float32+bitmap'), output_dir)
     self.assertLen(rows, 2)
     self.assertEqual(rows[-1]['upload_bytes_cumulative'], 2 * 727263)
     self.assertIsNotNone(rows[-1]['test_accuracy'])  # Last round evaluated.
@@ -332,14 +334,16 @@ class ExperimentTest(tf.test.TestCase):
     # 3 sampled clients per round; with dropout 0.85 (seed 0) rounds 1-3 have
     # no reporter and round 4 has one.
     config = small_config(self.data_dir, total_rounds=4, eval_every=4,
-                          dropout_rate=0.85, tensorboard_dir='')
+                          dropout_rate=0.85, tensorboard_dir='',
+                          upload_encoding='float32+bitmap')
     expected = [training_loop.drop_out(
         training_loop.sample_clients([str(i) for i in range(8)], 3, 0, r),
         0.85, 0, r) for r in range(1, 5)]
     self.assertEqual([len(r) for r in expected], [0, 0, 0, 1])
     rows = experiment.run_experiment(config, output_dir)
-    # One client message: 4 x 52349 values + 32657 mask bytes (none for the
-    # dense last layer) + 4 x 90 bias.
+    # One client message, float32 values with bitmap masks: 4 x 52349
+    # values + 32657 mask bytes (none for the dense last layer) + 4 x 90
+    # bias.
     message = 242413
     for row, reporting in zip(rows, expected):
       self.assertEqual(row['clients_sampled'], 3)

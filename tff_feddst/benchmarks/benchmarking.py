@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from tff_feddst.benchmarks import plain_loop
 from tff_feddst.benchmarks import sparse_dense
+from tff_feddst.data import client_files
 from tff_feddst.methods import fed_dst
 from tff_feddst.methods import feddst_methods
 from tff_feddst.methods import model_setup
@@ -258,6 +259,9 @@ class _Setup:
     self.timing = config.timing
     self.seed = settings.run.seed
     self.num_epochs = settings.client.client_epochs_per_round
+    # Set while the paths run: datasets read the examples from these files
+    # (`client_files`), as training's do.
+    self.client_files = None
 
   def datasets(self, clients_per_round: int,
                round_num: int) -> list[tf.data.Dataset]:
@@ -266,7 +270,7 @@ class _Setup:
         round_num)
     return training_loop.client_datasets(
         self.federated_data, sampled, self.settings.client.client_batch_size,
-        self.seed, round_num)
+        self.seed, round_num, self.client_files)
 
   def examples_per_round(self, clients_per_round: int, round_num: int) -> int:
     sampled = training_loop.sample_clients(
@@ -344,7 +348,9 @@ def run_benchmark(config: BenchmarkConfig,
       setup.settings, setup.federated_data, element_spec)
                  if config.timing.sparse_dense_rounds else None)
   with execution.local_execution_context(
-      config.timing.max_concurrent_computation_calls) as worker:
+      config.timing.max_concurrent_computation_calls) as worker, (
+          client_files.ClientFiles(setup.federated_data)) as files:
+    setup.client_files = files
     watch = _Stopwatch(worker.worker_pid)
     start = time.perf_counter()
     traces_before_build = client_work.update_trace_count()
@@ -361,6 +367,7 @@ def run_benchmark(config: BenchmarkConfig,
     message_sizes = _message_sizes(setup, plain, plain_state)
     sweep = [_sweep_point(setup, process, plain, watch, k, log)
              for k in config.timing.sweep_clients_per_round]
+  setup.client_files = None  # Removed: later datasets hold their arrays.
   # A retrace in either path while rounds run would show here: TFF traces
   # its computations in this process when they are built, never per round.
   traces['during_rounds'] = (

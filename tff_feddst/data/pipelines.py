@@ -34,12 +34,40 @@ def make_client_dataset(x: np.ndarray,
     ValueError: If `x` and `y` differ in length, or `batch_size` or
       `num_epochs` is < 1.
   """
+  return batch_client_examples(_example_dataset(x, y, batch_size), len(x),
+                               batch_size, shuffle_seed, num_epochs)
+
+
+def batch_client_examples(examples: tf.data.Dataset,
+                          num_examples: int,
+                          batch_size: int,
+                          shuffle_seed: Optional[int],
+                          num_epochs: int = 1) -> tf.data.Dataset:
+  """Shuffles, batches and repeats examples as `make_client_dataset` does.
+
+  Args:
+    examples: The client's unbatched `(image, label)` examples, e.g. from
+      `client_files.ClientFiles.examples`.
+    num_examples: How many there are (the shuffle buffer holds them all).
+    batch_size: Batch size, >= 1.
+    shuffle_seed: Seed of the shuffle; None keeps the given order.
+    num_epochs: Number of passes over the data, >= 1.
+
+  Returns:
+    A `tf.data.Dataset` of `(images, labels)` batches; the same examples in
+    the same order give the same batches as `make_client_dataset`.
+
+  Raises:
+    ValueError: If `batch_size` or `num_epochs` is < 1.
+  """
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   if num_epochs < 1:
     raise ValueError(f'num_epochs must be >= 1, got {num_epochs}')
-  dataset = _example_dataset(x, y, batch_size)
+  dataset = examples
   if shuffle_seed is not None:
     dataset = dataset.shuffle(
-        max(len(x), 1), seed=shuffle_seed, reshuffle_each_iteration=True)
+        max(num_examples, 1), seed=shuffle_seed, reshuffle_each_iteration=True)
   dataset = dataset.batch(batch_size)
   if num_epochs > 1:
     dataset = dataset.repeat(num_epochs)

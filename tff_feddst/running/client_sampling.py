@@ -15,11 +15,12 @@ method that keeps per-client state, know whose data each dataset is.
 """
 
 import logging
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from tff_feddst.data import client_files as client_files_lib
 from tff_feddst.data import federated
 from tff_feddst.data import pipelines
 
@@ -83,7 +84,9 @@ def _shuffle_seed(seed: int, round_num: int, client_position: int,
 
 def client_datasets(federated_data: federated.FederatedData,
                     client_ids: Sequence[str], batch_size: int, seed: int,
-                    round_num: int) -> list[tf.data.Dataset]:
+                    round_num: int,
+                    client_files: Optional[client_files_lib.ClientFiles] = None
+                    ) -> list[tf.data.Dataset]:
   """Builds the sampled clients' shuffled, batched training datasets.
 
   Args:
@@ -92,6 +95,9 @@ def client_datasets(federated_data: federated.FederatedData,
     batch_size: Client minibatch size.
     seed: Run seed.
     round_num: 1-based round (the shuffle order depends on it).
+    client_files: If given, the datasets read the examples from its files
+      (the same batches, without the examples in the datasets' graphs);
+      None: from the arrays in memory.
 
   Returns:
     One `tf.data.Dataset` of `(x, y)` batches per client; a client listed
@@ -100,13 +106,18 @@ def client_datasets(federated_data: federated.FederatedData,
   datasets = []
   draws = {}
   for client_id in client_ids:
-    x, y = federated_data.train_arrays(client_id)
     position = federated_data.client_ids.index(client_id)
     draw = draws.get(client_id, 0)
     draws[client_id] = draw + 1
-    datasets.append(pipelines.make_client_dataset(
-        x, y, batch_size,
-        shuffle_seed=_shuffle_seed(seed, round_num, position, draw)))
+    shuffle_seed = _shuffle_seed(seed, round_num, position, draw)
+    if client_files is None:
+      x, y = federated_data.train_arrays(client_id)
+      datasets.append(pipelines.make_client_dataset(
+          x, y, batch_size, shuffle_seed=shuffle_seed))
+    else:
+      examples, num_examples = client_files.examples(client_id)
+      datasets.append(pipelines.batch_client_examples(
+          examples, num_examples, batch_size, shuffle_seed=shuffle_seed))
   return datasets
 
 
@@ -138,7 +149,8 @@ class ClientSampler:
 
   def __init__(self, federated_data: federated.FederatedData,
                clients_per_round: int, batch_size: int, seed: int,
-               dropout_rate: float = 0.0, with_replacement: bool = False):
+               dropout_rate: float = 0.0, with_replacement: bool = False,
+               client_files: Optional[client_files_lib.ClientFiles] = None):
     """Checks the settings; nothing is drawn yet.
 
     Args:
@@ -150,6 +162,8 @@ class ClientSampler:
       dropout_rate: Probability in [0, 1) that a sampled client fails to
         report (seeded per round and client).
       with_replacement: Sample with replacement (`sample_clients`).
+      client_files: If given, datasets read their examples from its files
+        (`client_datasets`).
 
     Raises:
       ValueError: If `clients_per_round` is out of range.
@@ -164,6 +178,7 @@ class ClientSampler:
     self._seed = seed
     self._dropout_rate = dropout_rate
     self._with_replacement = with_replacement
+    self._client_files = client_files
 
   def sample(self, round_num: int) -> RoundClients:
     """Returns round `round_num`'s clients and the reporters' datasets.
@@ -187,6 +202,7 @@ class ClientSampler:
                       'the global model stays as it is.', round_num,
                       len(sampled))
     datasets = client_datasets(self._federated_data, reporting,
-                               self._batch_size, self._seed, round_num)
+                               self._batch_size, self._seed, round_num,
+                               self._client_files)
     return RoundClients(round_num, tuple(sampled), tuple(reporting),
                         tuple(datasets))

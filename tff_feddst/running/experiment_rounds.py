@@ -12,6 +12,7 @@ import contextlib
 import os
 from typing import Callable, Optional
 
+from tff_feddst.data import client_files
 from tff_feddst.data import federated
 from tff_feddst.methods import model_setup
 from tff_feddst.methods import registry
@@ -123,8 +124,13 @@ class _StartedBar:
 def _enter_execution_context(stack: contextlib.ExitStack,
                              settings: settings_lib.ExperimentSettings,
                              check_interrupt: Optional[Callable[[], None]],
-                             worker_timeout_seconds: Optional[float]) -> None:
-  """Starts (or connects to) the run's TFF workers inside `stack`."""
+                             worker_timeout_seconds: Optional[float]) -> bool:
+  """Starts (or connects to) the run's TFF workers inside `stack`.
+
+  Returns:
+    Whether every worker runs on this machine (none given by address), so
+    that workers can read the clients' examples from local files.
+  """
   execution_settings = settings.execution
   worker_settings = dict(check_interrupt=check_interrupt)
   if (execution_settings.num_local_workers or
@@ -136,6 +142,7 @@ def _enter_execution_context(stack: contextlib.ExitStack,
         execution_settings.worker_addresses, **worker_settings))
   else:
     stack.enter_context(execution.local_execution_context(**worker_settings))
+  return not execution_settings.worker_addresses
 
 
 def _client_download_bytes(settings: settings_lib.ExperimentSettings,
@@ -154,8 +161,12 @@ def _train(stack: contextlib.ExitStack,
            plan: registry.MethodPlan, federated_data: federated.FederatedData,
            evaluator: evaluation.Evaluator, output_dir: str,
            tensorboard_dir: str, resume: bool, hooks: _RoundHooks,
-           flops_counter: training_flops.RoundFlopsCounter) -> list:
+           flops_counter: training_flops.RoundFlopsCounter,
+           workers_are_local: bool) -> list:
   """Builds the process, writes the start files, runs the rounds and saves.
+
+  With `workers_are_local`, the clients' datasets read their examples from
+  files (`client_files`) rather than carry them to the workers.
 
   Returns:
     The metrics rows.
@@ -167,6 +178,8 @@ def _train(stack: contextlib.ExitStack,
   process = plan.build_process(element_spec)
   # The run can start: from here on, files are written.
   run_files.write_start_files(settings, output_dir, plan.start_files, resume)
+  files = (stack.enter_context(client_files.ClientFiles(federated_data))
+           if workers_are_local else None)
   if tensorboard_dir:
     hooks.tensorboard = stack.enter_context(
         tensorboard_logging.TensorBoardWriter(tensorboard_dir,
@@ -194,7 +207,8 @@ def _train(stack: contextlib.ExitStack,
       flops_counter=flops_counter, client_inputs=plan.client_inputs,
       personal_evaluation=None if plan.personal_evaluation is None else (
           lambda state, weights: plan.personal_evaluation(evaluator, state,
-                                                          weights)))
+                                                          weights)),
+      client_files=files)
   # The model first, the summary last: summary.json marks a finished run. A
   # resumed run rewrites the model of its own last round.
   run_files.save_model_weights(os.path.join(output_dir, 'global_model.npz'),
@@ -297,11 +311,11 @@ def run_rounds(settings: settings_lib.ExperimentSettings,
     with contextlib.ExitStack() as stack:
       # Workers first: a worker that cannot be started or reached fails the
       # run before anything is written.
-      _enter_execution_context(stack, settings, hooks.during_calls(),
-                               worker_timeout_seconds)
+      workers_are_local = _enter_execution_context(
+          stack, settings, hooks.during_calls(), worker_timeout_seconds)
       return _train(stack, settings, plan, federated_data, evaluator,
                     output_dir, tensorboard_dir, resume, hooks,
-                    flops_counter)
+                    flops_counter, workers_are_local)
   except BaseException as error:  # pylint: disable=broad-except
     _handle_failure(error, output_dir, resume, hooks, new_files)
     raise

@@ -23,6 +23,7 @@ from typing import Any, Callable, Coroutine, Optional, Sequence
 
 import tensorflow_federated as tff
 
+from tff_feddst.data import client_files as client_files_lib
 from tff_feddst.data import federated
 from tff_feddst.outputs import checkpoints
 from tff_feddst.outputs import metrics_csv
@@ -221,7 +222,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
                      [Any, client_sampling.RoundClients], list]] = None,
                  personal_evaluation: Optional[Callable[
                      [Any, tff.learning.models.ModelWeights],
-                     tuple[float, float]]] = None):
+                     tuple[float, float]]] = None,
+                 client_files: Optional[client_files_lib.ClientFiles] = None):
   """Runs up to `total_rounds` rounds, one metrics.csv row per round.
 
   Each round: sample the clients (`client_sampling.ClientSampler`), run
@@ -322,6 +324,9 @@ def run_training(process: tff.learning.templates.LearningProcess,
     personal_evaluation: `(state, global weights) -> (mean, std)` of the
       clients' personal models' local test accuracy, run with every
       evaluation (the `personal_test_accuracy` columns); None: empty.
+    client_files: If given, the clients' datasets read their examples from
+      its files (`client_files`; workers must see this file system), so the
+      examples do not travel inside the datasets; None: they do.
 
   Returns:
     `(final_state, rows, stop_reason)`, where `stop_reason` is
@@ -343,7 +348,7 @@ def run_training(process: tff.learning.templates.LearningProcess,
                    checkpoint_dir, resume or checkpoint_every)
   sampler = client_sampling.ClientSampler(
       federated_data, clients_per_round, batch_size, seed, dropout_rate,
-      with_replacement=sample_with_replacement)
+      with_replacement=sample_with_replacement, client_files=client_files)
   csv_manager = release_managers_lib.MetricsCsvReleaseManager(metrics_path)
   state_manager = (program_state.CheckpointManager(checkpoint_dir)
                    if resume or checkpoint_every else None)
