@@ -105,6 +105,15 @@ class ExperimentTest(tf.test.TestCase):
     self.assertEqual(rows[-1]['upload_bytes_cumulative'],
                      sum(r['upload_bytes'] for r in rows))
     self.assertGreater(sum(r['mask_changed_positions'] for r in rows), 0)
+    for row in rows:
+      # Constant sparsity and FedDST's re-prune: every change is one
+      # position entering (held, hence offered) or one leaving.
+      self.assertEqual(2 * row['mask_new_positions_entered'],
+                       row['mask_changed_positions'])
+      self.assertLessEqual(row['mask_new_positions_entered'],
+                           row['mask_new_positions_offered'])
+      self.assertEqual(row['mask_entered_weight_mass'] > 0,
+                       row['mask_new_positions_entered'] > 0)
     with open(os.path.join(output_dir, 'flags.txt')) as f:
       flag_lines = f.read().splitlines()
     self.assertIn('--target_sparsity=0.8', flag_lines)

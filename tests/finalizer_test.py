@@ -74,6 +74,12 @@ class FinalizerExecutionTest(tf.test.TestCase):
     self.assertEqual(output.measurements['mask_changed_positions'], 2)
     self.assertAllClose(output.measurements['sparsity'], 0.5)
     self.assertEqual(output.measurements['layer_num_active'], (2,))
+    # Held outside the mask: p2 only (p3 has no votes); it entered at 7.2,
+    # and p0 left with its old weight 1 (server_step.mask_movement).
+    self.assertEqual(output.measurements['mask_new_positions_offered'], 1)
+    self.assertEqual(output.measurements['mask_new_positions_entered'], 1)
+    self.assertAllClose(output.measurements['mask_entered_weight_mass'], 7.2)
+    self.assertAllClose(output.measurements['mask_left_weight_mass'], 1.0)
 
   def test_round_without_clients_changes_nothing(self):
     process = build(server_momentum=0.5)
@@ -123,6 +129,10 @@ class FinitenessGuardTest(tf.test.TestCase):
   def assert_kept(self, new_state, new_weights, measurements):
     self.assertEqual(int(measurements['server_update_failed']), 1)
     self.assertEqual(int(measurements['mask_changed_positions']), 0)
+    # Against the kept model: nothing entered or left.
+    self.assertEqual(int(measurements['mask_new_positions_entered']), 0)
+    self.assertEqual(float(measurements['mask_entered_weight_mass']), 0.0)
+    self.assertEqual(float(measurements['mask_left_weight_mass']), 0.0)
     self.assertEqual(int(new_state.round_num), 5)  # Still counted.
     self.assertAllEqual(new_state.buffers[0], [0.5, -0.25, 0., 0.])
     self.assertAllEqual(new_state.buffers[1], [0.125])

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_feddst.outputs import metrics_csv
 from tff_feddst.running import measurements
 
 
@@ -93,6 +94,20 @@ class ContractTest(tf.test.TestCase):
         {'upload_bytes': 100, 'download_bytes': 57,
          'upload_bytes_cumulative': 1100, 'download_bytes_cumulative': 67,
          'train_loss': 0.5, 'clients_reported': 4, 'rejected_clients': 1})
+    # The mask's movement is optional: empty when a process leaves it out.
+    self.assertIsNone(row['mask_new_positions_offered'])
+    metrics = round_metrics()
+    metrics['finalizer'].update(mask_new_positions_offered=np.int32(5),
+                                mask_new_positions_entered=np.int32(2),
+                                mask_entered_weight_mass=np.float32(0.5),
+                                mask_left_weight_mass=np.float32(0.25))
+    measurements.check_metrics(metrics)
+    row = measurements.metrics_row(2, metrics, None, cumulative, 1.5,
+                                   clients_sampled=5)
+    self.assertEqual(
+        {k: row[k] for k in metrics_csv.MASK_MOVEMENT_COLUMNS},
+        {'mask_new_positions_offered': 5, 'mask_new_positions_entered': 2,
+         'mask_entered_weight_mass': 0.5, 'mask_left_weight_mass': 0.25})
     with self.assertRaisesRegex(measurements.MissingMeasurementError,
                                 'client_work/train_loss'):
       measurements.metrics_row(2, round_metrics(client_work='train_loss'),

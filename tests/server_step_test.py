@@ -122,6 +122,60 @@ class NewPositionVotesTest(tf.test.TestCase):
     self.assertAllEqual(weights.non_trainable[0], [1., 0., 0., 0.])
 
 
+class MaskMovementTest(tf.test.TestCase):
+  """mask_movement: what was offered, what entered, and their |w| mass."""
+
+  def movement(self, aggregate, **rules):
+    old = global_weights()  # Kernel [1, 2, 0, 0], mask [1, 1, 0, 0].
+    _, new, _ = server_step.apply_aggregate(
+        [np.zeros(4, np.float32), np.zeros(1, np.float32)], old, aggregate,
+        LAYOUT, (2,), 1.0, 0.0, **rules)
+    measured = server_step.mask_movement(old, new, aggregate, LAYOUT,
+                                         **rules)
+    return {key: float(value) for key, value in measured.items()}
+
+  def assert_movement(self, measured, offered, entered, entered_mass,
+                      left_mass):
+    self.assertEqual(measured['mask_new_positions_offered'], offered)
+    self.assertEqual(measured['mask_new_positions_entered'], entered)
+    self.assertAllClose(measured['mask_entered_weight_mass'], entered_mass)
+    self.assertAllClose(measured['mask_left_weight_mass'], left_mass)
+
+  def test_hand_aggregate(self):
+    # Votes [2, 2, 2, 0]: outside the mask only p2 is held (p3 has none),
+    # so 1 offered. New kernel [0, 3.5, 7.2, 0]: p2 entered at 7.2; p0 left,
+    # its old weight 1.
+    self.assert_movement(self.movement(hand_aggregate()), 1, 1, 7.2, 1.0)
+
+  def test_new_position_rule_counts_only_admitted_positions(self):
+    # Votes [2, 1, 1, 2]. k = 1: p2 and p3 offered; new kernel
+    # [0, 0, 7.2, 5]: both entered (7.2 + 5 = 12.2), p0 and p1 left (1 + 2).
+    self.assert_movement(self.movement(new_position_aggregate()),
+                         2, 2, 12.2, 3.0)
+    # k = 2: p2 (1 holder) is not admitted; new kernel [0, 3.5, 0, 5]: p3
+    # entered at 5, p0 left at 1.
+    self.assert_movement(
+        self.movement(new_position_aggregate(), min_new_position_votes=2),
+        1, 1, 5.0, 1.0)
+
+  def test_min_votes_counts_only_eligible_positions(self):
+    # min_votes 2: p2 (1 holder) is not eligible, p3 is: 1 offered. New
+    # kernel [7/3, 0, 0, 5]: p3 entered at 5; p1 left at its old 2.
+    self.assert_movement(
+        self.movement(new_position_aggregate(), min_votes=2), 1, 1, 5.0, 2.0)
+
+  def test_offered_but_not_entered(self):
+    # k = 3 (3 clients): no outside position has 3 holders, nothing offered;
+    # mask unchanged at [1, 1, 0, 0].
+    self.assert_movement(
+        self.movement(new_position_aggregate(), min_new_position_votes=3),
+        0, 0, 0.0, 0.0)
+    # Means [2.33, 3.5, 0.4, 0]: p2 held (offered) but too small to enter.
+    aggregate = hand_aggregate()._replace(
+        weighted_kernel_sums=(np.array([7., 14., 2., 0.], np.float32),))
+    self.assert_movement(self.movement(aggregate), 1, 0, 0.0, 0.0)
+
+
 class RobustValuesTest(tf.test.TestCase):
   """A robust mean's values (`robust_means`) are the targets as they are."""
 

@@ -21,16 +21,23 @@ from tff_feddst.outputs import atomic_files
 FLOPS_COLUMNS = ('training_flops', 'training_flops_dense',
                  'training_flops_cumulative',
                  'training_flops_dense_cumulative')
+# How the global mask moved (`server_step.mask_movement`); empty for methods
+# without one.
+MASK_MOVEMENT_COLUMNS = ('mask_new_positions_offered',
+                         'mask_new_positions_entered',
+                         'mask_entered_weight_mass', 'mask_left_weight_mass')
 METRICS_COLUMNS = (
     'round', 'test_accuracy', 'client_test_accuracy', 'train_loss',
     'sparsity', 'mask_changed_positions', 'upload_bytes', 'download_bytes',
     'upload_bytes_cumulative', 'download_bytes_cumulative', 'round_seconds',
     'clients_sampled', 'clients_reported', 'rejected_clients',
     'server_update_failed', 'clipped_clients', *FLOPS_COLUMNS,
-    'personal_test_accuracy', 'personal_test_accuracy_std')
+    'personal_test_accuracy', 'personal_test_accuracy_std',
+    *MASK_MOVEMENT_COLUMNS)
 _FLOAT_COLUMNS = ('test_accuracy', 'client_test_accuracy', 'train_loss',
                   'sparsity', 'round_seconds', 'personal_test_accuracy',
-                  'personal_test_accuracy_std')
+                  'personal_test_accuracy_std', 'mask_entered_weight_mass',
+                  'mask_left_weight_mass')
 
 
 class MetricsFileError(ValueError):

@@ -181,7 +181,10 @@ def build_finalizer(layout: models.ModelLayout, num_active: Sequence[int],
       SparseAggregate@SERVER> -> <state=FinalizerState@SERVER,
       result=ModelWeights@SERVER, measurements=<mask_changed_positions,
       sparsity, layer_num_active, num_clients_aggregated,
-      server_update_failed>@SERVER>)`
+      server_update_failed, mask_new_positions_offered,
+      mask_new_positions_entered, mask_entered_weight_mass,
+      mask_left_weight_mass (`server_step.mask_movement`, against the
+      final masks)>@SERVER>)`
 
   Args:
     layout: The model's `ModelLayout`.
@@ -347,6 +350,9 @@ def server_update_fn(layout: models.ModelLayout, num_active: Sequence[int],
             tf.cast(tf.reduce_sum(m), tf.int32) for m in masks),
         num_clients_aggregated=aggregate.num_clients,
         server_update_failed=tf.cast(tf.logical_not(finite), tf.int32))
+    measurements.update(server_step.mask_movement(
+        weights, new_weights, aggregate, layout, min_votes,
+        min_new_position_votes, min_votes_unit))
     measurements.update(rule_measurements)
     if server_optimizer is None:
       return (FinalizerState(buffers=new_buffers, round_num=round_num),

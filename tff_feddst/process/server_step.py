@@ -488,3 +488,73 @@ def global_sparsity(weights, layout: models.ModelLayout) -> tf.Tensor:
   masks = [weights.non_trainable[i] for i in layout.mask_indices]
   active = tf.add_n([tf.reduce_sum(tf.cast(m, tf.float32)) for m in masks])
   return 1.0 - active / float(sum(layout.kernel_sizes))
+
+
+def mask_movement(old_weights, new_weights,
+                  aggregate: aggregation.SparseAggregate,
+                  layout: models.ModelLayout, min_votes: int = 0,
+                  min_new_position_votes: int = 1,
+                  min_votes_unit: str = 'clients') -> dict:
+  """How the global mask moved this round: measurements only, no state.
+
+  Summed over the kernels, against the round's global mask (`old_weights`)
+  and the final one (`new_weights`: FedDST's re-prune, a method's mask
+  rule, or a kept model):
+
+    mask_new_positions_offered: positions outside the old mask that some
+      accepted client holds and that pass the admission rules
+      (`admit_new_positions`, `eligible_votes`), i.e. that the re-prune
+      could choose;
+    mask_new_positions_entered: of those, the ones in the new mask;
+    mask_entered_weight_mass: sum of |w| in the new model over every
+      position that entered the mask (offered or not: a mask rule may grow
+      positions nobody holds);
+    mask_left_weight_mass: sum of |w| in the old model over every position
+      that left it.
+
+  A kept round (failed, or no client) has no entries (its mask only
+  shrinks, if at all) but still counts what was offered; a round without
+  clients offers nothing.
+
+  Args:
+    old_weights: The round's global `ModelWeights`.
+    new_weights: The next global `ModelWeights`.
+    aggregate: The round's `SparseAggregate`, as the finalizer received it.
+    layout: The model's `ModelLayout`.
+    min_votes: As `apply_aggregate`.
+    min_new_position_votes: As `apply_aggregate`.
+    min_votes_unit: As `apply_aggregate`.
+
+  Returns:
+    A dict of the four measurements (int32 counts, float32 masses).
+  """
+  if min_new_position_votes > 1:
+    aggregate = admit_new_positions(aggregate, old_weights, layout,
+                                    min_new_position_votes)
+  votes = eligible_votes(aggregate, min_votes, min_votes_unit)
+  offered = tf.constant(0, tf.int32)
+  entered = tf.constant(0, tf.int32)
+  entered_mass = tf.constant(0.0, tf.float32)
+  left_mass = tf.constant(0.0, tf.float32)
+  for position, (kernel_index, mask_index) in enumerate(
+      zip(layout.kernel_indices, layout.mask_indices)):
+    old_mask = old_weights.non_trainable[mask_index] > 0
+    new_mask = new_weights.non_trainable[mask_index] > 0
+    outside = tf.logical_not(old_mask)
+    offered_here = tf.logical_and(outside, votes[position] > 0)
+    offered += tf.math.count_nonzero(offered_here, dtype=tf.int32)
+    entered += tf.math.count_nonzero(
+        tf.logical_and(offered_here, new_mask), dtype=tf.int32)
+    entering = tf.cast(tf.logical_and(outside, new_mask), tf.float32)
+    leaving = tf.cast(tf.logical_and(old_mask, tf.logical_not(new_mask)),
+                      tf.float32)
+    entered_mass += tf.reduce_sum(
+        entering * tf.abs(tf.cast(new_weights.trainable[kernel_index],
+                                  tf.float32)))
+    left_mass += tf.reduce_sum(
+        leaving * tf.abs(tf.cast(old_weights.trainable[kernel_index],
+                                 tf.float32)))
+  return dict(mask_new_positions_offered=offered,
+              mask_new_positions_entered=entered,
+              mask_entered_weight_mass=entered_mass,
+              mask_left_weight_mass=left_mass)

@@ -80,6 +80,23 @@ REQUIRED_MEASUREMENTS = (
                 'accepted uploads whose update the server clipped to the '
                 'round\'s bound (robust_aggregation)',
                 required=False, default=0),
+    # The mask's movement (`server_step.mask_movement`); empty for methods
+    # without a global mask.
+    Measurement('finalizer', 'mask_new_positions_offered', 'int',
+                'kernel positions outside the round\'s global mask that '
+                'accepted clients hold and the re-prune could choose',
+                required=False, default=None),
+    Measurement('finalizer', 'mask_new_positions_entered', 'int',
+                'of the offered positions, those in the new global mask',
+                required=False, default=None),
+    Measurement('finalizer', 'mask_entered_weight_mass', 'float',
+                'sum of |w| in the new model over the positions that '
+                'entered the global mask',
+                required=False, default=None),
+    Measurement('finalizer', 'mask_left_weight_mass', 'float',
+                'sum of |w| in the old model over the positions that left '
+                'the global mask',
+                required=False, default=None),
 )
 _BY_NAME = {m.name: m for m in REQUIRED_MEASUREMENTS}
 
@@ -242,6 +259,8 @@ def metrics_row(round_num: int, round_metrics: Mapping[str, Any],
       'server_update_failed': value(round_metrics,
                                     'finalizer/server_update_failed'),
       'clipped_clients': value(round_metrics, 'aggregator/clipped_clients'),
+      **{column: value(round_metrics, f'finalizer/{column}')
+         for column in metrics_csv.MASK_MOVEMENT_COLUMNS},
       **flops_columns,
       # Methods with personal models (LotteryFL): mean and standard
       # deviation over clients of their own model's local test accuracy.
