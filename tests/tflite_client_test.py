@@ -31,7 +31,10 @@ from tff_feddst.process import distributor
 from tff_feddst.process import encoding
 from tff_feddst.running import settings as settings_lib
 
-BASE_SETTINGS = dict(dataset='cifar10', target_sparsity=0.8, seed=1)
+# Uploads float32+bitmap: the tests compare the device's upload with the TF
+# client's raw payload (compact device uploads: tflite_export_test).
+BASE_SETTINGS = dict(dataset='cifar10', target_sparsity=0.8, seed=1,
+                     upload_encoding='float32+bitmap')
 # Per broadcast kind: its run settings and the share of each mask's ones the
 # server keeps (below 1 everywhere, dense layers included).
 BROADCAST_KINDS = {
