@@ -259,8 +259,6 @@ def metrics_row(round_num: int, round_metrics: Mapping[str, Any],
       'server_update_failed': value(round_metrics,
                                     'finalizer/server_update_failed'),
       'clipped_clients': value(round_metrics, 'aggregator/clipped_clients'),
-      **{column: value(round_metrics, f'finalizer/{column}')
-         for column in metrics_csv.MASK_MOVEMENT_COLUMNS},
       **flops_columns,
       # Methods with personal models (LotteryFL): mean and standard
       # deviation over clients of their own model's local test accuracy.
@@ -268,4 +266,6 @@ def metrics_row(round_num: int, round_metrics: Mapping[str, Any],
           eval_result.personal_test_accuracy if eval_result else None),
       'personal_test_accuracy_std': (
           eval_result.personal_test_accuracy_std if eval_result else None),
+      **{column: value(round_metrics, f'finalizer/{column}')
+         for column in metrics_csv.MASK_MOVEMENT_COLUMNS},
   }
