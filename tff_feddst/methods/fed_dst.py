@@ -209,15 +209,8 @@ def build_fed_dst(model_fn: models.ModelFn,
   download_encoding = settings.download_encoding
   num_active_by_round = settings.num_active_by_round
   payload_checks = settings.payload_checks
-  initial_trainable = [np.asarray(v) for v in initial_model.weights.trainable]
-  initial_non_trainable = [
-      np.asarray(v) for v in initial_model.weights.non_trainable]
-
-  @tff.tensorflow.computation
-  def initial_model_weights_fn():
-    return tff.learning.models.ModelWeights(
-        trainable=[tf.constant(v) for v in initial_trainable],
-        non_trainable=[tf.constant(v) for v in initial_non_trainable])
+  initial_model_weights_fn = distributor.initial_weights_computation(
+      initial_model.weights)
 
   model_weights_type = initial_model_weights_fn.type_signature.result
   data_type = tff.SequenceType(tff.types.tensorflow_to_type(data_element_spec))

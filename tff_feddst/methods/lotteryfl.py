@@ -500,15 +500,8 @@ def build_lotteryfl(model_fn: models.ModelFn,
   Returns:
     A `tff.learning.templates.LearningProcess`.
   """
-  initial_trainable = [np.asarray(v) for v in initial_weights.trainable]
-  initial_non_trainable = [np.asarray(v)
-                           for v in initial_weights.non_trainable]
-
-  @tff.tensorflow.computation
-  def initial_model_weights_fn():
-    return tff.learning.models.ModelWeights(
-        trainable=[tf.constant(v) for v in initial_trainable],
-        non_trainable=[tf.constant(v) for v in initial_non_trainable])
+  initial_model_weights_fn = distributor.initial_weights_computation(
+      initial_weights)
 
   model_weights_type = initial_model_weights_fn.type_signature.result
   packed_size = client_states.packed_size(layout.kernel_sizes)
@@ -518,7 +511,7 @@ def build_lotteryfl(model_fn: models.ModelFn,
   download_encoding = full_capacity_encoding(download_encoding)
   work = build_client_work(
       model_fn, layout, client_config, config,
-      [initial_trainable[i] for i in layout.kernel_indices],
+      [np.asarray(initial_weights.trainable[i]) for i in layout.kernel_indices],
       model_weights_type, data_type, upload_encoding, num_clients,
       clients_per_round)
   if robust is not None and robust.reject_stale:

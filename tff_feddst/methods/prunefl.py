@@ -567,15 +567,8 @@ def build_prunefl(model_fn: models.ModelFn,
       model.
   """
   mask_rule = importance_mask_rule(layout, config)
-  initial_trainable = [np.asarray(v) for v in initial_weights.trainable]
-  initial_non_trainable = [np.asarray(v)
-                           for v in initial_weights.non_trainable]
-
-  @tff.tensorflow.computation
-  def initial_model_weights_fn():
-    return tff.learning.models.ModelWeights(
-        trainable=[tf.constant(v) for v in initial_trainable],
-        non_trainable=[tf.constant(v) for v in initial_non_trainable])
+  initial_model_weights_fn = distributor.initial_weights_computation(
+      initial_weights)
 
   model_weights_type = initial_model_weights_fn.type_signature.result
   data_type = tff.SequenceType(tff.types.tensorflow_to_type(data_element_spec))
@@ -588,7 +581,7 @@ def build_prunefl(model_fn: models.ModelFn,
   if robust is not None and robust.reject_stale:
     work = upload_binding.bind_uploads(work, layout)
   result_type = work.next.type_signature.result.result.member
-  initial_targets = [int(np.sum(initial_non_trainable[i]))
+  initial_targets = [int(np.sum(initial_weights.non_trainable[i]))
                      for i in layout.mask_indices]
   aggregator_factory = build_aggregator_factory(
       layout.kernel_shapes, upload_encoding, initial_targets,

@@ -18,6 +18,7 @@ Type signatures:
 import collections
 from typing import Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -139,3 +140,25 @@ def build_sparse_broadcast(layout: models.ModelLayout,
         measurements=measurements)
 
   return tff.learning.templates.DistributionProcess(init_fn, next_fn)
+
+
+def initial_weights_computation(weights) -> tff.Computation:
+  """The server's initial model as a no-argument TF computation.
+
+  Args:
+    weights: The initial `tff.learning.models.ModelWeights` (arrays).
+
+  Returns:
+    A `tff.Computation` returning those weights as constants; its result
+    type is the process's (unplaced) model weights type.
+  """
+  trainable = [np.asarray(v) for v in weights.trainable]
+  non_trainable = [np.asarray(v) for v in weights.non_trainable]
+
+  @tff.tensorflow.computation
+  def initial_model_weights_fn():
+    return tff.learning.models.ModelWeights(
+        trainable=[tf.constant(v) for v in trainable],
+        non_trainable=[tf.constant(v) for v in non_trainable])
+
+  return initial_model_weights_fn
