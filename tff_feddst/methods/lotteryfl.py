@@ -533,18 +533,9 @@ def build_lotteryfl(model_fn: models.ModelFn,
       _build_finalizer(layout, model_weights_type, aggregate_type,
                        server_learning_rate, server_momentum,
                        server_optimizer))
-  if aggregator_factory.holds_reference:
-    reference_update = aggregator_feedback.reference_update(
-        layout, layout.kernel_sizes, download_encoding)
-
-    def update(aggregator_state, weights):
-      return reference_update(aggregator_state._replace(
-          counter=aggregator_feedback.mask_counts(weights, layout)), weights)
-  else:
-    def update(aggregator_state, weights):
-      del aggregator_state  # Only the targets: every layer's size.
-      return aggregator_feedback.mask_counts(weights, layout)
-  return aggregator_feedback.with_aggregator_state_from_model(process, update)
+  return aggregator_feedback.with_aggregator_state_from_model(
+      process, aggregator_feedback.mask_count_update(
+          layout, aggregator_factory.holds_reference, download_encoding))
 
 
 def _build_finalizer(layout: models.ModelLayout, model_weights_type: tff.Type,

@@ -52,7 +52,6 @@ class LotteryflMethod(registry.Method):
     from tff_feddst.methods import lotteryfl
     from tff_feddst.methods import model_setup
     from tff_feddst.process import client_states
-    from tff_feddst.process import payload_validation
     from tff_feddst.process import upload_binding
     # pylint: enable=g-import-not-at-top
     if settings.run.sample_with_replacement:
@@ -63,7 +62,7 @@ class LotteryflMethod(registry.Method):
     client_config = model_setup.build_client_config(settings, initial_model)
     layout = initial_model.layout
     config = build_lotteryfl_config(settings)
-    upload_encoding, download_encoding = settings.payload_encodings()
+    upload_encoding = settings.payload_encodings()[0]
     num_dense = model_setup.num_dense_parameters(initial_model)
     robust = model_setup.build_robust_aggregation(settings, federated_data)
     clients_per_round = settings.run.clients_per_round
@@ -77,14 +76,7 @@ class LotteryflMethod(registry.Method):
           model_fn, layout, initial_model.weights, element_spec,
           client_config, config, num_clients=federated_data.num_clients,
           clients_per_round=clients_per_round,
-          server_learning_rate=settings.server.server_learning_rate,
-          server_momentum=settings.server.server_momentum,
-          upload_encoding=upload_encoding,
-          download_encoding=download_encoding,
-          payload_checks=payload_validation.default_checks(
-              max_norm=settings.server.max_payload_norm),
-          robust=robust,
-          server_optimizer=model_setup.build_server_optimizer(settings))
+          **model_setup.server_keyword_arguments(settings, robust))
 
     round_bytes = clients_per_round * (
         lotteryfl.max_upload_num_bytes(layout.kernel_sizes, num_dense,

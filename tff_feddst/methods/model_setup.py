@@ -6,13 +6,14 @@ weights and masks.
 """
 
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from tff_feddst.methods import fed_dst
 from tff_feddst.networks import models
 from tff_feddst.process import client_work
+from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
 from tff_feddst.process import robust_means
 from tff_feddst.process import server_optimizers
@@ -106,6 +107,32 @@ def build_server_optimizer(settings: settings_lib.ExperimentSettings):
   return server_optimizers.build_server_optimizer(
       server.server_optimizer, server.server_learning_rate,
       server.server_beta_1, server.server_beta_2, server.server_epsilon)
+
+
+def server_keyword_arguments(settings: settings_lib.ExperimentSettings,
+                             robust: robust_aggregation.RobustAggregation
+                             ) -> dict[str, Any]:
+  """The server settings PruneFL's and LotteryFL's builders take alike.
+
+  Args:
+    settings: The run's settings.
+    robust: From `build_robust_aggregation`.
+
+  Returns:
+    Keyword arguments: server step size and momentum, the upload and
+    download encodings, the default payload checks (with
+    --max_payload_norm), `robust` and the adaptive server optimizer.
+  """
+  upload_encoding, download_encoding = settings.payload_encodings()
+  return dict(
+      server_learning_rate=settings.server.server_learning_rate,
+      server_momentum=settings.server.server_momentum,
+      upload_encoding=upload_encoding,
+      download_encoding=download_encoding,
+      payload_checks=payload_validation.default_checks(
+          max_norm=settings.server.max_payload_norm),
+      robust=robust,
+      server_optimizer=build_server_optimizer(settings))
 
 
 def build_robust_aggregation(settings: settings_lib.ExperimentSettings,

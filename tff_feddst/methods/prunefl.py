@@ -605,15 +605,6 @@ def build_prunefl(model_fn: models.ModelFn,
   # counts of the new global mask, which the next round's clients receive;
   # when it holds a reference (clipping, stale checks), the broadcast
   # model becomes that reference too.
-  if aggregator_factory.holds_reference:
-    reference_update = aggregator_feedback.reference_update(
-        layout, layout.kernel_sizes, download_encoding)
-
-    def update(aggregator_state, weights):
-      return reference_update(aggregator_state._replace(
-          counter=aggregator_feedback.mask_counts(weights, layout)), weights)
-  else:
-    def update(aggregator_state, weights):
-      del aggregator_state  # Only the targets.
-      return aggregator_feedback.mask_counts(weights, layout)
-  return aggregator_feedback.with_aggregator_state_from_model(process, update)
+  return aggregator_feedback.with_aggregator_state_from_model(
+      process, aggregator_feedback.mask_count_update(
+          layout, aggregator_factory.holds_reference, download_encoding))

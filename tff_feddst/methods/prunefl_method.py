@@ -58,7 +58,6 @@ class PruneflMethod(registry.Method):
     # pylint: disable=g-import-not-at-top
     from tff_feddst.methods import model_setup
     from tff_feddst.methods import prunefl
-    from tff_feddst.process import payload_validation
     from tff_feddst.process import upload_binding
     from tff_feddst.running import training_loop
     # pylint: enable=g-import-not-at-top
@@ -79,7 +78,7 @@ class PruneflMethod(registry.Method):
               'layer_sizes': list(layout.kernel_sizes)}
     initial_model = initial_model._replace(
         weights=pruned.weights, num_active=pruned.layer_num_active)
-    upload_encoding, download_encoding = settings.payload_encodings()
+    upload_encoding = settings.payload_encodings()[0]
     num_dense = model_setup.num_dense_parameters(initial_model)
     robust = model_setup.build_robust_aggregation(settings, federated_data)
     built = {}
@@ -89,15 +88,8 @@ class PruneflMethod(registry.Method):
       built['process'] = prunefl.build_prunefl(
           model_fn, layout, initial_model.weights, element_spec,
           client_config, prunefl_config,
-          server_learning_rate=settings.server.server_learning_rate,
-          server_momentum=settings.server.server_momentum,
-          upload_encoding=upload_encoding,
-          download_encoding=download_encoding,
-          payload_checks=payload_validation.default_checks(
-              max_norm=settings.server.max_payload_norm),
-          robust=robust,
           min_new_position_votes=settings.server.min_new_position_votes,
-          server_optimizer=model_setup.build_server_optimizer(settings))
+          **model_setup.server_keyword_arguments(settings, robust))
       return built['process']
 
     def round_upload_bytes(round_num: int, state) -> int:

@@ -130,3 +130,38 @@ def mask_counts(weights: tff.learning.models.ModelWeights,
   return tf.stack([tf.cast(tf.reduce_sum(tf.cast(
       weights.non_trainable[i], tf.float32)), tf.int32)
                    for i in layout.mask_indices])
+
+
+def mask_count_update(layout: models.ModelLayout,
+                      holds_reference: bool,
+                      download_encoding: Optional[
+                          encoding.PayloadEncoding] = None) -> StateUpdate:
+  """The `StateUpdate` of a method whose mask counts change between rounds.
+
+  PruneFL and LotteryFL check each upload's mask counts against the global
+  mask the client received, so the aggregator's targets become the new
+  global mask's counts after every round; when the aggregator also holds a
+  reference (clipping, stale checks), the broadcast model is written too.
+  Payloads hold up to every kernel's full size.
+
+  Args:
+    layout: The model's `ModelLayout`.
+    holds_reference: `SparseSumFactory.holds_reference`: the state is a
+      `sum_factory.AggregatorState`, else only the targets.
+    download_encoding: The broadcast encoding (None: float32 bitmap).
+
+  Returns:
+    The update for `with_aggregator_state_from_model`.
+  """
+  if not holds_reference:
+    def update_targets(aggregator_state, weights):
+      del aggregator_state  # Only the targets.
+      return mask_counts(weights, layout)
+    return update_targets
+  write_reference = reference_update(layout, layout.kernel_sizes,
+                                     download_encoding)
+
+  def update_targets_and_reference(aggregator_state, weights):
+    return write_reference(aggregator_state._replace(
+        counter=mask_counts(weights, layout)), weights)
+  return update_targets_and_reference
