@@ -94,8 +94,8 @@ class FashionMnistTest(absltest.TestCase):
     np.testing.assert_array_equal(np.bincount(dataset.y_train), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(dataset.y_test), [1000] * 10)
     # The constants were computed from these training pixels.
-    self.assertAlmostEqual(float(dataset.x_train.mean()), 0.0, delta=1e-3)
-    self.assertAlmostEqual(float(dataset.x_train.std()), 1.0, delta=1e-3)
+    self.assertAlmostEqual(float(np.asarray(dataset.x_train).mean()), 0.0, delta=1e-3)
+    self.assertAlmostEqual(float(np.asarray(dataset.x_train).std()), 1.0, delta=1e-3)
 
   def test_loads_mixed_gz_and_raw_files_and_normalises(self):
     directory = data_files.make_temp_dir(self)

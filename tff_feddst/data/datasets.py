@@ -2,9 +2,11 @@
 
 Each loader turns the raw files of Fashion-MNIST, MNIST, CIFAR-10,
 CIFAR-100 or federated EMNIST (read by `file_formats`) into channels-last
-float32 arrays, normalised per channel, in a `Dataset`; `load_dataset` picks
-the loader by name. Federated EMNIST also says which writer (natural client)
-each example comes from (`NaturalClients`).
+images that read as float32, normalised per channel, in a `Dataset` (kept
+as uint8 pixels and normalised per read where the files hold pixels, see
+`normalized_images`); `load_dataset` picks the loader by name. Federated
+EMNIST also says which writer (natural client) each example comes from
+(`NaturalClients`).
 
 Every problem with a data file is reported as a `file_formats.DataFileError`
 whose message is a single line that starts with the offending path and, for
@@ -20,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_feddst.data import file_formats
+from tff_feddst.data import normalized_images
 
 DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
@@ -79,19 +82,22 @@ class Dataset(NamedTuple):
 
   Attributes:
     name: One of `DATASET_NAMES`.
-    x_train: float32 images, shape (N, H, W, C), normalised per channel
-      (EMNIST: TFF's pixel values, see `load_emnist`).
+    x_train: Images, shape (N, H, W, C), read as float32 normalised per
+      channel: `normalized_images.NormalizedImages` (uint8 pixels,
+      normalised per read) for the data sets stored as pixels, a float32
+      array for EMNIST (TFF's pixel values, see `load_emnist`) and for
+      arrays given directly.
     y_train: int32 labels in [0, num_classes), shape (N,).
-    x_test: float32 test images, normalised like `x_train`.
+    x_test: Test images, held and normalised like `x_train`.
     y_test: int32 test labels.
     num_classes: Number of classes.
     natural_clients: Which client each example belongs to, for data sets
       that come federated (EMNIST); None for the others.
   """
   name: str
-  x_train: np.ndarray
+  x_train: normalized_images.ImageArray
   y_train: np.ndarray
-  x_test: np.ndarray
+  x_test: normalized_images.ImageArray
   y_test: np.ndarray
   num_classes: int
   natural_clients: Optional[NaturalClients] = None
@@ -101,8 +107,8 @@ def normalize_images(images: np.ndarray, mean: Sequence[float],
                      std: Sequence[float]) -> np.ndarray:
   """Scales uint8 pixels to [0, 1], then applies `(x - mean) / std`.
 
-  This is what torchvision's `ToTensor()` followed by `Normalize(mean, std)`
-  computes, here for channels-last arrays.
+  The eager form of what `NormalizedImages` does per read (see
+  `normalized_images.normalize_pixels`).
 
   Args:
     images: uint8 array of shape (N, H, W, C).
@@ -116,20 +122,7 @@ def normalize_images(images: np.ndarray, mean: Sequence[float],
     ValueError: If `images` is not 4-D uint8 or `mean`/`std` do not have one
       value per channel.
   """
-  if images.dtype != np.uint8 or images.ndim != 4:
-    raise ValueError(
-        f'expected uint8 images of shape (N, H, W, C), got {images.dtype} '
-        f'{images.shape}')
-  num_channels = images.shape[-1]
-  if len(mean) != num_channels or len(std) != num_channels:
-    raise ValueError(
-        f'need {num_channels} mean and std values, got {len(mean)} and '
-        f'{len(std)}')
-  normalized = images.astype(np.float32)
-  normalized /= np.float32(255.0)
-  normalized -= np.asarray(mean, dtype=np.float32)
-  normalized /= np.asarray(std, dtype=np.float32)
-  return normalized
+  return normalized_images.normalize_pixels(images, mean, std)
 
 
 def _check_split(images_source: str, labels_source: str, images: np.ndarray,
@@ -212,9 +205,11 @@ def _mnist_like_dataset(name: str, train: tuple[np.ndarray, np.ndarray],
   (x_train, y_train), (x_test, y_test) = train, test
   return Dataset(
       name=name,
-      x_train=normalize_images(x_train[..., np.newaxis], mean, std),
+      x_train=normalized_images.NormalizedImages(
+          x_train[..., np.newaxis], mean, std),
       y_train=y_train.astype(np.int32),
-      x_test=normalize_images(x_test[..., np.newaxis], mean, std),
+      x_test=normalized_images.NormalizedImages(
+          x_test[..., np.newaxis], mean, std),
       y_test=y_test.astype(np.int32),
       num_classes=10)
 
@@ -384,9 +379,11 @@ def load_cifar10(data_dir: Optional[str] = None) -> Dataset:
   (x_train, y_train), (x_test, y_test) = train, test
   return Dataset(
       name='cifar10',
-      x_train=normalize_images(x_train, CIFAR10_MEAN, CIFAR10_STD),
+      x_train=normalized_images.NormalizedImages(
+          x_train, CIFAR10_MEAN, CIFAR10_STD),
       y_train=y_train.astype(np.int32),
-      x_test=normalize_images(x_test, CIFAR10_MEAN, CIFAR10_STD),
+      x_test=normalized_images.NormalizedImages(
+          x_test, CIFAR10_MEAN, CIFAR10_STD),
       y_test=y_test.astype(np.int32),
       num_classes=10)
 
@@ -455,9 +452,11 @@ def load_cifar100(data_dir: Optional[str] = None) -> Dataset:
   (x_train, y_train), (x_test, y_test) = train, test
   return Dataset(
       name='cifar100',
-      x_train=normalize_images(x_train, CIFAR100_MEAN, CIFAR100_STD),
+      x_train=normalized_images.NormalizedImages(
+          x_train, CIFAR100_MEAN, CIFAR100_STD),
       y_train=y_train.astype(np.int32),
-      x_test=normalize_images(x_test, CIFAR100_MEAN, CIFAR100_STD),
+      x_test=normalized_images.NormalizedImages(
+          x_test, CIFAR100_MEAN, CIFAR100_STD),
       y_test=y_test.astype(np.int32),
       num_classes=100)
 

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_feddst.data import datasets
+from tff_feddst.data import normalized_images
 from tff_feddst.data import partitions
 
 
@@ -220,6 +221,9 @@ class FederatedData:
       raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
+    # The graph needs float32 values: normalise uint8 pixels
+    # (`NormalizedImages`) once here.
+    images = normalized_images.as_float32_array(images)
     eager_images = tf.convert_to_tensor(images, dtype=tf.float32)
     eager_labels = tf.convert_to_tensor(labels, dtype=tf.int32)
     all_indices = np.concatenate(per_client).astype(np.int64)
