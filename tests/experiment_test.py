@@ -180,6 +180,12 @@ class ExperimentTest(tf.test.TestCase):
       summary = json.load(f)
     self.assertEqual(summary['stop_reason'], 'upload_budget')
     self.assertEqual(summary['rounds_completed'], 2)
+    # Read from /proc while the run's local worker lives: it and this
+    # process hold the TensorFlow runtime, so each peak is above 100 MiB
+    # (the test process may own an idle worker too; see conftest).
+    memory = summary['peak_rss_mib']
+    self.assertGreater(memory['training_process'], 100)
+    self.assertGreater(max(memory['workers']), 100)
 
   def test_compact_upload_bytes_match_the_analytic_count(self):
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')
@@ -329,11 +335,12 @@ class ExperimentTest(tf.test.TestCase):
       with open(os.path.join(whole, name), 'rb') as f:
         expected = f.read()
       with open(os.path.join(killed, name), 'rb') as f:
-        if name == 'summary.json':  # Seconds aside.
+        if name == 'summary.json':  # Seconds and memory aside.
           expected = json.loads(expected)
           got = json.loads(f.read())
-          expected.pop('seconds')
-          got.pop('seconds')
+          for measured in ('seconds', 'peak_rss_mib'):
+            expected.pop(measured)
+            got.pop(measured)
           self.assertEqual(got, expected)
         else:
           self.assertEqual(f.read(), expected, name)
@@ -750,6 +757,7 @@ class AtomicOutputsTest(fixtures.FashionMnistSliceTestCase):
       with open(os.path.join(directory, 'summary.json')) as f:
         summaries.append(json.load(f))
         del summaries[-1]['seconds']
+        summaries[-1].pop('peak_rss_mib', None)  # Resume-only runs lack it.
     self.assertEqual(summaries[0], summaries[1])
     self.assertFalse([name for name in _files(output_dir)
                       if atomic_files.is_temporary(os.path.basename(name))])

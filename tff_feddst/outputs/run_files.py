@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -168,12 +168,23 @@ def load_model_weights(path: str):
 
 def write_summary(path: str, settings: settings_lib.ExperimentSettings,
                   rows: list, stop_reason: str,
-                  client_state_bytes: int = 0) -> None:
+                  client_state_bytes: int = 0,
+                  peak_rss_mib: Optional[dict] = None) -> None:
   """Writes where and why a run stopped, and its headline figures.
 
   The file is created atomically and exclusively: it marks a finished run.
   A method with per-client state (`client_state_bytes` > 0) also gets its
   store's bytes per client and its last personalised accuracy.
+
+  Args:
+    path: Where to write (a new file).
+    settings: The run's settings.
+    rows: The run's metrics rows, oldest first.
+    stop_reason: Why the run stopped.
+    client_state_bytes: Bytes per client of the per-client store (0: none).
+    peak_rss_mib: Peak resident memory of the run's processes
+      (`process_memory.run_peak_rss_mib`), written as `peak_rss_mib`; None
+      leaves it out.
 
   Raises:
     FileExistsError: If `path` exists.
@@ -201,6 +212,8 @@ def write_summary(path: str, settings: settings_lib.ExperimentSettings,
     summary['client_state_bytes_per_client'] = client_state_bytes
     summary['final_personal_test_accuracy'] = (
         evaluated[-1].get('personal_test_accuracy') if evaluated else None)
+  if peak_rss_mib is not None:
+    summary['peak_rss_mib'] = peak_rss_mib
   atomic_files.write_text(path, json.dumps(summary, indent=2) + '\n',
                           exclusive=True)
 

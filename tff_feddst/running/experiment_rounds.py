@@ -26,6 +26,7 @@ from tff_feddst.running import errors
 from tff_feddst.running import evaluation
 from tff_feddst.running import execution
 from tff_feddst.running import interruptions
+from tff_feddst.running import process_memory
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.running import training_flops
 from tff_feddst.running import training_loop
@@ -216,7 +217,8 @@ def _train(stack: contextlib.ExitStack,
                                exclusive=not resume)
   run_files.write_summary(os.path.join(output_dir, 'summary.json'), settings,
                           rows, stop_reason,
-                          client_state_bytes=plan.client_state_bytes)
+                          client_state_bytes=plan.client_state_bytes,
+                          peak_rss_mib=process_memory.run_peak_rss_mib())
   return rows
 
 
