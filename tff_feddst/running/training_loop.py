@@ -148,7 +148,7 @@ def _check_arguments(process: tff.learning.templates.LearningProcess,
   # Rounds run outside TFF (`ondevice.tflite_rounds.TFLiteRounds`) have no
   # type signature; they check each round's metrics themselves
   # (`measurements.check_metrics`).
-  if isinstance(process, tff.templates.IterativeProcess):
+  if hasattr(process.next, 'type_signature'):
     measurements.check_process(process)
 
 
