@@ -147,7 +147,7 @@ class TFLiteRounds:
     """The global model of `state` as numpy arrays."""
     return plain_loop.PlainFedDst.get_model_weights(state)
 
-  def _instructions(self, state: plain_loop.PlainState, round_num: int,
+  def _instructions(self, round_num: int,
                     round_digest: Optional[tf.Tensor]) -> dict[str, Any]:
     """The round's instructions as a device reads them."""
     instructions = self._server.instructions(round_num)
@@ -179,7 +179,7 @@ class TFLiteRounds:
     payload, payload_bytes = server.encode_global(state.weights)
     broadcast = device_payload.broadcast_inputs(payload)
     round_digest = server.round_digest(state.weights)
-    instructions = self._instructions(state, round_num, round_digest)
+    instructions = self._instructions(round_num, round_digest)
     num_epochs = self._client_config.num_epochs
     aggregate = server.zero_aggregate()
     accepted, rejections = [], collections.Counter()
