@@ -57,8 +57,9 @@ class _SettingDefault:
 SETTING_DEFAULT = _SettingDefault()
 
 # THE defence switch: setting (flag) name -> value, per mode. A setting
-# switches a defence in these runs only once `plain_loop_arguments` passes
-# it on to the plain loop (as `FeddstMethod.prepare` does to the TFF one).
+# switches a defence in these runs only once
+# `model_setup.plain_server_arguments` passes it on to the plain loop (as
+# `FeddstMethod.prepare` does to the TFF one).
 DEFENCE_SETTINGS: dict[str, dict[str, Any]] = {
     'off': {
         'clip_updates': False,
@@ -174,38 +175,6 @@ def check_settings(settings: settings_lib.ExperimentSettings) -> None:
         f'{supported}{hint}.')
 
 
-def plain_loop_arguments(settings: settings_lib.ExperimentSettings,
-                         client_config: Any,
-                         federated_data: Any) -> dict[str, Any]:
-  """The server settings of `plain_loop.PlainFedDst`, from a run's settings.
-
-  As `feddst_methods.FeddstMethod.prepare` passes them to
-  `fed_dst.build_fed_dst`; a new server setting (a defence) that the plain
-  loop takes is passed here.
-
-  Args:
-    settings: The run's settings (resolved).
-    client_config: Its `client_work.ClientConfig`.
-    federated_data: Its `data.FederatedData` (the default weight cap).
-
-  Returns:
-    Keyword arguments of `PlainFedDst` beyond the model, data, schedule and
-    client config.
-  """
-  upload_encoding, download_encoding = settings.payload_encodings()
-  server = settings.server
-  return dict(
-      server_learning_rate=server.server_learning_rate,
-      server_momentum=server.server_momentum,
-      min_votes=server.min_votes, remember_old=server.remember_old,
-      upload_encoding=upload_encoding, download_encoding=download_encoding,
-      payload_checks=payload_validation.default_checks(
-          client_config.readjust_rule, server.min_votes,
-          server.max_payload_norm),
-      robust=model_setup.build_robust_aggregation(settings, federated_data),
-      min_new_position_votes=server.min_new_position_votes)
-
-
 class _Setup:
   """Data, plain loop and evaluator of one seed and defence setting."""
 
@@ -220,7 +189,8 @@ class _Setup:
     self.loop = plain_loop.PlainFedDst(
         model_fn, initial, self.datasets(1)[0].element_spec,
         feddst_methods.build_schedule(settings), client_config,
-        **plain_loop_arguments(settings, client_config, self.data))
+        **model_setup.plain_server_arguments(settings, client_config,
+                                             self.data))
     self.payload_format = attacks.PayloadFormat(
         initial.layout, tuple(int(n) for n in initial.num_active),
         self.loop.trainer.upload_encoding)

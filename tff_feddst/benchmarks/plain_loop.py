@@ -46,6 +46,7 @@ import tensorflow_federated as tff
 
 from tff_feddst.methods import fed_dst
 from tff_feddst.networks import models
+from tff_feddst.outputs import metrics_csv
 from tff_feddst.process import aggregation
 from tff_feddst.process import aggregator_feedback
 from tff_feddst.process import client_work
@@ -58,6 +59,7 @@ from tff_feddst.process import robust_means
 from tff_feddst.process import sum_factory
 from tff_feddst.process import upload_binding
 from tff_feddst.process import upload_screening
+from tff_feddst.running import setting_checks
 from tff_feddst.sparse import exact_sum
 
 # Phase names, in round order.
@@ -69,8 +71,10 @@ PHASES = (BROADCAST, CLIENT_UPDATE, AGGREGATION, SERVER_UPDATE)
 
 # Server settings the plain loop has only at these values: it steps the
 # server with SGD (and momentum) and re-prunes by the FedDST rule.
-SERVER_SETTINGS = (('server_optimizer', 'sgd'), ('server_rule', 'feddst'),
-                   ('min_votes_unit', 'clients'))
+SERVER_SETTINGS = setting_checks.PLAIN_SERVER_SETTINGS
+# The finalizer's measurements of the mask's movement
+# (`server_step.mask_movement`) that `PlainServer.server_update` reports.
+MASK_MOVEMENT_KEYS = metrics_csv.MASK_MOVEMENT_COLUMNS
 
 
 def unsupported_server_setting(server: Any) -> Optional[tuple[str, Any, str]]:
@@ -271,8 +275,10 @@ class PlainServer:
             aggregate, [weights.non_trainable[i] for i in layout.mask_indices])
       new_state, new_weights, measurements = server_step(state, weights,
                                                          aggregate)
+      movement = {key: measurements[key] for key in MASK_MOVEMENT_KEYS}
       return (new_state, new_weights, measurements['mask_changed_positions'],
-              measurements['sparsity'], measurements['server_update_failed'])
+              measurements['sparsity'], measurements['server_update_failed'],
+              movement)
 
     self.encode_global = encode_global
     self.decode_global = decode_global
@@ -355,10 +361,12 @@ class PlainServer:
     Returns:
       `(new_state, metrics)`: `upload_bytes`, `mask_changed_positions`,
       `sparsity`, `rejected_clients`, `clipped_clients`, `capped_weights`,
-      `server_update_failed` and `rejected_<kind>` for each of
-      `payload_validation.REJECTION_KINDS`.
+      `server_update_failed`, `rejected_<kind>` for each of
+      `payload_validation.REJECTION_KINDS`, then the finalizer's mask
+      movement (`MASK_MOVEMENT_KEYS`).
     """
-    server_state, weights, changed, sparsity, failed = self._server_update(
+    (server_state, weights, changed, sparsity, failed,
+     movement) = self._server_update(
         finalizer.FinalizerState(
             buffers=state.buffers,
             round_num=tf.constant(state.round_num, tf.int32)),
@@ -379,6 +387,8 @@ class PlainServer:
         server_update_failed=int(failed))
     for index, kind in enumerate(payload_validation.REJECTION_KINDS):
       metrics[f'rejected_{kind}'] = int(totals.rejected[index])
+    for key in MASK_MOVEMENT_KEYS:
+      metrics[key] = movement[key].numpy().item()
     new_state = PlainState(state.round_num + 1, weights,
                            tuple(server_state.buffers))
     return new_state, metrics

@@ -107,6 +107,8 @@ def build_num_active_by_round(settings: Settings,
 
 class FeddstMethod(registry.Method):
   """A method run by `fed_dst.build_fed_dst`, defined by its settings."""
+  # Its client is the exported training model's; its server, PlainServer.
+  runs_on_tflite = True
 
   def __init__(self, name: str,
                defining_settings: Callable[[Settings], dict[str, Any]]):

@@ -135,6 +135,38 @@ def server_keyword_arguments(settings: settings_lib.ExperimentSettings,
       server_optimizer=build_server_optimizer(settings))
 
 
+def plain_server_arguments(settings: settings_lib.ExperimentSettings,
+                           client_config: Any,
+                           federated_data: Any) -> dict[str, Any]:
+  """The server settings of `plain_loop.PlainServer`, from a run's settings.
+
+  As `feddst_methods.FeddstMethod.prepare` passes them to
+  `fed_dst.build_fed_dst`; a new server setting (a defence) that the plain
+  loop takes is passed here.
+
+  Args:
+    settings: The run's settings (resolved).
+    client_config: Its `client_work.ClientConfig`.
+    federated_data: Its `data.FederatedData` (the default weight cap).
+
+  Returns:
+    Keyword arguments of `PlainServer` (and `PlainFedDst`) beyond the
+    model, data, schedule and client config.
+  """
+  upload_encoding, download_encoding = settings.payload_encodings()
+  server = settings.server
+  return dict(
+      server_learning_rate=server.server_learning_rate,
+      server_momentum=server.server_momentum,
+      min_votes=server.min_votes, remember_old=server.remember_old,
+      upload_encoding=upload_encoding, download_encoding=download_encoding,
+      payload_checks=payload_validation.default_checks(
+          client_config.readjust_rule, server.min_votes,
+          server.max_payload_norm),
+      robust=build_robust_aggregation(settings, federated_data),
+      min_new_position_votes=server.min_new_position_votes)
+
+
 def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
                              federated_data
                              ) -> robust_aggregation.RobustAggregation:

@@ -72,9 +72,13 @@ class Method(abc.ABC):
     name: The `--method` value.
     chooses_own_masks: Whether the method picks its masks itself, so that
       dense layers can thin (their masks are then sent).
+    runs_on_tflite: Whether `--client_runtime=tflite` can run the method:
+      its clients train through the exported TFLite training model and its
+      server is `plain_loop.PlainServer` (`ondevice.tflite_rounds`).
   """
   name: str
   chooses_own_masks: bool = False
+  runs_on_tflite: bool = False
 
   @abc.abstractmethod
   def resolve(self, settings: 'ExperimentSettings'

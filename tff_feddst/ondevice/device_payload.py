@@ -42,9 +42,11 @@ import numpy as np
 import tensorflow as tf
 
 from tff_feddst.networks import models
+from tff_feddst.ondevice import device_client
 from tff_feddst.process import encoding
 from tff_feddst.process import mask_codes
 from tff_feddst.process import payload_validation
+from tff_feddst.process import upload_binding
 
 PACKED_MASKS_NAME = 'packed_masks'
 MASK_CODE_NAME = 'mask_code'
@@ -226,6 +228,42 @@ def check_device_upload(outputs: Mapping[str, Any],
   weight = _one_element_to_scalar(outputs.get(WEIGHT_NAME))
   return payload_validation.check_upload_arrays(from_wire(payload, spec),
                                                 weight, spec)
+
+
+def accept_device_upload(outputs: Mapping[str, np.ndarray], spec: Any,
+                         round_digest: Optional[tf.Tensor]
+                         ) -> tuple[Optional[tuple[Any, np.float32, float]],
+                                    Optional[tuple[str, str]]]:
+  """The server's check of one device's upload, as read from the device.
+
+  Args:
+    outputs: The device's `get_weights` outputs plus `model_digest` (when
+      the round binds uploads) and optionally `train_loss`.
+    spec: The expected payload (`payload_validation.payload_spec` with the
+      run's upload encoding).
+    round_digest: The digest the round's uploads must echo, or None.
+
+  Returns:
+    `((upload, weight, train loss), None)` for an upload that passed the
+    device-upload check (`check_device_upload`; bound to its digest as an
+    `upload_binding.BoundUpload` when the round binds; the loss nan when
+    absent), or `(None, (kind, reason))` for a rejected one.
+  """
+  verdict = check_device_upload(outputs, spec)
+  if verdict.rejection is not None:
+    return None, (verdict.rejection, verdict.reason)
+  upload = tf.nest.map_structure(tf.constant, verdict.payload)
+  if round_digest is not None:
+    digest = outputs.get(device_client.MODEL_DIGEST_NAME)
+    if (not isinstance(digest, np.ndarray) or digest.shape != (1,) or
+        digest.dtype != np.int32):
+      return None, ('stale', f'{device_client.MODEL_DIGEST_NAME} is not an '
+                    'int32[1] array')
+    upload = upload_binding.BoundUpload(upload, tf.constant(digest[0]))
+  loss = outputs.get(device_client.TRAIN_LOSS_NAME)
+  loss = (float(loss.reshape(-1)[0]) if isinstance(loss, np.ndarray) and
+          loss.size == 1 else float('nan'))
+  return (upload, np.float32(verdict.weight), loss), None
 
 
 def check_download_encoding(download_encoding: encoding.PayloadEncoding

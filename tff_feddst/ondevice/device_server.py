@@ -49,13 +49,11 @@ from tff_feddst.benchmarks import attack_runs
 from tff_feddst.benchmarks import plain_loop
 from tff_feddst.methods import feddst_methods
 from tff_feddst.methods import model_setup
-from tff_feddst.ondevice import device_client
 from tff_feddst.ondevice import device_payload
 from tff_feddst.ondevice import tflite_export
 from tff_feddst.outputs import atomic_files
 from tff_feddst.outputs import run_files
 from tff_feddst.process import payload_validation
-from tff_feddst.process import upload_binding
 from tff_feddst.running import errors
 from tff_feddst.running import settings as settings_lib
 
@@ -216,8 +214,8 @@ class DeviceServer:
     self.plain = plain_loop.PlainServer(
         self.initial, feddst_methods.build_schedule(settings),
         self.client_config,
-        **attack_runs.plain_loop_arguments(settings, self.client_config,
-                                           None))
+        **model_setup.plain_server_arguments(settings, self.client_config,
+                                             None))
     self.layout = self.initial.layout
     self.spec = payload_validation.payload_spec(
         self.layout.kernel_shapes, self.initial.num_active,
@@ -342,23 +340,12 @@ class DeviceServer:
     except Exception as error:  # np.load raises many kinds on a bad file.
       return None, {'file': name, 'kind': UNREADABLE,
                     'reason': f'not a readable .npz ({type(error).__name__})'}
-    verdict = device_payload.check_device_upload(outputs, self.spec)
-    if verdict.rejection is not None:
-      return None, {'file': name, 'kind': verdict.rejection,
-                    'reason': verdict.reason}
-    upload = tf.nest.map_structure(tf.constant, verdict.payload)
-    if round_digest is not None:
-      digest = outputs.get(device_client.MODEL_DIGEST_NAME)
-      if (not isinstance(digest, np.ndarray) or digest.shape != (1,) or
-          digest.dtype != np.int32):
-        return None, {'file': name, 'kind': 'stale',
-                      'reason': f'{device_client.MODEL_DIGEST_NAME} is not '
-                                'an int32[1] array'}
-      upload = upload_binding.BoundUpload(upload, tf.constant(digest[0]))
-    loss = outputs.get(device_client.TRAIN_LOSS_NAME)
-    loss = (float(loss.reshape(-1)[0]) if isinstance(loss, np.ndarray) and
-            loss.size == 1 else float('nan'))
-    return (upload, np.float32(verdict.weight), loss), None
+    accepted, rejection = device_payload.accept_device_upload(
+        outputs, self.spec, round_digest)
+    if rejection is not None:
+      kind, reason = rejection
+      return None, {'file': name, 'kind': kind, 'reason': reason}
+    return accepted, None
 
   def aggregate_uploads(self, state_dir: str, uploads_dir: str
                         ) -> dict[str, Any]:

@@ -132,3 +132,61 @@ def check_worker_addresses(workers: str) -> None:
   if duplicates:
     raise ConfigError(f'--workers={workers!r} is invalid: expected each '
                       f'worker once; {duplicates[0]!r} is listed twice.')
+
+
+# Server settings `plain_loop.PlainServer` has only at these values: it
+# steps the server with SGD (and momentum) and re-prunes by the FedDST rule.
+PLAIN_SERVER_SETTINGS = (('server_optimizer', 'sgd'), ('server_rule', 'feddst'),
+                         ('min_votes_unit', 'clients'))
+
+
+def check_tflite_runtime(settings: Any) -> None:
+  """Refuses what `--client_runtime=tflite` cannot run.
+
+  The TFLite rounds (`ondevice.tflite_rounds`) train each client through
+  the exported training model in this process and aggregate with
+  `plain_loop.PlainServer`: a method of the FedDST family, no TFF workers,
+  the plain server's settings, the plain mean, constant sparsity and grow
+  scores the `train` signature keeps.
+
+  Args:
+    settings: The run's `settings.ExperimentSettings` (duck-typed: this
+      module imports no settings).
+
+  Raises:
+    ConfigError: One line naming the first flag that does not fit and what
+      --client_runtime=tflite accepts.
+  """
+  from tff_feddst.methods import registry  # pylint: disable=g-import-not-at-top
+  prefix = '--client_runtime=tflite:'
+  if not registry.get(settings.method).runs_on_tflite:
+    runs = ', '.join(name for name in registry.method_names()
+                     if registry.get(name).runs_on_tflite)
+    raise ConfigError(f'{prefix} --method={settings.method} does not run on '
+                      f'TFLite clients; expected one of {runs}.')
+  execution = settings.execution
+  if execution.num_local_workers:
+    raise ConfigError(f'{prefix} --num_local_workers='
+                      f'{execution.num_local_workers} is invalid: expected 0 '
+                      '(TFLite clients train in this process).')
+  if execution.workers is not None:
+    raise ConfigError(f'{prefix} --workers={execution.workers!r} is invalid: '
+                      'expected unset (TFLite clients train in this process).')
+  server = settings.server
+  for name, supported in PLAIN_SERVER_SETTINGS:
+    value = getattr(server, name)
+    if value != supported:
+      raise ConfigError(f'{prefix} --{name}={value} is invalid: expected '
+                        f'{supported} (the plain server\'s).')
+  if server.robust_mean != 'mean':
+    raise ConfigError(f'{prefix} --robust_mean={server.robust_mean} is '
+                      'invalid: expected mean.')
+  if settings.network.is_growing_sparsity:
+    raise ConfigError(f'{prefix} --initial_sparsity='
+                      f'{settings.network.initial_sparsity} is invalid: '
+                      'expected unset (constant sparsity).')
+  grow_score = settings.readjustment.grow_score
+  if grow_score == 'last_batch_after_step':
+    raise ConfigError(f'{prefix} --grow_score={grow_score} is invalid: '
+                      'expected accumulated or last_batch (what the train '
+                      'signature keeps).')

@@ -39,6 +39,10 @@ MIN_DIRICHLET_BETA = 1e-4
 # Settings that say where the rounds run, not what they compute: a resumed
 # run may change them (e.g. replace a lost --workers worker by local ones).
 EXECUTION_SETTINGS = ('num_local_workers', 'workers')
+# --client_runtime: clients train in the TFF process (tf) or through the
+# exported TFLite training model (tflite). Not an execution setting: a
+# resumed run keeps its runtime (the two states differ).
+CLIENT_RUNTIMES = ('tf', 'tflite')
 
 
 ConfigError = errors.ConfigError
@@ -658,6 +662,13 @@ class ExecutionSettings(_Group):
   workers: Optional[str] = setting(
       None, 'Comma-separated host:port of TFF workers started elsewhere, to '
       'split clients across (with or without --num_local_workers).')
+  client_runtime: str = setting(
+      'tf', 'Where each sampled client trains: tf (the TFF process\'s '
+      'client work) or tflite (the exported training model in a TFLite '
+      'interpreter, called as an app calls it; its upload goes through the '
+      'server\'s device-upload check into the same aggregator and finalizer: '
+      'ondevice/tflite_rounds.py). tflite runs the FedDST family without '
+      'workers, robust means or growing sparsity.', CLIENT_RUNTIMES)
 
   @property
   def worker_addresses(self) -> tuple[str, ...]:
@@ -832,6 +843,8 @@ class ExperimentSettings:
                           f'expected {accepted}.')
 
     data, network, run = self.data, self.network, self.run
+    if self.execution.client_runtime == 'tflite':
+      setting_checks.check_tflite_runtime(self)
     require(1 <= run.clients_per_round <= data.total_clients, 'clients_per_round',
             f'an integer in [1, --total_clients={data.total_clients}]')
     if (network.is_growing_sparsity and

@@ -145,7 +145,11 @@ def _check_arguments(process: tff.learning.templates.LearningProcess,
   if uses_checkpoints and not checkpoint_dir:
     raise ValueError('checkpoint_dir is required with resume or '
                      'checkpoint_every.')
-  measurements.check_process(process)
+  # Rounds run outside TFF (`ondevice.tflite_rounds.TFLiteRounds`) have no
+  # type signature; they check each round's metrics themselves
+  # (`measurements.check_metrics`).
+  if hasattr(process.next, 'type_signature'):
+    measurements.check_process(process)
 
 
 def _start(process: tff.learning.templates.LearningProcess,
@@ -255,7 +259,10 @@ def run_training(process: tff.learning.templates.LearningProcess,
 
   Args:
     process: The method's `LearningProcess`; its `next` must report
-      `measurements.REQUIRED_MEASUREMENTS` (checked before round 1).
+      `measurements.REQUIRED_MEASUREMENTS` (checked before round 1). Or an
+      object with the same `initialize`, `next` and `get_model_weights`
+      that runs outside TFF (`ondevice.tflite_rounds.TFLiteRounds`, which
+      checks each round's metrics itself).
     federated_data: The partitioned data.
     evaluator: Built before `process`.
     total_rounds: Rounds to run, >= 1.

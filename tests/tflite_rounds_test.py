@@ -1,0 +1,194 @@
+"""Tests for --client_runtime=tflite (ondevice/tflite_rounds.py) through
+bin/train.py: the same rounds as the TF clients', a stopped run that resumes
+bit for bit, and the settings the TFLite runtime refuses."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from absl.testing import parameterized
+import numpy as np
+
+from tff_feddst.outputs import run_files
+from tff_feddst.running import errors
+from tff_feddst.running import settings as settings_lib
+from tests import fixtures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, 'bin', 'train.py')
+NUM_ROUNDS = 4
+# Round 1 readjusts (drop fraction 0.3 * cosine decay to round 4), round 3
+# too; two local epochs, so regrown weights train before the upload.
+RUN_FLAGS = ('--total_clients=6', '--clients_per_round=3',
+             f'--total_rounds={NUM_ROUNDS}', '--client_epochs_per_round=2',
+             '--client_batch_size=32', '--rounds_between_readjustments=2',
+             '--annealing_end_round=4', '--drop_fraction=0.3',
+             '--target_sparsity=0.8', '--eval_every=2', '--checkpoint_every=1',
+             '--seed=3', '--tensorboard_dir=')
+TIMING = 'round_seconds'
+
+
+def read_metrics(output_dir: str) -> list[dict[str, str]]:
+  with open(os.path.join(output_dir, 'metrics.csv'), newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def metrics_without_timing(output_dir: str) -> list[list[str]]:
+  with open(os.path.join(output_dir, 'metrics.csv'), newline='') as f:
+    rows = list(csv.reader(f))
+  timing = rows[0].index(TIMING)
+  return [row[:timing] + row[timing + 1:] for row in rows]
+
+
+def load_weights(output_dir: str):
+  return run_files.load_model_weights(os.path.join(output_dir,
+                                                   'global_model.npz'))
+
+
+class TFLiteRoundsTest(fixtures.FashionMnistSliceTestCase):
+  """One TF run and TFLite runs (whole, stopped and resumed) of 4 rounds."""
+
+  @classmethod
+  def train_args(cls, runtime: str, output_dir: str, *more: str) -> list[str]:
+    return [sys.executable, TRAIN, '--noprogress',
+            f'--data_dir={cls.data_dir}', *RUN_FLAGS,
+            f'--client_runtime={runtime}', f'--output_dir={output_dir}',
+            *more]
+
+  @classmethod
+  def run_train(cls, runtime: str, output_dir: str, *more: str) -> None:
+    result = subprocess.run(cls.train_args(runtime, output_dir, *more),
+                            capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL, env=cls.env)
+    if result.returncode != 0:
+      raise AssertionError(f'train.py {runtime} failed: {result.stderr}')
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    cls.root = os.path.join(cls.data_dir, 'runs')
+    cls.tf_dir, cls.tflite_dir, cls.stopped_dir = (
+        os.path.join(cls.root, name) for name in ('tf', 'tflite', 'stopped'))
+    cls.run_train('tf', cls.tf_dir)
+    cls.run_train('tflite', cls.tflite_dir)
+    # Stopped by SIGTERM once round 2's row is written: mid-round 3 (a
+    # TFLite round checks for a stop between clients) or right after it.
+    process = subprocess.Popen(
+        cls.train_args('tflite', cls.stopped_dir), env=cls.env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    metrics_path = os.path.join(cls.stopped_dir, 'metrics.csv')
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+      if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+          if len(f.read().splitlines()) >= 3:
+            break
+      time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, cls.stopped_stderr = process.communicate(timeout=600)
+    cls.stopped_code = process.returncode
+    cls.stopped_rows = len(read_metrics(cls.stopped_dir))
+    cls.run_train('tflite', cls.stopped_dir, '--resume')
+
+  def test_same_columns_bytes_and_clients_as_the_tf_clients(self):
+    tf_rows, tflite_rows = (read_metrics(self.tf_dir),
+                            read_metrics(self.tflite_dir))
+    self.assertEqual(list(tf_rows[0]), list(tflite_rows[0]))
+    self.assertLen(tflite_rows, NUM_ROUNDS)
+    for tf_row, tflite_row in zip(tf_rows, tflite_rows):
+      for column in ('round', 'upload_bytes', 'download_bytes',
+                     'upload_bytes_cumulative', 'download_bytes_cumulative',
+                     'clients_sampled', 'clients_reported',
+                     'rejected_clients', 'server_update_failed', 'sparsity'):
+        self.assertEqual(tf_row[column], tflite_row[column], column)
+      self.assertEqual(tflite_row['rejected_clients'], '0')
+      self.assertEqual(tflite_row['clients_reported'], '3')
+    # Float differences between the TFLite and TF kernels start small.
+    self.assertAllClose(float(tflite_rows[0]['train_loss']),
+                        float(tf_rows[0]['train_loss']), atol=1e-4, rtol=0)
+    # Evaluated on the rounds the TF run evaluates.
+    self.assertEqual([row['test_accuracy'] == '' for row in tflite_rows],
+                     [row['test_accuracy'] == '' for row in tf_rows])
+    self.assertNotEqual(tflite_rows[-1]['test_accuracy'], '')
+
+  def test_masks_are_exact_and_move_on_a_readjustment_round(self):
+    tf_weights, tflite_weights = (load_weights(self.tf_dir),
+                                  load_weights(self.tflite_dir))
+    masks = [(i, v) for i, v in enumerate(tflite_weights.non_trainable)
+             if v.ndim >= 2]
+    self.assertLen(masks, 4)
+    for (index, mask), kernel in zip(
+        masks, [v for v in tflite_weights.trainable if v.ndim >= 2]):
+      self.assertEqual(kernel.shape, mask.shape)
+      self.assertTrue(np.all(kernel[mask == 0] == 0))
+      # Each layer keeps the exact count of the TF run's (the target).
+      self.assertEqual(int(mask.sum()),
+                       int(tf_weights.non_trainable[index].sum()))
+    rows = read_metrics(self.tflite_dir)
+    self.assertGreater(int(rows[0]['mask_changed_positions']), 0)
+    self.assertGreater(int(rows[0]['mask_new_positions_entered']), 0)
+
+  def test_a_stopped_run_resumes_bit_for_bit(self):
+    self.assertEqual(self.stopped_code, 143, self.stopped_stderr)
+    self.assertLess(self.stopped_rows, NUM_ROUNDS)
+    self.assertEqual(metrics_without_timing(self.stopped_dir),
+                     metrics_without_timing(self.tflite_dir))
+    stopped, whole = (load_weights(self.stopped_dir),
+                      load_weights(self.tflite_dir))
+    for got, want in zip(stopped.trainable + stopped.non_trainable,
+                         whole.trainable + whole.non_trainable):
+      self.assertEqual(got.dtype, want.dtype)
+      self.assertEqual(got.tobytes(), want.tobytes())
+
+
+class TFLiteRefusalsTest(parameterized.TestCase):
+  """What --client_runtime=tflite cannot run is one line naming the flag."""
+
+  def test_defaults_are_accepted(self):
+    settings_lib.ExperimentSettings.from_flat(
+        client_runtime='tflite').validate()
+    for method in ('feddst', 'randommask', 'fedavg', 'fedavgm', 'fedprox',
+                   'feddst_fedprox'):
+      settings_lib.ExperimentSettings.from_flat(
+          client_runtime='tflite', method=method).validate()
+
+  @parameterized.named_parameters(
+      ('prunefl', dict(method='prunefl'), '--method=prunefl'),
+      ('lotteryfl', dict(method='lotteryfl'), '--method=lotteryfl'),
+      ('local_workers', dict(num_local_workers=1), '--num_local_workers=1'),
+      ('workers', dict(workers='127.0.0.1:8000'), '--workers='),
+      ('robust_mean', dict(robust_mean='median'), '--robust_mean=median'),
+      ('server_optimizer', dict(server_optimizer='adam'),
+       '--server_optimizer=adam'),
+      ('server_rule', dict(server_rule='reference'),
+       '--server_rule=reference'),
+      ('min_votes_unit', dict(min_votes_unit='weight'),
+       '--min_votes_unit=weight'),
+      ('growing_sparsity', dict(initial_sparsity=0.5, total_rounds=10),
+       '--initial_sparsity=0.5'),
+      ('grow_score', dict(grow_score='last_batch_after_step'),
+       '--grow_score=last_batch_after_step'),
+  )
+  def test_refused(self, values, flag):
+    settings = settings_lib.ExperimentSettings.from_flat(
+        client_runtime='tflite', **values)
+    with self.assertRaises(errors.ConfigError) as raised:
+      settings.validate()
+    message = str(raised.exception)
+    self.assertNotIn('\n', message)
+    self.assertStartsWith(message, '--client_runtime=tflite: ' + flag)
+    # The same settings with the TF clients are fine (workers aside, whose
+    # count is bounded by the CPUs).
+    settings_lib.ExperimentSettings.from_flat(**values).validate()
+
+  def test_unknown_runtime_names_the_choices(self):
+    with self.assertRaisesRegex(errors.ConfigError,
+                                '--client_runtime=.gpu. is invalid: expected '
+                                'one of tf, tflite'):
+      settings_lib.ExperimentSettings.from_flat(
+          client_runtime='gpu').validate()
