@@ -72,9 +72,11 @@ class Method(abc.ABC):
     name: The `--method` value.
     chooses_own_masks: Whether the method picks its masks itself, so that
       dense layers can thin (their masks are then sent).
+    readjust_counters: The --readjust_counter values it accepts.
   """
   name: str
   chooses_own_masks: bool = False
+  readjust_counters: tuple[str, ...] = ('round',)
 
   @abc.abstractmethod
   def resolve(self, settings: 'ExperimentSettings'
