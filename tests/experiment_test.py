@@ -919,6 +919,50 @@ class ReferenceFlagfileTest(fixtures.FashionMnistSliceTestCase):
     after = [int(round(size * (1 - row['sparsity']))) for row in rows]
     return [initial] + after[:-1], after
 
+  def odd_draws_per_round(self, num_rounds: int) -> list[int]:
+    """Per round, the draws of a client drawn an odd number of times before
+    (its earlier draws in the round included): with one local epoch and
+    begin 1, interval 2, the draws that readjust."""
+    draws = collections.Counter()
+    counts = []
+    for round_num in range(1, num_rounds + 1):
+      sampled = client_sampling.sample_clients(
+          [str(i) for i in range(8)], 4, 0, round_num, with_replacement=True)
+      readjusting = 0
+      for client in sampled:
+        readjusting += draws[client] % 2
+        draws[client] += 1
+      counts.append(readjusting)
+    return counts
+
+  def test_lifetime_counts_survive_resume_bit_exact(self):
+    root = self.create_tempdir().full_path
+    settings = self.settings_of().replace(
+        readjust_counter_begin=1, readjust_counter_interval=2,
+        total_rounds=4, eval_every=4, annealing_end_round=4,
+        checkpoint_every=2)
+    whole = os.path.join(root, 'whole')
+    rows = experiment.run_experiment(settings, whole)
+    self.assertEqual([row['clients_readjusted'] for row in rows],
+                     self.odd_draws_per_round(4))
+    # Rounds 3 and 4 depend on the counts of rounds 1 and 2.
+    self.assertGreater(rows[2]['clients_readjusted'] +
+                       rows[3]['clients_readjusted'], 0)
+    killed = os.path.join(root, 'killed')
+    fixtures.copy_killed_before_round_4(whole, killed)
+    experiment.run_experiment(settings, killed, resume=True)
+    self.assertEqual(
+        GrowingSparsityExperimentTest.csv_without_timing(self, killed),
+        GrowingSparsityExperimentTest.csv_without_timing(self, whole))
+    for name in ('whole', 'killed'):
+      with np.load(os.path.join(root, name, 'global_model.npz')) as f:
+        if name == 'whole':
+          want = {key: f[key] for key in f.files}
+        else:
+          self.assertEqual(sorted(f.files), sorted(want))
+          for key in f.files:
+            self.assertAllEqual(f[key], want[key])
+
   def test_mask_holds_when_some_readjust_and_shrinks_when_all_do(self):
     root = self.create_tempdir().full_path
     settings = self.settings_of()
@@ -939,16 +983,7 @@ class ReferenceFlagfileTest(fixtures.FashionMnistSliceTestCase):
         settings.replace(readjust_counter_begin=1,
                          readjust_counter_interval=2),
         os.path.join(root, 'some'))
-    draws = collections.Counter()
-    expected = []
-    for round_num in (1, 2, 3):
-      sampled = client_sampling.sample_clients(
-          [str(i) for i in range(8)], 4, 0, round_num, with_replacement=True)
-      readjusting = 0
-      for client in sampled:
-        readjusting += draws[client] % 2
-        draws[client] += 1
-      expected.append(readjusting)
+    expected = self.odd_draws_per_round(3)
     self.assertEqual([row['clients_readjusted'] for row in some], expected)
     self.assertEqual([row['clients_reported'] for row in some], [4, 4, 4])
     partial = [row for row in some if 0 < row['clients_readjusted'] < 4]
