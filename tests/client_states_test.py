@@ -101,5 +101,42 @@ class RowsTest(tf.test.TestCase):
     self.assertTrue(os.path.exists(checkpoints.checkpoint_path(directory, 4)))
 
 
+class EpochCountTest(tf.test.TestCase):
+  """The lifetime epoch counts: inputs, rows, scatter and a checkpoint."""
+
+  def test_counts_round_trip_over_rounds_with_repeated_draws(self):
+    epochs = 2
+    store = tf.constant(client_states.initial_epoch_counts(4))
+    # Round 1: clients 1, 3, 1 (client 1 drawn twice); round 2: 3, 0.
+    expected_starts = [[0, 0, 2], [2, 0]]
+    for draws, starts in zip(([1, 3, 1], [3, 0]), expected_starts):
+      inputs = client_states.epoch_count_inputs(
+          store.numpy(), draws, [f'd{i}' for i in draws], epochs)
+      self.assertEqual([i['data'] for i in inputs], [f'd{i}' for i in draws])
+      rows = []
+      got_starts = []
+      for client_input in inputs:
+        element = client_input['state'].get_single_element()
+        self.assertEqual(list(element),
+                         list(client_states.EpochCountInput._fields))
+        got_starts.append(int(element['epochs_done']))
+        # What a client sends back: its count after its epochs.
+        rows.append(client_states.epoch_count_rows(
+            element['slot'], 3, element['client_index'],
+            element['epochs_done'] + epochs))
+      self.assertEqual(got_starts, starts)
+      summed = tf.nest.map_structure(lambda *r: tf.add_n(r), *rows)
+      store = client_states.scatter_epoch_counts(store, summed)
+    # Client 1: 2 draws x 2 epochs; client 3: 2 rounds; client 0: 1; 2: 0.
+    self.assertAllEqual(store, [2, 4, 0, 4])
+    state = (np.zeros(2, np.float32), store.numpy())
+    directory = self.create_tempdir().full_path
+    checkpoints.save_checkpoint(directory, 2, state, 10, 20)
+    loaded = checkpoints.load_checkpoint(
+        checkpoints.checkpoint_path(directory, 2), state)
+    self.assertAllEqual(loaded.state[1], [2, 4, 0, 4])
+    self.assertEqual(loaded.state[1].dtype, np.int32)
+
+
 if __name__ == '__main__':
   tf.test.main()

@@ -212,6 +212,99 @@ class ReadjustmentTest(tf.test.TestCase):
       self.assertAllEqual(a, b)
 
 
+class LifetimeCounterTest(tf.test.TestCase):
+  """'client_lifetime': which epochs of which client readjust, by hand.
+
+  begin 4, interval 5, 3 local epochs per round: a client readjusts after an
+  epoch whose lifetime count c (before it) is 4, 9, 14, ... . One client is
+  sampled in rounds 1, 2, 5 and 6 (counts 0, 3, 6, 9 before its rounds):
+    round 1: epochs 0, 1, 2   -> none
+    round 2: epochs 3, 4, 5   -> after its 2nd epoch (c = 4)
+    round 5: epochs 6, 7, 8   -> none
+    round 6: epochs 9, 10, 11 -> after its 1st epoch (c = 9)
+  and never on a round that does not readjust. With 'last_batch' scores a
+  readjustment after a round's e-th epoch equals the 'round' counter's
+  with readjust_after_epochs = e, so the uploads must match those.
+  """
+
+  def setUp(self):
+    super().setUp()
+    self.model_fn = models.get_model_fn('mnist_net', seed=1)
+    self.initial = fed_dst.build_initial_model(self.model_fn, 0.8, 'erk',
+                                               seed=2)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, size=20).astype(np.int32)
+    self.dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(10)
+
+  def upload(self, config, should_readjust, epochs_done=None):
+    trainer = client_work.ClientTrainer(
+        self.model_fn(), self.initial.layout, self.initial.num_active, config)
+    instructions = client_work.RoundInstructions(
+        should_readjust=tf.constant(should_readjust),
+        drop_fraction=tf.constant(0.2))
+    payload, _, stats = trainer.update(
+        self.initial.weights, self.dataset, instructions,
+        **({} if epochs_done is None else
+           dict(epochs_done=tf.constant(epochs_done, tf.int32))))
+    return encoding.decode(payload, self.initial.layout.kernel_shapes), stats
+
+  def test_condition_by_hand(self):
+    config = client_work.ClientConfig(readjust_counter='client_lifetime')
+    self.assertEqual([c for c in range(40) if config.readjusts_after_epoch(c)],
+                     [9, 19, 29, 39])
+    # A floor modulo, as the authors' Python %: with begin past interval,
+    # counts below begin qualify too.
+    late = client_work.ClientConfig(readjust_counter='client_lifetime',
+                                    readjust_counter_begin=15,
+                                    readjust_counter_interval=10)
+    self.assertEqual([c for c in range(30) if late.readjusts_after_epoch(c)],
+                     [5, 15, 25])
+    self.assertEqual(
+        [bool(late.readjusts_after_epoch(tf.constant(c, tf.int64)))
+         for c in range(30)],
+        [late.readjusts_after_epoch(c) for c in range(30)])
+
+  def test_epochs_that_readjust_over_irregular_rounds(self):
+    lifetime = client_work.ClientConfig(
+        num_epochs=3, grow_score='last_batch',
+        readjust_counter='client_lifetime', readjust_counter_begin=4,
+        readjust_counter_interval=5)
+    def round_config(after):
+      return client_work.ClientConfig(num_epochs=3, grow_score='last_batch',
+                                      readjust_after_epochs=after)
+    # (count before the round, readjustment round?, same as 'round' with
+    # readjust_after_epochs=..., or None: no readjustment).
+    for count, readjusting, after in ((0, True, None), (3, True, 2),
+                                      (6, True, None), (9, True, 1),
+                                      (9, False, None), (4, False, None)):
+      (kernels, masks, _), stats = self.upload(lifetime, readjusting, count)
+      (want_kernels, want_masks, _), want_stats = self.upload(
+          round_config(after or 1), after is not None)
+      self.assertEqual(int(stats.num_readjustments), int(after is not None),
+                       (count, readjusting))
+      self.assertEqual(int(stats.num_regrown), int(want_stats.num_regrown))
+      # 'last_batch': one minibatch of 10 per readjustment.
+      self.assertEqual(int(stats.grow_score_examples),
+                       10 if after is not None else 0)
+      for got, want in zip(kernels + masks, want_kernels + want_masks):
+        self.assertAllEqual(got, want)
+    # Two readjustments in one round when the interval is shorter.
+    every_epoch = client_work.ClientConfig(
+        num_epochs=3, readjust_counter='client_lifetime',
+        readjust_counter_begin=0, readjust_counter_interval=1)
+    _, stats = self.upload(every_epoch, True, 7)
+    self.assertEqual(int(stats.num_readjustments), 3)
+    # 'accumulated': every step of the three readjusting epochs.
+    self.assertEqual(int(stats.grow_score_examples), 3 * 20)
+
+  def test_bad_counter_settings_raise(self):
+    with self.assertRaisesRegex(ValueError, 'readjust_counter'):
+      client_work.ClientConfig(readjust_counter='epoch')
+    with self.assertRaisesRegex(ValueError, 'readjust_counter_interval'):
+      client_work.ClientConfig(readjust_counter_interval=0)
+
+
 class ClientConfigTest(tf.test.TestCase):
 
   def test_default_readjust_point(self):

@@ -184,6 +184,11 @@ class DeviceRoundTest(tf.test.TestCase):
       device_server.check_settings(self.settings.replace(
           download_encoding='float16'))
     with self.assertRaisesRegex(device_server.DeviceRoundError,
+                                '^--readjust_counter=client_lifetime is not '
+                                'run by the plain loop'):
+      device_server.check_settings(self.settings.replace(
+          readjust_counter='client_lifetime'))
+    with self.assertRaisesRegex(device_server.DeviceRoundError,
                                 'no device-round state'):
       device_server.completed_rounds(os.path.join(self.tmp, 'nowhere'))
 

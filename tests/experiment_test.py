@@ -1,5 +1,6 @@
 """End-to-end: a few rounds on a slice of the real Fashion-MNIST files."""
 
+import collections
 import csv
 import json
 import math
@@ -31,6 +32,7 @@ from tff_feddst.networks import models
 from tff_feddst.outputs import atomic_files
 from tff_feddst.outputs import run_files
 from tff_feddst.outputs import tensorboard_logging
+from tff_feddst.running import client_sampling
 from tff_feddst.running import experiment
 from tff_feddst.running import interruptions
 from tff_feddst.running import settings as settings_lib
@@ -892,12 +894,13 @@ class DropoutTest(tf.test.TestCase):
 
 
 class ReferenceFlagfileTest(fixtures.FashionMnistSliceTestCase):
-  """configs/reference.cfg end to end through the TFF process, 2 rounds.
+  """configs/reference.cfg end to end through the TFF process, 3 rounds.
 
-  Its clients readjust after the last local epoch, so regrown weights are
-  uploaded as 0. Every client of a readjustment round readjusts (the
-  authors' per-client lifetime epoch count is not reproduced), and then the
-  authors' server rule only clears mask bits; ours moves the mask.
+  Its clients readjust after a local epoch's end, by their lifetime epoch
+  count (the authors' `curr_epoch`), so regrown weights are uploaded as 0;
+  the authors' server rule then only clears mask bits. When only some
+  clients readjust the global mask does not move; when all do it only
+  shrinks. Ours moves the mask.
   """
 
   def settings_of(self, *extra_flags: str) -> settings_lib.ExperimentSettings:
@@ -906,46 +909,118 @@ class ReferenceFlagfileTest(fixtures.FashionMnistSliceTestCase):
     flag_values(['train.py', '--flagfile=' + os.path.join(
         ROOT, 'configs', 'reference.cfg'), *extra_flags])
     settings = experiment_flags.settings_from_flags(flag_values=flag_values)
+    # Every round readjusts (R = 1, ratio > 0 up to T_end = 3).
     return settings.replace(
         data_dir=self.data_dir, dirichlet_beta=0.5, total_clients=8,
-        clients_per_round=4, total_rounds=2, eval_every=2,
+        clients_per_round=4, total_rounds=3, eval_every=3,
         client_epochs_per_round=1, target_sparsity=0.8, drop_fraction=0.5,
-        rounds_between_readjustments=2, annealing_end_round=2,
+        rounds_between_readjustments=1, annealing_end_round=3,
         checkpoint_every=0, tensorboard_dir='', seed=0)
 
-  def test_mask_only_loses_positions_and_never_moves_otherwise(self):
-    root = self.create_tempdir().full_path
-    settings = self.settings_of()
-    self.assertEqual(settings.server.server_rule, 'reference')
-    schedule = feddst_methods.build_schedule(settings)
-    # The process counts rounds from 1, the schedule from `first_round`.
-    readjusting = [bool(schedule.should_readjust(t - 1 + schedule.first_round))
-                   for t in (1, 2)]
-    self.assertEqual(readjusting, [False, True])
-    # The model's layout before any TFF process is built (FACTS.md).
+  def active_counts(self, rows) -> tuple[list[int], list[int]]:
+    """Active prunable weights before and after each round (`sparsity`)."""
     layout = models.model_layout(models.mnist_net())
     size = sum(layout.kernel_sizes)
     initial = sum(sparsity_distribution.compute_layer_num_active(
         layout.kernel_shapes, 0.8, 'erk_reference',
         bias_sizes=layout.layer_bias_sizes))
-    rows = experiment.run_experiment(settings, os.path.join(root, 'ref'))
-    # Active prunable weights after each round, from `sparsity`.
     after = [int(round(size * (1 - row['sparsity']))) for row in rows]
-    before = [initial] + after[:-1]
-    for row, is_readjusting, start, end in zip(rows, readjusting, before,
-                                               after):
+    return [initial] + after[:-1], after
+
+  def odd_draws_per_round(self, num_rounds: int) -> list[int]:
+    """Per round, the draws of a client drawn an odd number of times before
+    (its earlier draws in the round included): with one local epoch and
+    begin 1, interval 2, the draws that readjust."""
+    draws = collections.Counter()
+    counts = []
+    for round_num in range(1, num_rounds + 1):
+      sampled = client_sampling.sample_clients(
+          [str(i) for i in range(8)], 4, 0, round_num, with_replacement=True)
+      readjusting = 0
+      for client in sampled:
+        readjusting += draws[client] % 2
+        draws[client] += 1
+      counts.append(readjusting)
+    return counts
+
+  def test_lifetime_counts_survive_resume_bit_exact(self):
+    root = self.create_tempdir().full_path
+    settings = self.settings_of().replace(
+        readjust_counter_begin=1, readjust_counter_interval=2,
+        total_rounds=4, eval_every=4, annealing_end_round=4,
+        checkpoint_every=2)
+    whole = os.path.join(root, 'whole')
+    rows = experiment.run_experiment(settings, whole)
+    self.assertEqual([row['clients_readjusted'] for row in rows],
+                     self.odd_draws_per_round(4))
+    # Rounds 3 and 4 depend on the counts of rounds 1 and 2.
+    self.assertGreater(rows[2]['clients_readjusted'] +
+                       rows[3]['clients_readjusted'], 0)
+    killed = os.path.join(root, 'killed')
+    fixtures.copy_killed_before_round_4(whole, killed)
+    experiment.run_experiment(settings, killed, resume=True)
+    self.assertEqual(
+        GrowingSparsityExperimentTest.csv_without_timing(self, killed),
+        GrowingSparsityExperimentTest.csv_without_timing(self, whole))
+    for name in ('whole', 'killed'):
+      with np.load(os.path.join(root, name, 'global_model.npz')) as f:
+        if name == 'whole':
+          want = {key: f[key] for key in f.files}
+        else:
+          self.assertEqual(sorted(f.files), sorted(want))
+          for key in f.files:
+            self.assertAllEqual(f[key], want[key])
+
+  def test_mask_holds_when_some_readjust_and_shrinks_when_all_do(self):
+    root = self.create_tempdir().full_path
+    settings = self.settings_of()
+    self.assertEqual(settings.server.server_rule, 'reference')
+    self.assertEqual(settings.readjustment.readjust_counter, 'client_lifetime')
+    self.assertEqual((settings.readjustment.readjust_counter_begin,
+                      settings.readjustment.readjust_counter_interval),
+                     (9, 10))
+    schedule = feddst_methods.build_schedule(settings)
+    # The process counts rounds from 1, the schedule from `first_round`.
+    self.assertEqual(
+        [bool(schedule.should_readjust(t - 1 + schedule.first_round))
+         for t in (1, 2, 3)], [True, True, True])
+    # One local epoch per round, readjusting when the count is odd: a draw
+    # readjusts iff the client was drawn an odd number of times before (its
+    # earlier draws of the same round included).
+    some = experiment.run_experiment(
+        settings.replace(readjust_counter_begin=1,
+                         readjust_counter_interval=2),
+        os.path.join(root, 'some'))
+    expected = self.odd_draws_per_round(3)
+    self.assertEqual([row['clients_readjusted'] for row in some], expected)
+    self.assertEqual([row['clients_reported'] for row in some], [4, 4, 4])
+    partial = [row for row in some if 0 < row['clients_readjusted'] < 4]
+    self.assertNotEmpty(partial)
+    for row in some:
+      if row['clients_readjusted'] < row['clients_reported']:
+        self.assertEqual(row['mask_changed_positions'], 0, row)
+    before, after = self.active_counts(some)
+    self.assertEqual(before, after)
+    # Every draw readjusts after every epoch: the mask only shrinks.
+    every = experiment.run_experiment(
+        settings.replace(readjust_counter_begin=0,
+                         readjust_counter_interval=1),
+        os.path.join(root, 'all'))
+    self.assertEqual([row['clients_readjusted'] for row in every], [4, 4, 4])
+    before, after = self.active_counts(every)
+    for row, start, end in zip(every, before, after):
       # Every change is a removal: the count falls by the changes.
       self.assertEqual(start - end, row['mask_changed_positions'])
-      if not is_readjusting:
-        self.assertEqual(row['mask_changed_positions'], 0)
-    # Here every client pruned half its weights, mostly the same ones.
-    self.assertGreater(rows[1]['mask_changed_positions'], 0)
-    # Our rule refills each layer to its count on the same clients, taking
-    # regrown zeros in place of the positions every client pruned.
-    ours = experiment.run_experiment(self.settings_of('--server_rule=feddst'),
-                                     os.path.join(root, 'ours'))
-    moved = [row['mask_changed_positions'] for row in ours]
-    self.assertGreater(sum(moved), 0)
+    self.assertGreater(sum(row['mask_changed_positions'] for row in every),
+                       0)
+    # Our server rule on the same clients moves the mask: it refills each
+    # layer to its count, taking regrown zeros in place of pruned positions.
+    ours = experiment.run_experiment(
+        self.settings_of('--server_rule=feddst').replace(
+            readjust_counter_begin=0, readjust_counter_interval=1,
+            total_rounds=1),
+        os.path.join(root, 'ours'))
+    self.assertGreater(ours[0]['mask_changed_positions'], 0)
 
 
 if __name__ == '__main__':

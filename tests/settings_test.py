@@ -46,6 +46,9 @@ BAD_GROUP_VALUES = (
     (settings_lib.ServerSettings, 'server_epsilon', float('inf')),
     (settings_lib.ServerSettings, 'min_new_position_votes', 0),
     (settings_lib.ServerSettings, 'max_failed_rounds', -1),
+    (settings_lib.ReadjustmentSettings, 'readjust_counter', 'epoch'),
+    (settings_lib.ReadjustmentSettings, 'readjust_counter_begin', -1),
+    (settings_lib.ReadjustmentSettings, 'readjust_counter_interval', 0),
     (settings_lib.RunSettings, 'seed', 2**32),
     (settings_lib.RunSettings, 'eval_every', 0),
     (settings_lib.RunSettings, 'method', 'foo'),
@@ -100,6 +103,18 @@ class GroupValidationTest(parameterized.TestCase):
       ('fedavgm_with_yogi', dict(method='fedavgm', server_optimizer='yogi'),
        "--server_optimizer='yogi' is invalid: expected sgd or sgdm with "
        '--method=fedavgm'),
+      ('lifetime_counter_with_a_readjust_epoch',
+       dict(readjust_counter='client_lifetime', readjust_after_epochs=0.0),
+       '--readjust_after_epochs=0.0 is invalid: expected unset with '
+       '--readjust_counter=client_lifetime'),
+      ('lifetime_counter_with_prunefl',
+       dict(readjust_counter='client_lifetime', method='prunefl'),
+       "--readjust_counter='client_lifetime' is invalid: expected one of "
+       "('round',) with --method=prunefl"),
+      ('lifetime_counter_with_lotteryfl',
+       dict(readjust_counter='client_lifetime', method='lotteryfl'),
+       "--readjust_counter='client_lifetime' is invalid: expected one of "
+       "('round',) with --method=lotteryfl"),
       ('growing_past_the_last_round',
        dict(initial_sparsity=0.5, total_rounds=4, annealing_end_round=5),
        '--annealing_end_round=5 is invalid with --initial_sparsity=0.5'))
@@ -169,10 +184,12 @@ class FlagRoundTripTest(parameterized.TestCase):
              if n.endswith('.cfg')))
   def test_every_shipped_flagfile_round_trips(self, name):
     path = os.path.join(ROOT, 'configs', name)
-    # The compare flagfiles also set compare.py's own flags.
+    # The compare flagfiles also set compare.py's own flags. PruneFL refuses
+    # reference.cfg's lifetime readjustment counter.
+    method = 'feddst' if name == 'reference.cfg' else 'prunefl'
     settings = self.settings_of(f'--flagfile={path}',
                                 '--undefok=methods,target_accuracy',
-                                '--method=prunefl',
+                                f'--method={method}',
                                 '--examples_per_client=7', '--remember_old',
                                 '--workers=localhost:1')
     settings.validate()

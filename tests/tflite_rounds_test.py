@@ -173,6 +173,8 @@ class TFLiteRefusalsTest(parameterized.TestCase):
        '--initial_sparsity=0.5'),
       ('grow_score', dict(grow_score='last_batch_after_step'),
        '--grow_score=last_batch_after_step'),
+      ('readjust_counter', dict(readjust_counter='client_lifetime'),
+       '--readjust_counter=client_lifetime'),
   )
   def test_refused(self, values, flag):
     settings = settings_lib.ExperimentSettings.from_flat(

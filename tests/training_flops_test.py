@@ -54,6 +54,16 @@ class CounterTest(tf.test.TestCase):
     # A PruneFL reconfiguration: every example.
     self.assertEqual(COUNTER.count(round_metrics(should_reconfigure=True),
                                    (3, 2)).sparse, 45600 + 108 * 200)
+    # Lifetime epoch counts: only the examples the readjusting clients
+    # counted (here 40), whatever the grow score; none off a readjustment
+    # round.
+    for counter in (COUNTER, last_batch):
+      self.assertEqual(counter.count(round_metrics(
+          should_readjust=True, grow_score_examples=np.int32(40)),
+                                     (3, 2)).sparse, 45600 + 108 * 40)
+      self.assertEqual(counter.count(round_metrics(
+          should_readjust=False, grow_score_examples=np.int32(0)),
+                                     (3, 2)).sparse, 45600)
     # Full masks: sparse equals dense, readjusting or not.
     for readjust in (False, True):
       full = COUNTER.count(round_metrics(should_readjust=readjust), (6, 8))

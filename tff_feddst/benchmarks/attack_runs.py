@@ -165,6 +165,11 @@ def check_settings(settings: settings_lib.ExperimentSettings) -> None:
     raise errors.ConfigError(
         f'--dropout_rate={settings.run.dropout_rate} is invalid here: '
         'expected 0 (every sampled client reports).')
+  if settings.readjustment.readjust_counter != 'round':
+    raise errors.ConfigError(
+        f'--readjust_counter={settings.readjustment.readjust_counter} is not '
+        'run by the plain loop (its clients keep no lifetime epoch count); '
+        'expected round.')
   unsupported = plain_loop.unsupported_server_setting(settings.server)
   if unsupported:
     name, value, supported = unsupported

@@ -135,7 +135,9 @@ def build_fed_dst(model_fn: models.ModelFn,
                   server_optimizer: Optional[
                       tff.learning.optimizers.Optimizer] = None,
                   server_rule: str = 'feddst',
-                  min_votes_unit: str = 'clients'
+                  min_votes_unit: str = 'clients',
+                  num_clients: int = 0,
+                  clients_per_round: int = 0
                   ) -> tff.learning.templates.LearningProcess:
   """Builds the FedDST `LearningProcess`.
 
@@ -188,6 +190,10 @@ def build_fed_dst(model_fn: models.ModelFn,
     server_rule: 'feddst' (re-prune to each layer's count) or 'reference'
       (the authors' conditional re-prune; `server_step` module docstring).
     min_votes_unit: 'clients' or 'weight' (`server_step.eligible_votes`).
+    num_clients: With `client_config.readjust_counter='client_lifetime'`:
+      clients of the run (the lifetime epoch counts are kept per client;
+      `next` then takes `client_states.epoch_count_inputs` as client data).
+    clients_per_round: With 'client_lifetime': clients sampled per round.
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
@@ -217,7 +223,8 @@ def build_fed_dst(model_fn: models.ModelFn,
 
   work = client_work.build_client_work(
       model_fn, layout, num_active, schedule, client_config,
-      model_weights_type, data_type, upload_encoding=upload_encoding)
+      model_weights_type, data_type, upload_encoding=upload_encoding,
+      num_clients=num_clients, num_slots=clients_per_round)
   if robust is not None and robust.reject_stale:
     work = upload_binding.bind_uploads(work, layout)
   result_type = work.next.type_signature.result.result.member

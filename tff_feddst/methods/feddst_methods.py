@@ -105,10 +105,46 @@ def build_num_active_by_round(settings: Settings,
       network.sparsity_distribution, bias_sizes=layout.layer_bias_sizes)
 
 
+# Bytes of the int32 lifetime epoch count kept per client.
+LIFETIME_COUNT_BYTES = 4
+
+
+def lifetime_client_inputs(federated_data, client_config
+                           ) -> Callable[[Any, Any], list]:
+  """`(state, RoundClients) -> client data` with lifetime epoch counts.
+
+  Each reporter gets its dataset and its count from the process state's
+  client work (`client_work.LifetimeWorkState`), by its position in
+  `federated_data.client_ids` (`client_states.epoch_count_inputs`).
+
+  Args:
+    federated_data: The run's `data.FederatedData`.
+    client_config: The run's `client_work.ClientConfig` (epochs per round).
+
+  Returns:
+    The `MethodPlan.client_inputs` function.
+  """
+  # pylint: disable=g-import-not-at-top
+  from tff_feddst.process import client_states
+  # pylint: enable=g-import-not-at-top
+  positions = {client_id: position for position, client_id in
+               enumerate(federated_data.client_ids)}
+
+  def client_inputs(state, round_clients) -> list:
+    return client_states.epoch_count_inputs(
+        state.client_work.epochs_done,
+        [positions[client_id] for client_id in round_clients.client_ids],
+        round_clients.datasets, client_config.num_epochs)
+
+  return client_inputs
+
+
 class FeddstMethod(registry.Method):
   """A method run by `fed_dst.build_fed_dst`, defined by its settings."""
   # Its client is the exported training model's; its server, PlainServer.
   runs_on_tflite = True
+
+  readjust_counters = ('round', 'client_lifetime')
 
   def __init__(self, name: str,
                defining_settings: Callable[[Settings], dict[str, Any]]):
@@ -166,12 +202,19 @@ class FeddstMethod(registry.Method):
           min_new_position_votes=server.min_new_position_votes,
           server_optimizer=model_setup.build_server_optimizer(settings),
           server_rule=server.server_rule,
-          min_votes_unit=server.min_votes_unit)
+          min_votes_unit=server.min_votes_unit,
+          num_clients=federated_data.num_clients,
+          clients_per_round=settings.run.clients_per_round)
 
     return registry.MethodPlan(
         model_fn=model_fn, initial_model=initial_model,
         build_process=build_process,
-        round_upload_bytes=lambda round_num, state: round_bytes)
+        round_upload_bytes=lambda round_num, state: round_bytes,
+        client_inputs=(lifetime_client_inputs(federated_data, client_config)
+                       if client_config.counts_lifetime_epochs else None),
+        client_state_bytes=(
+            LIFETIME_COUNT_BYTES if client_config.counts_lifetime_epochs
+            else 0))
 
 
 for _name, _defining_settings in (

@@ -80,7 +80,10 @@ def build_client_config(settings: settings_lib.ExperimentSettings,
       grow_score=readjustment.grow_score,
       readjust_rule=readjustment.readjust_rule,
       reference_keep_after_prune=keep_after_prune,
-      value_dtype=settings.payload_encodings()[0].value_dtype)
+      value_dtype=settings.payload_encodings()[0].value_dtype,
+      readjust_counter=readjustment.readjust_counter,
+      readjust_counter_begin=readjustment.readjust_counter_begin,
+      readjust_counter_interval=readjustment.readjust_counter_interval)
 
 
 def num_dense_parameters(initial_model: fed_dst.InitialModel) -> int:

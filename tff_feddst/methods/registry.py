@@ -75,10 +75,12 @@ class Method(abc.ABC):
     runs_on_tflite: Whether `--client_runtime=tflite` can run the method:
       its clients train through the exported TFLite training model and its
       server is `plain_loop.PlainServer` (`ondevice.tflite_rounds`).
+    readjust_counters: The --readjust_counter values it accepts.
   """
   name: str
   chooses_own_masks: bool = False
   runs_on_tflite: bool = False
+  readjust_counters: tuple[str, ...] = ('round',)
 
   @abc.abstractmethod
   def resolve(self, settings: 'ExperimentSettings'

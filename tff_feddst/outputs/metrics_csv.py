@@ -33,7 +33,7 @@ METRICS_COLUMNS = (
     'clients_sampled', 'clients_reported', 'rejected_clients',
     'server_update_failed', 'clipped_clients', *FLOPS_COLUMNS,
     'personal_test_accuracy', 'personal_test_accuracy_std',
-    *MASK_MOVEMENT_COLUMNS)
+    *MASK_MOVEMENT_COLUMNS, 'clients_readjusted')
 _FLOAT_COLUMNS = ('test_accuracy', 'client_test_accuracy', 'train_loss',
                   'sparsity', 'round_seconds', 'personal_test_accuracy',
                   'personal_test_accuracy_std', 'mask_entered_weight_mass',

@@ -32,6 +32,15 @@ Where the store lives, and why. It is part of the `LearningProcess` state
   and nothing in the store is broadcast.
 Sampling with replacement would give one client two slots and two
 conflicting new rows, so a method with client state refuses it.
+
+The lifetime epoch count (FedDST with `--readjust_counter=client_lifetime`,
+as the authors' `Client.curr_epoch`) is a smaller store beside it: one
+int32 per client, the local epochs the client has trained over all the
+rounds it took part in (`EpochCountInput`, `EpochCountRows`). A count only
+grows by the epochs trained, so it does support sampling with replacement:
+the k-th draw of a client in a round starts from its stored count plus k
+rounds' epochs (as the authors' clients, which train their draws one after
+the other), and the store keeps the largest new count of a client's slots.
 """
 
 import collections
@@ -82,6 +91,30 @@ class RoundRows(NamedTuple):
   owner: Any
   mask_bits: Any
   num_prunes: Any
+
+
+class EpochCountInput(NamedTuple):
+  """What one reporting client receives beside its dataset (lifetime count).
+
+  Attributes:
+    slot: int32 scalar: its row in the round's `EpochCountRows`.
+    client_index: int32 scalar: its row in the store.
+    epochs_done: int32 scalar: local epochs it trained before this draw.
+  """
+  slot: Any
+  client_index: Any
+  epochs_done: Any
+
+
+class EpochCountRows(NamedTuple):
+  """The reporters' new epoch counts, one slot each; unused slots are 0.
+
+  Attributes:
+    owner: int32 [K]: client index + 1 of the slot's client (0: unused).
+    epochs_done: int32 [K]: the slot's count after this round's epochs.
+  """
+  owner: Any
+  epochs_done: Any
 
 
 def packed_size(kernel_sizes: Sequence[int]) -> int:
@@ -206,3 +239,70 @@ def scatter_rows(states: ClientStates, rows: RoundRows) -> ClientStates:
       num_prunes=tf.tensor_scatter_nd_update(
           states.num_prunes, indices,
           tf.boolean_mask(rows.num_prunes, used)))
+
+
+def initial_epoch_counts(num_clients: int) -> np.ndarray:
+  """int32 [num_clients] zeros: no client has trained an epoch yet."""
+  return np.zeros([num_clients], np.int32)
+
+
+def epoch_count_inputs(epochs_done: Any, client_indices: Sequence[int],
+                       datasets: Sequence[Any], epochs_per_round: int
+                       ) -> list[collections.OrderedDict]:
+  """The client data of a round with lifetime epoch counts.
+
+  Args:
+    epochs_done: int32 [num_clients] store as the round starts.
+    client_indices: The reporters' client indices, in slot (sampling)
+      order; an index may repeat (sampling with replacement).
+    datasets: Their datasets, in the same order.
+    epochs_per_round: Local epochs a client trains per draw.
+
+  Returns:
+    One `OrderedDict(data=dataset, state=one-element dataset of the
+    EpochCountInput as an OrderedDict)` per reporter. A client's k-th draw
+    (k = 0, 1, ...) in the round starts at its stored count plus
+    k * epochs_per_round.
+  """
+  counts = np.asarray(epochs_done)
+  draws = collections.Counter()
+  inputs = []
+  for slot, (index, dataset) in enumerate(zip(client_indices, datasets)):
+    start = int(counts[index]) + draws[index] * epochs_per_round
+    draws[index] += 1
+    inputs.append(collections.OrderedDict(
+        data=dataset,
+        state=tf.data.Dataset.from_tensors(collections.OrderedDict(
+            slot=np.int32(slot), client_index=np.int32(index),
+            epochs_done=np.int32(start)))))
+  return inputs
+
+
+def epoch_count_rows(slot: tf.Tensor, num_slots: int,
+                     client_index: tf.Tensor,
+                     epochs_done: tf.Tensor) -> EpochCountRows:
+  """One client's new count placed in `slot` of otherwise zero rows."""
+  one_hot = tf.one_hot(slot, num_slots, dtype=tf.int32)
+  return EpochCountRows(
+      owner=one_hot * (tf.cast(client_index, tf.int32) + 1),
+      epochs_done=one_hot * tf.cast(epochs_done, tf.int32))
+
+
+def scatter_epoch_counts(epochs_done: tf.Tensor,
+                         rows: EpochCountRows) -> tf.Tensor:
+  """The store with the summed round rows written in.
+
+  Unused slots are skipped; a client with several slots (drawn more than
+  once) keeps the largest of its new counts, that of its last draw.
+
+  Args:
+    epochs_done: int32 [num_clients] store.
+    rows: The round's `EpochCountRows`, summed over the reporters.
+
+  Returns:
+    The new int32 [num_clients] store.
+  """
+  used = rows.owner > 0
+  indices = tf.boolean_mask(rows.owner - 1, used)[:, tf.newaxis]
+  return tf.tensor_scatter_nd_max(
+      epochs_done, indices, tf.boolean_mask(rows.epochs_done, used))

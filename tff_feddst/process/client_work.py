@@ -28,23 +28,46 @@ as the reference, which calls backward once more on the last batch before
 pruning). Readjusting before the last local epoch lets
 regrown weights train before upload; after the last epoch (the reference) they
 are uploaded as exact zeros and the server's magnitude re-prune removes them.
+
+Which clients readjust (`ClientConfig.readjust_counter`):
+- 'round' (default): on a readjustment round every client readjusts once,
+  after `readjust_after_epochs`.
+- 'client_lifetime' (the authors' `Client.curr_epoch`): each client counts
+  the local epochs it has trained over its lifetime, across the rounds it
+  was sampled in (the count, kept per client id by the server, comes in
+  with its data; `client_states.EpochCountInput`). On a readjustment round
+  a client readjusts after each local epoch whose count c (before that
+  epoch, so 0 for its first epoch ever) satisfies (c - begin) mod interval
+  == 0, with the floor modulo of Python's `%` as theirs (so c < begin
+  qualifies when c = begin - k * interval); on other rounds never. With
+  their defaults (begin 9, interval 10) and 10 local epochs every sampled
+  client readjusts after its last epoch; with fewer epochs only clients
+  whose count reaches 9, 19, ... in this round do. `readjust_after_epochs`
+  is not used. Grow scores are taken over the epoch that ends in the
+  readjustment ('accumulated': its steps; 'last_batch*': its last
+  minibatch).
 """
 
 import collections
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_feddst.networks import models
+from tff_feddst.process import client_states
 from tff_feddst.process import encoding
 from tff_feddst.sparse import exact_sum
 from tff_feddst.sparse import masks as mask_lib
 
 GROW_SCORES = mask_lib.GROW_SCORES
 READJUST_RULES = mask_lib.READJUST_RULES
+READJUST_COUNTERS = ('round', 'client_lifetime')
+# The authors' defaults (dst.py --pruning-begin, --pruning-interval).
+REFERENCE_COUNTER_BEGIN = 9
+REFERENCE_COUNTER_INTERVAL = 10
 
 # How many times `ClientTrainer.update` has been traced in this process (its
 # Python body runs only while tracing); see `update_trace_count`.
@@ -73,6 +96,11 @@ class ClientConfig:
     reference_keep_after_prune: Per layer, active weights kept by the
       reference rule's prune step (only used with readjust_rule='reference').
     value_dtype: 'float32' or 'float16': dtype of uploaded values.
+    readjust_counter: 'round' or 'client_lifetime' (module docstring).
+    readjust_counter_begin: With 'client_lifetime': first lifetime epoch
+      count that readjusts, >= 0.
+    readjust_counter_interval: With 'client_lifetime': lifetime epochs
+      between readjustments, >= 1.
   """
   learning_rate: float = 0.01
   momentum: float = 0.9
@@ -84,6 +112,9 @@ class ClientConfig:
   readjust_rule: str = 'feddst'
   reference_keep_after_prune: tuple[int, ...] = ()
   value_dtype: str = 'float32'
+  readjust_counter: str = 'round'
+  readjust_counter_begin: int = REFERENCE_COUNTER_BEGIN
+  readjust_counter_interval: int = REFERENCE_COUNTER_INTERVAL
 
   def __post_init__(self):
     if self.learning_rate <= 0:
@@ -108,6 +139,38 @@ class ClientConfig:
     if self.value_dtype not in ('float32', 'float16'):
       raise ValueError(f'value_dtype must be float32 or float16, got '
                        f'{self.value_dtype!r}.')
+    if self.readjust_counter not in READJUST_COUNTERS:
+      raise ValueError(f'readjust_counter must be one of {READJUST_COUNTERS}, '
+                       f'got {self.readjust_counter!r}.')
+    if self.readjust_counter_begin < 0 or self.readjust_counter_interval < 1:
+      raise ValueError(
+          'readjust_counter_begin must be >= 0 and readjust_counter_interval '
+          f'>= 1, got {self.readjust_counter_begin} and '
+          f'{self.readjust_counter_interval}.')
+
+  @property
+  def counts_lifetime_epochs(self) -> bool:
+    """Whether clients readjust by their lifetime epoch count."""
+    return self.readjust_counter == 'client_lifetime'
+
+  def readjusts_after_epoch(self, epochs_done):
+    """Whether a client whose lifetime count is `epochs_done` before an
+    epoch readjusts after it, on a readjustment round ('client_lifetime').
+
+    Args:
+      epochs_done: int (or int tensor): local epochs trained before it.
+
+    Returns:
+      bool (or bool tensor): (epochs_done - begin) mod interval == 0, with a
+      floor modulo.
+    """
+    if isinstance(epochs_done, (int, np.integer)):
+      return (int(epochs_done) - self.readjust_counter_begin) % (
+          self.readjust_counter_interval) == 0
+    epochs_done = tf.convert_to_tensor(epochs_done)
+    return tf.equal(tf.math.floormod(
+        epochs_done - tf.cast(self.readjust_counter_begin, epochs_done.dtype),
+        tf.cast(self.readjust_counter_interval, epochs_done.dtype)), 0)
 
   @property
   def effective_readjust_after_epochs(self) -> float:
@@ -124,8 +187,15 @@ class RoundInstructions(collections.namedtuple(
 
 
 class ClientStats(collections.namedtuple(
-    'ClientStats', ['train_loss', 'num_examples', 'num_regrown'])):
-  """Per-client statistics, aggregated into the round's measurements."""
+    'ClientStats', ['train_loss', 'num_examples', 'num_regrown',
+                    'num_readjustments', 'grow_score_examples'],
+    defaults=(0, 0))):
+  """Per-client statistics, aggregated into the round's measurements.
+
+  `num_readjustments`: readjustments the client made this round;
+  `grow_score_examples`: examples whose dense kernel gradient fed a grow
+  score that a readjustment used (reported with 'client_lifetime' only).
+  """
 
 
 class ClientTrainer:
@@ -316,13 +386,16 @@ class ClientTrainer:
 
   @tf.function
   def update(self, initial_weights, dataset: tf.data.Dataset,
-             instructions: RoundInstructions):
+             instructions: RoundInstructions, epochs_done=None):
     """Runs one round of local training from the broadcast global model.
 
     Args:
       initial_weights: `tff.learning.models.ModelWeights` of the global model.
       dataset: Batched `(x, y)` client data for one epoch.
       instructions: `RoundInstructions` for this round.
+      epochs_done: With `readjust_counter='client_lifetime'`: int32 scalar,
+        the local epochs this client trained before this round (its lifetime
+        count); None otherwise.
 
     Returns:
       `(payload, num_examples, stats)`: the payload to upload (encoded with
@@ -346,6 +419,11 @@ class ClientTrainer:
     step = tf.constant(0, tf.int64)
     loss_sum = tf.constant(0.0, tf.float32)
     num_regrown = tf.constant(0, tf.int32)
+    num_readjustments = tf.constant(0, tf.int32)
+    if epochs_done is not None:
+      return self._update_by_lifetime_count(
+          initial_weights, dataset, instructions, epochs_done, num_batches,
+          num_examples)
     # Looping over an iterator makes the loop a `tf.while_loop` in this
     # function's graph. Looping over the dataset itself would run the body
     # as a tf.data reduce function, which TF instantiates (and optimizes)
@@ -367,13 +445,63 @@ class ClientTrainer:
           self.recompute_grow_scores(x, y)
         num_regrown += self.readjust(
             tf.cast(instructions.drop_fraction, tf.float32))
+        num_readjustments += 1
 
     examples_trained = (tf.cast(num_examples, tf.float32) *
                         self.config.num_epochs)
     stats = ClientStats(
         train_loss=tf.math.divide_no_nan(loss_sum, examples_trained),
         num_examples=tf.cast(num_examples, tf.float32),
-        num_regrown=num_regrown)
+        num_regrown=num_regrown, num_readjustments=num_readjustments)
+    global_masks = [initial_weights.non_trainable[i]
+                    for i in self.layout.mask_indices]
+    return (self.encoded_upload(global_masks),
+            tf.cast(num_examples, tf.float32), stats)
+
+  def _update_by_lifetime_count(self, initial_weights, dataset, instructions,
+                                epochs_done, num_batches, num_examples):
+    """`update`'s training loop with `readjust_counter='client_lifetime'`.
+
+    Runs inside `update` (traced in its graph), after the counting pass.
+    """
+    should_readjust = tf.convert_to_tensor(instructions.should_readjust)
+    epochs_done = tf.cast(epochs_done, tf.int64)
+    batches_per_epoch = tf.maximum(num_batches, 1)
+    per_step_scores = self.config.grow_score == 'accumulated'
+    step = tf.constant(0, tf.int64)
+    loss_sum = tf.constant(0.0, tf.float32)
+    num_regrown = tf.constant(0, tf.int32)
+    num_readjustments = tf.constant(0, tf.int32)
+    grow_score_examples = tf.constant(0, tf.int32)
+    with tf.control_dependencies([num_batches, num_examples]):
+      batches = iter(dataset.repeat(self.config.num_epochs))
+    for x, y in batches:
+      step += 1
+      # The lifetime count before this step's epoch.
+      count = epochs_done + (step - 1) // batches_per_epoch
+      readjusts_after_epoch = tf.logical_and(
+          should_readjust, self.config.readjusts_after_epoch(count))
+      loss = self.train_step(x, y, readjusts_after_epoch)
+      batch_size = tf.shape(y)[0]
+      loss_sum += loss * tf.cast(batch_size, tf.float32)
+      epoch_ends = tf.equal(tf.math.floormod(step, batches_per_epoch), 0)
+      if tf.logical_and(readjusts_after_epoch,
+                        tf.logical_or(epoch_ends, per_step_scores)):
+        grow_score_examples += batch_size
+      if tf.logical_and(readjusts_after_epoch, epoch_ends):
+        if self.config.grow_score == 'last_batch_after_step':
+          self.recompute_grow_scores(x, y)
+        num_regrown += self.readjust(
+            tf.cast(instructions.drop_fraction, tf.float32))
+        num_readjustments += 1
+
+    examples_trained = (tf.cast(num_examples, tf.float32) *
+                        self.config.num_epochs)
+    stats = ClientStats(
+        train_loss=tf.math.divide_no_nan(loss_sum, examples_trained),
+        num_examples=tf.cast(num_examples, tf.float32),
+        num_regrown=num_regrown, num_readjustments=num_readjustments,
+        grow_score_examples=grow_score_examples)
     global_masks = [initial_weights.non_trainable[i]
                     for i in self.layout.mask_indices]
     return (self.encoded_upload(global_masks),
@@ -500,9 +628,13 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
                       config: ClientConfig, model_weights_type: tff.Type,
                       data_type: tff.Type,
                       upload_encoding: Optional[
-                          encoding.PayloadEncoding] = None
+                          encoding.PayloadEncoding] = None,
+                      num_clients: int = 0, num_slots: int = 0
                       ) -> tff.learning.templates.ClientWorkProcess:
   """Builds FedDST's `ClientWorkProcess`.
+
+  With `config.readjust_counter='client_lifetime'` the process is
+  `build_lifetime_client_work`'s (arguments as here) instead.
 
   The process state is the last completed round number (int32, starts at 0);
   `next` computes this round's `RoundInstructions` from `schedule` at the
@@ -528,13 +660,21 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
     data_type: TFF sequence type of a client's batched `(x, y)` data.
     upload_encoding: How clients encode their upload (None: bitmap masks
       and `config.value_dtype` values).
+    num_clients: With 'client_lifetime': clients of the run (rows of the
+      epoch count store).
+    num_slots: With 'client_lifetime': reporters per round at most.
 
   Returns:
     A `tff.learning.templates.ClientWorkProcess`.
 
   Raises:
-    ValueError: If `upload_encoding` and `config.value_dtype` disagree.
+    ValueError: If `upload_encoding` and `config.value_dtype` disagree, or
+      'client_lifetime' lacks `num_clients` or `num_slots`.
   """
+  if config.counts_lifetime_epochs:
+    return build_lifetime_client_work(
+        model_fn, layout, num_active, schedule, config, model_weights_type,
+        data_type, upload_encoding, num_clients, num_slots)
   upload_encoding = resolve_upload_encoding(config, upload_encoding)
 
   @tff.tensorflow.computation
@@ -592,8 +732,167 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
         num_examples=tff.federated_sum(stats.num_examples),
         num_regrown=tff.federated_sum(stats.num_regrown),
         should_readjust=tff.federated_map(instructions_for,
-                                          round_num).should_readjust))
+                                          round_num).should_readjust,
+        clients_readjusted=_clients_readjusted(stats.num_readjustments)))
     return tff.templates.MeasuredProcessOutput(
         state=round_num, result=results, measurements=measurements)
+
+  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+
+
+def _clients_readjusted(num_readjustments):
+  """int32@SERVER: clients whose `num_readjustments`@CLIENTS is > 0."""
+  @tff.tensorflow.computation(tff.types.TensorType(np.int32))
+  def readjusted(count):
+    return tf.cast(count > 0, tf.int32)
+
+  return tff.federated_sum(tff.federated_map(readjusted, num_readjustments))
+
+
+class LifetimeWorkState(NamedTuple):
+  """State of the 'client_lifetime' client work, at SERVER.
+
+  Attributes:
+    round_num: int32: the last completed round (starts at 0).
+    epochs_done: int32 [num_clients]: each client's lifetime count of local
+      epochs (`client_states.EpochCountRows`).
+  """
+  round_num: Any
+  epochs_done: Any
+
+
+def lifetime_client_data_type(data_type: tff.Type) -> tff.Type:
+  """A client's data with the lifetime count: `OrderedDict(data, state)`.
+
+  Both are sequences (TFF's client work takes sequences only): the batched
+  `(x, y)` data of `data_type` and a one-element sequence of the client's
+  `client_states.EpochCountInput` (`client_states.epoch_count_inputs`).
+  """
+  state_type = tff.types.StructWithPythonType([
+      ('slot', tff.TensorType(np.int32)),
+      ('client_index', tff.TensorType(np.int32)),
+      ('epochs_done', tff.TensorType(np.int32))], collections.OrderedDict)
+  return tff.types.StructWithPythonType([
+      ('data', data_type), ('state', tff.SequenceType(state_type))],
+                                        collections.OrderedDict)
+
+
+def build_lifetime_client_work(
+    model_fn: models.ModelFn, layout: models.ModelLayout,
+    num_active: Sequence[int], schedule: Any, config: ClientConfig,
+    model_weights_type: tff.Type, data_type: tff.Type,
+    upload_encoding: Optional[encoding.PayloadEncoding], num_clients: int,
+    num_slots: int) -> tff.learning.templates.ClientWorkProcess:
+  """FedDST's client work with lifetime epoch counts ('client_lifetime').
+
+  As `build_client_work`, but each client's lifetime count of local epochs
+  is kept in the state, handed to the client with its data and written back
+  from its new count (`client_states`), and a client readjusts only after
+  the epochs its count selects (module docstring).
+
+  Type signatures:
+    initialize: `( -> LifetimeWorkState@SERVER)`
+    next: `(<LifetimeWorkState@SERVER, ModelWeights@CLIENTS,
+      <data={(x, y)*}, state={EpochCountInput*}>@CLIENTS> ->
+      <state=LifetimeWorkState@SERVER, result=ClientResult(Payload,
+      float32)@CLIENTS, measurements=<round_num, train_loss, num_examples,
+      num_regrown, should_readjust, clients_readjusted,
+      grow_score_examples>@SERVER>)`
+
+  Args: as `build_client_work` (`data_type`: the plain sequence type; the
+    process takes `lifetime_client_data_type(data_type)`).
+
+  Returns:
+    A `tff.learning.templates.ClientWorkProcess`.
+
+  Raises:
+    ValueError: If `num_clients` or `num_slots` is < 1, or the encodings
+      disagree.
+  """
+  if num_clients < 1 or num_slots < 1:
+    raise ValueError('readjust_counter=client_lifetime needs num_clients and '
+                     f'num_slots >= 1, got {num_clients} and {num_slots}.')
+  upload_encoding = resolve_upload_encoding(config, upload_encoding)
+  client_data_type = lifetime_client_data_type(data_type)
+
+  @tff.tensorflow.computation
+  def initial_state():
+    return LifetimeWorkState(
+        round_num=tf.constant(0, tf.int32),
+        epochs_done=tf.constant(client_states.initial_epoch_counts(
+            num_clients)))
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_eval(initial_state, tff.SERVER)
+
+  state_type = initial_state.type_signature.result
+
+  @tff.tensorflow.computation(tff.types.TensorType(np.int32))
+  def instructions_for(round_num):
+    schedule_round = round_num - 1 + schedule.first_round
+    return RoundInstructions(
+        should_readjust=tf.convert_to_tensor(
+            schedule.should_readjust(schedule_round)),
+        drop_fraction=tf.cast(schedule.drop_fraction_at(schedule_round),
+                              tf.float32))
+
+  @tff.tensorflow.computation(state_type)
+  def advance(state):
+    return state.round_num + 1
+
+  instructions_type = instructions_for.type_signature.result
+
+  @tff.tensorflow.computation(model_weights_type, client_data_type,
+                              instructions_type)
+  def client_update(initial_weights, client_data, instructions):
+    model = model_fn()
+    trainer = ClientTrainer(model, layout, num_active, config,
+                            upload_encoding)
+    count = client_states.EpochCountInput(
+        **client_data['state'].get_single_element())
+    payload, weight, stats = trainer.update(
+        initial_weights, client_data['data'], instructions,
+        epochs_done=count.epochs_done)
+    rows = client_states.epoch_count_rows(
+        count.slot, num_slots, count.client_index,
+        count.epochs_done + config.num_epochs)
+    return tff.learning.templates.ClientResult(
+        update=payload, update_weight=weight), rows, stats
+
+  rows_type = client_update.type_signature.result[1]
+
+  @tff.tensorflow.computation(state_type, tff.types.TensorType(np.int32),
+                              rows_type)
+  def new_state(state, round_num, rows):
+    return LifetimeWorkState(
+        round_num=round_num,
+        epochs_done=client_states.scatter_epoch_counts(state.epochs_done,
+                                                       rows))
+
+  @tff.federated_computation(
+      init_fn.type_signature.result,
+      tff.types.FederatedType(model_weights_type, tff.CLIENTS),
+      tff.types.FederatedType(client_data_type, tff.CLIENTS))
+  def next_fn(state, weights, client_data):
+    round_num = tff.federated_map(advance, state)
+    instructions = tff.federated_broadcast(
+        tff.federated_map(instructions_for, round_num))
+    results, rows, stats = tff.federated_map(
+        client_update, (weights, client_data, instructions))
+    measurements = tff.federated_zip(collections.OrderedDict(
+        round_num=round_num,
+        train_loss=federated_weighted_mean(stats.train_loss,
+                                           stats.num_examples),
+        num_examples=tff.federated_sum(stats.num_examples),
+        num_regrown=tff.federated_sum(stats.num_regrown),
+        should_readjust=tff.federated_map(instructions_for,
+                                          round_num).should_readjust,
+        clients_readjusted=_clients_readjusted(stats.num_readjustments),
+        grow_score_examples=tff.federated_sum(stats.grow_score_examples)))
+    return tff.templates.MeasuredProcessOutput(
+        state=tff.federated_map(new_state, (state, round_num,
+                                            tff.federated_sum(rows))),
+        result=results, measurements=measurements)
 
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)

@@ -97,6 +97,10 @@ REQUIRED_MEASUREMENTS = (
                 'sum of |w| in the old model over the positions that left '
                 'the global mask',
                 required=False, default=None),
+    Measurement('client_work', 'clients_readjusted', 'int',
+                'reporting clients that readjusted their mask at least once '
+                'this round (FedDST); empty for methods without readjustment',
+                required=False, default=None),
 )
 _BY_NAME = {m.name: m for m in REQUIRED_MEASUREMENTS}
 
@@ -268,4 +272,6 @@ def metrics_row(round_num: int, round_metrics: Mapping[str, Any],
           eval_result.personal_test_accuracy_std if eval_result else None),
       **{column: value(round_metrics, f'finalizer/{column}')
          for column in metrics_csv.MASK_MOVEMENT_COLUMNS},
+      'clients_readjusted': value(round_metrics,
+                                  'client_work/clients_readjusted'),
   }

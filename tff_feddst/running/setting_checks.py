@@ -146,8 +146,8 @@ def check_tflite_runtime(settings: Any) -> None:
   The TFLite rounds (`ondevice.tflite_rounds`) train each client through
   the exported training model in this process and aggregate with
   `plain_loop.PlainServer`: a method of the FedDST family, no TFF workers,
-  the plain server's settings, the plain mean, constant sparsity and grow
-  scores the `train` signature keeps.
+  the plain server's settings, the plain mean, constant sparsity, grow
+  scores the `train` signature keeps and the round's readjustment counter.
 
   Args:
     settings: The run's `settings.ExperimentSettings` (duck-typed: this
@@ -190,3 +190,8 @@ def check_tflite_runtime(settings: Any) -> None:
     raise ConfigError(f'{prefix} --grow_score={grow_score} is invalid: '
                       'expected accumulated or last_batch (what the train '
                       'signature keeps).')
+  counter = settings.readjustment.readjust_counter
+  if counter != 'round':
+    raise ConfigError(f'{prefix} --readjust_counter={counter} is invalid: '
+                      'expected round (the exported model keeps no lifetime '
+                      'epoch count).')

@@ -32,6 +32,8 @@ DATASET_MODELS = {
     'emnist': 'emnist_conv2',
 }
 SCHEDULES = ('paper', 'reference')
+# Which clients of a readjustment round readjust (`client_work`).
+READJUST_COUNTERS = ('round', 'client_lifetime')
 # --seed feeds numpy's SeedSequence, Keras initializers and stateless TF
 # seeds (`seed * 1009 + layer`, int64): 32 bits keep every use in range.
 SEED_LIMIT = 2**32
@@ -309,11 +311,34 @@ class ReadjustmentSettings(_Group):
   readjustment_schedule: str = setting(
       'paper', 'paper or reference (authors\' round counting and '
       'doubly-decayed ratio).', SCHEDULES)
+  readjust_counter: str = setting(
+      'round', 'Who readjusts on a readjustment round: every client, once '
+      '(round), or, as the authors\' clients, a client after each local '
+      'epoch whose lifetime epoch count c (over all rounds it was sampled '
+      'in) has (c - --readjust_counter_begin) % '
+      '--readjust_counter_interval == 0 (client_lifetime; '
+      '--readjust_after_epochs is then not used).', READJUST_COUNTERS)
+  readjust_counter_begin: int = setting(
+      9, 'With --readjust_counter=client_lifetime: the first lifetime epoch '
+      'count that readjusts (the authors\' --pruning-begin).')
+  readjust_counter_interval: int = setting(
+      10, 'With --readjust_counter=client_lifetime: lifetime epochs between '
+      'readjustments (the authors\' --pruning-interval).')
 
   def validate(self) -> None:
     super().validate()
     self._require(0 <= self.drop_fraction <= 1, 'drop_fraction',
                   'a fraction in [0, 1]')
+    self._require(self.readjust_counter_begin >= 0, 'readjust_counter_begin',
+                  'an integer >= 0')
+    self._require(self.readjust_counter_interval >= 1,
+                  'readjust_counter_interval', 'an integer >= 1')
+    if self.readjust_counter == 'client_lifetime':
+      self._require(self.readjust_after_epochs is None,
+                    'readjust_after_epochs',
+                    'unset with --readjust_counter=client_lifetime (the '
+                    'lifetime epoch count picks the epochs after which a '
+                    'client readjusts)')
     self._require(self.annealing_end_round >= 0, 'annealing_end_round',
                   'an integer >= 0 (0: total_rounds // 2)')
     self._require(self.rounds_between_readjustments >= 1,
@@ -869,6 +894,12 @@ class ExperimentSettings:
             'readjust_after_epochs',
             f'a number in (0, --client_epochs_per_round={epochs}], or in '
             f'(-{epochs}, 0] counting back from the last epoch, or unset')
+    from tff_feddst.methods import registry  # pylint: disable=g-import-not-at-top
+    require(self.readjustment.readjust_counter in
+            registry.get(run.method).readjust_counters, 'readjust_counter',
+            f'one of {registry.get(run.method).readjust_counters} with '
+            f'--method={run.method} (its clients make no FedDST '
+            'readjustments)')
     upload, _ = self.payload_encodings()
     require(self.server.robust_mean == 'mean' or self.server.clip_updates or
             not upload.masks_only_when_changed, 'robust_mean',

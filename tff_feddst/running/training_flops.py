@@ -20,6 +20,9 @@ active weights per layer. This module reads them:
   is a whole number of epochs, else within one minibatch per client) or of
   the last minibatch before it ('last_batch', and 'last_batch_after_step',
   whose one extra forward pass is not counted: at most one batch per client);
+  with lifetime epoch counts (`--readjust_counter=client_lifetime`) the
+  clients count those examples themselves, over the clients that did
+  readjust (`client_work/grow_score_examples`), and that count is charged;
   on a PruneFL reconfiguration round (`client_work/should_reconfigure`) the
   importance sums the dense gradient of every local step.
 Not counted: PruneFL's initial pruning on one client before round 1, and
@@ -77,6 +80,8 @@ class RoundFlopsCounter:
       return examples_trained
     if not bool(client_work.get('should_readjust', False)):
       return 0
+    if 'grow_score_examples' in client_work:
+      return min(examples_trained, int(client_work['grow_score_examples']))
     if self.grow_score == 'accumulated':
       epoch_examples = examples_trained // self.num_epochs
       return min(examples_trained,
