@@ -21,6 +21,7 @@ import experiment_flags  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 from absl import flags  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from tff_feddst.methods import registry  # pylint: disable=g-import-not-at-top
+from tff_feddst.running import errors  # pylint: disable=g-import-not-at-top
 
 
 class CompareTest(fixtures.FashionMnistSliceTestCase):
@@ -170,8 +171,19 @@ class ShippedFlagfilesTest(tf.test.TestCase):
         flags.FLAGS(['compare.py',
                      f'--flagfile={os.path.join(config_dir, name)}'])
         base = experiment_flags.config_from_flags()
+        counter = base.readjustment.readjust_counter
         for method in registry.method_names():
-          base.replace(method=method).validate()
+          settings = base.replace(method=method)
+          if counter not in registry.get(method).readjust_counters:
+            # reference.cfg's lifetime epoch count is FedDST's: the methods
+            # without FedDST readjustments refuse it in one line, and take
+            # the flagfile with the round's counter.
+            with self.assertRaisesRegex(errors.ConfigError,
+                                        f'^--readjust_counter={counter!r} '
+                                        'is invalid: [^\n]*$'):
+              settings.validate()
+            settings = settings.replace(readjust_counter='round')
+          settings.validate()
         self.assertEqual(base.network.target_sparsity,
                          flags.FLAGS.target_sparsity)
 
