@@ -173,16 +173,21 @@ class ExecutionTest(tf.test.TestCase):
     if os.environ.get('TF_ENABLE_ONEDNN_OPTS') != '0':
       expected = os.environ.get('ONEDNN_MAX_CPU_ISA', 'AVX2')
       self.assertIn(f'ONEDNN_MAX_CPU_ISA={expected}'.encode(), environment)
+    # Two malloc arenas (the worker's memory), unless the caller chose.
+    expected = os.environ.get('MALLOC_ARENA_MAX', '2')
+    self.assertIn(f'MALLOC_ARENA_MAX={expected}'.encode(), environment)
 
   def test_kernel_settings_the_user_chose_are_kept(self):
     with mock.patch.dict(os.environ, {'ONEDNN_MAX_CPU_ISA': 'ALL',
-                                      'TF_NUM_INTRAOP_THREADS': '2'}):
+                                      'TF_NUM_INTRAOP_THREADS': '2',
+                                      'MALLOC_ARENA_MAX': '8'}):
       environment = execution.worker_environment()
       with self.assertLogs(level='WARNING'):
         self.assertFalse(execution.use_bit_exact_kernels())
       self.assertEqual(os.environ['ONEDNN_MAX_CPU_ISA'], 'ALL')
     self.assertEqual(environment['ONEDNN_MAX_CPU_ISA'], 'ALL')
     self.assertEqual(environment['TF_NUM_INTRAOP_THREADS'], '2')
+    self.assertEqual(environment['MALLOC_ARENA_MAX'], '8')
 
   def test_this_process_uses_the_workers_kernels(self):
     # conftest called `use_bit_exact_kernels`, as `run_experiment` does.
