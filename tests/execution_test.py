@@ -177,6 +177,20 @@ class ExecutionTest(tf.test.TestCase):
     expected = os.environ.get('MALLOC_ARENA_MAX', '2')
     self.assertIn(f'MALLOC_ARENA_MAX={expected}'.encode(), environment)
 
+  def test_worker_runs_one_client_call_per_cpu(self):
+    cpus = len(os.sched_getaffinity(0))
+    self.assertEqual(execution.concurrent_client_calls(), cpus)
+    self.assertEqual(execution.concurrent_client_calls(2), max(1, cpus // 2))
+    self.assertEqual(execution.concurrent_client_calls(cpus + 1), 1)
+    worker = execution.LocalWorker()
+    try:
+      with open(f'/proc/{worker.worker_pid}/cmdline', 'rb') as f:
+        arguments = f.read().split(b'\0')
+    finally:
+      worker.stop()
+    self.assertIn(f'--max_concurrent_computation_calls={cpus}'.encode(),
+                  arguments)
+
   def test_kernel_settings_the_user_chose_are_kept(self):
     with mock.patch.dict(os.environ, {'ONEDNN_MAX_CPU_ISA': 'ALL',
                                       'TF_NUM_INTRAOP_THREADS': '2',

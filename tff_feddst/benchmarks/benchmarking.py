@@ -91,7 +91,8 @@ class TimingSettings:
       'alternating after --warmup_rounds, for sparse_to_dense_round_ratio '
       '(0: not measured).')
   max_concurrent_computation_calls: int = settings_lib.setting(
-      -1, 'TFF worker concurrency limit (<= 0: none).')
+      0, 'TFF worker concurrency limit (0: one call per CPU, as bin/train.py '
+      'runs; < 0: none).')
   report_encodings: tuple[str, ...] = settings_lib.setting(
       ('float32+bitmap', 'float16+bitmap', 'float32+bitmap+changed_masks_only',
        'float32+rice', 'float16+rice', 'float32+rice+changed_masks_only',
@@ -348,7 +349,7 @@ def run_benchmark(config: BenchmarkConfig,
       setup.settings, setup.federated_data, element_spec)
                  if config.timing.sparse_dense_rounds else None)
   with execution.local_execution_context(
-      config.timing.max_concurrent_computation_calls) as worker, (
+      config.timing.max_concurrent_computation_calls or None) as worker, (
           client_files.ClientFiles(setup.federated_data)) as files:
     setup.client_files = files
     watch = _Stopwatch(worker.worker_pid)

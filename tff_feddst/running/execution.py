@@ -215,6 +215,31 @@ def _wait_until_ready(stub, exit_code, what: str, fix: str,
     time.sleep(0.05)
 
 
+def concurrent_client_calls(num_local_workers: int = 1) -> int:
+  """How many calls of one computation a worker started here runs at once.
+
+  A round's client updates are calls of one computation, each on one
+  intra-op thread (`worker_environment`), so a worker keeps as many cores
+  busy as it runs calls at once. More calls than cores only share them:
+  with every client of a 20-client round at once, the worker's peak memory
+  was higher and the round slower than with one call per core (README,
+  "Memory" and "Speed"). The result does not depend on the limit: clients
+  are independent and their sums exact (`exact_sum`).
+
+  Args:
+    num_local_workers: Workers started on this machine, sharing its CPUs.
+
+  Returns:
+    The CPUs this process may run on, divided among the local workers,
+    at least 1.
+  """
+  try:
+    cpus = len(os.sched_getaffinity(0))
+  except AttributeError:  # Not Linux.
+    cpus = os.cpu_count() or 1
+  return max(1, cpus // max(1, num_local_workers))
+
+
 class LocalWorker:
   """A TFF `worker_binary` process that this process owns.
 
@@ -233,18 +258,21 @@ class LocalWorker:
   """
 
   def __init__(self, port: Optional[int] = None,
-               max_concurrent_computation_calls: int = -1):
+               max_concurrent_computation_calls: Optional[int] = None):
     """Starts the worker and waits until it answers.
 
     Args:
       port: Port to serve on; a free one is picked when None.
-      max_concurrent_computation_calls: Passed to the worker; <= 0 is no limit.
+      max_concurrent_computation_calls: Passed to the worker; <= 0 is no
+        limit; None is one call per CPU (`concurrent_client_calls`).
 
     Raises:
       WorkerError: If the worker cannot be started, exits, or does not
         become ready in time.
     """
     self.port = port or portpicker.pick_unused_port()
+    if max_concurrent_computation_calls is None:
+      max_concurrent_computation_calls = concurrent_client_calls()
     self.max_concurrent_computation_calls = max_concurrent_computation_calls
     try:
       self._started = worker_isolation.start(
@@ -747,7 +775,7 @@ def describe_activity(label: str) -> None:
 
 @contextlib.contextmanager
 def local_execution_context(
-    max_concurrent_computation_calls: int = -1,
+    max_concurrent_computation_calls: Optional[int] = None,
     *,
     max_restarts: int = DEFAULT_MAX_RESTARTS,
     check_interrupt: Optional[Callable[[], None]] = None,
@@ -761,7 +789,8 @@ def local_execution_context(
   the call re-run.
 
   Args:
-    max_concurrent_computation_calls: Worker concurrency limit; <= 0 is none.
+    max_concurrent_computation_calls: Worker concurrency limit; <= 0 is
+      none; None is one call per CPU (`concurrent_client_calls`).
     max_restarts: Restarts of the worker allowed within one TFF call.
     check_interrupt: Called while a TFF call runs; what it raises abandons
       the call and propagates.
@@ -831,7 +860,9 @@ def distributed_execution_context(
   context = None
   try:
     for _ in range(num_local_workers):
-      workers.append(LocalWorker())
+      workers.append(LocalWorker(
+          max_concurrent_computation_calls=concurrent_client_calls(
+              num_local_workers)))
     for address in worker_addresses:
       workers.append(RemoteWorker(address))
     context = SupervisedContext(
