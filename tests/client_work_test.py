@@ -89,17 +89,31 @@ class ClientTrainerTest(tf.test.TestCase):
     self.assertEqual(int(stats.num_regrown), 0)
 
 
+def mnist_client_fixture(num_examples: int):
+  """The MNIST net at S = 0.8 (ERK) and random data in minibatches of 10.
+
+  Args:
+    num_examples: Examples in the client's dataset.
+
+  Returns:
+    `(model_fn, initial_model, dataset)`: the net's model function (seed 1),
+    `fed_dst.build_initial_model`'s model (seed 2) and the batched `(x, y)`
+    dataset (numpy seed 3).
+  """
+  model_fn = models.get_model_fn('mnist_net', seed=1)
+  initial = fed_dst.build_initial_model(model_fn, 0.8, 'erk', seed=2)
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(num_examples, 28, 28, 1)).astype(np.float32)
+  y = rng.integers(0, 10, size=num_examples).astype(np.int32)
+  return (model_fn, initial,
+          tf.data.Dataset.from_tensor_slices((x, y)).batch(10))
+
+
 class ReadjustmentTest(tf.test.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.model_fn = models.get_model_fn('mnist_net', seed=1)
-    self.initial = fed_dst.build_initial_model(self.model_fn, 0.8, 'erk',
-                                               seed=2)
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(40, 28, 28, 1)).astype(np.float32)
-    y = rng.integers(0, 10, size=40).astype(np.int32)
-    self.dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(10)
+    self.model_fn, self.initial, self.dataset = mnist_client_fixture(40)
 
   def run_client(self, readjust_after_epochs, should_readjust=True,
                  drop_fraction=0.2):
@@ -229,13 +243,7 @@ class LifetimeCounterTest(tf.test.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.model_fn = models.get_model_fn('mnist_net', seed=1)
-    self.initial = fed_dst.build_initial_model(self.model_fn, 0.8, 'erk',
-                                               seed=2)
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(20, 28, 28, 1)).astype(np.float32)
-    y = rng.integers(0, 10, size=20).astype(np.int32)
-    self.dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(10)
+    self.model_fn, self.initial, self.dataset = mnist_client_fixture(20)
 
   def upload(self, config, should_readjust, epochs_done=None):
     trainer = client_work.ClientTrainer(

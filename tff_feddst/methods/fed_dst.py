@@ -46,6 +46,7 @@ from tff_feddst.process import client_work
 from tff_feddst.process import distributor
 from tff_feddst.process import encoding
 from tff_feddst.process import finalizer
+from tff_feddst.process import lifetime_work
 from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
 from tff_feddst.process import sum_factory
@@ -221,10 +222,15 @@ def build_fed_dst(model_fn: models.ModelFn,
   model_weights_type = initial_model_weights_fn.type_signature.result
   data_type = tff.SequenceType(tff.types.tensorflow_to_type(data_element_spec))
 
-  work = client_work.build_client_work(
-      model_fn, layout, num_active, schedule, client_config,
-      model_weights_type, data_type, upload_encoding=upload_encoding,
-      num_clients=num_clients, num_slots=clients_per_round)
+  if client_config.counts_lifetime_epochs:
+    work = lifetime_work.build_lifetime_client_work(
+        model_fn, layout, num_active, schedule, client_config,
+        model_weights_type, data_type, upload_encoding,
+        num_clients=num_clients, num_slots=clients_per_round)
+  else:
+    work = client_work.build_client_work(
+        model_fn, layout, num_active, schedule, client_config,
+        model_weights_type, data_type, upload_encoding=upload_encoding)
   if robust is not None and robust.reject_stale:
     work = upload_binding.bind_uploads(work, layout)
   result_type = work.next.type_signature.result.result.member

@@ -114,7 +114,7 @@ def lifetime_client_inputs(federated_data, client_config
   """`(state, RoundClients) -> client data` with lifetime epoch counts.
 
   Each reporter gets its dataset and its count from the process state's
-  client work (`client_work.LifetimeWorkState`), by its position in
+  client work (`lifetime_work.LifetimeWorkState`), by its position in
   `federated_data.client_ids` (`client_states.epoch_count_inputs`).
 
   Args:

@@ -50,14 +50,13 @@ Which clients readjust (`ClientConfig.readjust_counter`):
 
 import collections
 import dataclasses
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_feddst.networks import models
-from tff_feddst.process import client_states
 from tff_feddst.process import encoding
 from tff_feddst.sparse import exact_sum
 from tff_feddst.sparse import masks as mask_lib
@@ -409,6 +408,10 @@ class ClientTrainer:
         (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
         lambda counts, batch: (counts[0] + 1, counts[1] + tf.shape(
             batch[1], out_type=tf.int64)[0]))
+    if epochs_done is not None:
+      return self._update_by_lifetime_count(
+          initial_weights, dataset, instructions, epochs_done, num_batches,
+          num_examples)
     readjust_step = tf.cast(
         tf.round(self.config.effective_readjust_after_epochs *
                  tf.cast(num_batches, tf.float64)), tf.int64)
@@ -420,10 +423,6 @@ class ClientTrainer:
     loss_sum = tf.constant(0.0, tf.float32)
     num_regrown = tf.constant(0, tf.int32)
     num_readjustments = tf.constant(0, tf.int32)
-    if epochs_done is not None:
-      return self._update_by_lifetime_count(
-          initial_weights, dataset, instructions, epochs_done, num_batches,
-          num_examples)
     # Looping over an iterator makes the loop a `tf.while_loop` in this
     # function's graph. Looping over the dataset itself would run the body
     # as a tf.data reduce function, which TF instantiates (and optimizes)
@@ -447,16 +446,8 @@ class ClientTrainer:
             tf.cast(instructions.drop_fraction, tf.float32))
         num_readjustments += 1
 
-    examples_trained = (tf.cast(num_examples, tf.float32) *
-                        self.config.num_epochs)
-    stats = ClientStats(
-        train_loss=tf.math.divide_no_nan(loss_sum, examples_trained),
-        num_examples=tf.cast(num_examples, tf.float32),
-        num_regrown=num_regrown, num_readjustments=num_readjustments)
-    global_masks = [initial_weights.non_trainable[i]
-                    for i in self.layout.mask_indices]
-    return (self.encoded_upload(global_masks),
-            tf.cast(num_examples, tf.float32), stats)
+    return self._round_result(initial_weights, loss_sum, num_examples,
+                              num_regrown, num_readjustments)
 
   def _update_by_lifetime_count(self, initial_weights, dataset, instructions,
                                 epochs_done, num_batches, num_examples):
@@ -495,6 +486,28 @@ class ClientTrainer:
             tf.cast(instructions.drop_fraction, tf.float32))
         num_readjustments += 1
 
+    return self._round_result(initial_weights, loss_sum, num_examples,
+                              num_regrown, num_readjustments,
+                              grow_score_examples)
+
+  def _round_result(self, initial_weights, loss_sum: tf.Tensor,
+                    num_examples: tf.Tensor, num_regrown: tf.Tensor,
+                    num_readjustments: tf.Tensor, grow_score_examples=0):
+    """`update`'s return value once the local loop has run.
+
+    Args:
+      initial_weights: The broadcast `ModelWeights` (their masks tell which
+        upload masks changed).
+      loss_sum: float32: the minibatch losses summed, each times its size.
+      num_examples: int64: examples in one local epoch.
+      num_regrown: int32: weights regrown by this round's readjustments.
+      num_readjustments: int32: readjustments made this round.
+      grow_score_examples: int32 with 'client_lifetime' (see `ClientStats`);
+        0 otherwise.
+
+    Returns:
+      `(payload, num_examples, stats)` as `update` documents.
+    """
     examples_trained = (tf.cast(num_examples, tf.float32) *
                         self.config.num_epochs)
     stats = ClientStats(
@@ -623,18 +636,42 @@ def federated_weighted_mean(values, weights):
                                  zero(), accumulate, merge, report)
 
 
+def instructions_computation(schedule: Any) -> tff.Computation:
+  """The server's `RoundInstructions` for a round, from `schedule`.
+
+  Args:
+    schedule: A readjustment schedule with `first_round`,
+      `should_readjust(round_num)` and `drop_fraction_at(round_num)` (see
+      `schedules`).
+
+  Returns:
+    A `tff.tensorflow.computation` from the process's int32 round number
+    (counted from 1) to `RoundInstructions`.
+  """
+  @tff.tensorflow.computation(tff.types.TensorType(np.int32))
+  def instructions_for(round_num):
+    # The process counts rounds from 1; a schedule may count from 0.
+    schedule_round = round_num - 1 + schedule.first_round
+    return RoundInstructions(
+        should_readjust=tf.convert_to_tensor(
+            schedule.should_readjust(schedule_round)),
+        drop_fraction=tf.cast(schedule.drop_fraction_at(schedule_round),
+                              tf.float32))
+
+  return instructions_for
+
+
 def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
                       num_active: Sequence[int], schedule: Any,
                       config: ClientConfig, model_weights_type: tff.Type,
                       data_type: tff.Type,
                       upload_encoding: Optional[
-                          encoding.PayloadEncoding] = None,
-                      num_clients: int = 0, num_slots: int = 0
+                          encoding.PayloadEncoding] = None
                       ) -> tff.learning.templates.ClientWorkProcess:
-  """Builds FedDST's `ClientWorkProcess`.
+  """Builds FedDST's `ClientWorkProcess` with the round's counter.
 
-  With `config.readjust_counter='client_lifetime'` the process is
-  `build_lifetime_client_work`'s (arguments as here) instead.
+  With `config.readjust_counter='client_lifetime'` use
+  `lifetime_work.build_lifetime_client_work` instead.
 
   The process state is the last completed round number (int32, starts at 0);
   `next` computes this round's `RoundInstructions` from `schedule` at the
@@ -660,21 +697,17 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
     data_type: TFF sequence type of a client's batched `(x, y)` data.
     upload_encoding: How clients encode their upload (None: bitmap masks
       and `config.value_dtype` values).
-    num_clients: With 'client_lifetime': clients of the run (rows of the
-      epoch count store).
-    num_slots: With 'client_lifetime': reporters per round at most.
 
   Returns:
     A `tff.learning.templates.ClientWorkProcess`.
 
   Raises:
     ValueError: If `upload_encoding` and `config.value_dtype` disagree, or
-      'client_lifetime' lacks `num_clients` or `num_slots`.
+      `config` counts lifetime epochs.
   """
   if config.counts_lifetime_epochs:
-    return build_lifetime_client_work(
-        model_fn, layout, num_active, schedule, config, model_weights_type,
-        data_type, upload_encoding, num_clients, num_slots)
+    raise ValueError('readjust_counter=client_lifetime needs '
+                     'lifetime_work.build_lifetime_client_work.')
   upload_encoding = resolve_upload_encoding(config, upload_encoding)
 
   @tff.tensorflow.computation
@@ -685,15 +718,7 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
   def init_fn():
     return tff.federated_eval(initial_round, tff.SERVER)
 
-  @tff.tensorflow.computation(tff.types.TensorType(np.int32))
-  def instructions_for(round_num):
-    # The process counts rounds from 1; a schedule may count from 0.
-    schedule_round = round_num - 1 + schedule.first_round
-    return RoundInstructions(
-        should_readjust=tf.convert_to_tensor(
-            schedule.should_readjust(schedule_round)),
-        drop_fraction=tf.cast(schedule.drop_fraction_at(schedule_round),
-                              tf.float32))
+  instructions_for = instructions_computation(schedule)
 
   @tff.tensorflow.computation(tff.types.TensorType(np.int32))
   def advance(round_num):
@@ -733,166 +758,17 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
         num_regrown=tff.federated_sum(stats.num_regrown),
         should_readjust=tff.federated_map(instructions_for,
                                           round_num).should_readjust,
-        clients_readjusted=_clients_readjusted(stats.num_readjustments)))
+        clients_readjusted=clients_readjusted(stats.num_readjustments)))
     return tff.templates.MeasuredProcessOutput(
         state=round_num, result=results, measurements=measurements)
 
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
 
 
-def _clients_readjusted(num_readjustments):
+def clients_readjusted(num_readjustments):
   """int32@SERVER: clients whose `num_readjustments`@CLIENTS is > 0."""
   @tff.tensorflow.computation(tff.types.TensorType(np.int32))
   def readjusted(count):
     return tf.cast(count > 0, tf.int32)
 
   return tff.federated_sum(tff.federated_map(readjusted, num_readjustments))
-
-
-class LifetimeWorkState(NamedTuple):
-  """State of the 'client_lifetime' client work, at SERVER.
-
-  Attributes:
-    round_num: int32: the last completed round (starts at 0).
-    epochs_done: int32 [num_clients]: each client's lifetime count of local
-      epochs (`client_states.EpochCountRows`).
-  """
-  round_num: Any
-  epochs_done: Any
-
-
-def lifetime_client_data_type(data_type: tff.Type) -> tff.Type:
-  """A client's data with the lifetime count: `OrderedDict(data, state)`.
-
-  Both are sequences (TFF's client work takes sequences only): the batched
-  `(x, y)` data of `data_type` and a one-element sequence of the client's
-  `client_states.EpochCountInput` (`client_states.epoch_count_inputs`).
-  """
-  state_type = tff.types.StructWithPythonType([
-      ('slot', tff.TensorType(np.int32)),
-      ('client_index', tff.TensorType(np.int32)),
-      ('epochs_done', tff.TensorType(np.int32))], collections.OrderedDict)
-  return tff.types.StructWithPythonType([
-      ('data', data_type), ('state', tff.SequenceType(state_type))],
-                                        collections.OrderedDict)
-
-
-def build_lifetime_client_work(
-    model_fn: models.ModelFn, layout: models.ModelLayout,
-    num_active: Sequence[int], schedule: Any, config: ClientConfig,
-    model_weights_type: tff.Type, data_type: tff.Type,
-    upload_encoding: Optional[encoding.PayloadEncoding], num_clients: int,
-    num_slots: int) -> tff.learning.templates.ClientWorkProcess:
-  """FedDST's client work with lifetime epoch counts ('client_lifetime').
-
-  As `build_client_work`, but each client's lifetime count of local epochs
-  is kept in the state, handed to the client with its data and written back
-  from its new count (`client_states`), and a client readjusts only after
-  the epochs its count selects (module docstring).
-
-  Type signatures:
-    initialize: `( -> LifetimeWorkState@SERVER)`
-    next: `(<LifetimeWorkState@SERVER, ModelWeights@CLIENTS,
-      <data={(x, y)*}, state={EpochCountInput*}>@CLIENTS> ->
-      <state=LifetimeWorkState@SERVER, result=ClientResult(Payload,
-      float32)@CLIENTS, measurements=<round_num, train_loss, num_examples,
-      num_regrown, should_readjust, clients_readjusted,
-      grow_score_examples>@SERVER>)`
-
-  Args: as `build_client_work` (`data_type`: the plain sequence type; the
-    process takes `lifetime_client_data_type(data_type)`).
-
-  Returns:
-    A `tff.learning.templates.ClientWorkProcess`.
-
-  Raises:
-    ValueError: If `num_clients` or `num_slots` is < 1, or the encodings
-      disagree.
-  """
-  if num_clients < 1 or num_slots < 1:
-    raise ValueError('readjust_counter=client_lifetime needs num_clients and '
-                     f'num_slots >= 1, got {num_clients} and {num_slots}.')
-  upload_encoding = resolve_upload_encoding(config, upload_encoding)
-  client_data_type = lifetime_client_data_type(data_type)
-
-  @tff.tensorflow.computation
-  def initial_state():
-    return LifetimeWorkState(
-        round_num=tf.constant(0, tf.int32),
-        epochs_done=tf.constant(client_states.initial_epoch_counts(
-            num_clients)))
-
-  @tff.federated_computation
-  def init_fn():
-    return tff.federated_eval(initial_state, tff.SERVER)
-
-  state_type = initial_state.type_signature.result
-
-  @tff.tensorflow.computation(tff.types.TensorType(np.int32))
-  def instructions_for(round_num):
-    schedule_round = round_num - 1 + schedule.first_round
-    return RoundInstructions(
-        should_readjust=tf.convert_to_tensor(
-            schedule.should_readjust(schedule_round)),
-        drop_fraction=tf.cast(schedule.drop_fraction_at(schedule_round),
-                              tf.float32))
-
-  @tff.tensorflow.computation(state_type)
-  def advance(state):
-    return state.round_num + 1
-
-  instructions_type = instructions_for.type_signature.result
-
-  @tff.tensorflow.computation(model_weights_type, client_data_type,
-                              instructions_type)
-  def client_update(initial_weights, client_data, instructions):
-    model = model_fn()
-    trainer = ClientTrainer(model, layout, num_active, config,
-                            upload_encoding)
-    count = client_states.EpochCountInput(
-        **client_data['state'].get_single_element())
-    payload, weight, stats = trainer.update(
-        initial_weights, client_data['data'], instructions,
-        epochs_done=count.epochs_done)
-    rows = client_states.epoch_count_rows(
-        count.slot, num_slots, count.client_index,
-        count.epochs_done + config.num_epochs)
-    return tff.learning.templates.ClientResult(
-        update=payload, update_weight=weight), rows, stats
-
-  rows_type = client_update.type_signature.result[1]
-
-  @tff.tensorflow.computation(state_type, tff.types.TensorType(np.int32),
-                              rows_type)
-  def new_state(state, round_num, rows):
-    return LifetimeWorkState(
-        round_num=round_num,
-        epochs_done=client_states.scatter_epoch_counts(state.epochs_done,
-                                                       rows))
-
-  @tff.federated_computation(
-      init_fn.type_signature.result,
-      tff.types.FederatedType(model_weights_type, tff.CLIENTS),
-      tff.types.FederatedType(client_data_type, tff.CLIENTS))
-  def next_fn(state, weights, client_data):
-    round_num = tff.federated_map(advance, state)
-    instructions = tff.federated_broadcast(
-        tff.federated_map(instructions_for, round_num))
-    results, rows, stats = tff.federated_map(
-        client_update, (weights, client_data, instructions))
-    measurements = tff.federated_zip(collections.OrderedDict(
-        round_num=round_num,
-        train_loss=federated_weighted_mean(stats.train_loss,
-                                           stats.num_examples),
-        num_examples=tff.federated_sum(stats.num_examples),
-        num_regrown=tff.federated_sum(stats.num_regrown),
-        should_readjust=tff.federated_map(instructions_for,
-                                          round_num).should_readjust,
-        clients_readjusted=_clients_readjusted(stats.num_readjustments),
-        grow_score_examples=tff.federated_sum(stats.grow_score_examples)))
-    return tff.templates.MeasuredProcessOutput(
-        state=tff.federated_map(new_state, (state, round_num,
-                                            tff.federated_sum(rows))),
-        result=results, measurements=measurements)
-
-  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
