@@ -1,6 +1,8 @@
 """Tests for --client_runtime=tflite (ondevice/tflite_rounds.py) through
-bin/train.py: the same rounds as the TF clients', a stopped run that resumes
-bit for bit, and the settings the TFLite runtime refuses."""
+bin/train.py: the same rounds as the TF clients', a pool of client processes
+that gives the serial run's bits, stopped runs (serial and pooled) that
+resume bit for bit, no pool process left behind, and the settings the
+TFLite runtime refuses."""
 
 import csv
 import os
@@ -29,6 +31,7 @@ RUN_FLAGS = ('--total_clients=6', '--clients_per_round=3',
              '--target_sparsity=0.8', '--eval_every=2', '--checkpoint_every=1',
              '--seed=3', '--tensorboard_dir=')
 TIMING = 'round_seconds'
+POOL = '--tflite_client_processes=2'
 
 
 def read_metrics(output_dir: str) -> list[dict[str, str]]:
@@ -48,6 +51,26 @@ def load_weights(output_dir: str):
                                                    'global_model.npz'))
 
 
+def session_processes(session_id: int, seconds: float = 10.0) -> list[int]:
+  """The ids of the processes left in a session (a train.py run started in
+  a new session, its pool processes and their helpers, e.g.
+  multiprocessing's resource tracker, which ends when it sees its parent
+  gone) after waiting up to `seconds` for them to end."""
+  deadline = time.monotonic() + seconds
+  while True:
+    found = []
+    for name in os.listdir('/proc'):
+      if name.isdigit():
+        try:
+          if os.getsid(int(name)) == session_id:
+            found.append(int(name))
+        except (ProcessLookupError, PermissionError):
+          pass
+    if not found or time.monotonic() > deadline:
+      return found
+    time.sleep(0.1)
+
+
 class TFLiteRoundsTest(fixtures.FashionMnistSliceTestCase):
   """One TF run and TFLite runs (whole, stopped and resumed) of 4 rounds."""
 
@@ -60,29 +83,29 @@ class TFLiteRoundsTest(fixtures.FashionMnistSliceTestCase):
 
   @classmethod
   def run_train(cls, runtime: str, output_dir: str, *more: str) -> None:
-    result = subprocess.run(cls.train_args(runtime, output_dir, *more),
-                            capture_output=True, text=True, timeout=600,
-                            stdin=subprocess.DEVNULL, env=cls.env)
-    if result.returncode != 0:
-      raise AssertionError(f'train.py {runtime} failed: {result.stderr}')
+    """Runs train.py in a new session; fails if it fails or leaves a
+    process of that session behind."""
+    process = subprocess.Popen(
+        cls.train_args(runtime, output_dir, *more), env=cls.env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _, stderr = process.communicate(timeout=900)
+    if process.returncode != 0:
+      raise AssertionError(f'train.py {runtime} failed: {stderr}')
+    cls.left_behind[output_dir] = session_processes(process.pid)
 
   @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    cls.root = os.path.join(cls.data_dir, 'runs')
-    cls.tf_dir, cls.tflite_dir, cls.stopped_dir = (
-        os.path.join(cls.root, name) for name in ('tf', 'tflite', 'stopped'))
-    cls.run_train('tf', cls.tf_dir)
-    cls.run_train('tflite', cls.tflite_dir)
-    # Stopped by SIGTERM once round 2's row is written: mid-round 3 (a
-    # TFLite round checks for a stop between clients) or right after it.
+  def run_stopped(cls, output_dir: str, *more: str) -> tuple[int, str, int]:
+    """A TFLite run stopped by SIGTERM once round 2's row is written:
+    mid-round 3 (a TFLite round checks for a stop between clients, and with
+    a pool while it awaits an upload) or right after it. Returns its exit
+    code, its stderr and how many processes of its session remain."""
     process = subprocess.Popen(
-        cls.train_args('tflite', cls.stopped_dir), env=cls.env,
+        cls.train_args('tflite', output_dir, *more), env=cls.env,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
-    metrics_path = os.path.join(cls.stopped_dir, 'metrics.csv')
-    deadline = time.monotonic() + 600
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics_path = os.path.join(output_dir, 'metrics.csv')
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline and process.poll() is None:
       if os.path.exists(metrics_path):
         with open(metrics_path) as f:
@@ -90,10 +113,40 @@ class TFLiteRoundsTest(fixtures.FashionMnistSliceTestCase):
             break
       time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    _, cls.stopped_stderr = process.communicate(timeout=600)
-    cls.stopped_code = process.returncode
+    _, stderr = process.communicate(timeout=600)
+    return (process.returncode, stderr,
+            len(session_processes(process.pid)))
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    cls.left_behind = {}
+    cls.root = os.path.join(cls.data_dir, 'runs')
+    (cls.tf_dir, cls.tflite_dir, cls.pool_dir, cls.stopped_dir,
+     cls.stopped_pool_dir) = (
+         os.path.join(cls.root, name)
+         for name in ('tf', 'tflite', 'pool', 'stopped', 'stopped_pool'))
+    cls.run_train('tf', cls.tf_dir)
+    cls.run_train('tflite', cls.tflite_dir)
+    cls.run_train('tflite', cls.pool_dir, POOL)
+    cls.stopped = cls.run_stopped(cls.stopped_dir)
     cls.stopped_rows = len(read_metrics(cls.stopped_dir))
-    cls.run_train('tflite', cls.stopped_dir, '--resume')
+    # Resumed with a pool: the pool's size may change on --resume.
+    cls.run_train('tflite', cls.stopped_dir, '--resume', POOL)
+    cls.stopped_pool = cls.run_stopped(cls.stopped_pool_dir, POOL)
+    cls.stopped_pool_rows = len(read_metrics(cls.stopped_pool_dir))
+    cls.run_train('tflite', cls.stopped_pool_dir, '--resume', POOL)
+
+  def assert_same_run(self, got_dir: str, want_dir: str) -> None:
+    """metrics.csv (timing aside) and global_model.npz bit for bit."""
+    self.assertEqual(metrics_without_timing(got_dir),
+                     metrics_without_timing(want_dir))
+    got, want = load_weights(got_dir), load_weights(want_dir)
+    for got_array, want_array in zip(got.trainable + got.non_trainable,
+                                     want.trainable + want.non_trainable):
+      self.assertEqual(got_array.dtype, want_array.dtype)
+      self.assertEqual(got_array.tobytes(), want_array.tobytes())
 
   def test_same_columns_bytes_and_clients_as_the_tf_clients(self):
     tf_rows, tflite_rows = (read_metrics(self.tf_dir),
@@ -133,17 +186,25 @@ class TFLiteRoundsTest(fixtures.FashionMnistSliceTestCase):
     self.assertGreater(int(rows[0]['mask_changed_positions']), 0)
     self.assertGreater(int(rows[0]['mask_new_positions_entered']), 0)
 
+  def test_a_pool_gives_the_serial_runs_bits(self):
+    self.assert_same_run(self.pool_dir, self.tflite_dir)
+
   def test_a_stopped_run_resumes_bit_for_bit(self):
-    self.assertEqual(self.stopped_code, 143, self.stopped_stderr)
-    self.assertLess(self.stopped_rows, NUM_ROUNDS)
-    self.assertEqual(metrics_without_timing(self.stopped_dir),
-                     metrics_without_timing(self.tflite_dir))
-    stopped, whole = (load_weights(self.stopped_dir),
-                      load_weights(self.tflite_dir))
-    for got, want in zip(stopped.trainable + stopped.non_trainable,
-                         whole.trainable + whole.non_trainable):
-      self.assertEqual(got.dtype, want.dtype)
-      self.assertEqual(got.tobytes(), want.tobytes())
+    for (code, stderr, _), rows, stopped_dir in (
+        (self.stopped, self.stopped_rows, self.stopped_dir),
+        (self.stopped_pool, self.stopped_pool_rows, self.stopped_pool_dir)):
+      self.assertEqual(code, 143, stderr)
+      self.assertIn('stopped by SIGTERM', stderr)
+      self.assertLess(rows, NUM_ROUNDS)
+      self.assert_same_run(stopped_dir, self.tflite_dir)
+
+  def test_no_process_is_left_behind(self):
+    # After a normal end (each run), and after SIGTERM (serial, pooled).
+    self.assertLen(self.left_behind, 5)
+    self.assertEqual(
+        {path: pids for path, pids in self.left_behind.items() if pids}, {})
+    self.assertEqual(self.stopped[2], 0)
+    self.assertEqual(self.stopped_pool[2], 0)
 
 
 class TFLiteRefusalsTest(parameterized.TestCase):
@@ -187,6 +248,24 @@ class TFLiteRefusalsTest(parameterized.TestCase):
     # The same settings with the TF clients are fine (workers aside, whose
     # count is bounded by the CPUs).
     settings_lib.ExperimentSettings.from_flat(**values).validate()
+
+  def test_client_processes(self):
+    for processes in (1, 2, 3):
+      settings_lib.ExperimentSettings.from_flat(
+          client_runtime='tflite',
+          tflite_client_processes=processes).validate()
+    with self.assertRaisesRegex(
+        errors.ConfigError, r'^--tflite_client_processes=0 is invalid: '
+        r'expected an integer >= 1 \(1: clients train one after another in '
+        r'the training process\)\.$'):
+      settings_lib.ExperimentSettings.from_flat(
+          client_runtime='tflite', tflite_client_processes=0).validate()
+    with self.assertRaisesRegex(
+        errors.ConfigError, r'^--tflite_client_processes=2 is invalid with '
+        r'--client_runtime=tf: expected 1 \(a pool of processes is for '
+        r'TFLite clients\)\.$'):
+      settings_lib.ExperimentSettings.from_flat(
+          tflite_client_processes=2).validate()
 
   def test_unknown_runtime_names_the_choices(self):
     with self.assertRaisesRegex(errors.ConfigError,

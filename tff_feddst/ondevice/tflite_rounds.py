@@ -32,7 +32,11 @@ run continues bit for bit. An upload refused by the device-upload check is
 counted in `rejected_clients` and its kind, but not in `upload_bytes` (it
 never reached the aggregator's byte count).
 
-Clients run one after another in this process. What the TFLite runtime
+Clients run one after another in this process, or with
+`--tflite_client_processes` > 1 in a pool of processes
+(`client_pool.ClientPool`) whose uploads the server still takes in client
+order, so the numbers are the same bit for bit; the rounds then own the
+pool: leave them as a context manager (`close`). What the TFLite runtime
 cannot run is refused when the settings are checked
 (`setting_checks.check_tflite_runtime`).
 """
@@ -47,6 +51,7 @@ import tensorflow_federated as tff
 from tff_feddst.benchmarks import plain_loop
 from tff_feddst.methods import feddst_methods
 from tff_feddst.methods import model_setup
+from tff_feddst.ondevice import client_pool
 from tff_feddst.ondevice import device_client
 from tff_feddst.ondevice import device_payload
 from tff_feddst.ondevice import tflite_client
@@ -112,8 +117,9 @@ class TFLiteRounds:
       initial_model: Its `fed_dst.InitialModel`.
       federated_data: The run's `data.FederatedData` (the default weight
         cap).
-      check_interrupt: Called between clients; what it raises (a stop
-        request) abandons the round.
+      check_interrupt: Called between clients (and, with a pool, while an
+        upload is awaited); what it raises (a stop request) abandons the
+        round.
     """
     client_config = model_setup.build_client_config(settings, initial_model)
     self._client_config = client_config
@@ -131,6 +137,20 @@ class TFLiteRounds:
     client.load_weights(initial_model.weights)
     self.tflite_model = tflite_client.convert_client(client)
     self._check_interrupt = check_interrupt
+    self._clients = client_pool.client_runner(
+        self.tflite_model, settings.execution.tflite_client_processes)
+
+  def __enter__(self) -> 'TFLiteRounds':
+    return self
+
+  def __exit__(self, exception_type, *unused_exception) -> None:
+    """Ends the client pool, at once when leaving on an exception."""
+    self.close(abandon=exception_type is not None)
+
+  def close(self, abandon: bool = False) -> None:
+    """Ends the client pool (`client_pool.ClientPool.close`), if any."""
+    if isinstance(self._clients, client_pool.ClientPool):
+      self._clients.close(abandon=abandon)
 
   @property
   def server(self) -> plain_loop.PlainServer:
@@ -185,14 +205,20 @@ class TFLiteRounds:
     accepted, rejections = [], collections.Counter()
     loss_terms, num_regrown = exact_sum.zero_mean_terms(), 0
     num_examples = np.float32(0.0)
-    for dataset in datasets:
-      if self._check_interrupt is not None:
-        self._check_interrupt()
-      epochs = client_epochs(dataset, num_epochs)
-      outputs = device_client.DeviceClient(self.tflite_model).train_round(
-          broadcast, instructions, epochs)
-      client_examples = np.float32(
-          sum(len(y) for _, y in epochs[0]) if epochs else 0)
+    examples = []
+
+    def client_epochs_in_order():
+      for dataset in datasets:
+        epochs = client_epochs(dataset, num_epochs)
+        examples.append(np.float32(
+            sum(len(y) for _, y in epochs[0]) if epochs else 0))
+        yield epochs
+
+    uploads = self._clients.run(broadcast, instructions,
+                                client_epochs_in_order(),
+                                self._check_interrupt)
+    for client, outputs in enumerate(uploads):
+      client_examples = examples[client]
       loss_terms = exact_sum.add(loss_terms, exact_sum.mean_terms(
           tf.constant(outputs[device_client.TRAIN_LOSS_NAME][0]),
           tf.constant(client_examples)))

@@ -157,18 +157,20 @@ def _client_download_bytes(settings: settings_lib.ExperimentSettings,
       settings.payload_encodings()[1])
 
 
-def _build_process(settings: settings_lib.ExperimentSettings,
+def _build_process(stack: contextlib.ExitStack,
+                   settings: settings_lib.ExperimentSettings,
                    plan: registry.MethodPlan,
                    federated_data: federated.FederatedData, element_spec,
                    hooks: _RoundHooks):
   """The method's TFF process, or with --client_runtime=tflite the rounds
   of TFLite clients (`ondevice.tflite_rounds.TFLiteRounds`), which check
-  for a stop request between clients."""
+  for a stop request between clients and whose client pool, if any, ends
+  with `stack`."""
   if settings.execution.client_runtime == 'tflite':
     from tff_feddst.ondevice import tflite_rounds  # pylint: disable=g-import-not-at-top
-    return tflite_rounds.TFLiteRounds(
+    return stack.enter_context(tflite_rounds.TFLiteRounds(
         settings, plan.model_fn, plan.initial_model, federated_data,
-        check_interrupt=hooks.during_calls())
+        check_interrupt=hooks.during_calls()))
   return plan.build_process(element_spec)
 
 
@@ -191,8 +193,8 @@ def _train(stack: contextlib.ExitStack,
   element_spec = training_loop.client_datasets(
       federated_data, federated_data.client_ids[:1],
       settings.client.client_batch_size, run.seed, 0)[0].element_spec
-  process = _build_process(settings, plan, federated_data, element_spec,
-                           hooks)
+  process = _build_process(stack, settings, plan, federated_data,
+                           element_spec, hooks)
   # The run can start: from here on, files are written.
   run_files.write_start_files(settings, output_dir, plan.start_files, resume)
   files = (stack.enter_context(client_files.ClientFiles(federated_data))

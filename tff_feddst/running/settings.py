@@ -40,7 +40,8 @@ SEED_LIMIT = 2**32
 MIN_DIRICHLET_BETA = 1e-4
 # Settings that say where the rounds run, not what they compute: a resumed
 # run may change them (e.g. replace a lost --workers worker by local ones).
-EXECUTION_SETTINGS = ('num_local_workers', 'workers')
+EXECUTION_SETTINGS = ('num_local_workers', 'workers',
+                      'tflite_client_processes')
 # --client_runtime: clients train in the TFF process (tf) or through the
 # exported TFLite training model (tflite). Not an execution setting: a
 # resumed run keeps its runtime (the two states differ).
@@ -694,6 +695,11 @@ class ExecutionSettings(_Group):
       'server\'s device-upload check into the same aggregator and finalizer: '
       'ondevice/tflite_rounds.py). tflite runs the FedDST family without '
       'workers, robust means or growing sparsity.', CLIENT_RUNTIMES)
+  tflite_client_processes: int = setting(
+      1, 'With --client_runtime=tflite: train this many clients at once, '
+      'each in one of a pool of processes (1: one after another in the '
+      'training process). The server takes the uploads in client order, so '
+      'the results are the same bit for bit.')
 
   @property
   def worker_addresses(self) -> tuple[str, ...]:
@@ -709,6 +715,10 @@ class ExecutionSettings(_Group):
                   'may use (0: one worker, no client split)')
     if self.workers is not None:
       setting_checks.check_worker_addresses(self.workers)
+    self._require(self.tflite_client_processes >= 1,
+                  'tflite_client_processes',
+                  'an integer >= 1 (1: clients train one after another in '
+                  'the training process)')
 
 
 # The groups of `ExperimentSettings`, by attribute name.
@@ -870,6 +880,12 @@ class ExperimentSettings:
     data, network, run = self.data, self.network, self.run
     if self.execution.client_runtime == 'tflite':
       setting_checks.check_tflite_runtime(self)
+    elif self.execution.tflite_client_processes != 1:
+      raise ConfigError(
+          '--tflite_client_processes='
+          f'{self.execution.tflite_client_processes} is invalid with '
+          f'--client_runtime={self.execution.client_runtime}: expected 1 '
+          '(a pool of processes is for TFLite clients).')
     require(1 <= run.clients_per_round <= data.total_clients, 'clients_per_round',
             f'an integer in [1, --total_clients={data.total_clients}]')
     if (network.is_growing_sparsity and
