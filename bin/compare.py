@@ -188,16 +188,8 @@ def _compare_over_seeds(base, seeds: list[int], baseline: str) -> None:
       configs.append(base.replace(method=method, seed=seed))
       dirs.append(run_dirs[method][index])
   _run_all(configs, dirs, name_seeds=True)
-  runs_by_method = {}
-  for method, method_dirs in run_dirs.items():
-    runs_by_method[method] = []
-    for run_dir in method_dirs:
-      summary = comparison.summarize_run(
-          run_dir, target_accuracy=FLAGS.target_accuracy)
-      summary[seed_statistics.HEADLINE] = (
-          seed_statistics.late_mean_test_accuracy(
-              comparison.read_metrics(run_dir)))
-      runs_by_method[method].append(summary)
+  runs_by_method = seed_statistics.summarize_seed_runs(
+      run_dirs, target_accuracy=FLAGS.target_accuracy)
   seed_statistics.write_seed_tables(runs_by_method, seeds, baseline, paths)
   from tff_feddst.outputs import plotting  # pylint: disable=g-import-not-at-top
   plotting.plot_seed_bands(run_dirs, figure, title=(

@@ -147,6 +147,20 @@ class SeedTablesTest(tf.test.TestCase):
       seed_statistics.write_seed_tables(runs_by_method, [0, 1, 2], 'fedavg',
                                         paths)
 
+  def test_summarize_seed_runs_adds_the_headline_in_seed_order(self):
+    root = self.create_tempdir().full_path
+    dirs = {'a': [os.path.join(root, 'a', 's0'), os.path.join(root, 'a', 's1')]}
+    # 8 evaluations each: the headline is the mean of the last 2.
+    comparison_test.write_run(dirs['a'][0], [0.1] * 6 + [0.4, 0.6], 100)
+    comparison_test.write_run(dirs['a'][1], [0.1] * 6 + [0.2, 0.3], 100)
+    runs = seed_statistics.summarize_seed_runs(dirs)
+    self.assertEqual(list(runs), ['a'])
+    self.assertAlmostEqual(runs['a'][0][seed_statistics.HEADLINE], 0.5)
+    self.assertAlmostEqual(runs['a'][1][seed_statistics.HEADLINE], 0.25)
+    self.assertAlmostEqual(runs['a'][1]['final_test_accuracy'], 0.3)
+    with self.assertRaises(comparison.RunDirError):
+      seed_statistics.summarize_seed_runs({'b': [os.path.join(root, 'none')]})
+
 
 if __name__ == '__main__':
   tf.test.main()

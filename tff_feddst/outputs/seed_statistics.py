@@ -25,6 +25,8 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 
 from scipy import stats
 
+from tff_feddst.outputs import comparison
+
 HEADLINE = 'late_mean_test_accuracy'
 
 # The per-run quantities summarised over seeds, headline first.
@@ -180,6 +182,35 @@ def paired_difference(values: Sequence[float],
       low=low, high=high, confidence=confidence, wins=wins, losses=losses,
       ties=described.count - wins - losses,
       sign_test_p=sign_test_p(wins, losses))
+
+
+def summarize_seed_runs(run_dirs_by_method: Mapping[str, Sequence[str]],
+                        target_accuracy: Optional[float] = None
+                        ) -> dict[str, list[dict]]:
+  """Each run's summary with its headline, per method in seed order.
+
+  Args:
+    run_dirs_by_method: Per method (or variant label), its runs' output
+      directories, one per seed, in the same seed order for every method.
+    target_accuracy: Passed to `comparison.summarize_run`.
+
+  Returns:
+    Per method, one `comparison.summarize_run` dict per directory with
+    HEADLINE added (`late_mean_test_accuracy` of its metrics).
+
+  Raises:
+    comparison.RunDirError: For a directory without metrics.
+  """
+  runs_by_method = {}
+  for method, run_dirs in run_dirs_by_method.items():
+    runs_by_method[method] = []
+    for run_dir in run_dirs:
+      summary = comparison.summarize_run(run_dir,
+                                         target_accuracy=target_accuracy)
+      summary[HEADLINE] = late_mean_test_accuracy(
+          comparison.read_metrics(run_dir))
+      runs_by_method[method].append(summary)
+  return runs_by_method
 
 
 def seed_summary(method: str, runs: Sequence[Mapping]) -> dict:
