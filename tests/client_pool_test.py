@@ -52,6 +52,13 @@ class ClientPoolTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'num_processes=0'):
       client_pool.ClientPool(b'', 0)
 
+  def test_serial_clients_close_like_a_pool(self):
+    # The rounds close either runner the same way; serial has nothing to end.
+    runner = client_pool.client_runner(b'', 1)
+    runner.close()
+    runner.close(abandon=True)
+    self.assertEqual(list(runner.run({}, {}, [])), [])
+
 
 if __name__ == '__main__':
   absltest.main()

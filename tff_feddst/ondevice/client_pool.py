@@ -104,6 +104,15 @@ class SerialClients:
   def __exit__(self, *unused_exception) -> None:
     pass
 
+  def close(self, abandon: bool = False) -> None:
+    """Nothing to end: the clients ran in this process (`ClientPool.close`
+    ends processes; the rounds call `close` on either runner).
+
+    Args:
+      abandon: Unused; the pool's meaning.
+    """
+    del abandon
+
   def run(self, broadcast: Mapping[str, np.ndarray],
           instructions: Mapping[str, Any], client_epochs: Iterable[Epochs],
           check_interrupt: CheckInterrupt = None) -> Iterator[Upload]:

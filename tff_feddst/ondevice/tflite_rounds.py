@@ -148,9 +148,9 @@ class TFLiteRounds:
     self.close(abandon=exception_type is not None)
 
   def close(self, abandon: bool = False) -> None:
-    """Ends the client pool (`client_pool.ClientPool.close`), if any."""
-    if isinstance(self._clients, client_pool.ClientPool):
-      self._clients.close(abandon=abandon)
+    """Ends the client runner's processes, if it has any
+    (`client_pool.ClientPool.close`; serial clients have none)."""
+    self._clients.close(abandon=abandon)
 
   @property
   def server(self) -> plain_loop.PlainServer:

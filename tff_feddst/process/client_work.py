@@ -750,19 +750,38 @@ def build_client_work(model_fn: models.ModelFn, layout: models.ModelLayout,
         tff.federated_map(instructions_for, round_num))
     results, stats = tff.federated_map(
         client_update, (weights, client_data, instructions))
-    measurements = tff.federated_zip(collections.OrderedDict(
-        round_num=round_num,
-        train_loss=federated_weighted_mean(stats.train_loss,
-                                           stats.num_examples),
-        num_examples=tff.federated_sum(stats.num_examples),
-        num_regrown=tff.federated_sum(stats.num_regrown),
-        should_readjust=tff.federated_map(instructions_for,
-                                          round_num).should_readjust,
-        clients_readjusted=clients_readjusted(stats.num_readjustments)))
+    measurements = tff.federated_zip(
+        round_measurements(round_num, stats, instructions_for))
     return tff.templates.MeasuredProcessOutput(
         state=round_num, result=results, measurements=measurements)
 
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+
+
+def round_measurements(round_num, stats, instructions_for
+                       ) -> collections.OrderedDict:
+  """The measurements every client-work process reports for a round.
+
+  Args:
+    round_num: The round's number, int32@SERVER.
+    stats: The clients' statistics@CLIENTS, with `train_loss`,
+      `num_examples`, `num_regrown` and `num_readjustments`.
+    instructions_for: The TF computation giving a round's instructions
+      (its `should_readjust` is reported).
+
+  Returns:
+    An OrderedDict of @SERVER values, not yet zipped, so that a process can
+    add its own before `tff.federated_zip`.
+  """
+  return collections.OrderedDict(
+      round_num=round_num,
+      train_loss=federated_weighted_mean(stats.train_loss,
+                                         stats.num_examples),
+      num_examples=tff.federated_sum(stats.num_examples),
+      num_regrown=tff.federated_sum(stats.num_regrown),
+      should_readjust=tff.federated_map(instructions_for,
+                                        round_num).should_readjust,
+      clients_readjusted=clients_readjusted(stats.num_readjustments))
 
 
 def clients_readjusted(num_readjustments):

@@ -153,17 +153,11 @@ def build_lifetime_client_work(
         tff.federated_map(instructions_for, round_num))
     results, rows, stats = tff.federated_map(
         client_update, (weights, client_data, instructions))
-    measurements = tff.federated_zip(collections.OrderedDict(
-        round_num=round_num,
-        train_loss=client_work.federated_weighted_mean(
-            stats.train_loss, stats.num_examples),
-        num_examples=tff.federated_sum(stats.num_examples),
-        num_regrown=tff.federated_sum(stats.num_regrown),
-        should_readjust=tff.federated_map(instructions_for,
-                                          round_num).should_readjust,
-        clients_readjusted=client_work.clients_readjusted(
-            stats.num_readjustments),
-        grow_score_examples=tff.federated_sum(stats.grow_score_examples)))
+    measurements = client_work.round_measurements(round_num, stats,
+                                                  instructions_for)
+    measurements['grow_score_examples'] = tff.federated_sum(
+        stats.grow_score_examples)
+    measurements = tff.federated_zip(measurements)
     return tff.templates.MeasuredProcessOutput(
         state=tff.federated_map(new_state, (state, round_num,
                                             tff.federated_sum(rows))),
