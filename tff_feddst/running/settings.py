@@ -595,6 +595,10 @@ class RunSettings(_Group):
   checkpoint_every: int = setting(
       10, 'Save the full run state every this many rounds (and after the '
       'last) under output_dir/checkpoints; 0: never.')
+  keep_checkpoints: int = setting(
+      3, 'How many of the newest checkpoints to keep, >= 1 (older ones are '
+      'deleted; e.g. 1000 keeps a whole run\'s mask history for '
+      'bin/mask_history.py).')
   seed: int = setting(
       0, 'Seed of the split, model, masks, sampling, shuffling; in '
       '[0, 2**32).')
@@ -611,6 +615,8 @@ class RunSettings(_Group):
     self._require(self.eval_every >= 1, 'eval_every', 'an integer >= 1')
     self._require(self.checkpoint_every >= 0, 'checkpoint_every',
                   'an integer >= 0 (0: no checkpoints)')
+    self._require(self.keep_checkpoints >= 1, 'keep_checkpoints',
+                  'an integer >= 1')
     self._require(0 <= self.dropout_rate < 1, 'dropout_rate',
                   'a probability in [0, 1)')
     self._require(0 <= self.seed < SEED_LIMIT, 'seed',

@@ -207,6 +207,7 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  client_download_bytes: int = 0,
                  checkpoint_dir: Optional[str] = None,
                  checkpoint_every: int = 0,
+                 keep_checkpoints: int = 3,
                  resume: bool = False,
                  on_start: Optional[Callable[[list[dict]], None]] = None,
                  on_round_end: Optional[Callable[[dict], None]] = None,
@@ -288,6 +289,7 @@ def run_training(process: tff.learning.templates.LearningProcess,
       resume).
     checkpoint_every: Save the full state every this many rounds and after
       the last round (0: never).
+    keep_checkpoints: How many of the newest checkpoints to keep, >= 1.
     resume: Continue from the newest usable checkpoint in `checkpoint_dir`
       (or from round 1 if there is none): metrics.csv rows after that round
       are dropped and recomputed (identically, timing aside), then appended.
@@ -357,7 +359,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
       federated_data, clients_per_round, batch_size, seed, dropout_rate,
       with_replacement=sample_with_replacement, client_files=client_files)
   csv_manager = release_managers_lib.MetricsCsvReleaseManager(metrics_path)
-  state_manager = (program_state.CheckpointManager(checkpoint_dir)
+  state_manager = (program_state.CheckpointManager(
+      checkpoint_dir, keep_total=keep_checkpoints)
                    if resume or checkpoint_every else None)
   start, rows = _start(process, csv_manager, state_manager, resume)
   releases = release_managers_lib.SequentialReleaseManager([
