@@ -167,12 +167,12 @@ def history_rows(snapshots: Sequence[MaskSnapshot]) -> list[dict]:
     entered = _and(now.masks, _not(before.masks))
     left = _and(before.masks, _not(now.masks))
     stayed = _and(now.masks, before.masks)
-    num_entered = _count(entered)
+    num_entered, num_active = _count(entered), _count(now.masks)
     row = {
         'round': now.round_num,
-        'active': _count(now.masks),
+        'active': num_active,
         'from_initial': _count(_and(now.masks, snapshots[0].masks)) /
-                        _count(now.masks),
+                        num_active,
         'entered': num_entered,
         'left': _count(left),
         'entered_still_active_next': '',
