@@ -32,6 +32,7 @@ from tff_feddst.networks import models
 from tff_feddst.outputs import atomic_files
 from tff_feddst.outputs import run_files
 from tff_feddst.outputs import tensorboard_logging
+from tff_feddst.process import client_work
 from tff_feddst.running import client_sampling
 from tff_feddst.running import experiment
 from tff_feddst.running import interruptions
@@ -298,7 +299,11 @@ class ExperimentTest(tf.test.TestCase):
     self.assertEqual(raised.exception.checkpoint_path,
                      os.path.join(stopped, 'checkpoints', 'ckpt-000000.npz'))
     self.assertTrue(os.path.exists(raised.exception.checkpoint_path))
+    # The resume in this Python process uses the process the stopped run
+    # built (process_cache): it traces no client update again.
+    traces = client_work.update_trace_count()
     experiment.run_experiment(config, stopped, resume=True)
+    self.assertEqual(client_work.update_trace_count(), traces)
     self.assertEqual(metrics_without_timing(stopped),
                      metrics_without_timing(whole))
 

@@ -26,6 +26,7 @@ from tff_feddst.running import errors
 from tff_feddst.running import evaluation
 from tff_feddst.running import execution
 from tff_feddst.running import interruptions
+from tff_feddst.running import process_cache
 from tff_feddst.running import process_memory
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.running import training_flops
@@ -165,13 +166,20 @@ def _build_process(stack: contextlib.ExitStack,
   """The method's TFF process, or with --client_runtime=tflite the rounds
   of TFLite clients (`ondevice.tflite_rounds.TFLiteRounds`), which check
   for a stop request between clients and whose client pool, if any, ends
-  with `stack`."""
+  with `stack`. A TFF process is the one the previous run in this Python
+  process built, when that run's build was the same (`process_cache`)."""
   if settings.execution.client_runtime == 'tflite':
     from tff_feddst.ondevice import tflite_rounds  # pylint: disable=g-import-not-at-top
     return stack.enter_context(tflite_rounds.TFLiteRounds(
         settings, plan.model_fn, plan.initial_model, federated_data,
         check_interrupt=hooks.during_calls()))
-  return plan.build_process(element_spec)
+  key = process_cache.process_key(
+      settings.to_flag_lines(), element_spec, federated_data.client_ids,
+      [federated_data.num_train_examples(client_id)
+       for client_id in federated_data.client_ids],
+      plan.initial_model.weights)
+  return process_cache.built_process(
+      key, lambda: plan.build_process(element_spec))
 
 
 def _train(stack: contextlib.ExitStack,
