@@ -435,11 +435,11 @@ class ExperimentTest(tf.test.TestCase):
                          'number.')
 
   def test_resume_needs_a_checkpoint_and_changes_nothing(self):
-    config = small_config(self.data_dir, total_rounds=2, eval_every=1,
-                          checkpoint_every=1, tensorboard_dir='')
+    config, whole = self.whole_two_rounds()
     output_dir = os.path.join(self.create_tempdir().full_path, 'run')
-    experiment.run_experiment(config, output_dir)
-    # As if killed before round 1's checkpoint: no summary, no checkpoint.
+    shutil.copytree(whole, output_dir)
+    # As if killed before its first checkpoint (--checkpoint_every=10: the
+    # last round's, round 2's): no summary, no checkpoint.
     os.remove(os.path.join(output_dir, 'summary.json'))
     os.remove(os.path.join(output_dir, 'global_model.npz'))
     shutil.rmtree(os.path.join(output_dir, 'checkpoints'))
@@ -448,7 +448,7 @@ class ExperimentTest(tf.test.TestCase):
     with self.assertRaisesRegex(
         experiment.ConfigError,
         f'^--resume: the run in {output_dir} has no checkpoint to continue '
-        r'from: it stopped before its first checkpoint \(after round 1\); '
+        r'from: it stopped before its first checkpoint \(after round 2\); '
         'start it again without --resume'):
       experiment.run_experiment(config, output_dir, resume=True)
     self.assertCountEqual(os.listdir(output_dir), ['flags.txt', 'metrics.csv'])
@@ -516,10 +516,8 @@ class ExperimentTest(tf.test.TestCase):
     self.assertFalse(os.path.exists('/proc/feddst_tensorboard'))
 
   def test_empty_tensorboard_dir_writes_no_logs(self):
-    output_dir = os.path.join(self.create_tempdir().full_path, 'run')
-    experiment.run_experiment(
-        small_config(self.data_dir, total_rounds=1, tensorboard_dir=''),
-        output_dir)
+    config, output_dir = self.whole_two_rounds()
+    self.assertEqual(config.run.tensorboard_dir, '')
     self.assertCountEqual(os.listdir(output_dir),
                           run_files.RESULT_FILES + ('checkpoints',))
     self.assertFalse(os.path.exists(os.path.join(output_dir, 'tensorboard')))

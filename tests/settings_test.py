@@ -1,7 +1,9 @@
 """Tests for tff_feddst.running.settings and bin/experiment_flags.py."""
 
 import dataclasses
+import json
 import os
+import subprocess
 import sys
 
 from absl import flags
@@ -14,6 +16,7 @@ from tff_feddst.methods import registry
 from tff_feddst.networks import models
 from tff_feddst.process import encoding
 from tff_feddst.process import server_optimizers
+from tff_feddst.running import choices
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.sparse import masks
 from tff_feddst.sparse import schedules
@@ -220,6 +223,55 @@ class FlagRoundTripTest(parameterized.TestCase):
     self.assertEqual(settings.run.total_rounds,
                      settings_lib.RunSettings().total_rounds)
     self.assertEqual(timing, Timing(timed_rounds=4, sweep=(3, 4)))
+
+
+# Validates settings, lists every setting's choices and refuses one bad value
+# per group, then prints the TensorFlow modules that got imported.
+_VALIDATE_WITHOUT_TF = '''
+import json
+import sys
+from tff_feddst.data import datasets, federated, file_formats, partitions
+from tff_feddst.running import settings
+settings.ExperimentSettings().validate()
+settings.setting_choices()
+for flag, value in json.loads(sys.argv[1]):
+  try:
+    settings.ExperimentSettings.from_flat(**{flag: value}).validate()
+  except settings.ConfigError:
+    pass
+  else:
+    raise AssertionError(flag)
+print(sorted(name for name in sys.modules
+             if name.split('.')[0] in ('tensorflow', 'tensorflow_federated',
+                                       'keras', 'tf_keras')))
+'''
+
+
+class ValidationWithoutTensorflowTest(tf.test.TestCase):
+
+  def test_flags_are_checked_before_tensorflow_loads(self):
+    # A bad flag is refused in a fraction of a second: neither validation,
+    # nor the choices it checks against (`tff_feddst.choices`), nor the data
+    # modules a script imports for their errors load TensorFlow.
+    bad_values = [(flag, value) for _, flag, value in BAD_GROUP_VALUES]
+    result = subprocess.run(
+        [sys.executable, '-c', _VALIDATE_WITHOUT_TF, json.dumps(bad_values)],
+        capture_output=True, text=True, timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertEqual(result.stdout.strip(), '[]')
+
+  def test_the_implementing_modules_take_their_choices_from_choices(self):
+    self.assertIs(masks.GROW_SCORES, choices.GROW_SCORES)
+    self.assertIs(masks.INITIAL_MASKS, choices.INITIAL_MASKS)
+    self.assertIs(masks.READJUST_RULES, choices.READJUST_RULES)
+    self.assertIs(masks.SERVER_RULES, choices.SERVER_RULES)
+    self.assertIs(masks.MIN_VOTES_UNITS, choices.MIN_VOTES_UNITS)
+    self.assertIs(schedules.ANNEALINGS, choices.ANNEALINGS)
+    self.assertIs(encoding.VALUE_DTYPES, choices.VALUE_DTYPES)
+    self.assertIs(server_optimizers.SERVER_OPTIMIZERS,
+                  choices.SERVER_OPTIMIZERS)
+    self.assertEqual(tuple(models.MODEL_BUILDERS), choices.MODEL_NAMES)
 
 
 if __name__ == '__main__':

@@ -5,6 +5,8 @@ resume bit for bit, no pool process left behind, and the settings the
 TFLite runtime refuses."""
 
 import csv
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import time
 from absl.testing import parameterized
 import numpy as np
 
+from tff_feddst.ondevice import kept_model
 from tff_feddst.outputs import run_files
 from tff_feddst.running import errors
 from tff_feddst.running import settings as settings_lib
@@ -49,6 +52,13 @@ def metrics_without_timing(output_dir: str) -> list[list[str]]:
 def load_weights(output_dir: str):
   return run_files.load_model_weights(os.path.join(output_dir,
                                                    'global_model.npz'))
+
+
+def kept_model_file(output_dir: str) -> tuple[int, bytes]:
+  """The inode and the bytes of a run's kept `training.tflite`."""
+  path = os.path.join(output_dir, kept_model.MODEL_NAME)
+  with open(path, 'rb') as f:
+    return os.stat(path).st_ino, f.read()
 
 
 def session_processes(session_id: int, seconds: float = 10.0) -> list[int]:
@@ -130,11 +140,16 @@ class TFLiteRoundsTest(fixtures.FashionMnistSliceTestCase):
     cls.run_train('tflite', cls.tflite_dir)
     cls.stopped = cls.run_stopped(cls.stopped_dir)
     cls.stopped_rows = len(read_metrics(cls.stopped_dir))
+    # The kept training model's file before each resume, to tell whether
+    # the resume wrote it again: (inode, bytes).
+    cls.kept_before = {cls.stopped_dir: kept_model_file(cls.stopped_dir)}
     # Resumed with a pool: the pool's size may change on --resume.
     cls.run_train('tflite', cls.stopped_dir, '--resume', POOL)
     # Pooled from round 1 (so no separate whole pooled run is needed).
     cls.stopped_pool = cls.run_stopped(cls.stopped_pool_dir, POOL)
     cls.stopped_pool_rows = len(read_metrics(cls.stopped_pool_dir))
+    cls.kept_before[cls.stopped_pool_dir] = kept_model_file(
+        cls.stopped_pool_dir)
     cls.run_train('tflite', cls.stopped_pool_dir, '--resume', POOL)
 
   def assert_same_run(self, got_dir: str, want_dir: str) -> None:
@@ -197,6 +212,20 @@ class TFLiteRoundsTest(fixtures.FashionMnistSliceTestCase):
       self.assertIn('stopped by SIGTERM', stderr)
       self.assertLess(rows, NUM_ROUNDS)
       self.assert_same_run(stopped_dir, self.tflite_dir)
+
+  def test_a_resume_trains_with_the_kept_training_model(self):
+    # Each TFLite run keeps the model it converted; a resume took the kept
+    # one (the pool's size is no part of its record) and wrote nothing.
+    # The resumed runs' bits are the whole run's (test above).
+    for output_dir in (self.tflite_dir, *self.kept_before):
+      _, model = kept_model_file(output_dir)
+      self.assertEqual(model[4:8], b'TFL3')
+      with open(os.path.join(output_dir, kept_model.RECORD_NAME)) as f:
+        record = json.load(f)
+      self.assertEqual(record['sha256'], hashlib.sha256(model).hexdigest())
+    for stopped_dir, before in self.kept_before.items():
+      self.assertEqual(kept_model_file(stopped_dir), before)
+    self.assertNotIn(kept_model.MODEL_NAME, os.listdir(self.tf_dir))
 
   def test_no_process_is_left_behind(self):
     # After a normal end (each run), and after SIGTERM (serial, pooled).

@@ -19,10 +19,16 @@ import os
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from tff_feddst.data import file_formats
 from tff_feddst.data import normalized_images
+
+
+def _keras_datasets():
+  """`tf.keras.datasets`, imported only to download a missing data set
+  (loading TensorFlow takes seconds; reading files does not need it)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.keras.datasets
 
 DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
@@ -297,7 +303,7 @@ def load_mnist(data_dir: Optional[str] = None) -> Dataset:
       train, test = file_formats.read_mnist_npz(source)
     else:
       try:
-        train, test = tf.keras.datasets.mnist.load_data()
+        train, test = _keras_datasets().mnist.load_data()
       except Exception as error:  # Keras raises bare Exception on URL errors.
         raise file_formats.file_error(
             source, f'MNIST not found and downloading it failed ({error}); '
@@ -365,7 +371,7 @@ def load_cifar10(data_dir: Optional[str] = None) -> Dataset:
     else:
       try:
         (x_train, y_train), (x_test, y_test) = (
-            tf.keras.datasets.cifar10.load_data())
+            _keras_datasets().cifar10.load_data())
       except Exception as error:  # Keras raises bare Exception on URL errors.
         raise file_formats.file_error(
             folder, f'CIFAR-10 not found and downloading it failed ({error}); '
@@ -439,7 +445,7 @@ def load_cifar100(data_dir: Optional[str] = None) -> Dataset:
     else:
       try:
         (x_train, y_train), (x_test, y_test) = (
-            tf.keras.datasets.cifar100.load_data(label_mode='fine'))
+            _keras_datasets().cifar100.load_data(label_mode='fine'))
       except Exception as error:  # Keras raises bare Exception on URL errors.
         raise file_formats.file_error(
             folder, f'CIFAR-100 not found and downloading it failed '

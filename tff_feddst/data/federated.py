@@ -12,7 +12,6 @@ import collections
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from tff_feddst.data import datasets
 from tff_feddst.data import normalized_images
@@ -219,7 +218,10 @@ class FederatedData:
       per_client = self._test_indices
     else:
       raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+    import tensorflow_federated as tff
+    # pylint: enable=g-import-not-at-top
 
     # The graph needs float32 values: normalise uint8 pixels
     # (`NormalizedImages`) once here.

@@ -11,7 +11,9 @@ offending path:
   `read_emnist_split`).
 
 Where each data set keeps these files, and how its arrays are normalised,
-is `datasets`' business.
+is `datasets`' business. TensorFlow is imported only by the EMNIST readers
+that parse with it: the scripts import this module for `DataFileError`, and
+a bad flag must be refused before TensorFlow's seconds of loading.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import zlib
 from typing import Any, Mapping
 
 import numpy as np
-import tensorflow as tf
 
 # Federated EMNIST as TFF 0.87 stores it: one SQLite database, which TFF
 # downloads from `EMNIST_URL` and decompresses to `EMNIST_FILE` in its cache
@@ -258,12 +259,6 @@ def read_cifar_batch(
 # ---------------------------------------------------------------------------
 
 
-# How TFF's EMNIST loader parses each stored tf.train.Example
-# (tff.simulation.datasets.emnist._add_proto_parsing).
-_EMNIST_FEATURES = {
-    'pixels': tf.io.FixedLenFeature(shape=(28, 28), dtype=tf.float32),
-    'label': tf.io.FixedLenFeature(shape=(), dtype=tf.int64),
-}
 _EMNIST_ROWS_PER_CHUNK = 20_000
 
 
@@ -289,6 +284,13 @@ def read_emnist_split(
     DataFileError: If the split is empty, a proto does not parse as TFF's
       EMNIST example, or an example's client is not in `position_of`.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # How TFF's EMNIST loader parses each stored tf.train.Example
+  # (tff.simulation.datasets.emnist._add_proto_parsing).
+  emnist_features = {
+      'pixels': tf.io.FixedLenFeature(shape=(28, 28), dtype=tf.float32),
+      'label': tf.io.FixedLenFeature(shape=(), dtype=tf.int64),
+  }
   connection = sqlite3.connect(f'file:{path}?mode=ro', uri=True)
   try:
     (count,) = connection.execute(
@@ -315,7 +317,7 @@ def read_emnist_split(
             'the client_metadata table does not list') from error
       try:
         parsed = tf.io.parse_example(
-            tf.constant([bytes(proto) for _, proto in rows]), _EMNIST_FEATURES)
+            tf.constant([bytes(proto) for _, proto in rows]), emnist_features)
       except (tf.errors.InvalidArgumentError, TypeError) as error:
         message = getattr(error, 'message', str(error))
         raise file_error(

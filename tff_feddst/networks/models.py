@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_feddst.networks import pruning
+from tff_feddst.running import choices
 
 ModelFn = Callable[[], tf.keras.Model]
 
@@ -148,12 +149,8 @@ def emnist_conv2(seed: Optional[int] = None) -> tf.keras.Model:
   ], name='emnist_conv2')
 
 
-MODEL_BUILDERS = {
-    'mnist_net': mnist_net,
-    'cifar10_net': cifar10_net,
-    'cifar100_net': cifar100_net,
-    'emnist_conv2': emnist_conv2,
-}
+MODEL_BUILDERS = dict(zip(choices.MODEL_NAMES, (mnist_net, cifar10_net,
+                                                 cifar100_net, emnist_conv2)))
 
 
 def get_model_fn(name: str, seed: Optional[int] = None) -> ModelFn:

@@ -107,7 +107,8 @@ class TFLiteRounds:
   def __init__(self, settings: settings_lib.ExperimentSettings,
                model_fn: Callable[[], tf.keras.Model], initial_model: Any,
                federated_data: Any,
-               check_interrupt: Optional[Callable[[], None]] = None):
+               check_interrupt: Optional[Callable[[], None]] = None,
+               tflite_model: Optional[bytes] = None):
     """Builds the server and exports the clients' training model.
 
     Args:
@@ -120,6 +121,8 @@ class TFLiteRounds:
       check_interrupt: Called between clients (and, with a pool, while an
         upload is awaited); what it raises (a stop request) abandons the
         round.
+      tflite_model: The training model converted before from the same
+        settings and initial model (`kept_model`); None: convert it here.
     """
     client_config = model_setup.build_client_config(settings, initial_model)
     self._client_config = client_config
@@ -131,11 +134,13 @@ class TFLiteRounds:
     self._spec = payload_validation.payload_spec(
         initial_model.layout.kernel_shapes, initial_model.num_active,
         server.dense_shapes, server.upload_encoding)
-    client = tflite_client.TFLiteClient(
-        model_fn(), initial_model.layout, initial_model.num_active,
-        client_config, server.upload_encoding, server.download_encoding)
-    client.load_weights(initial_model.weights)
-    self.tflite_model = tflite_client.convert_client(client)
+    if tflite_model is None:
+      client = tflite_client.TFLiteClient(
+          model_fn(), initial_model.layout, initial_model.num_active,
+          client_config, server.upload_encoding, server.download_encoding)
+      client.load_weights(initial_model.weights)
+      tflite_model = tflite_client.convert_client(client)
+    self.tflite_model = tflite_model
     self._check_interrupt = check_interrupt
     self._clients = client_pool.client_runner(
         self.tflite_model, settings.execution.tflite_client_processes)

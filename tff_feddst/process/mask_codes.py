@@ -28,9 +28,11 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tff_feddst.running import choices
+
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
 
-MASK_CODES = ('bitmap', 'rice')
+MASK_CODES = choices.MASK_CODES
 
 
 def carries_mask(kernel_sizes: Sequence[int], num_active: Sequence[int],

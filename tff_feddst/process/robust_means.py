@@ -47,9 +47,10 @@ from typing import Any, NamedTuple, Sequence
 
 import tensorflow as tf
 
+from tff_feddst.running import choices
 from tff_feddst.sparse import exact_sum
 
-ROBUST_MEANS = ('mean', 'trimmed_mean', 'median')
+ROBUST_MEANS = choices.ROBUST_MEANS
 # floor(trim_fraction * k) is taken with this slack, so that e.g.
 # 0.3 * 10 (3.0000000000000004 in float64) and 0.29 * 100
 # (28.999999999999996) give 3 and 29.

@@ -48,10 +48,12 @@ from typing import Any, Optional, Sequence
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_feddst.running import choices
+
 # `sgd`/`sgdm`: the finalizer's momentum buffers; the rest: TFF optimizers.
-MOMENTUM_OPTIMIZERS = ('sgd', 'sgdm')
-ADAPTIVE_OPTIMIZERS = ('adam', 'yogi', 'adagrad')
-SERVER_OPTIMIZERS = MOMENTUM_OPTIMIZERS + ADAPTIVE_OPTIMIZERS
+MOMENTUM_OPTIMIZERS = choices.MOMENTUM_OPTIMIZERS
+ADAPTIVE_OPTIMIZERS = choices.ADAPTIVE_OPTIMIZERS
+SERVER_OPTIMIZERS = choices.SERVER_OPTIMIZERS
 
 
 def build_server_optimizer(name: str, learning_rate: float, beta_1: float,

@@ -10,7 +10,7 @@ run wrote.
 
 import contextlib
 import os
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from tff_feddst.data import client_files
 from tff_feddst.data import federated
@@ -162,24 +162,45 @@ def _build_process(stack: contextlib.ExitStack,
                    settings: settings_lib.ExperimentSettings,
                    plan: registry.MethodPlan,
                    federated_data: federated.FederatedData, element_spec,
-                   hooks: _RoundHooks):
+                   hooks: _RoundHooks, output_dir: str, resume: bool
+                   ) -> tuple[Any, Callable[[], None]]:
   """The method's TFF process, or with --client_runtime=tflite the rounds
   of TFLite clients (`ondevice.tflite_rounds.TFLiteRounds`), which check
   for a stop request between clients and whose client pool, if any, ends
-  with `stack`. A TFF process is the one the previous run in this Python
-  process built, when that run's build was the same (`process_cache`)."""
+  with `stack`.
+
+  A TFF process is the one the previous run in this Python process built,
+  when that run's build was the same (`process_cache`). A resumed TFLite
+  run trains with the model kept in `output_dir` when it was converted
+  from the same settings and code (`ondevice.kept_model`).
+
+  Returns:
+    `(process, keep)`: `keep()` writes what the run keeps of the build
+    (the TFLite training model, when it was converted here); call it once
+    the start files are written.
+  """
   if settings.execution.client_runtime == 'tflite':
-    from tff_feddst.ondevice import tflite_rounds  # pylint: disable=g-import-not-at-top
-    return stack.enter_context(tflite_rounds.TFLiteRounds(
+    # pylint: disable=g-import-not-at-top
+    from tff_feddst.ondevice import kept_model
+    from tff_feddst.ondevice import tflite_rounds
+    # pylint: enable=g-import-not-at-top
+    record = kept_model.conversion_record(settings,
+                                          plan.initial_model.weights)
+    kept = kept_model.load(output_dir, record) if resume else None
+    rounds = stack.enter_context(tflite_rounds.TFLiteRounds(
         settings, plan.model_fn, plan.initial_model, federated_data,
-        check_interrupt=hooks.during_calls()))
+        check_interrupt=hooks.during_calls(), tflite_model=kept))
+    if kept is not None:
+      return rounds, lambda: None
+    return rounds, lambda: kept_model.save(output_dir, rounds.tflite_model,
+                                           record)
   key = process_cache.process_key(
       settings.to_flag_lines(), element_spec, federated_data.client_ids,
       [federated_data.num_train_examples(client_id)
        for client_id in federated_data.client_ids],
       plan.initial_model.weights)
   return process_cache.built_process(
-      key, lambda: plan.build_process(element_spec))
+      key, lambda: plan.build_process(element_spec)), lambda: None
 
 
 def _train(stack: contextlib.ExitStack,
@@ -201,10 +222,11 @@ def _train(stack: contextlib.ExitStack,
   element_spec = training_loop.client_datasets(
       federated_data, federated_data.client_ids[:1],
       settings.client.client_batch_size, run.seed, 0)[0].element_spec
-  process = _build_process(stack, settings, plan, federated_data,
-                           element_spec, hooks)
+  process, keep_build = _build_process(stack, settings, plan, federated_data,
+                                       element_spec, hooks, output_dir, resume)
   # The run can start: from here on, files are written.
   run_files.write_start_files(settings, output_dir, plan.start_files, resume)
+  keep_build()
   files = (stack.enter_context(client_files.ClientFiles(federated_data))
            if workers_are_local else None)
   if tensorboard_dir:

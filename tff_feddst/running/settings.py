@@ -20,6 +20,8 @@ import os
 import typing
 from typing import Any, Callable, Optional, Union
 
+from tff_feddst.process import payload_encoding
+from tff_feddst.running import choices
 from tff_feddst.running import errors
 from tff_feddst.running import setting_checks
 
@@ -90,8 +92,7 @@ def _data_distributions() -> tuple[str, ...]:
 
 
 def _model_names() -> tuple[str, ...]:
-  from tff_feddst.networks import models  # pylint: disable=g-import-not-at-top
-  return tuple(models.MODEL_BUILDERS)
+  return choices.MODEL_NAMES
 
 
 def _sparsity_distributions() -> tuple[str, ...]:
@@ -100,30 +101,25 @@ def _sparsity_distributions() -> tuple[str, ...]:
 
 
 def _mask_choices(name: str) -> Callable[[], tuple[str, ...]]:
-  def choices():
-    from tff_feddst.sparse import masks  # pylint: disable=g-import-not-at-top
-    return getattr(masks, name)
-  return choices
+  def names():
+    return getattr(choices, name)
+  return names
 
 
 def _annealings() -> tuple[str, ...]:
-  from tff_feddst.sparse import schedules  # pylint: disable=g-import-not-at-top
-  return schedules.ANNEALINGS
+  return choices.ANNEALINGS
 
 
 def _value_dtypes() -> tuple[str, ...]:
-  from tff_feddst.process import encoding  # pylint: disable=g-import-not-at-top
-  return encoding.VALUE_DTYPES
+  return choices.VALUE_DTYPES
 
 
 def _robust_means() -> tuple[str, ...]:
-  from tff_feddst.process import robust_means  # pylint: disable=g-import-not-at-top
-  return robust_means.ROBUST_MEANS
+  return choices.ROBUST_MEANS
 
 
 def _server_optimizers() -> tuple[str, ...]:
-  from tff_feddst.process import server_optimizers  # pylint: disable=g-import-not-at-top
-  return server_optimizers.SERVER_OPTIMIZERS
+  return choices.SERVER_OPTIMIZERS
 
 
 def _method_names() -> tuple[str, ...]:
@@ -390,16 +386,15 @@ class CommunicationSettings(_Group):
       ConfigError: For an unknown encoding or a download that leaves masks
         out.
     """
-    from tff_feddst.process import encoding  # pylint: disable=g-import-not-at-top
     parsed = []
     for flag in ('upload_encoding', 'download_encoding'):
       name = getattr(self, flag)
       try:
-        parsed.append(encoding.PayloadEncoding.parse(name))
+        parsed.append(payload_encoding.PayloadEncoding.parse(name))
       except ValueError as error:
         raise ConfigError(
-            f'--{flag}={name!r} is invalid: expected {encoding.GRAMMAR} '
-            f'({error})') from error
+            f'--{flag}={name!r} is invalid: expected '
+            f'{payload_encoding.GRAMMAR} ({error})') from error
     upload, download = parsed
     if download.masks_only_when_changed:
       raise ConfigError(

@@ -17,24 +17,21 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tff_feddst.running import choices
+
 # Second word of the stateless seed derived from a scalar seed, so that the
 # mask stream does not coincide with other users of the same scalar seed.
 _RANDOM_MASK_SEED_SALT = 0x6665_6464  # b'fedd'.
 
 Count = int | tf.Tensor
 
-# The names of the mask rules a run chooses from (kept here, in a module
-# without TFF, so that flag definitions can list them cheaply).
-INITIAL_MASKS = ('random', 'magnitude')  # `random_mask`, or `top_k_mask`.
-# Gradient summed, of the last batch before the last step, or of the last
-# batch recomputed after it (the reference).
-GROW_SCORES = ('accumulated', 'last_batch', 'last_batch_after_step')
-READJUST_RULES = ('feddst', 'reference')  # `readjust`, `readjust_reference`.
-# The server's next mask: `server_reprune`, or `server_reprune_reference`.
-SERVER_RULES = ('feddst', 'reference')
-# What --min_votes counts: holders (>=), or their summed aggregation weights
-# (>, the authors' threshold on train-size-weighted votes).
-MIN_VOTES_UNITS = ('clients', 'weight')
+# The names of the mask rules a run chooses from (`choices` says what each
+# one is).
+INITIAL_MASKS = choices.INITIAL_MASKS
+GROW_SCORES = choices.GROW_SCORES
+READJUST_RULES = choices.READJUST_RULES
+SERVER_RULES = choices.SERVER_RULES
+MIN_VOTES_UNITS = choices.MIN_VOTES_UNITS
 
 
 class ReadjustResult(NamedTuple):

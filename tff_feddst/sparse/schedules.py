@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-COSINE = 'cosine'
-CONSTANT = 'constant'
-ANNEALINGS = (COSINE, CONSTANT)
+from tff_feddst.running import choices
+
+ANNEALINGS = choices.ANNEALINGS
+COSINE, CONSTANT = ANNEALINGS
 
 Round = int | tf.Tensor
 
