@@ -68,6 +68,15 @@ def main(argv):
       sys.exit(f'{prog}: error: --{given[0]} cannot be combined with '
                '--checkpoint: the run\'s flags.txt decides.')
 
+  config = None
+  if not FLAGS.checkpoint:
+    # Bad settings are refused before TensorFlow loads (seconds).
+    config = experiment_flags.settings_from_flags(only=SETTING_FLAGS)
+    try:
+      config.validate()
+    except settings_lib.ConfigError as error:
+      sys.exit(f'{prog}: error: {error}')
+
   if not FLAGS['verbosity'].present:
     # SavedModel export logs every step at INFO; keep the output to results.
     logging.set_verbosity(logging.WARNING)
@@ -81,7 +90,6 @@ def main(argv):
     if FLAGS.checkpoint:
       result = tflite_export.export_checkpoint(FLAGS.checkpoint, FLAGS.output)
     else:
-      config = experiment_flags.settings_from_flags(only=SETTING_FLAGS)
       result = tflite_export.export_initial(config, FLAGS.output)
   except (tflite_export.ExportError, settings_lib.ConfigError) as error:
     sys.exit(f'{prog}: error: {error}')

@@ -58,6 +58,7 @@ import tensorflow_federated as tff
 
 from tff_feddst.networks import models
 from tff_feddst.process import encoding
+from tff_feddst.running import choices
 from tff_feddst.sparse import exact_sum
 from tff_feddst.sparse import masks as mask_lib
 
@@ -129,18 +130,13 @@ class ClientConfig:
       raise ValueError(
           f'readjust_after_epochs must be in (-num_epochs, num_epochs] with '
           f'num_epochs={self.num_epochs}, got {self.readjust_after_epochs}.')
-    if self.grow_score not in GROW_SCORES:
-      raise ValueError(f'grow_score must be one of {GROW_SCORES}, got '
-                       f'{self.grow_score!r}.')
-    if self.readjust_rule not in READJUST_RULES:
-      raise ValueError(f'readjust_rule must be one of {READJUST_RULES}, got '
-                       f'{self.readjust_rule!r}.')
+    choices.check('grow_score', self.grow_score, GROW_SCORES)
+    choices.check('readjust_rule', self.readjust_rule, READJUST_RULES)
     if self.value_dtype not in ('float32', 'float16'):
       raise ValueError(f'value_dtype must be float32 or float16, got '
                        f'{self.value_dtype!r}.')
-    if self.readjust_counter not in READJUST_COUNTERS:
-      raise ValueError(f'readjust_counter must be one of {READJUST_COUNTERS}, '
-                       f'got {self.readjust_counter!r}.')
+    choices.check('readjust_counter', self.readjust_counter,
+                  READJUST_COUNTERS)
     if self.readjust_counter_begin < 0 or self.readjust_counter_interval < 1:
       raise ValueError(
           'readjust_counter_begin must be >= 0 and readjust_counter_interval '

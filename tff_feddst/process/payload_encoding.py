@@ -39,12 +39,8 @@ class PayloadEncoding:
   omit_dense_masks: bool = True
 
   def __post_init__(self):
-    if self.value_dtype not in VALUE_DTYPES:
-      raise ValueError(f'value_dtype must be one of {VALUE_DTYPES}, got '
-                       f'{self.value_dtype!r}.')
-    if self.mask_code not in MASK_CODES:
-      raise ValueError(f'mask_code must be one of {MASK_CODES}, '
-                       f'got {self.mask_code!r}.')
+    choices.check('value_dtype', self.value_dtype, VALUE_DTYPES)
+    choices.check('mask_code', self.mask_code, MASK_CODES)
 
   @property
   def is_bitmap_payload(self) -> bool:

@@ -42,3 +42,18 @@ SERVER_OPTIMIZERS = MOMENTUM_OPTIMIZERS + ADAPTIVE_OPTIMIZERS
 
 # Models (`networks.models.MODEL_BUILDERS`, in this order).
 MODEL_NAMES = ('mnist_net', 'cifar10_net', 'cifar100_net', 'emnist_conv2')
+
+
+def check(name: str, value: str, accepted: tuple[str, ...]) -> None:
+  """Refuses a value outside its choices.
+
+  Args:
+    name: What the value is (e.g. 'grow_score'), for the message.
+    value: The value given.
+    accepted: The names accepted (one of this module's tuples).
+
+  Raises:
+    ValueError: '<name> must be one of <accepted>, got <value>.'
+  """
+  if value not in accepted:
+    raise ValueError(f'{name} must be one of {accepted}, got {value!r}.')
