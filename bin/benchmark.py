@@ -23,14 +23,14 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import cli  # pylint: disable=g-bad-import-order
 
 import experiment_flags  # pylint: disable=g-bad-import-order
-from tff_feddst.benchmarks import benchmarking
+from tff_feddst.benchmarks import benchmark_config
 from tff_feddst.data import file_formats
 from tff_feddst.running import settings as settings_lib
 
 # Every training setting, with the benchmark's defaults where they differ,
 # and the timing settings.
-experiment_flags.define_flags(defaults=benchmarking.BENCHMARK_DEFAULTS)
-experiment_flags.define_flags(benchmarking.TimingSettings)
+experiment_flags.define_flags(defaults=benchmark_config.BENCHMARK_DEFAULTS)
+experiment_flags.define_flags(benchmark_config.TimingSettings)
 flags.DEFINE_string('json_output', None,
                     'Also write the full result as JSON here (a new file).')
 flags.DEFINE_bool('message_bytes_only', False,
@@ -41,11 +41,19 @@ flags.DEFINE_bool('message_bytes_only', False,
 FLAGS = flags.FLAGS
 
 
-def config_from_flags() -> benchmarking.BenchmarkConfig:
+def config_from_flags() -> benchmark_config.BenchmarkConfig:
   """Turns the flags into a `BenchmarkConfig`."""
-  return benchmarking.BenchmarkConfig(
+  return benchmark_config.BenchmarkConfig(
       experiment=experiment_flags.settings_from_flags(),
-      timing=experiment_flags.settings_from_flags(benchmarking.TimingSettings))
+      timing=experiment_flags.settings_from_flags(benchmark_config.TimingSettings))
+
+
+def check_flags() -> None:
+  """Refuses bad settings before TensorFlow loads."""
+  try:
+    config_from_flags()
+  except ValueError as error:
+    sys.exit(f'benchmark.py: error: {error}')
 
 
 def main(argv):
@@ -59,6 +67,8 @@ def main(argv):
     config = config_from_flags()
   except ValueError as error:
     sys.exit(f'benchmark.py: error: {error}')
+  # TensorFlow loads only now that the settings are known to be good.
+  from tff_feddst.benchmarks import benchmarking  # pylint: disable=g-import-not-at-top
   log = lambda line: print(line, file=sys.stderr, flush=True)
   try:
     if FLAGS.message_bytes_only:
@@ -76,4 +86,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, check_flags)

@@ -9,7 +9,7 @@ exit code 1; Ctrl-C is `<program>: interrupted[; <what now>]`, exit code 130.
 
 import os
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 from absl import flags
 
@@ -100,12 +100,47 @@ def _exit_now(code: int) -> None:
   os._exit(code)  # pylint: disable=protected-access
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """`absl.app.run(main)` with one-line flag and run-time errors."""
+def _flags_parser(check_flags: Optional[Callable[[], None]],
+                  uses_tensorflow: bool) -> Callable[[list[str]], list[str]]:
+  """`one_line_flags_parser`, then `check_flags()`, then TensorFlow's import.
+
+  TensorFlow is imported here, while absl is still setting up, because
+  Keras builds no functional models when TensorFlow is first imported after
+  `absl.app.run` has finished its set-up (inside `main`): `tf.keras.Input`
+  then gives a graph placeholder, not a KerasTensor, and every Sequential
+  model with an input shape fails ('Output tensors of a Sequential model
+  must be the output of a TensorFlow Layer'; Keras 2.14, found with a
+  four-line script). Until then the scripts loaded TensorFlow on import, so
+  that even a bad flag took its seconds of loading.
+  """
+  def parse(argv: list[str]) -> list[str]:
+    args = one_line_flags_parser(argv)
+    if check_flags is not None:
+      check_flags()
+    if uses_tensorflow:
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    return args
+  return parse
+
+
+def run(main: Callable[[list[str]], None],
+        check_flags: Optional[Callable[[], None]] = None,
+        uses_tensorflow: bool = True) -> None:
+  """`absl.app.run(main)` with one-line flag and run-time errors.
+
+  Args:
+    main: The script's `main(argv)`.
+    check_flags: Checks the parsed flags' values without TensorFlow and
+      exits with a one-line error on a bad one (so that it is refused in a
+      fraction of a second); None: `main` checks them.
+    uses_tensorflow: Whether `main` builds Keras models: TensorFlow is then
+      imported once the flags are checked (see `_flags_parser`).
+  """
   from absl import app  # pylint: disable=g-import-not-at-top
   try:
     try:
-      app.run(reporting_errors(main), flags_parser=one_line_flags_parser)
+      app.run(reporting_errors(main),
+              flags_parser=_flags_parser(check_flags, uses_tensorflow))
     except KeyboardInterrupt:  # While parsing flags, before main.
       interrupted(_program(sys.argv))
   except SystemExit as exit_request:

@@ -52,6 +52,16 @@ experiment_flags.define_flags(only=SETTING_FLAGS)
 FLAGS = flags.FLAGS
 
 
+def check_flags() -> None:
+  """Refuses bad settings of a fresh export before TensorFlow loads."""
+  if FLAGS.checkpoint or FLAGS.list_ops:
+    return
+  try:
+    experiment_flags.settings_from_flags(only=SETTING_FLAGS).validate()
+  except settings_lib.ConfigError as error:
+    sys.exit(f'export_tflite.py: error: {error}')
+
+
 def main(argv):
   prog = 'export_tflite.py'
   if len(argv) > 1:
@@ -68,15 +78,6 @@ def main(argv):
       sys.exit(f'{prog}: error: --{given[0]} cannot be combined with '
                '--checkpoint: the run\'s flags.txt decides.')
 
-  config = None
-  if not FLAGS.checkpoint:
-    # Bad settings are refused before TensorFlow loads (seconds).
-    config = experiment_flags.settings_from_flags(only=SETTING_FLAGS)
-    try:
-      config.validate()
-    except settings_lib.ConfigError as error:
-      sys.exit(f'{prog}: error: {error}')
-
   if not FLAGS['verbosity'].present:
     # SavedModel export logs every step at INFO; keep the output to results.
     logging.set_verbosity(logging.WARNING)
@@ -90,6 +91,7 @@ def main(argv):
     if FLAGS.checkpoint:
       result = tflite_export.export_checkpoint(FLAGS.checkpoint, FLAGS.output)
     else:
+      config = experiment_flags.settings_from_flags(only=SETTING_FLAGS)
       result = tflite_export.export_initial(config, FLAGS.output)
   except (tflite_export.ExportError, settings_lib.ConfigError) as error:
     sys.exit(f'{prog}: error: {error}')
@@ -144,4 +146,4 @@ def list_ops(prog: str, path: str) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, check_flags)

@@ -156,4 +156,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('step')
-  cli.run(main)
+  cli.run(main, uses_tensorflow=False)

@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 import experiment_flags  # pylint: disable=g-bad-import-order
+from tff_feddst.benchmarks import benchmark_config
 from tff_feddst.benchmarks import benchmarking
 from tff_feddst.benchmarks import plain_loop
 from tff_feddst.data import client_files
@@ -57,7 +58,7 @@ from tff_feddst.process import upload_screening
 from tff_feddst.running import evaluation
 from tff_feddst.running import execution
 
-experiment_flags.define_flags(defaults=benchmarking.BENCHMARK_DEFAULTS)
+experiment_flags.define_flags(defaults=benchmark_config.BENCHMARK_DEFAULTS)
 flags.DEFINE_integer('profile_rounds', 2, 'Rounds timed by phase, after one '
                      'warm-up round.')
 flags.DEFINE_integer('client_parts_reps', 3, 'Runs of each part of one '
@@ -242,9 +243,9 @@ def main(argv):
   # The workers' kernels, before TensorFlow's first op.
   execution.use_bit_exact_kernels()
   try:
-    config = benchmarking.BenchmarkConfig(
+    config = benchmark_config.BenchmarkConfig(
         experiment=experiment_flags.settings_from_flags(),
-        timing=benchmarking.TimingSettings(sweep_clients_per_round=()))
+        timing=benchmark_config.TimingSettings(sweep_clients_per_round=()))
   except ValueError as error:
     sys.exit(f'profile_round.py: error: {error}')
   setup = benchmarking._Setup(config)  # pylint: disable=protected-access

@@ -74,6 +74,14 @@ def _lost_worker_message(error: interruptions.Interrupted) -> str:
           f'{error.completed_round} saved; {_how_to_continue(error)}')
 
 
+def check_flags() -> None:
+  """Refuses a bad setting before TensorFlow loads."""
+  try:
+    experiment_flags.config_from_flags().validate()
+  except experiment.ConfigError as error:
+    sys.exit(f'train.py: error: {error}')
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'train.py: error: unexpected arguments {argv[1:]}; all '
@@ -105,4 +113,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, check_flags)

@@ -7,6 +7,7 @@ import sys
 
 import tensorflow as tf
 
+from tff_feddst.benchmarks import benchmark_config
 from tff_feddst.benchmarks import benchmarking
 from tests import fixtures
 
@@ -75,7 +76,7 @@ class BenchmarkTest(fixtures.FashionMnistSliceTestCase):
     self.assertTrue(result['agreement']['upload_bytes_equal'])
     self.assertIn('mask_positions_differing', result['agreement'])
     self.assertEqual([m['encoding'] for m in result['message_bytes']],
-                     list(benchmarking.TimingSettings().report_encodings))
+                     list(benchmark_config.TimingSettings().report_encodings))
     bitmap = result['message_bytes'][0]
     # MNIST net at S = 0.8: the README's 242,413 bytes plus the weight (the
     # dense last layer's 500 positions carry no mask bits).

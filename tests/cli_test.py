@@ -4,6 +4,7 @@ import contextlib
 import errno
 import io
 import os
+import subprocess
 import sys
 
 import tensorflow as tf
@@ -60,6 +61,55 @@ class ReportingErrorsTest(tf.test.TestCase):
     with self.assertRaises(ZeroDivisionError):
       cli.reporting_errors(main)(['train.py'])
 
+
+# A script run through cli.run: --value=bad fails check_flags; otherwise main
+# builds a Keras Sequential model with an input shape and prints the type of
+# its output, and which modules were loaded when check_flags ran.
+_SCRIPT = """
+import sys
+sys.path[:0] = %r
+from absl import flags
+import cli
+flags.DEFINE_string('value', 'good', '')
+loaded_at_check = []
+
+def check_flags():
+  loaded_at_check.append('tensorflow' in sys.modules)
+  if flags.FLAGS.value == 'bad':
+    sys.exit('script.py: error: --value=bad is invalid')
+
+def main(argv):
+  import tensorflow as tf
+  model = tf.keras.Sequential([tf.keras.layers.InputLayer((4, 4, 1)),
+                               tf.keras.layers.Conv2D(2, 3, activation='relu'),
+                               tf.keras.layers.Flatten()])
+  print(type(model.output).__name__, loaded_at_check)
+
+cli.run(main, check_flags)
+"""
+
+
+class RunTest(tf.test.TestCase):
+
+  def run_script(self, *args: str):
+    script = os.path.join(self.create_tempdir().full_path, 'script.py')
+    with open(script, 'w') as f:
+      f.write(_SCRIPT % [ROOT, os.path.join(ROOT, 'bin')])
+    return subprocess.run([sys.executable, script, *args],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+
+  def test_flags_are_checked_before_tensorflow_and_keras_still_works(self):
+    # TensorFlow imported inside main, after absl's set-up, would make
+    # Keras build graph placeholders instead of KerasTensors, and this
+    # Sequential model would fail (see cli._flags_parser).
+    result = self.run_script()
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertEqual(result.stdout.strip(), 'KerasTensor [False]')
+    result = self.run_script('--value=bad')
+    self.assertEqual(result.returncode, 1)
+    self.assertEqual(result.stderr.strip(),
+                     'script.py: error: --value=bad is invalid')
 
 if __name__ == '__main__':
   tf.test.main()

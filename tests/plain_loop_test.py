@@ -204,21 +204,5 @@ class UploadHookTest(tf.test.TestCase):
       self.assertEqual(doubled_metrics[f'rejected_{kind}'], 0)
 
 
-class UnsupportedServerSettingTest(tf.test.TestCase):
-
-  def test_names_the_first_setting_the_loop_lacks(self):
-    settings = settings_lib.ExperimentSettings.from_flat
-    self.assertIsNone(plain_loop.unsupported_server_setting(
-        settings().server))
-    self.assertEqual(
-        plain_loop.unsupported_server_setting(
-            settings(server_rule='reference').server),
-        ('server_rule', 'reference', 'feddst'))
-    self.assertEqual(
-        plain_loop.unsupported_server_setting(
-            settings(server_optimizer='adam', min_votes_unit='weight').server),
-        ('server_optimizer', 'adam', 'sgd'))
-
-
 if __name__ == '__main__':
   tf.test.main()

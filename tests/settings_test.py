@@ -17,6 +17,7 @@ from tff_feddst.networks import models
 from tff_feddst.process import encoding
 from tff_feddst.process import server_optimizers
 from tff_feddst.running import choices
+from tff_feddst.running import setting_checks
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.sparse import masks
 from tff_feddst.sparse import schedules
@@ -223,6 +224,22 @@ class FlagRoundTripTest(parameterized.TestCase):
     self.assertEqual(settings.run.total_rounds,
                      settings_lib.RunSettings().total_rounds)
     self.assertEqual(timing, Timing(timed_rounds=4, sweep=(3, 4)))
+
+
+class UnsupportedServerSettingTest(tf.test.TestCase):
+
+  def test_names_the_first_setting_the_loop_lacks(self):
+    settings = settings_lib.ExperimentSettings.from_flat
+    self.assertIsNone(setting_checks.unsupported_plain_server_setting(
+        settings().server))
+    self.assertEqual(
+        setting_checks.unsupported_plain_server_setting(
+            settings(server_rule='reference').server),
+        ('server_rule', 'reference', 'feddst'))
+    self.assertEqual(
+        setting_checks.unsupported_plain_server_setting(
+            settings(server_optimizer='adam', min_votes_unit='weight').server),
+        ('server_optimizer', 'adam', 'sgd'))
 
 
 # Validates settings, lists every setting's choices and refuses one bad value

@@ -41,6 +41,7 @@ from tff_feddst.running import client_sampling
 from tff_feddst.running import errors
 from tff_feddst.running import evaluation
 from tff_feddst.running import experiment
+from tff_feddst.running import setting_checks
 from tff_feddst.running import settings as settings_lib
 
 CLEAN = 'clean'  # The run without a hostile client.
@@ -170,7 +171,8 @@ def check_settings(settings: settings_lib.ExperimentSettings) -> None:
         f'--readjust_counter={settings.readjustment.readjust_counter} is not '
         'run by the plain loop (its clients keep no lifetime epoch count); '
         'expected round.')
-  unsupported = plain_loop.unsupported_server_setting(settings.server)
+  unsupported = setting_checks.unsupported_plain_server_setting(
+      settings.server)
   if unsupported:
     name, value, supported = unsupported
     hint = (' (with --server_momentum for momentum)'

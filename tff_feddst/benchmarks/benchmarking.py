@@ -31,7 +31,6 @@ clients concurrently) gets a larger share of the cores; CPU seconds and the
 ratios measured in one process are the numbers to compare.
 """
 
-import dataclasses
 import json
 import resource
 import time
@@ -41,6 +40,7 @@ import numpy as np
 import psutil
 import tensorflow as tf
 
+from tff_feddst.benchmarks import benchmark_config
 from tff_feddst.benchmarks import plain_loop
 from tff_feddst.benchmarks import sparse_dense
 from tff_feddst.data import client_files
@@ -54,113 +54,7 @@ from tff_feddst.process import encoding
 from tff_feddst.running import evaluation
 from tff_feddst.running import execution
 from tff_feddst.running import experiment
-from tff_feddst.running import settings as settings_lib
 from tff_feddst.running import training_loop
-
-
-# The benchmark's defaults where they differ from a training run's: the
-# paper's MNIST setting, readjusting every other round with a constant ratio
-# (`bin/benchmark.py` uses them as its flag defaults).
-BENCHMARK_DEFAULTS = {
-    'model': 'mnist_net',
-    'data_distribution': 'iid',
-    'clients_per_round': 20,
-    'client_epochs_per_round': 5,
-    'drop_fraction': 0.3,
-    'rounds_between_readjustments': 2,
-    'annealing': 'constant',
-    # Readjust every R rounds for as long as the benchmark runs.
-    'annealing_end_round': 10**6,
-    'upload_encoding': 'float32+bitmap',
-    'download_encoding': 'float32+bitmap',
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class TimingSettings:
-  """How the benchmark times rounds (besides the experiment's settings)."""
-  warmup_rounds: int = settings_lib.setting(
-      1, 'Untimed rounds before the timed ones (tracing, first-call costs).')
-  timed_rounds: int = settings_lib.setting(4, 'Timed rounds.')
-  sweep_clients_per_round: tuple[int, ...] = settings_lib.setting(
-      (5, 10, 20, 40), 'Clients per round of the sweep (empty: no sweep).')
-  sweep_rounds: int = settings_lib.setting(
-      2, 'Timed rounds per sweep point (from the initial model).')
-  sparse_dense_rounds: int = settings_lib.setting(
-      2, 'Timed plain rounds of FedDST and of dense FedAvg (S=0) each, '
-      'alternating after --warmup_rounds, for sparse_to_dense_round_ratio '
-      '(0: not measured).')
-  max_concurrent_computation_calls: int = settings_lib.setting(
-      0, 'TFF worker concurrency limit (0: one call per CPU, as bin/train.py '
-      'runs; < 0: none).')
-  report_encodings: tuple[str, ...] = settings_lib.setting(
-      ('float32+bitmap', 'float16+bitmap', 'float32+bitmap+changed_masks_only',
-       'float32+rice', 'float16+rice', 'float32+rice+changed_masks_only',
-       'float16+rice+changed_masks_only'),
-      'Encodings whose upload sizes are reported, measured on a real client '
-      'upload after the timed rounds.')
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchmarkConfig:
-  """What to benchmark: an experiment's settings plus timing settings.
-
-  The TFF path runs FedDST (`fed_dst.build_fed_dst`) with the experiment's
-  model, client, readjustment and encoding settings on an iid (by default)
-  split; both paths start from the model training builds
-  (`model_setup.build_model`).
-
-  Attributes:
-    experiment: The run's settings (`benchmark_settings` gives the
-      benchmark's defaults).
-    timing: What to time.
-  """
-  experiment: settings_lib.ExperimentSettings
-  timing: TimingSettings = dataclasses.field(default_factory=TimingSettings)
-
-  def __post_init__(self):
-    timing, run = self.timing, self.experiment.run
-    if timing.warmup_rounds < 0 or timing.timed_rounds < 1:
-      raise ValueError('warmup_rounds must be >= 0 and timed_rounds >= 1.')
-    if timing.sparse_dense_rounds < 0:
-      raise ValueError('sparse_dense_rounds must be >= 0, got '
-                       f'{timing.sparse_dense_rounds}.')
-    if timing.sweep_rounds < 1:
-      raise ValueError(f'sweep_rounds must be >= 1, got {timing.sweep_rounds}.')
-    total_clients = self.experiment.data.total_clients
-    for count in (run.clients_per_round,) + tuple(
-        timing.sweep_clients_per_round):
-      if not 1 <= count <= total_clients:
-        raise ValueError(f'clients per round must be in [1, total_clients='
-                         f'{total_clients}], got {count}.')
-    for name in timing.report_encodings:
-      encoding.PayloadEncoding.parse(name)  # Raises ValueError if bad.
-    # As a run checks them: a ConfigError naming the flag.
-    self.experiment.validate()
-    # Timed against the plain loop, which has only some server settings.
-    unsupported = plain_loop.unsupported_server_setting(self.experiment.server)
-    if unsupported:
-      name, value, supported = unsupported
-      raise ValueError(f'--{name}={value} is not benchmarked; expected '
-                       f'{supported}.')
-
-  def flat(self) -> dict[str, Any]:
-    """Every setting by flag name (the result's `config`)."""
-    return {**self.experiment.flat(), **dataclasses.asdict(self.timing)}
-
-
-def benchmark_settings(**values: Any) -> BenchmarkConfig:
-  """A `BenchmarkConfig` from flag names; unset ones take the benchmark's
-  defaults (`BENCHMARK_DEFAULTS`, else a run's and `TimingSettings`')."""
-  timing_names = {field.name for field in dataclasses.fields(TimingSettings)}
-  experiment_values = {**BENCHMARK_DEFAULTS, **{
-      name: value for name, value in values.items()
-      if name not in timing_names}}
-  return BenchmarkConfig(
-      experiment=settings_lib.ExperimentSettings.from_flat(
-          **experiment_values),
-      timing=TimingSettings(**{name: value for name, value in values.items()
-                               if name in timing_names}))
 
 
 def peak_rss_mb() -> dict[str, float]:
@@ -243,7 +137,7 @@ def _ratio(numerator: Optional[float],
 class _Setup:
   """Data, model, schedule and client settings shared by both paths."""
 
-  def __init__(self, config: BenchmarkConfig):
+  def __init__(self, config: benchmark_config.BenchmarkConfig):
     settings = config.experiment.resolved()
     self.federated_data = experiment.load_federated_data(settings)
     # The model training starts from (`model_setup.build_model`).
@@ -304,7 +198,7 @@ def _readjust_fn(trainer: client_work.ClientTrainer
   return readjust
 
 
-def run_benchmark(config: BenchmarkConfig,
+def run_benchmark(config: benchmark_config.BenchmarkConfig,
                   log: Optional[Callable[[str], None]] = None
                   ) -> dict[str, Any]:
   """Times TFF and plain rounds, phases and a clients-per-round sweep.
@@ -768,7 +662,7 @@ def format_message_bytes(result: dict[str, Any]) -> list[str]:
   return lines
 
 
-def measure_message_bytes(config: BenchmarkConfig,
+def measure_message_bytes(config: benchmark_config.BenchmarkConfig,
                           log: Optional[Callable[[str], None]] = None
                           ) -> dict[str, Any]:
   """Upload sizes of a real client update, with nothing timed (no TFF).

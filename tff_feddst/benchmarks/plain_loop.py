@@ -59,7 +59,6 @@ from tff_feddst.process import robust_means
 from tff_feddst.process import sum_factory
 from tff_feddst.process import upload_binding
 from tff_feddst.process import upload_screening
-from tff_feddst.running import setting_checks
 from tff_feddst.sparse import exact_sum
 
 # Phase names, in round order.
@@ -69,28 +68,9 @@ AGGREGATION = 'aggregation'
 SERVER_UPDATE = 'server_update'
 PHASES = (BROADCAST, CLIENT_UPDATE, AGGREGATION, SERVER_UPDATE)
 
-# Server settings the plain loop has only at these values: it steps the
-# server with SGD (and momentum) and re-prunes by the FedDST rule.
-SERVER_SETTINGS = setting_checks.PLAIN_SERVER_SETTINGS
 # The finalizer's measurements of the mask's movement
 # (`server_step.mask_movement`) that `PlainServer.server_update` reports.
 MASK_MOVEMENT_KEYS = metrics_csv.MASK_MOVEMENT_COLUMNS
-
-
-def unsupported_server_setting(server: Any) -> Optional[tuple[str, Any, str]]:
-  """The first server setting the plain loop cannot run, if any.
-
-  Args:
-    server: A run's server settings (`settings.ServerSettings`).
-
-  Returns:
-    `(flag name, its value, the value the plain loop runs)`, or None.
-  """
-  for name, supported in SERVER_SETTINGS:
-    value = getattr(server, name)
-    if value != supported:
-      return name, value, supported
-  return None
 
 
 class PhaseTimer:

@@ -140,6 +140,23 @@ PLAIN_SERVER_SETTINGS = (('server_optimizer', 'sgd'), ('server_rule', 'feddst'),
                          ('min_votes_unit', 'clients'))
 
 
+def unsupported_plain_server_setting(
+    server: Any) -> Optional[tuple[str, Any, str]]:
+  """The first server setting `plain_loop.PlainServer` cannot run, if any.
+
+  Args:
+    server: A run's server settings (`settings.ServerSettings`).
+
+  Returns:
+    `(flag name, its value, the value the plain server runs)`, or None.
+  """
+  for name, supported in PLAIN_SERVER_SETTINGS:
+    value = getattr(server, name)
+    if value != supported:
+      return name, value, supported
+  return None
+
+
 def check_tflite_runtime(settings: Any) -> None:
   """Refuses what `--client_runtime=tflite` cannot run.
 
@@ -173,11 +190,11 @@ def check_tflite_runtime(settings: Any) -> None:
     raise ConfigError(f'{prefix} --workers={execution.workers!r} is invalid: '
                       'expected unset (TFLite clients train in this process).')
   server = settings.server
-  for name, supported in PLAIN_SERVER_SETTINGS:
-    value = getattr(server, name)
-    if value != supported:
-      raise ConfigError(f'{prefix} --{name}={value} is invalid: expected '
-                        f'{supported} (the plain server\'s).')
+  unsupported = unsupported_plain_server_setting(server)
+  if unsupported:
+    name, value, supported = unsupported
+    raise ConfigError(f'{prefix} --{name}={value} is invalid: expected '
+                      f'{supported} (the plain server\'s).')
   if server.robust_mean != 'mean':
     raise ConfigError(f'{prefix} --robust_mean={server.robust_mean} is '
                       'invalid: expected mean.')
