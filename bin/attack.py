@@ -27,19 +27,15 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import cli  # pylint: disable=g-bad-import-order
 
 import experiment_flags  # pylint: disable=g-bad-import-order
-from tff_feddst.benchmarks import attack_runs
-from tff_feddst.benchmarks import attacks
+from tff_feddst.benchmarks import attack_names
 from tff_feddst.data import file_formats
 from tff_feddst.running import errors
-# Imported for its exit hook: it drops TFF's import-time default context
-# before interpreter teardown, which would otherwise print a traceback.
-from tff_feddst.running import execution  # pylint: disable=unused-import
 
 # Every setting, --output_dir (where attack_table.{csv,md} go; existing
 # tables are not overwritten) and --progress (unused).
 experiment_flags.define_run_flags()
 flags.DEFINE_list('attacks', ['all'], 'Attacks to run (the clean run always '
-                  f'runs), from: {", ".join(attacks.ATTACKS)}; or all.')
+                  f'runs), from: {", ".join(attack_names.ATTACK_NAMES)}; or all.')
 flags.DEFINE_list('defences', ['on', 'off'], 'Defence settings to run: on '
                   '(issue 13\'s defences at their defaults), off (none).')
 flags.DEFINE_list('seeds', ['0'], 'Seeds to run (each replaces --seed).')
@@ -60,24 +56,38 @@ def _seeds(values: list[str]) -> list[int]:
   return seeds
 
 
-def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'attack.py: error: unexpected arguments {argv[1:]}; all '
-             'settings are --flags.')
+def check_flags() -> None:
+  """Refuses bad flags before TensorFlow loads."""
   if not FLAGS.output_dir:
     sys.exit('attack.py: error: --output_dir is required (where the table '
              'is written).')
   try:
-    attack_names = attacks.parse_attacks(FLAGS.attacks)
-    defences = attack_runs.parse_defences(FLAGS.defences)
+    attack_names.parse_attacks(FLAGS.attacks)
+    attack_names.parse_defences(FLAGS.defences)
+    experiment_flags.config_from_flags().validate()
   except ValueError as error:
     sys.exit(f'attack.py: error: {error}')
+  _seeds(FLAGS.seeds)
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'attack.py: error: unexpected arguments {argv[1:]}; all '
+             'settings are --flags.')
+  # pylint: disable=g-import-not-at-top
+  from tff_feddst.benchmarks import attack_runs
+  # Imported for its exit hook: it drops TFF's import-time default context
+  # before interpreter teardown, which would otherwise print a traceback.
+  from tff_feddst.running import execution  # pylint: disable=unused-import
+  # pylint: enable=g-import-not-at-top
+  attacks = attack_names.parse_attacks(FLAGS.attacks)
+  defences = attack_names.parse_defences(FLAGS.defences)
   seeds = _seeds(FLAGS.seeds)
   log = lambda line: print(line, file=sys.stderr, flush=True)
   try:
     attack_runs.check_output_dir(FLAGS.output_dir)
     rows = attack_runs.run_table(experiment_flags.config_from_flags(),
-                                 attack_names, defences, seeds,
+                                 attacks, defences, seeds,
                                  FLAGS.hostile_index, log=log)
   except (errors.ConfigError, file_formats.DataFileError) as error:
     sys.exit(f'attack.py: error: {error}')
@@ -87,4 +97,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, check_flags)

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_feddst.benchmarks import attack_names
 from tff_feddst.benchmarks import attack_runs
 from tff_feddst.benchmarks import attacks
 from tff_feddst.benchmarks import plain_loop
@@ -199,12 +200,14 @@ class AttackUploadTest(tf.test.TestCase):
         self.assertTrue(np.all(check(np.asarray(values))), name)
 
   def test_unknown_attack_is_one_line_error(self):
-    self.assertEqual(attacks.parse_attacks(['all']), list(attacks.ATTACKS))
-    self.assertEqual(attacks.parse_attacks(['nan', 'replay']),
+    self.assertEqual(tuple(attacks.ATTACKS), attack_names.ATTACK_NAMES)
+    self.assertEqual(attack_names.parse_attacks(['all']),
+                     list(attacks.ATTACKS))
+    self.assertEqual(attack_names.parse_attacks(['nan', 'replay']),
                      ['nan', 'replay'])
     with self.assertRaisesRegex(ValueError, r'^--attacks: unknown attack '
                                 r"'bogus'; expected [^\n]*takeover[^\n]*$"):
-      attacks.parse_attacks(['replay', 'bogus'])
+      attack_names.parse_attacks(['replay', 'bogus'])
 
 
 def client_datasets(round_num: int) -> list[tf.data.Dataset]:
@@ -375,11 +378,12 @@ class StaleOnTheServerTest(tf.test.TestCase):
 class DefencesAndTableTest(tf.test.TestCase):
 
   def test_defences_values_are_checked(self):
-    self.assertEqual(attack_runs.parse_defences(['off']), ['off'])
-    self.assertEqual(attack_runs.parse_defences(['on', 'off']), ['on', 'off'])
+    self.assertEqual(attack_names.parse_defences(['off']), ['off'])
+    self.assertEqual(attack_names.parse_defences(['on', 'off']),
+                     ['on', 'off'])
     for bad in (['maybe'], ['off', 'On'], []):
       with self.assertRaisesRegex(ValueError, r'^--defences: [^\n]*on, off'):
-        attack_runs.parse_defences(bad)
+        attack_names.parse_defences(bad)
 
   def test_the_switch_names_the_defence_settings(self):
     self.assertCountEqual(

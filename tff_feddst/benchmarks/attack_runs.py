@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from tff_feddst.benchmarks import attack_names
 from tff_feddst.benchmarks import attacks
 from tff_feddst.benchmarks import plain_loop
 from tff_feddst.methods import feddst_methods
@@ -45,7 +46,7 @@ from tff_feddst.running import setting_checks
 from tff_feddst.running import settings as settings_lib
 
 CLEAN = 'clean'  # The run without a hostile client.
-DEFENCE_MODES = ('on', 'off')
+DEFENCE_MODES = attack_names.DEFENCE_MODES
 
 
 class _SettingDefault:
@@ -100,23 +101,6 @@ COLUMNS = (('attack', 'defences', 'seed', 'final_test_accuracy',
               'first_nonfinite_round', 'seconds'))
 CSV_NAME = 'attack_table.csv'
 MARKDOWN_NAME = 'attack_table.md'
-
-
-def parse_defences(modes: Sequence[str]) -> list[str]:
-  """Checks --defences values ('on', 'off').
-
-  Raises:
-    ValueError: One line naming the bad value and the accepted ones.
-  """
-  modes = [m.strip() for m in modes if m.strip()]
-  if not modes:
-    raise ValueError('--defences: expected a comma list of on, off; got '
-                     'nothing.')
-  for mode in modes:
-    if mode not in DEFENCE_MODES:
-      raise ValueError(f'--defences: unknown value {mode!r}; expected a comma '
-                       'list of on, off.')
-  return modes
 
 
 def apply_defences(settings: settings_lib.ExperimentSettings,

@@ -296,28 +296,6 @@ ATTACKS: dict[str, Attack] = {
 }
 
 
-def parse_attacks(names: Sequence[str]) -> list[str]:
-  """Checks attack names; 'all' (or nothing) means every attack.
-
-  Args:
-    names: Attack names from `ATTACKS`, or ['all'].
-
-  Returns:
-    The names, in the order given (all of `ATTACKS` for 'all' or empty).
-
-  Raises:
-    ValueError: For an unknown name (one line naming the accepted ones).
-  """
-  names = [n.strip() for n in names if n.strip()]
-  if not names or names == ['all']:
-    return list(ATTACKS)
-  for name in names:
-    if name not in ATTACKS:
-      raise ValueError(f'--attacks: unknown attack {name!r}; expected a '
-                       f'comma list of {", ".join(ATTACKS)} (or all).')
-  return names
-
-
 def hostile_hook(attack: Attack, payload_format: PayloadFormat,
                  hostile_index: int = 0) -> Any:
   """A `plain_loop.PlainFedDst.next` upload hook: one client attacks.
