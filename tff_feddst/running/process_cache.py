@@ -23,7 +23,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-# A FedDST process of the MNIST net holds a few MB of serialized graphs.
+# A kept FedDST process of the MNIST net holds 3.9 MB of serialized
+# computations (initialize and next) and its key 2.1 MB of initial weights;
+# three in-process runs of the tests' small config (seeds 0-2) ended at
+# 846 MiB RSS with the cache and 851 MiB with it cleared after each run.
 MAX_KEPT = 4
 _LOCK = threading.Lock()
 _KEPT: list = []  # [(key, process)], the most recently used last.
