@@ -63,11 +63,7 @@ def main(argv):
   if FLAGS.json_output and os.path.exists(FLAGS.json_output):
     sys.exit(f'benchmark.py: error: --json_output={FLAGS.json_output} '
              'exists; choose a new file.')
-  try:
-    config = config_from_flags()
-  except ValueError as error:
-    sys.exit(f'benchmark.py: error: {error}')
-  # TensorFlow loads only now that the settings are known to be good.
+  config = config_from_flags()  # check_flags has refused bad values.
   from tff_feddst.benchmarks import benchmarking  # pylint: disable=g-import-not-at-top
   log = lambda line: print(line, file=sys.stderr, flush=True)
   try:

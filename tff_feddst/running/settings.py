@@ -91,35 +91,9 @@ def _data_distributions() -> tuple[str, ...]:
   return partitions.DISTRIBUTIONS
 
 
-def _model_names() -> tuple[str, ...]:
-  return choices.MODEL_NAMES
-
-
 def _sparsity_distributions() -> tuple[str, ...]:
   from tff_feddst.sparse import sparsity_distribution  # pylint: disable=g-import-not-at-top
   return sparsity_distribution.NUM_ACTIVE_DISTRIBUTIONS
-
-
-def _mask_choices(name: str) -> Callable[[], tuple[str, ...]]:
-  def names():
-    return getattr(choices, name)
-  return names
-
-
-def _annealings() -> tuple[str, ...]:
-  return choices.ANNEALINGS
-
-
-def _value_dtypes() -> tuple[str, ...]:
-  return choices.VALUE_DTYPES
-
-
-def _robust_means() -> tuple[str, ...]:
-  return choices.ROBUST_MEANS
-
-
-def _server_optimizers() -> tuple[str, ...]:
-  return choices.SERVER_OPTIMIZERS
 
 
 def _method_names() -> tuple[str, ...]:
@@ -210,7 +184,7 @@ class NetworkSettings(_Group):
   """The model and its sparsity."""
   model: Optional[str] = setting(
       None, 'Model (default: the paper\'s model for the data set).',
-      _model_names)
+      choices.MODEL_NAMES)
   target_sparsity: float = setting(
       0.8, 'S: fraction of zeros in prunable kernels, in [0, 1); 0 is dense '
       'FedAvg.')
@@ -224,7 +198,7 @@ class NetworkSettings(_Group):
       '(the authors\' variant).', _sparsity_distributions)
   initial_mask: str = setting(
       'random', 'Initial mask: random (paper) or magnitude (reference).',
-      _mask_choices('INITIAL_MASKS'))
+      choices.INITIAL_MASKS)
 
   @property
   def effective_initial_sparsity(self) -> float:
@@ -288,7 +262,7 @@ class ReadjustmentSettings(_Group):
       0.05, 'Readjustment ratio alpha: share of active weights pruned and '
       'regrown at a readjustment (0: RandomMask).')
   annealing: str = setting('cosine', 'Decay of alpha over rounds.',
-                           _annealings)
+                           choices.ANNEALINGS)
   annealing_end_round: int = setting(
       0, 'T_end: last round that readjusts (0: total_rounds/2).')
   rounds_between_readjustments: int = setting(
@@ -301,10 +275,10 @@ class ReadjustmentSettings(_Group):
       'accumulated', 'Regrow by |gradient| accumulated over the steps before '
       'readjusting (accumulated), of the last minibatch before its step '
       '(last_batch), or of the last minibatch recomputed after its step '
-      '(last_batch_after_step, the reference).', _mask_choices('GROW_SCORES'))
+      '(last_batch_after_step, the reference).', choices.GROW_SCORES)
   readjust_rule: str = setting(
       'feddst', 'feddst (paper) or reference (authors\' prune-then-grow over '
-      'all positions).', _mask_choices('READJUST_RULES'))
+      'all positions).', choices.READJUST_RULES)
   readjustment_schedule: str = setting(
       'paper', 'paper or reference (authors\' round counting and '
       'doubly-decayed ratio).', SCHEDULES)
@@ -348,7 +322,7 @@ class CommunicationSettings(_Group):
   upload_value_dtype: str = setting(
       'float32', 'No longer used: only float32 (its default) is accepted. '
       'Ask for float16 uploads in --upload_encoding (e.g. float16+bitmap).',
-      _value_dtypes)
+      choices.VALUE_DTYPES)
   upload_encoding: str = setting(
       'float16+rice', 'How clients encode uploads: "+"-joined float32|float16 '
       '(values), bitmap|rice (mask code), optionally changed_masks_only '
@@ -421,7 +395,7 @@ class ServerSettings(_Group):
       'are tff.learning.optimizers\' (FedOpt; tune --server_learning_rate, '
       'e.g. 0.01). Their state is reset off each new mask and starts from '
       'the initial one where a weight enters (server_optimizers).',
-      _server_optimizers)
+      choices.SERVER_OPTIMIZERS)
   server_beta_1: float = setting(
       0.9, 'Adam/Yogi server optimizer: first-moment decay, in [0, 1).')
   server_beta_2: float = setting(
@@ -439,14 +413,14 @@ class ServerSettings(_Group):
       'clients', 'What --min_votes counts: clients (holders, >=; ours) or '
       'weight (holders\' summed aggregation weights, >; the reference, whose '
       'weights are 2 x minibatches, see --client_weighting).',
-      _mask_choices('MIN_VOTES_UNITS'))
+      choices.MIN_VOTES_UNITS)
   server_rule: str = setting(
       'feddst', 'Next global mask: feddst (re-prune each layer to its count '
       'among held positions, ties to more votes) or reference (the '
       'authors\': re-prune the union by |w| over all positions, clearing '
       'bits only, and only when it is denser than the round\'s counts). '
       'PruneFL keeps its own mask rule.',
-      _mask_choices('SERVER_RULES'))
+      choices.SERVER_RULES)
   min_new_position_votes: int = setting(
       2, 'A weight outside the round\'s global mask enters the next mask '
       'only if at least this many of the round\'s clients (all of them, if '
@@ -507,7 +481,7 @@ class ServerSettings(_Group):
       'mean', 'Value of each weight from its holders\' (clipped) values: '
       'their example-weighted mean, or their unweighted coordinate-wise '
       'trimmed mean (--trim_fraction) or median (robust_means).',
-      _robust_means)
+      choices.ROBUST_MEANS)
   trim_fraction: float = setting(
       0.2, 'With --robust_mean=trimmed_mean: the share of a weight\'s '
       'holders dropped at each end, floor(fraction * holders), in [0, 0.5).')
