@@ -8,6 +8,7 @@ exit code 1; Ctrl-C is `<program>: interrupted[; <what now>]`, exit code 130.
 """
 
 import os
+import re
 import sys
 from typing import Callable, Optional
 
@@ -35,9 +36,20 @@ def one_line_flags_parser(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    program = os.path.basename(argv[0]) if argv else 'bin'
-    message = ' '.join(str(error).split())
-    sys.exit(f'{program}: error: {message}')
+    sys.exit(f'{_program(argv)}: error: {_flag_error_text(error)}')
+
+
+def _flag_error_text(error: BaseException) -> str:
+  """absl's flag error in one line, without its 'ERROR::' prefix; a
+  flagfile that cannot be read is named with the flag."""
+  message = re.sub(r'^ERROR::\s*', '', _one_line(error))
+  unreadable = re.match(
+      r"^Unable to open flagfile: \[Errno \d+\] ([^:]+): '(.*)'$", message)
+  if unreadable:
+    reason, path = unreadable.groups()
+    return (f'--flagfile={path}: cannot be read ({reason.lower()}); give '
+            'an existing flag file.')
+  return message
 
 
 def _one_line(error: BaseException) -> str:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from absl.testing import flagsaver
 import tensorflow as tf
 
 from tff_feddst.running import errors
@@ -87,6 +88,32 @@ def main(argv):
 
 cli.run(main, check_flags)
 """
+
+
+class FlagErrorTest(tf.test.TestCase):
+
+  def parse_error(self, *args: str) -> str:
+    """The exit message of parsing `args` as bin/train.py does."""
+    with flagsaver.flagsaver(), self.assertRaises(SystemExit) as exited:
+      cli.one_line_flags_parser(['/x/bin/train.py', *args])
+    return exited.exception.code
+
+  def test_an_unreadable_flagfile_is_named_with_the_flag(self):
+    missing = os.path.join(self.create_tempdir().full_path, 'missing.cfg')
+    self.assertEqual(
+        self.parse_error(f'--flagfile={missing}'),
+        f'train.py: error: --flagfile={missing}: cannot be read (no such '
+        'file or directory); give an existing flag file.')
+    folder = self.create_tempdir().full_path
+    self.assertEqual(
+        self.parse_error(f'--flagfile={folder}'),
+        f'train.py: error: --flagfile={folder}: cannot be read (is a '
+        'directory); give an existing flag file.')
+
+  def test_other_flag_errors_lose_only_absls_prefix(self):
+    self.assertEqual(self.parse_error('--not_a_flag_of_ours=3'),
+                     "train.py: error: Unknown command line flag "
+                     "'not_a_flag_of_ours'")
 
 
 class RunTest(tf.test.TestCase):
