@@ -161,39 +161,42 @@ class PlainServer:
                        '(growing sparsity); pass None (constant counts).')
     self._initial_model = initial_model
     self._schedule = schedule
-    layout = initial_model.layout
+    self.layout = layout = initial_model.layout
     num_active = initial_model.num_active
-    self.layout = layout
     settings = fed_dst.resolve_round_settings(
         initial_model, client_config, min_votes=min_votes,
         upload_encoding=upload_encoding, download_encoding=download_encoding,
         num_active_by_round=num_active_by_round,
         payload_checks=payload_checks)
     self.upload_encoding = settings.upload_encoding
-    self.download_encoding = download_encoding = settings.download_encoding
-    upload_encoding = settings.upload_encoding
+    self.download_encoding = settings.download_encoding
     # `decode_model_weights` reads only shapes and dtypes from the type.
-    self.weights_type = weights_type = tff.learning.models.ModelWeights(
+    self.weights_type = tff.learning.models.ModelWeights(
         trainable=[tf.TensorSpec(np.shape(v), np.asarray(v).dtype)
                    for v in initial_model.weights.trainable],
         non_trainable=[tf.TensorSpec(np.shape(v), np.asarray(v).dtype)
                        for v in initial_model.weights.non_trainable])
-    dense_shapes = tuple(
+    self.dense_shapes = tuple(
         tuple(np.shape(initial_model.weights.trainable[i]))
         for i in layout.dense_trainable_indices) + tuple(
             tuple(np.shape(initial_model.weights.non_trainable[i]))
             for i in layout.dense_non_trainable_indices)
-    kernel_shapes = layout.kernel_shapes
-    self.dense_shapes = dense_shapes
-    payload_checks = settings.payload_checks
     # Row r of the targets checks round r + 1 (the TFF aggregator's state).
-    self._targets_table = payload_checks.targets_table(num_active)
-    server_step = finalizer.server_update_fn(
+    self._targets_table = settings.payload_checks.targets_table(num_active)
+    self.robust = robust
+    self._build_broadcast_functions()
+    self._build_aggregation_functions(settings.payload_checks)
+    self._server_update = self._build_server_update(finalizer.server_update_fn(
         layout, num_active, server_learning_rate=server_learning_rate,
         server_momentum=server_momentum, min_votes=min_votes,
         remember_old=remember_old,
         num_active_by_round=settings.num_active_by_round,
-        min_new_position_votes=min_new_position_votes)
+        min_new_position_votes=min_new_position_votes))
+
+  def _build_broadcast_functions(self) -> None:
+    """The broadcast's coding, its digest and the clipping reference."""
+    layout, num_active = self.layout, self._initial_model.num_active
+    download_encoding, weights_type = self.download_encoding, self.weights_type
 
     @tf.function
     def encode_global(weights):
@@ -207,14 +210,38 @@ class PlainServer:
       return distributor.decode_model_weights(
           payload, layout, weights_type, num_active, download_encoding)
 
-    def float_zero():
-      return aggregation.zero_sums(kernel_shapes, dense_shapes,
-                                   upload_encoding, num_active)
+    @tf.function
+    def reference_of(weights):
+      return aggregator_feedback.reference_of_weights(
+          weights, layout, num_active, download_encoding)
+
+    @tf.function
+    def weights_digest(weights):
+      return upload_binding.weights_digest(weights, layout)
+
+    self.encode_global = encode_global
+    self.decode_global = decode_global
+    self._reference_of = reference_of
+    self.weights_digest = weights_digest
+
+  def _float_zero(self):
+    """Zero float sums of an upload's layout (`aggregation.zero_sums`)."""
+    return aggregation.zero_sums(self.layout.kernel_shapes, self.dense_shapes,
+                                 self.upload_encoding,
+                                 self._initial_model.num_active)
+
+  def _build_aggregation_functions(
+      self, payload_checks: payload_validation.PayloadChecks) -> None:
+    """The exact sums' zero, one upload's checked sum, and the screening
+    pass's count of one upload."""
+    kernel_shapes, dense_shapes = self.layout.kernel_shapes, self.dense_shapes
+    num_active, robust = self._initial_model.num_active, self.robust
+    upload_encoding = self.upload_encoding
 
     # Exact sums, as the TFF aggregator keeps them (`aggregation.add_exactly`).
     @tf.function
     def zero_aggregate():
-      return sum_factory.zero_exact_sums(float_zero(), kernel_shapes,
+      return sum_factory.zero_exact_sums(self._float_zero(), kernel_shapes,
                                          dense_shapes, robust)
 
     @tf.function
@@ -225,11 +252,6 @@ class PlainServer:
                                      upload_encoding, payload_checks, targets,
                                      robust=robust, round_bound=round_bound,
                                      round_digest=round_digest)
-
-    @tf.function
-    def reference_of(weights):
-      return aggregator_feedback.reference_of_weights(
-          weights, layout, num_active, download_encoding)
 
     checks_direction = robust is not None and robust.checks_direction
 
@@ -242,14 +264,22 @@ class PlainServer:
           round_digest=round_digest, with_direction=checks_direction)
       return upload_screening.add_screen(counts, upload, weight)
 
-    @tf.function
-    def weights_digest(weights):
-      return upload_binding.weights_digest(weights, layout)
+    self.zero_aggregate = zero_aggregate
+    self.accumulate = accumulate
+    self._screen = screen
+    self._direction_shapes = ((tuple(kernel_shapes), dense_shapes)
+                              if checks_direction else None)
+
+  def _build_server_update(self, server_step: Callable) -> Callable:
+    """The server update of a round's exact sums (`finalizer`'s step)."""
+    layout, robust, upload_encoding = (self.layout, self.robust,
+                                       self.upload_encoding)
+    num_kernels = len(layout.kernel_shapes)
 
     @tf.function
     def server_update(state, weights, exact_aggregate):
       aggregate = sum_factory.report_exact_sums(
-          float_zero(), exact_aggregate, robust, len(kernel_shapes))
+          self._float_zero(), exact_aggregate, robust, num_kernels)
       if upload_encoding.masks_only_when_changed:
         aggregate = aggregation.expand_aggregate(
             aggregate, [weights.non_trainable[i] for i in layout.mask_indices])
@@ -260,17 +290,7 @@ class PlainServer:
               measurements['sparsity'], measurements['server_update_failed'],
               movement)
 
-    self.encode_global = encode_global
-    self.decode_global = decode_global
-    self.zero_aggregate = zero_aggregate
-    self.accumulate = accumulate
-    self._server_update = server_update
-    self.robust = robust
-    self._reference_of = reference_of
-    self._screen = screen
-    self._direction_shapes = ((tuple(kernel_shapes), dense_shapes)
-                              if checks_direction else None)
-    self.weights_digest = weights_digest
+    return server_update
 
   @property
   def screens_uploads(self) -> bool:
