@@ -41,6 +41,7 @@ class LotteryflMethod(registry.Method):
 
   name = 'lotteryfl'
   chooses_own_masks = True
+  leaves_unchanged_masks_out = False
 
   def resolve(self, settings: Settings) -> Settings:
     # --target_sparsity is the clients' target; the global model is dense.

@@ -48,6 +48,7 @@ class PruneflMethod(registry.Method):
 
   name = 'prunefl'
   chooses_own_masks = True
+  leaves_unchanged_masks_out = False
 
   def resolve(self, settings: Settings) -> Settings:
     return settings.replace(target_sparsity=0.0, initial_sparsity=None,

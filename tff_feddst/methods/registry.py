@@ -76,11 +76,18 @@ class Method(abc.ABC):
       its clients train through the exported TFLite training model and its
       server is `plain_loop.PlainServer` (`ondevice.tflite_rounds`).
     readjust_counters: The --readjust_counter values it accepts.
+    leaves_unchanged_masks_out: Whether its uploads can leave out the masks
+      a client did not change (an --upload_encoding with
+      changed_masks_only): the server then takes them from the global
+      masks. A method whose clients choose their own masks from other
+      inputs, or whose uploads carry more than the sparse model (PruneFL's
+      importance), always sends them.
   """
   name: str
   chooses_own_masks: bool = False
   runs_on_tflite: bool = False
   readjust_counters: tuple[str, ...] = ('round',)
+  leaves_unchanged_masks_out: bool = True
 
   @abc.abstractmethod
   def resolve(self, settings: 'ExperimentSettings'

@@ -326,7 +326,8 @@ class CommunicationSettings(_Group):
   upload_encoding: str = setting(
       'float16+rice', 'How clients encode uploads: "+"-joined float32|float16 '
       '(values), bitmap|rice (mask code), optionally changed_masks_only '
-      '(masks sent only when a readjustment changed them; not PruneFL) and '
+      '(masks sent only when a readjustment changed them; not PruneFL or '
+      'LotteryFL) and '
       'dense_masks (send dense layers\' all-ones masks too), e.g. '
       'float16+rice+changed_masks_only. The default halves float32+bitmap '
       '(the paper\'s count) within seed noise in accuracy (README).')
@@ -892,6 +893,10 @@ class ExperimentSettings:
             f'--method={run.method} (its clients make no FedDST '
             'readjustments)')
     upload, _ = self.payload_encodings()
+    require(registry.get(run.method).leaves_unchanged_masks_out or
+            not upload.masks_only_when_changed, 'upload_encoding',
+            f'an encoding without changed_masks_only with --method='
+            f'{run.method} (its uploads always carry their masks)')
     require(self.server.robust_mean == 'mean' or self.server.clip_updates or
             not upload.masks_only_when_changed, 'robust_mean',
             'mean with --noclip_updates and an --upload_encoding that leaves '
