@@ -16,6 +16,8 @@ from tff_feddst.methods import registry
 from tff_feddst.networks import models
 from tff_feddst.process import aggregation
 from tff_feddst.process import client_states
+from tff_feddst.process import client_work
+from tff_feddst.process import encoding
 from tff_feddst.running import settings as settings_lib
 from tests import fixtures
 
@@ -101,6 +103,18 @@ class ServerAverageTest(tf.test.TestCase):
     self.assertAllEqual(kept.weighted_kernel_sums[0], [7., 14., 36., 4.])
     self.assertAllEqual(kept.weighted_votes[0], [3., 4., 5., 1.])
     self.assertAllEqual(kept.votes[0], [2., 2., 2., 1.])
+
+
+class BuildRefusesTest(tf.test.TestCase):
+
+  def test_an_encoding_that_leaves_masks_out_is_refused_before_building(self):
+    # Nothing is built before the check, so no model is needed.
+    with self.assertRaisesRegex(ValueError, 'masks_only_when_changed'):
+      lotteryfl.build_lotteryfl(
+          None, None, None, None, client_work.ClientConfig(), None,
+          num_clients=4, clients_per_round=2,
+          upload_encoding=encoding.PayloadEncoding.parse(
+              'float16+rice+changed_masks_only'))
 
 
 class PersonalisedEvaluationTest(fixtures.FashionMnistSliceTestCase):

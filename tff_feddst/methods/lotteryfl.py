@@ -499,15 +499,23 @@ def build_lotteryfl(model_fn: models.ModelFn,
 
   Returns:
     A `tff.learning.templates.LearningProcess`.
+
+  Raises:
+    ValueError: For an upload encoding that may leave masks out.
   """
+  upload_encoding = client_work.resolve_upload_encoding(client_config,
+                                                        upload_encoding)
+  if upload_encoding.masks_only_when_changed:
+    raise ValueError('LotteryFL uploads always carry their masks (each '
+                     'client prunes its own): masks_only_when_changed is not '
+                     'supported.')
   initial_model_weights_fn = distributor.initial_weights_computation(
       initial_weights)
 
   model_weights_type = initial_model_weights_fn.type_signature.result
   packed_size = client_states.packed_size(layout.kernel_sizes)
   data_type = client_data_type(data_element_spec, packed_size)
-  upload_encoding = full_capacity_encoding(
-      client_work.resolve_upload_encoding(client_config, upload_encoding))
+  upload_encoding = full_capacity_encoding(upload_encoding)
   download_encoding = full_capacity_encoding(download_encoding)
   work = build_client_work(
       model_fn, layout, client_config, config,
