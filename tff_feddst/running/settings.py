@@ -887,13 +887,14 @@ class ExperimentSettings:
             f'a number in (0, --client_epochs_per_round={epochs}], or in '
             f'(-{epochs}, 0] counting back from the last epoch, or unset')
     from tff_feddst.methods import registry  # pylint: disable=g-import-not-at-top
+    method = registry.get(run.method)
     require(self.readjustment.readjust_counter in
-            registry.get(run.method).readjust_counters, 'readjust_counter',
-            f'one of {registry.get(run.method).readjust_counters} with '
+            method.readjust_counters, 'readjust_counter',
+            f'one of {method.readjust_counters} with '
             f'--method={run.method} (its clients make no FedDST '
             'readjustments)')
     upload, _ = self.payload_encodings()
-    require(registry.get(run.method).leaves_unchanged_masks_out or
+    require(method.leaves_unchanged_masks_out or
             not upload.masks_only_when_changed, 'upload_encoding',
             f'an encoding without changed_masks_only with --method='
             f'{run.method} (its uploads always carry their masks)')
