@@ -44,8 +44,23 @@ class BenchmarkTest(fixtures.FashionMnistSliceTestCase):
                 'tff_to_plain_cpu_ratio', 'tff_build_seconds', 'breakdown',
                 'breakdown_cpu', 'sweep', 'traces', 'message_bytes',
                 'agreement', 'rounds', 'peak_rss_mb', 'sparse_to_dense',
-                'sparse_to_dense_round_ratio'):
+                'sparse_to_dense_round_ratio', 'arithmetic'):
       self.assertIn(key, result)
+    # The MNIST net's dense training FLOPs an example (arithmetic_rate_test),
+    # and each path's rate from the timed rounds' own figures.
+    arithmetic = result['arithmetic']
+    self.assertEqual(arithmetic['dense_training_flops_per_example'],
+                     12_123_000)
+    timed = [r for r in result['rounds'] if r['timed']]
+    for path_name in ('tff', 'plain'):
+      self.assertAlmostEqual(
+          arithmetic[path_name]['dense_gflops_per_cpu_second'],
+          sum(r['examples'] for r in timed) * 12_123_000 / 1e9 /
+          sum(r[f'{path_name}_cpu_seconds'] for r in timed))
+      self.assertAlmostEqual(
+          arithmetic[path_name]['speedup_bound'],
+          arithmetic['matmul_gflops_per_cpu_second'] /
+          arithmetic[path_name]['dense_gflops_per_cpu_second'])
     # Plain FedDST and dense FedAvg rounds after the warm-up round.
     sparse_to_dense = result['sparse_to_dense']
     self.assertEqual(sparse_to_dense['rounds'], [2, 3])

@@ -40,6 +40,7 @@ import numpy as np
 import psutil
 import tensorflow as tf
 
+from tff_feddst.benchmarks import arithmetic_rate
 from tff_feddst.benchmarks import benchmark_config
 from tff_feddst.benchmarks import plain_loop
 from tff_feddst.benchmarks import sparse_dense
@@ -304,8 +305,23 @@ def run_benchmark(config: benchmark_config.BenchmarkConfig,
   result['tff_to_plain_cpu_ratio'] = _ratio(
       result['tff']['cpu_seconds_per_round'],
       result['plain']['cpu_seconds_per_round'])
+  result['arithmetic'] = _arithmetic(timed, plain.trainer.model)
   result['peak_rss_mb'] = peak_rss_mb()
   return result
+
+
+def _arithmetic(timed: list[dict], model: tf.keras.Model) -> dict[str, Any]:
+  """Each path's dense-equivalent GFLOP per CPU second (`arithmetic_rate`)."""
+  flops_per_example = arithmetic_rate.dense_training_flops_per_example(model)
+  peak = arithmetic_rate.matmul_gflops()
+  examples = sum(r['examples'] for r in timed)
+  return {
+      'dense_training_flops_per_example': flops_per_example,
+      'matmul_gflops_per_cpu_second': peak,
+      **{path: arithmetic_rate.rate_summary(
+          examples, sum(r[f'{path}_cpu_seconds'] for r in timed),
+          flops_per_example, peak) for path in ('tff', 'plain')},
+  }
 
 
 def _timed_rounds(setup: _Setup, process, plain: plain_loop.PlainFedDst,
@@ -610,6 +626,7 @@ def format_report(result: dict[str, Any]) -> str:
       f'{agreement["mask_positions_differing"]} after the last round',
       f'traces of ClientTrainer.update: {result["traces"]}',
       sparse_dense.format_line(result.get('sparse_to_dense')),
+      format_arithmetic(result['arithmetic']),
       f'peak RSS: {result["peak_rss_mb"]["self"]:.0f} MiB (this process), '
       f'{result["peak_rss_mb"]["children"]:.0f} MiB (TFF worker)',
       '',
@@ -643,6 +660,19 @@ def format_report(result: dict[str, Any]) -> str:
           f'{_fmt(point["tff_to_plain_cpu_ratio"]):>11}'
           f'{_fmt(tff_seconds / k if tff_seconds else None):>14}')
   return '\n'.join(lines)
+
+
+def format_arithmetic(arithmetic: dict[str, Any]) -> str:
+  """One line: each path's arithmetic rate against the matmul rate."""
+  paths = ', '.join(
+      f'{path} {_fmt(arithmetic[path]["dense_gflops_per_cpu_second"], 1)} '
+      f'({_fmt(arithmetic[path]["fraction_of_matmul_rate"], 2)} of it; at most '
+      f'{_fmt(arithmetic[path]["speedup_bound"], 2)}x faster)'
+      for path in ('tff', 'plain'))
+  return (f'dense-equivalent GFLOP per CPU second '
+          f'({arithmetic["dense_training_flops_per_example"] / 1e6:.2f} MFLOP '
+          f'an example; a 1024^2 matmul here: '
+          f'{_fmt(arithmetic["matmul_gflops_per_cpu_second"], 1)}): {paths}')
 
 
 def format_message_bytes(result: dict[str, Any]) -> list[str]:
