@@ -513,59 +513,90 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
     used_weight = robust_aggregation.effective_weight(weight, robust,
                                                       round_cap)
     capped = robust_aggregation.weight_was_capped(weight, robust, round_cap)
+  adder = _UploadAdder(
+      aggregate, kernel_shapes=kernel_shapes, num_active=num_active,
+      payload_encoding=payload_encoding, extension=extension, robust=robust,
+      round_bound=round_bound, global_masks=global_masks,
+      used_weight=used_weight, capped=capped, num_bytes=num_bytes,
+      binding_bytes=binding_bytes, payload_of=payload_of)
+  shape_code = payload_validation.rejection_code('shape')
+  return check_then(upload, spec, weight, kernel_shapes, num_active,
+                     payload_encoding, checks, targets, extension,
+                     adder.on_checked,
+                     lambda: adder.rejected(tf.constant(shape_code, tf.int32)),
+                     binding_checks)
 
-  def rejected(code):
-    return _add_rejection(aggregate, code, num_bytes)
 
-  with_values = isinstance(aggregate, robust_means.WithClientValues)
-  inner = aggregate.sums if with_values else aggregate
+class _UploadAdder:
+  """What `accumulate_payload` does with an upload once it is checked.
 
-  def add(static, content, summed_payload, clipped):
-    sums = _add_valid(_totals_of(inner) if extension else inner,
-                      summed_payload, used_weight, kernel_shapes,
-                      num_active, payload_encoding, content.masks,
-                      content.has_masks, received=payload_of(static))
-    totals = _totals_of(sums)
-    sums = _with_totals(sums, totals._replace(
-        upload_bytes=totals.upload_bytes + binding_bytes,
-        clipped_clients=totals.clipped_clients + clipped,
-        capped_weights=totals.capped_weights + capped))
-    if extension:
-      sums = sums._replace(upload_bytes=sums.upload_bytes +
-                           extension.num_bytes(static))
-      sums = ExtendedAggregate(
-          sums=sums, extra=extension.add(inner.extra, static, used_weight))
-    if not with_values:
-      return sums
-    masks = content.masks
-    if global_masks is not None:
-      masks = [tf.where(content.has_masks, tf.cast(mask, tf.float32),
-                        tf.cast(global_mask, tf.float32))
-               for mask, global_mask in zip(masks, global_masks)]
-    return robust_means.WithClientValues(sums, robust_means.client_values(
-        encoding.scatter_values(summed_payload.values, masks), masks,
-        summed_payload.dense, used_weight))
+  A checked upload is rejected with its code, or passes the round's screens
+  (replays, then the clip bound, the zeroing bound and the direction check
+  of `round_bound`) and is added to the sums with the server's weight. Each
+  step is a method; all of them build ops in the caller's graph, in the
+  order the checks run.
+  """
 
-  def accepted(checked: CheckedUpload):
-    static, content = checked
+  def __init__(self, aggregate, *, kernel_shapes, num_active,
+               payload_encoding: encoding.PayloadEncoding,
+               extension: Optional[UploadExtension],
+               robust: Optional[robust_aggregation.RobustAggregation],
+               round_bound: Optional[robust_aggregation.RoundBound],
+               global_masks: Optional[Sequence[tf.Tensor]],
+               used_weight: tf.Tensor, capped: tf.Tensor,
+               num_bytes: tf.Tensor, binding_bytes: tf.Tensor, payload_of):
+    self._aggregate = aggregate
+    self._with_values = isinstance(aggregate,
+                                   robust_means.WithClientValues)
+    self._inner = aggregate.sums if self._with_values else aggregate
+    self._kernel_shapes = kernel_shapes
+    self._num_active = num_active
+    self._payload_encoding = payload_encoding
+    self._extension = extension
+    self._robust = robust
+    self._round_bound = round_bound
+    self._global_masks = global_masks
+    self._used_weight = used_weight
+    self._capped = capped
+    self._num_bytes = num_bytes
+    self._binding_bytes = binding_bytes
+    self._payload_of = payload_of
+
+  def rejected(self, code: tf.Tensor):
+    """The aggregate with the upload's bytes and its rejection `code`."""
+    return _add_rejection(self._aggregate, code, self._num_bytes)
+
+  def on_checked(self, checked: CheckedUpload):
+    """Screens an upload that passed the payload checks, else rejects it."""
+    return tf.cond(
+        tf.equal(checked.content.rejection, payload_validation.ACCEPTED),
+        lambda: self._accepted(checked),
+        lambda: self.rejected(checked.content.rejection))
+
+  def _accepted(self, checked: CheckedUpload):
+    """Rejects a replayed upload (a first pass counted it twice)."""
+    static, _ = checked
+    round_bound = self._round_bound
     if round_bound is None or round_bound.replay_counts is None:
-      return add_checked(checked)
+      return self._add_checked(checked)
     replayed = robust_aggregation.is_replayed(
         robust_aggregation.upload_fingerprint(static),
         round_bound.replay_counts)
     return tf.cond(
         replayed,
-        lambda: rejected(tf.constant(
+        lambda: self.rejected(tf.constant(
             payload_validation.rejection_code('replay'), tf.int32)),
-        lambda: add_checked(checked))
+        lambda: self._add_checked(checked))
 
-  def add_checked(checked: CheckedUpload):
+  def _add_checked(self, checked: CheckedUpload):
+    """Clips the upload's delta to the round's bound, or rejects it."""
     static, content = checked
-    received = payload_of(static)
+    received = self._payload_of(static)
+    round_bound = self._round_bound
     if round_bound is None or round_bound.reference is None:
-      return add(static, content, received, tf.constant(0, tf.int32))
+      return self._add(static, content, received, tf.constant(0, tf.int32))
     delta = client_delta(received, content, round_bound.reference,
-                          num_active)
+                         self._num_active)
     factor = robust_aggregation.clip_factor(delta.norm, round_bound.bound)
 
     def clipped_payload():
@@ -580,36 +611,63 @@ def accumulate_payload(aggregate, payload: encoding.Payload,
 
     values, dense = tf.cond(factor < 1.0, clipped_payload, as_received)
     as_summed = received._replace(values=values, dense=dense)
+    code = self._screen_code(received, delta)
+    return tf.cond(
+        tf.not_equal(code, payload_validation.ACCEPTED),
+        lambda: self.rejected(tf.cast(code, tf.int32)),
+        lambda: self._add(static, content, as_summed,
+                          tf.cast(factor < 1.0, tf.int32)))
+
+  def _screen_code(self, received: encoding.Payload, delta) -> tf.Tensor:
+    """'update_norm' beyond the zeroing bound, else 'direction' or accepted."""
+    robust, round_bound = self._robust, self._round_bound
     too_far = delta.norm > robust.clip_zeroing_multiple * round_bound.bound
     code = tf.where(too_far, payload_validation.rejection_code('update_norm'),
                     payload_validation.ACCEPTED)
-    if round_bound.direction_sum is not None:
-      cosine = update_direction.update_cosine(
-          received.values, received.dense, delta.ref_values,
-          round_bound.reference.dense, delta.masks, num_active,
-          round_bound.direction_sum)
-      code = tf.where(
-          tf.logical_and(tf.logical_not(too_far),
-                         cosine < robust.min_update_cosine),
-          payload_validation.rejection_code('direction'), code)
-    return tf.cond(
-        tf.not_equal(code, payload_validation.ACCEPTED),
-        lambda: rejected(tf.cast(code, tf.int32)),
-        lambda: add(static, content, as_summed,
-                    tf.cast(factor < 1.0, tf.int32)))
+    if round_bound.direction_sum is None:
+      return code
+    cosine = update_direction.update_cosine(
+        received.values, received.dense, delta.ref_values,
+        round_bound.reference.dense, delta.masks, self._num_active,
+        round_bound.direction_sum)
+    return tf.where(
+        tf.logical_and(tf.logical_not(too_far),
+                       cosine < robust.min_update_cosine),
+        payload_validation.rejection_code('direction'), code)
 
-  def on_checked(checked: CheckedUpload):
-    return tf.cond(
-        tf.equal(checked.content.rejection, payload_validation.ACCEPTED),
-        lambda: accepted(checked),
-        lambda: rejected(checked.content.rejection))
+  def _add(self, static, content, summed_payload, clipped: tf.Tensor):
+    """Adds `summed_payload` (the upload, clipped) with the server's weight."""
+    extension = self._extension
+    sums = _add_valid(_totals_of(self._inner) if extension else self._inner,
+                      summed_payload, self._used_weight, self._kernel_shapes,
+                      self._num_active, self._payload_encoding,
+                      content.masks, content.has_masks,
+                      received=self._payload_of(static))
+    totals = _totals_of(sums)
+    sums = _with_totals(sums, totals._replace(
+        upload_bytes=totals.upload_bytes + self._binding_bytes,
+        clipped_clients=totals.clipped_clients + clipped,
+        capped_weights=totals.capped_weights + self._capped))
+    if extension:
+      sums = sums._replace(upload_bytes=sums.upload_bytes +
+                           extension.num_bytes(static))
+      sums = ExtendedAggregate(sums=sums, extra=extension.add(
+          self._inner.extra, static, self._used_weight))
+    if not self._with_values:
+      return sums
+    return robust_means.WithClientValues(
+        sums, self._client_values(content, summed_payload))
 
-  shape_code = payload_validation.rejection_code('shape')
-  return check_then(upload, spec, weight, kernel_shapes, num_active,
-                     payload_encoding, checks, targets, extension,
-                     on_checked,
-                     lambda: rejected(tf.constant(shape_code, tf.int32)),
-                     binding_checks)
+  def _client_values(self, content, summed_payload):
+    """The client's values for a robust mean (global masks where it sent none)."""
+    masks = content.masks
+    if self._global_masks is not None:
+      masks = [tf.where(content.has_masks, tf.cast(mask, tf.float32),
+                        tf.cast(global_mask, tf.float32))
+               for mask, global_mask in zip(masks, self._global_masks)]
+    return robust_means.client_values(
+        encoding.scatter_values(summed_payload.values, masks), masks,
+        summed_payload.dense, self._used_weight)
 
 
 def zero_sums(kernel_shapes: Sequence[Sequence[int]],
