@@ -56,7 +56,7 @@ from tff_feddst.process import robust_aggregation
 from tff_feddst.process import upload_binding
 from tff_feddst.process import upload_screening
 from tff_feddst.running import evaluation
-from tff_feddst.running import execution
+from tff_feddst.running import kernel_settings
 
 experiment_flags.define_flags(defaults=benchmark_config.BENCHMARK_DEFAULTS)
 flags.DEFINE_integer('profile_rounds', 2, 'Rounds timed by phase, after one '
@@ -241,7 +241,7 @@ def main(argv):
     sys.exit('profile_round.py: error: --profile_rounds must be >= 1 and '
              '--client_parts_reps >= 0.')
   # The workers' kernels, before TensorFlow's first op.
-  execution.use_bit_exact_kernels()
+  kernel_settings.use_bit_exact_kernels()
   try:
     config = benchmark_config.BenchmarkConfig(
         experiment=experiment_flags.settings_from_flags(),

@@ -13,7 +13,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # The tests assert bit equality (identical seeds, 1 vs 2 workers, kill and
 # resume) on the library's default kernels: TensorFlow's oneDNN ones, with
 # the settings `use_bit_exact_kernels` gives this process (below) and
-# `execution.worker_environment` every process it starts (README,
+# `kernel_settings.worker_environment` every process it starts (README,
 # "Reproducibility").
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,8 +23,8 @@ import pytest
 # One intra-op thread and oneDNN's AVX2 kernels, as `run_experiment` sets
 # them, before any test runs TensorFlow; the environment passes them on to
 # the bin/ scripts the tests start.
-from tff_feddst.running import execution  # pylint: disable=g-import-not-at-top
-assert execution.use_bit_exact_kernels()
+from tff_feddst.running import kernel_settings  # pylint: disable=g-import-not-at-top
+assert kernel_settings.use_bit_exact_kernels()
 
 
 def _worker_children() -> list:

@@ -6,7 +6,7 @@ forward multiply-adds of every Conv2D and Dense kernel at density 1, per
 example) divided by its CPU seconds is the rate at which it did the
 model's arithmetic. Against it stands the rate of one large float32
 matrix product in this process (`matmul_gflops`), run on the same kernels
-(the benchmark calls `execution.use_bit_exact_kernels` first: one intra-op
+(the benchmark calls `kernel_settings.use_bit_exact_kernels` first: one intra-op
 thread, oneDNN's AVX2 code), which is about the best a dense kernel of
 this TensorFlow reaches on one CPU. Their ratio bounds any speed-up that
 keeps the arithmetic: a round cannot get faster than `peak / achieved`

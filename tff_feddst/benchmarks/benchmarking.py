@@ -55,6 +55,7 @@ from tff_feddst.process import encoding
 from tff_feddst.running import evaluation
 from tff_feddst.running import execution
 from tff_feddst.running import experiment
+from tff_feddst.running import kernel_settings
 from tff_feddst.running import training_loop
 
 
@@ -225,7 +226,7 @@ def run_benchmark(config: benchmark_config.BenchmarkConfig,
   # The workers' kernels in this process too (before its first TF op), so
   # that the plain loop computes what the worker computes and the two are
   # timed on the same kernels.
-  if not execution.use_bit_exact_kernels():
+  if not kernel_settings.use_bit_exact_kernels():
     log('warning: this process runs other kernels than the TFF worker; '
         'TFF and plain results may differ in the last bits.')
   setup = _Setup(config)

@@ -155,7 +155,7 @@ class ClientPool:
 
     Each process runs TensorFlow's kernels (the model's select TF ops) with
     this process's intra- and inter-op thread counts, which the environment
-    does not carry (`execution.use_bit_exact_kernels` sets one intra-op
+    does not carry (`kernel_settings.use_bit_exact_kernels` sets one intra-op
     thread): set with `TF_NUM_INTRAOP_THREADS` unless the environment has
     it. Without that the pool's clients' uploads differed from this
     process's in the last bit (biases, a few float16 values) on 2 of 3

@@ -198,9 +198,9 @@ def run_experiment(settings: ExperimentSettings, output_dir: str, *,
       return rows
   federated_data = load_federated_data(settings)
   # TF/TFF are imported from here on, so that bad flags fail fast.
-  from tff_feddst.running import execution  # pylint: disable=g-import-not-at-top
   from tff_feddst.running import experiment_rounds  # pylint: disable=g-import-not-at-top
-  execution.use_bit_exact_kernels()
+  from tff_feddst.running import kernel_settings  # pylint: disable=g-import-not-at-top
+  kernel_settings.use_bit_exact_kernels()
   plan = registry.get(settings.method).prepare(settings, federated_data)
   _check_budget(settings, plan)
   return experiment_rounds.run_rounds(
