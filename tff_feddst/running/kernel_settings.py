@@ -14,6 +14,8 @@ import logging
 import os
 from typing import Mapping
 
+from tff_feddst.running import setting_checks
+
 # One thread per kernel, and oneDNN's AVX2 kernels rather than its AVX-512
 # ones (see `worker_environment`, `use_bit_exact_kernels`).
 INTRA_OP_THREADS_ENV = 'TF_NUM_INTRAOP_THREADS'
@@ -120,8 +122,9 @@ def _use_one_intra_op_thread() -> bool:
     logging.warning(
         'TensorFlow ran before tff_feddst could give it one intra-op '
         'thread: evaluation in this process may differ in the last bits '
-        'under load. Call tff_feddst.running.kernel_settings.use_bit_exact_kernels() (or '
-        'set %s=1) before any other TensorFlow work for bit-exact results.',
+        'under load. Call tff_feddst.running.kernel_settings.'
+        'use_bit_exact_kernels() (or set %s=1) before any other '
+        'TensorFlow work for bit-exact results.',
         INTRA_OP_THREADS_ENV)
     return False
   return True
@@ -145,8 +148,5 @@ def concurrent_client_calls(num_local_workers: int = 1) -> int:
     The CPUs this process may run on, divided among the local workers,
     at least 1.
   """
-  try:
-    cpus = len(os.sched_getaffinity(0))
-  except AttributeError:  # Not Linux.
-    cpus = os.cpu_count() or 1
+  cpus = setting_checks.usable_cpu_count()
   return max(1, cpus // max(1, num_local_workers))
