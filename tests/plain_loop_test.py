@@ -9,11 +9,15 @@ from tff_feddst.networks import models
 from tff_feddst.process import client_work
 from tff_feddst.process import encoding
 from tff_feddst.process import payload_validation
+from tff_feddst.process import robust_aggregation
+from tff_feddst.process import server_root_step
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.sparse import schedules
 from tff_feddst.sparse import sparsity_distribution
 
 NUM_ROUNDS = 3
+# The clients' local training in `build_both`.
+ROUND_CONFIG = client_work.ClientConfig(num_epochs=2, learning_rate=0.02)
 
 
 def client_datasets(round_num: int) -> list[tf.data.Dataset]:
@@ -42,7 +46,7 @@ def build_both(upload_encoding=None, download_encoding=None, **settings):
   schedule = schedules.ReadjustmentSchedule(
       drop_fraction=0.2, rounds_between_readjustments=2, end_round=10,
       annealing='constant')
-  config = client_work.ClientConfig(num_epochs=2, learning_rate=0.02)
+  config = ROUND_CONFIG
   element_spec = client_datasets(0)[0].element_spec
   # The plain loop first: it traces its Keras model before TFF does.
   if settings.get('num_active_by_round') == 'growing':
@@ -68,6 +72,7 @@ class PlainLoopEqualsTffTest(tf.test.TestCase):
                                          **settings)
     tff_state, plain_state = process.initialize(), plain.initialize()
     traces = client_work.update_trace_count()
+    self.rejected_by_round = []
     for round_num in range(1, NUM_ROUNDS + 1):
       output = process.next(tff_state, client_datasets(round_num))
       tff_state = output.state
@@ -86,6 +91,8 @@ class PlainLoopEqualsTffTest(tf.test.TestCase):
                        output.metrics['finalizer']['mask_changed_positions'])
       self.assertEqual(metrics['rejected_clients'],
                        output.metrics['aggregator']['rejected_clients'])
+      self.rejected_by_round.append(
+          (metrics['rejected_clients'], metrics['rejected_direction']))
       self.assertEqual(metrics['server_update_failed'],
                        output.metrics['finalizer']['server_update_failed'])
       self.assertAllClose(metrics['sparsity'],
@@ -147,6 +154,25 @@ class PlainLoopEqualsTffTest(tf.test.TestCase):
                                 '^PlainFedDst does not reproduce '
                                 'num_active_by_round'):
       build_both(num_active_by_round='growing')
+
+  def test_direction_check_against_the_server_root_step(self):
+    # The server's root step (`server_root_step`) as the direction check's
+    # reference: 12 examples of the six classes the clients hold. A
+    # threshold of 0.2 rejects one update, in round 2 (as do 0.1 and 0.3;
+    # -1 none), in both paths alike.
+    model_fn = models.get_model_fn('mnist_net', seed=0)
+    initial = fed_dst.build_initial_model(model_fn, 0.8, 'erk', seed=0)
+    patterns = np.random.default_rng(0).normal(size=(10, 28, 28, 1))
+    rng = np.random.default_rng(99)
+    root_y = np.arange(12) % 6
+    root_x = patterns[root_y] + 0.5 * rng.normal(size=(12, 28, 28, 1))
+    step = server_root_step.ServerRootStep(
+        model_fn, initial.layout, ROUND_CONFIG, root_x.astype(np.float32),
+        root_y.astype(np.int32), 8)
+    robust = robust_aggregation.RobustAggregation(
+        min_update_cosine=0.2, server_root_step=step)
+    self.assert_same_rounds(robust=robust)
+    self.assertEqual(self.rejected_by_round, [(0, 0), (1, 1), (0, 0)])
 
   def test_rejected_uploads(self):
     # A norm bound no model meets: every upload is rejected, and both keep

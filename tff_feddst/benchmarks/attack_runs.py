@@ -181,7 +181,7 @@ class _Setup:
         model_fn, initial, self.datasets(1)[0].element_spec,
         feddst_methods.build_schedule(settings), client_config,
         **model_setup.plain_server_arguments(settings, client_config,
-                                             self.data))
+                                             self.data, model_fn, initial))
     self.payload_format = attacks.PayloadFormat(
         initial.layout, tuple(int(n) for n in initial.num_active),
         self.loop.trainer.upload_encoding)

@@ -150,8 +150,9 @@ class _Setup:
     self.upload_encoding, self.download_encoding = (
         settings.payload_encodings())
     # The server's bounds on each client, as training uses them.
-    self.robust = model_setup.build_robust_aggregation(settings,
-                                                       self.federated_data)
+    self.robust = model_setup.build_robust_aggregation(
+        settings, self.federated_data, self.model_fn, self.initial,
+        self.client_config)
     self.settings = settings
     self.timing = config.timing
     self.seed = settings.run.seed

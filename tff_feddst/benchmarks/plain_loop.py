@@ -253,7 +253,7 @@ class PlainServer:
                                      robust=robust, round_bound=round_bound,
                                      round_digest=round_digest)
 
-    checks_direction = robust is not None and robust.checks_direction
+    sums_unit_deltas = robust is not None and robust.sums_unit_deltas
 
     @tf.function
     def screen(counts, payload, weight, targets, reference=None,
@@ -261,14 +261,28 @@ class PlainServer:
       upload = upload_screening.screen_upload(
           payload, weight, kernel_shapes, dense_shapes, num_active,
           upload_encoding, payload_checks, reference, targets,
-          round_digest=round_digest, with_direction=checks_direction)
+          round_digest=round_digest, with_direction=sums_unit_deltas)
       return upload_screening.add_screen(counts, upload, weight)
 
     self.zero_aggregate = zero_aggregate
     self.accumulate = accumulate
     self._screen = screen
     self._direction_shapes = ((tuple(kernel_shapes), dense_shapes)
-                              if checks_direction else None)
+                              if sums_unit_deltas else None)
+    self._root_direction = None
+    if (robust is not None and robust.checks_direction and
+        robust.server_root_step is not None):
+      # One trainer for every round (a tf.function creates no variables
+      # after its first call), as the TFF aggregator builds one per call.
+      root_step = robust.server_root_step
+      root_trainer = root_step.new_trainer()
+      self._root_direction = tf.function(
+          lambda reference: root_step.direction(root_trainer, reference))
+      # Traced now, before TFF traces its copy of the model (as the
+      # client update is, `PlainFedDst`).
+      self._root_direction.get_concrete_function(tf.nest.map_structure(
+          lambda t: tf.TensorSpec(t.shape, t.dtype),
+          robust_aggregation.zero_reference(kernel_shapes, dense_shapes)))
 
   def _build_server_update(self, server_step: Callable) -> Callable:
     """The server update of a round's exact sums (`finalizer`'s step)."""
@@ -338,7 +352,9 @@ class PlainServer:
     bound, replay_counts, weight_cap = upload_screening.screening_findings(
         counts, robust)
     direction_sum = None
-    if self._direction_shapes is not None:
+    if self._root_direction is not None:
+      direction_sum = self._root_direction(reference)
+    elif self._direction_shapes is not None:
       direction_sum = upload_screening.direction_sum_of(
           counts, *self._direction_shapes)
     round_bound = robust_aggregation.RoundBound(

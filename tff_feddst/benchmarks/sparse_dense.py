@@ -65,12 +65,13 @@ def build_dense_plain(settings: settings_lib.ExperimentSettings,
   dense = dense_counterpart(settings)
   model_fn, initial = model_setup.build_model(dense)
   upload_encoding, download_encoding = dense.payload_encodings()
+  client_config = model_setup.build_client_config(dense, initial)
   return plain_loop.PlainFedDst(
       model_fn, initial, data_element_spec,
-      feddst_methods.build_schedule(dense),
-      model_setup.build_client_config(dense, initial),
+      feddst_methods.build_schedule(dense), client_config,
       upload_encoding=upload_encoding, download_encoding=download_encoding,
-      robust=model_setup.build_robust_aggregation(dense, federated_data),
+      robust=model_setup.build_robust_aggregation(
+          dense, federated_data, model_fn, initial, client_config),
       min_new_position_votes=dense.server.min_new_position_votes)
 
 

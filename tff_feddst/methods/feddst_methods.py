@@ -167,8 +167,9 @@ class FeddstMethod(registry.Method):
     from tff_feddst.process import upload_binding
     # pylint: enable=g-import-not-at-top
     model_fn, initial_model = model_setup.build_model(settings)
-    robust = model_setup.build_robust_aggregation(settings, federated_data)
     client_config = model_setup.build_client_config(settings, initial_model)
+    robust = model_setup.build_robust_aggregation(
+        settings, federated_data, model_fn, initial_model, client_config)
     upload_encoding, download_encoding = settings.payload_encodings()
     server = settings.server
     # The worst case of the upload encoding (its mask code at full

@@ -65,7 +65,8 @@ class LotteryflMethod(registry.Method):
     config = build_lotteryfl_config(settings)
     upload_encoding = settings.payload_encodings()[0]
     num_dense = model_setup.num_dense_parameters(initial_model)
-    robust = model_setup.build_robust_aggregation(settings, federated_data)
+    robust = model_setup.build_robust_aggregation(
+        settings, federated_data, model_fn, initial_model, client_config)
     clients_per_round = settings.run.clients_per_round
     state_bytes = client_states.bytes_per_client(layout.kernel_sizes)
     logging.info('LotteryFL client store: %d bytes per client, %d clients.',

@@ -17,6 +17,7 @@ from tff_feddst.process import payload_validation
 from tff_feddst.process import robust_aggregation
 from tff_feddst.process import robust_means
 from tff_feddst.process import server_optimizers
+from tff_feddst.process import server_root_step
 from tff_feddst.running import settings as settings_lib
 from tff_feddst.sparse import sparsity_distribution
 
@@ -140,7 +141,10 @@ def server_keyword_arguments(settings: settings_lib.ExperimentSettings,
 
 def plain_server_arguments(settings: settings_lib.ExperimentSettings,
                            client_config: Any,
-                           federated_data: Any) -> dict[str, Any]:
+                           federated_data: Any,
+                           model_fn: Optional[models.ModelFn] = None,
+                           initial_model: Optional[Any] = None
+                           ) -> dict[str, Any]:
   """The server settings of `plain_loop.PlainServer`, from a run's settings.
 
   As `feddst_methods.FeddstMethod.prepare` passes them to
@@ -151,6 +155,9 @@ def plain_server_arguments(settings: settings_lib.ExperimentSettings,
     settings: The run's settings (resolved).
     client_config: Its `client_work.ClientConfig`.
     federated_data: Its `data.FederatedData` (the default weight cap).
+    model_fn: Its model function (needed for --direction_reference=
+      server_root).
+    initial_model: Its `fed_dst.InitialModel` (likewise).
 
   Returns:
     Keyword arguments of `PlainServer` (and `PlainFedDst`) beyond the
@@ -166,18 +173,28 @@ def plain_server_arguments(settings: settings_lib.ExperimentSettings,
       payload_checks=payload_validation.default_checks(
           client_config.readjust_rule, server.min_votes,
           server.max_payload_norm),
-      robust=build_robust_aggregation(settings, federated_data),
+      robust=build_robust_aggregation(settings, federated_data, model_fn,
+                                      initial_model, client_config),
       min_new_position_votes=server.min_new_position_votes)
 
 
 def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
-                             federated_data
+                             federated_data,
+                             model_fn: Optional[models.ModelFn] = None,
+                             initial_model: Optional[Any] = None,
+                             client_config: Optional[Any] = None
                              ) -> robust_aggregation.RobustAggregation:
   """How the run's server bounds each client (`robust_aggregation`).
 
   Args:
     settings: The run's settings.
-    federated_data: Its `data.FederatedData` (for the default weight cap).
+    federated_data: Its `data.FederatedData` (for the default weight cap,
+      and the root set of --direction_reference=server_root).
+    model_fn: The run's model function (needed for the server's root
+      step).
+    initial_model: Its `fed_dst.InitialModel` (the root step's layout).
+    client_config: Its `client_work.ClientConfig` (the root step trains as
+      the clients do).
 
   Returns:
     The `RobustAggregation`: with --max_client_weight unset, the cap is the
@@ -209,6 +226,8 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
         kind=server.robust_mean, trim_fraction=server.trim_fraction,
         clients_per_round=settings.run.clients_per_round)
   return robust_aggregation.RobustAggregation(
+      server_root_step=build_server_root_step(
+          settings, federated_data, model_fn, initial_model, client_config),
       robust_mean=robust_mean,
       clip_norm_quantile=server.clip_norm_quantile,
       clip_norm_multiplier=server.clip_norm_multiplier,
@@ -218,6 +237,56 @@ def build_robust_aggregation(settings: settings_lib.ExperimentSettings,
       max_client_weight=float(cap) if cap else None,
       client_weighting=server.client_weighting,
       client_batch_size=settings.client.client_batch_size, **screening)
+
+
+def build_server_root_step(settings: settings_lib.ExperimentSettings,
+                           federated_data, model_fn: Optional[models.ModelFn],
+                           initial_model: Optional[Any],
+                           client_config: Optional[Any]
+                           ) -> Optional[server_root_step.ServerRootStep]:
+  """The server's root step (--direction_reference=server_root), or None.
+
+  Args:
+    settings: The run's settings.
+    federated_data: Its `data.FederatedData` (the root set is drawn from
+      its training examples).
+    model_fn: The run's model function.
+    initial_model: Its `fed_dst.InitialModel`.
+    client_config: Its `client_work.ClientConfig`.
+
+  Returns:
+    A `server_root_step.ServerRootStep` when the direction check compares
+    with the server's root step; None otherwise.
+
+  Raises:
+    settings_lib.ConfigError: If --server_root_examples exceeds the
+      training examples.
+    ValueError: If the model pieces are missing for a root step.
+  """
+  server = settings.server
+  if not (server.reject_opposed_updates and
+          server.direction_reference == 'server_root'):
+    return None
+  if federated_data is None:
+    raise settings_lib.ConfigError(
+        '--direction_reference=server_root is invalid here: the root set is '
+        'drawn from the training data, which this server does not hold; '
+        'expected round_others.')
+  if model_fn is None or initial_model is None or client_config is None:
+    raise ValueError('a server root step needs the model function, the '
+                     'initial model and the client config.')
+  num_train = sum(federated_data.num_train_examples(client_id)
+                  for client_id in federated_data.client_ids)
+  if server.server_root_examples > num_train:
+    raise settings_lib.ConfigError(
+        f'--server_root_examples={server.server_root_examples} is invalid: '
+        f'expected an integer in [1, {num_train}] (the training examples).')
+  root_x, root_y = server_root_step.draw_root_set(
+      federated_data, server.server_root_examples, settings.run.seed)
+  return server_root_step.ServerRootStep(
+      model_fn=model_fn, layout=initial_model.layout, config=client_config,
+      root_x=root_x, root_y=root_y,
+      batch_size=settings.client.client_batch_size)
 
 
 def _screening_is_off(settings: settings_lib.ExperimentSettings) -> bool:

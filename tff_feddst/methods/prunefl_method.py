@@ -81,7 +81,8 @@ class PruneflMethod(registry.Method):
         weights=pruned.weights, num_active=pruned.layer_num_active)
     upload_encoding = settings.payload_encodings()[0]
     num_dense = model_setup.num_dense_parameters(initial_model)
-    robust = model_setup.build_robust_aggregation(settings, federated_data)
+    robust = model_setup.build_robust_aggregation(
+        settings, federated_data, model_fn, initial_model, client_config)
     built = {}
 
     def build_process(element_spec):

@@ -129,7 +129,8 @@ class TFLiteRounds:
     self._server = plain_loop.PlainServer(
         initial_model, feddst_methods.build_schedule(settings), client_config,
         **model_setup.plain_server_arguments(settings, client_config,
-                                             federated_data))
+                                             federated_data, model_fn,
+                                             initial_model))
     server = self._server
     self._spec = payload_validation.payload_spec(
         initial_model.layout.kernel_shapes, initial_model.num_active,

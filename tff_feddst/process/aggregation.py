@@ -629,7 +629,7 @@ class _UploadAdder:
     cosine = update_direction.update_cosine(
         received.values, received.dense, delta.ref_values,
         round_bound.reference.dense, delta.masks, self._num_active,
-        round_bound.direction_sum)
+        round_bound.direction_sum, includes_own=robust.sums_unit_deltas)
     return tf.where(
         tf.logical_and(tf.logical_not(too_far),
                        cosine < robust.min_update_cosine),

@@ -119,6 +119,9 @@ class RobustAggregation:
       cosine below this, in [-1, 1), with the sum of the round's other
       unit deltas on its support (`update_direction`); None: no check.
       Needs `clip_updates` and the first pass (`checks_direction`).
+    server_root_step: With the direction check, compare each delta with the
+      server's own step on its root set (`server_root_step.ServerRootStep`)
+      instead of with the round's other deltas; None: the others.
   """
   clip_updates: bool = True
   clip_norm_quantile: float = 0.5
@@ -133,6 +136,7 @@ class RobustAggregation:
   robust_mean: Optional[robust_means.RobustMean] = None
   min_update_cosine: Optional[float] = None
   client_batch_size: int = 0
+  server_root_step: Optional[Any] = None
 
   def __post_init__(self):
     def finite(value) -> bool:
@@ -164,6 +168,9 @@ class RobustAggregation:
         finite(self.min_update_cosine) and -1 <= self.min_update_cosine < 1):
       raise ValueError('min_update_cosine must be a number in [-1, 1) or '
                        f'None, got {self.min_update_cosine!r}.')
+    if self.server_root_step is not None and self.min_update_cosine is None:
+      raise ValueError('server_root_step is the direction check\'s '
+                       'reference: it needs min_update_cosine.')
     if self.client_weighting not in CLIENT_WEIGHTINGS:
       raise ValueError(f'client_weighting must be one of {CLIENT_WEIGHTINGS}'
                        f', got {self.client_weighting!r}.')
@@ -185,6 +192,12 @@ class RobustAggregation:
     deltas (`clip_updates`) and the first pass (their unit sum)."""
     return (self.min_update_cosine is not None and self.clip_updates and
             self.first_pass)
+
+  @property
+  def sums_unit_deltas(self) -> bool:
+    """Whether the first pass sums the uploads' unit deltas: the direction
+    check's reference when the server takes no root step of its own."""
+    return self.checks_direction and self.server_root_step is None
 
   @property
   def carries_bounds(self) -> bool:

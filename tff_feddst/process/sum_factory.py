@@ -490,7 +490,14 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
         screened = tff.federated_aggregate(
             tff.federated_zip(tuple(zipped)), screening.zero(),
             screening.accumulate, screening.merge, screening.report)
-        findings = tff.federated_map(screening.findings, screened)
+        if screening.root_direction is not None:
+          direction = tff.federated_map(
+              screening.root_direction,
+              tff.federated_map(reference_of_state, state))
+          findings = tff.federated_map(screening.findings,
+                                       (screened, direction))
+        else:
+          findings = tff.federated_map(screening.findings, screened)
         zipped.append(tff.federated_broadcast(findings))
       aggregate = tff.federated_aggregate(
           tff.federated_zip(tuple(zipped)), sums.zero(), sums.accumulate,
@@ -616,8 +623,9 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     """
     robust = self._robust
     checks_direction = robust.checks_direction
+    sums_unit_deltas = robust.sums_unit_deltas
     direction_shapes = ((tuple(kernel_shapes), tuple(dense_shapes))
-                        if checks_direction else None)
+                        if sums_unit_deltas else None)
 
     zero = tff.tensorflow.computation(
         lambda: upload_screening.zero_counts(direction_shapes))
@@ -629,7 +637,7 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
           value.payload, value.weight, kernel_shapes, dense_shapes,
           num_active, self._encoding, self._checks, value.reference,
           value.targets, self._extension, value.digest,
-          with_direction=checks_direction)
+          with_direction=sums_unit_deltas)
       return upload_screening.add_screen(counts, screen, value.weight)
 
     accumulate = tff.tensorflow.computation(
@@ -642,6 +650,25 @@ class SparseSumFactory(tff.aggregators.WeightedAggregationFactory):
     @tff.tensorflow.computation(counts_type)
     def report(counts):
       return tf.nest.map_structure(tf.identity, counts)
+
+    if robust.server_root_step is not None:
+      # The reference is the server's own root step (`server_root_step`),
+      # taken from the broadcast model before the uploads are read.
+      root_step = robust.server_root_step
+      reference_type = self._reference_type(dense_shapes)
+
+      @tff.tensorflow.computation(reference_type)
+      def root_direction(reference):
+        return root_step.direction(root_step.new_trainer(), reference)
+
+      @tff.tensorflow.computation(counts_type,
+                                  root_direction.type_signature.result)
+      def findings(counts, direction):
+        return upload_screening.screening_findings(counts, robust) + (
+            direction,)
+
+      return _ScreeningComputations(zero, accumulate, merge, report,
+                                    findings, root_direction)
 
     @tff.tensorflow.computation(counts_type)
     def findings(counts):
@@ -705,11 +732,14 @@ class _ClientValue(NamedTuple):
 
 
 class _ScreeningComputations(NamedTuple):
+  """The first pass's computations; `root_direction` (reference -> the
+  server's root step, `server_root_step`) only with a root step."""
   zero: Any
   accumulate: Any
   merge: Any
   report: Any
   findings: Any
+  root_direction: Any = None
 
 
 class CarriedBounds(NamedTuple):

@@ -37,7 +37,7 @@ check is off, as the replay check is; the aggregator's state is the same
 with and without it, so a run resumes with or without workers.
 """
 
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import tensorflow as tf
 
@@ -117,12 +117,39 @@ def unit_delta(values: Sequence[tf.Tensor], dense: Sequence[tf.Tensor],
       dense=tuple(tf.cast(d * scale, tf.float32) for d in dense_deltas))
 
 
+def step_direction(kernels: Sequence[tf.Tensor], dense: Sequence[tf.Tensor],
+                   reference: Any) -> Direction:
+  """A whole model's step from the reference, scaled to unit norm.
+
+  Args:
+    kernels: The stepped model's kernels (zero off its masks).
+    dense: Its dense parameters, in payload order.
+    reference: The model it stepped from (`robust_aggregation.Reference`).
+
+  Returns:
+    float32 `Direction` (all zero for a zero step).
+  """
+  kernel_deltas, dense_deltas = _deltas(kernels, dense, reference.kernels,
+                                        reference.dense)
+  norm = _norm(kernel_deltas + dense_deltas)
+  scale = tf.where(norm > 0, 1.0 / tf.maximum(norm, 1e-300),
+                   tf.constant(0.0, tf.float64))
+  return Direction(
+      kernels=tuple(tf.cast(d * scale, tf.float32) for d in kernel_deltas),
+      dense=tuple(tf.cast(d * scale, tf.float32) for d in dense_deltas))
+
+
 def update_cosine(values: Sequence[tf.Tensor], dense: Sequence[tf.Tensor],
                   ref_values: Sequence[tf.Tensor],
                   ref_dense: Sequence[tf.Tensor],
                   masks: Sequence[tf.Tensor], num_active: Sequence[int],
-                  direction_sum: Direction) -> tf.Tensor:
-  """Cosine of a client's delta with the other clients' unit deltas.
+                  direction_sum: Direction,
+                  includes_own: bool = True) -> tf.Tensor:
+  """Cosine of a client's delta with a reference direction.
+
+  The reference is the other clients' unit deltas (`direction_sum` with
+  this client's own, which is taken out) or, with `includes_own` False,
+  `direction_sum` as it is (the server's root step, `server_root_step`).
 
   Args:
     values: The client's uploaded values per kernel (padding zero).
@@ -132,19 +159,28 @@ def update_cosine(values: Sequence[tf.Tensor], dense: Sequence[tf.Tensor],
     masks: The client's 0/1 masks.
     num_active: Payload capacity per kernel.
     direction_sum: float32 `Direction`, the round's sum of unit deltas,
-      this client's own included (the first pass's).
+      this client's own included (the first pass's), or the reference
+      itself when `includes_own` is False.
+    includes_own: Whether `direction_sum` holds this client's own unit
+      delta, which is taken out.
 
   Returns:
-    float32 scalar in [-1, 1]: cos(delta, S - u) on the client's support;
-    1 when the delta or the others' sum there is zero (not checked).
+    float32 scalar in [-1, 1]: cos(delta, S - u) (or cos(delta, S)) on the
+    client's support; 1 when the delta or the reference there is zero (not
+    checked).
   """
   value_deltas, dense_deltas = _deltas(values, dense, ref_values, ref_dense)
-  own = unit_delta(values, dense, ref_values, ref_dense, masks)
-  others_kernels = [s - u for s, u in zip(direction_sum.kernels, own.kernels)]
+  if includes_own:
+    own = unit_delta(values, dense, ref_values, ref_dense, masks)
+    others_kernels = [s - u for s, u in zip(direction_sum.kernels,
+                                            own.kernels)]
+    others_dense = [tf.cast(s, tf.float64) - tf.cast(u, tf.float64)
+                    for s, u in zip(direction_sum.dense, own.dense)]
+  else:
+    others_kernels = list(direction_sum.kernels)
+    others_dense = [tf.cast(s, tf.float64) for s in direction_sum.dense]
   others_values = [tf.cast(v, tf.float64) for v in encoding.active_values(
       others_kernels, masks, num_active)]
-  others_dense = [tf.cast(s, tf.float64) - tf.cast(u, tf.float64)
-                  for s, u in zip(direction_sum.dense, own.dense)]
   dot = tf.add_n([tf.constant(0.0, tf.float64)] + [
       tf.reduce_sum(d * o) for d, o in zip(value_deltas + dense_deltas,
                                           others_values + others_dense)])

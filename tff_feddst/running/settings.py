@@ -472,6 +472,15 @@ class ServerSettings(_Group):
   min_update_cosine: float = setting(
       -0.1, 'With --reject_opposed_updates: the lowest cosine accepted, in '
       '[-1, 1).')
+  direction_reference: str = setting(
+      'round_others', 'With --reject_opposed_updates: what each update is '
+      'compared with: the sum of the round\'s other clients\' unit-norm '
+      'updates (round_others), or the server\'s own step on '
+      '--server_root_examples training examples drawn iid (server_root, as '
+      'FLTrust; server_root_step).', ('round_others', 'server_root'))
+  server_root_examples: int = setting(
+      500, 'With --direction_reference=server_root: the size of the '
+      'server\'s root set, >= 1 and at most the training examples.')
   client_weighting: str = setting(
       'num_examples', 'Aggregation weight of an accepted client: its '
       '(capped) example count, 1 for every client (uniform), or 2 x its '
@@ -535,6 +544,12 @@ class ServerSettings(_Group):
                   'an integer >= 0 (0: never stop)')
     self._require(-1 <= self.min_update_cosine < 1, 'min_update_cosine',
                   'a number in [-1, 1)')
+    self._require(self.server_root_examples >= 1, 'server_root_examples',
+                  'an integer >= 1')
+    self._require(self.direction_reference == 'round_others' or
+                  self.reject_opposed_updates, 'direction_reference',
+                  'round_others without --reject_opposed_updates (the root '
+                  'step is the direction check\'s reference)')
     self._require(0 <= self.trim_fraction < 0.5, 'trim_fraction',
                   'a number in [0, 0.5)')
     self._require(self.robust_mean == 'mean' or not self.remember_old,
