@@ -189,6 +189,12 @@ class DeviceRoundTest(tf.test.TestCase):
       device_server.check_settings(self.settings.replace(
           readjust_counter='client_lifetime'))
     with self.assertRaisesRegex(device_server.DeviceRoundError,
+                                '^--direction_reference=server_root is not '
+                                'run with devices: .*; expected '
+                                'round_others\\.$'):
+      device_server.check_settings(self.settings.replace(
+          reject_opposed_updates=True, direction_reference='server_root'))
+    with self.assertRaisesRegex(device_server.DeviceRoundError,
                                 'no device-round state'):
       device_server.completed_rounds(os.path.join(self.tmp, 'nowhere'))
 

@@ -88,8 +88,9 @@ def check_settings(settings: settings_lib.ExperimentSettings) -> None:
   Raises:
     DeviceRoundError: For a method or server setting the plain server lacks,
       a broadcast other than float32 bitmap masks (what `set_weights`
-      takes), or --max_client_weight unset (its default is read from the
-      clients' data, which the server does not see).
+      takes), --max_client_weight unset (its default is read from the
+      clients' data, which the server does not see), or a direction check
+      against a server root step (drawn from that data too).
   """
   try:
     attack_runs.check_settings(settings)
@@ -102,6 +103,13 @@ def check_settings(settings: settings_lib.ExperimentSettings) -> None:
         f'--download_encoding={settings.communication.download_encoding} is '
         'not run with devices: set_weights takes float32 values and bitmap '
         'masks; expected float32.')
+  server = settings.server
+  if server.reject_opposed_updates and (
+      server.direction_reference == 'server_root'):
+    raise DeviceRoundError(
+        '--direction_reference=server_root is not run with devices: the '
+        'root set is drawn from training data the server does not hold; '
+        'expected round_others.')
   if settings.server.max_client_weight is None:
     raise DeviceRoundError(
         '--max_client_weight is unset: with devices the server cannot read '
